@@ -1,0 +1,73 @@
+"""avmae: masked-autoencoder self-supervised learning on audio and audio-visual data."""
+
+from __future__ import annotations
+
+from typing import Any, List
+
+import torch.nn as nn
+
+from .registry import (
+    DECODERS,
+    MODALITIES,
+    MODELS,
+    PluginError,
+    Registry,
+    RegistryError,
+    register_decoder,
+    register_modality,
+    register_model,
+)
+from . import modalities as _modalities  # noqa: F401  (registers built-in modalities)
+from . import decoders as _decoders  # noqa: F401  (registers built-in decoders)
+from . import models as _models  # noqa: F401  (registers presets)
+from .checkpoint import load_checkpoint, save_checkpoint
+from .structures import MAEOutput
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "create_model",
+    "list_models",
+    "list_decoders",
+    "list_modalities",
+    "get_decoder",
+    "get_modality",
+    "register_model",
+    "register_decoder",
+    "register_modality",
+    "load_checkpoint",
+    "save_checkpoint",
+    "MAEOutput",
+    "Registry",
+    "RegistryError",
+    "PluginError",
+]
+
+
+def create_model(name: str, **overrides: Any) -> nn.Module:
+    """Build a registered model by name, e.g. ``create_model("audiomae_vit_base", decoder="global")``."""
+    model = MODELS.get(name)(**overrides)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model factory {name!r} ({MODELS.source(name)}) returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def list_models(pattern: str = "") -> List[str]:
+    """Sorted registered model names, optionally filtered by an fnmatch pattern."""
+    return MODELS.names(pattern)
+
+
+def list_decoders(pattern: str = "") -> List[str]:
+    return DECODERS.names(pattern)
+
+
+def list_modalities(pattern: str = "") -> List[str]:
+    return MODALITIES.names(pattern)
+
+
+def get_decoder(name: str):
+    return DECODERS.get(name)
+
+
+def get_modality(name: str):
+    return MODALITIES.get(name)

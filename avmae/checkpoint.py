@@ -1,0 +1,404 @@
+"""Checkpoint saving and loading.
+
+``save_checkpoint`` writes safetensors (weights) with the model name and resolved config in the
+file's metadata. ``load_checkpoint`` reads this project's files and foreign formats, each through a
+filter function picked by marker keys (the timm way), then loads strictly and returns a report:
+
+- ``avmae``: this project's own keys (safetensors or a torch file holding a state dict);
+- ``audiomae-pretrain``: the official AudioMAE pretraining ``.pth`` (``{'model': ...}``; encoder,
+  ``decoder_*`` keys, ``mask_token``);
+- ``audiomae-finetune``: the official fine-tuned ``.pth`` (``fc_norm``, ``head``, no ``norm``);
+- ``timm-vit``: a timm ``VisionTransformer`` state dict of an AudioMAE encoder (hub ports).
+
+Other formats register a filter with ``register_format``. Torch files are always read with
+``weights_only=True``; the official files also pickle an ``argparse.Namespace``, which is allowed
+as the only non-tensor class (it carries plain values, no code). Anything else is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+_logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CheckpointError",
+    "LoadReport",
+    "load_checkpoint",
+    "save_checkpoint",
+    "read_state_dict",
+    "convert_state_dict",
+    "register_format",
+    "FORMATS",
+    "to_audiomae_official",
+]
+
+PathLike = Union[str, os.PathLike]
+
+# Globals allowed besides tensors when unpickling: plain-value containers only.
+_HARMLESS_GLOBALS = {
+    "argparse.Namespace",
+    "numpy.core.multiarray.scalar",
+    "numpy._core.multiarray.scalar",
+    "numpy.dtype",
+    "collections.OrderedDict",
+}
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be read or does not fit the model. The message names the file."""
+
+
+@dataclass
+class LoadReport:
+    """What ``load_checkpoint`` did."""
+
+    path: str
+    format: str
+    loaded: int = 0
+    missing: List[str] = field(default_factory=list)
+    unexpected: List[str] = field(default_factory=list)
+    ignored: List[str] = field(default_factory=list)  # in the file, not used by design (e.g. a decoder)
+    reinitialized: List[str] = field(default_factory=list)  # model keys left fresh by design (e.g. a new head)
+    regenerated: List[str] = field(default_factory=list)  # fixed tables kept from the model (other grid)
+
+    def summary(self) -> str:
+        parts = [f"{self.path}: format {self.format}, {self.loaded} tensors loaded"]
+        for name in ("missing", "unexpected", "ignored", "reinitialized", "regenerated"):
+            keys = getattr(self, name)
+            if keys:
+                shown = ", ".join(keys[:6]) + (f", ... ({len(keys)} in all)" if len(keys) > 6 else "")
+                parts.append(f"{name}: {shown}")
+        return "; ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+
+
+def _torch_load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        try:
+            found = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+        except Exception:
+            raise CheckpointError(f"{path}: not a readable torch checkpoint ({exc})") from exc
+        bad = [g for g in found if g not in _HARMLESS_GLOBALS]
+        if bad:
+            raise CheckpointError(
+                f"{path}: refusing to unpickle objects of {bad}: a checkpoint must hold only tensors and plain "
+                "values (weights_only=True). Convert it to safetensors in a trusted environment."
+            ) from None
+        allowed = [_resolve_global(g) for g in found]
+        with torch.serialization.safe_globals([a for a in allowed if a is not None]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from exc
+
+
+def _resolve_global(name: str) -> Any:
+    import importlib
+
+    module, _, attr = name.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError):
+        return None
+
+
+def read_state_dict(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
+    """Read tensors from a safetensors or torch file. -> (flat state dict, metadata).
+
+    Common containers are unwrapped: ``{'model': ...}``, ``{'state_dict': ...}``, ``{'module': ...}``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: checkpoint file is empty")
+    meta: Dict[str, str] = {}
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = dict(f.metadata() or {})
+                sd = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as exc:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
+        return sd, meta
+    obj = _torch_load(path)
+    for key in ("model", "state_dict", "module", "model_state"):
+        if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
+            obj = obj[key]
+            break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: no state dict of tensors found (top-level keys: {list(obj)[:8] if isinstance(obj, Mapping) else type(obj).__name__})")
+    return dict(obj), meta
+
+
+# ---------------------------------------------------------------------------------------------
+# format filters: (state_dict, model) -> (mapped state dict, ignored keys, reinitialisable keys)
+
+FilterFn = Callable[[Dict[str, torch.Tensor], nn.Module], Tuple[Dict[str, torch.Tensor], List[str], List[str]]]
+FORMATS: Dict[str, Tuple[Callable[[Dict[str, torch.Tensor]], bool], FilterFn]] = {}
+
+
+def register_format(name: str, detect: Callable[[Dict[str, torch.Tensor]], bool], filter_fn: FilterFn) -> None:
+    """Add a foreign checkpoint format: ``detect(sd)`` by marker keys, ``filter_fn(sd, model)`` maps keys."""
+    FORMATS[name] = (detect, filter_fn)
+
+
+def _strip_prefix(sd: Dict[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
+    if sd and all(k.startswith(prefix) for k in sd):
+        return {k[len(prefix) :]: v for k, v in sd.items()}
+    return sd
+
+
+def _single_key(model: nn.Module) -> str:
+    mods = getattr(model, "modalities", None)
+    if mods is None or len(mods) != 1:
+        raise CheckpointError(f"an AudioMAE checkpoint needs a single-modality model, got {type(model).__name__}")
+    return next(iter(mods))
+
+
+def _is_mae(model: nn.Module) -> bool:
+    return hasattr(model, "decoder")
+
+
+def _map_audiomae(sd: Dict[str, torch.Tensor], model: nn.Module):
+    """Official AudioMAE (pretrain or fine-tuned) and timm-format encoders -> avmae keys."""
+    key = _single_key(model)
+    out: Dict[str, torch.Tensor] = {}
+    ignored: List[str] = []
+    fresh: List[str] = []
+    target_is_mae = _is_mae(model)
+    for k, v in sd.items():
+        if k == "pos_embed":
+            out["cls_pos_embed"] = v[:, :1]
+            out[f"modalities.{key}.pos_embed"] = v[:, 1:]
+        elif k.startswith("patch_embed."):
+            out[f"modalities.{key}.{k}"] = v
+        elif k in ("cls_token",) or k.startswith("blocks."):
+            out[k] = v
+        elif k.startswith("norm."):
+            if target_is_mae:
+                out[k] = v
+            else:
+                ignored.append(k)  # the fine-tuning model pools into a fresh fc_norm, as AudioMAE does
+        elif k.startswith(("fc_norm.", "head.")):
+            if target_is_mae:
+                ignored.append(k)
+            else:
+                out[k] = v
+        elif k == "mask_token":
+            (out.__setitem__("decoder.mask_token", v) if target_is_mae else ignored.append(k))
+        elif k == "decoder_pos_embed":
+            if target_is_mae:
+                out["decoder.cls_pos_embed"] = v[:, :1]
+                out[f"decoder.pos_embed.{key}"] = v[:, 1:]
+            else:
+                ignored.append(k)
+        elif k.startswith(("decoder_embed.", "decoder_blocks.", "decoder_norm.", "decoder_pred.")):
+            if not target_is_mae:
+                ignored.append(k)
+                continue
+            head, _, rest = k.partition(".")
+            new = {"decoder_embed": "decoder.embed", "decoder_blocks": "decoder.blocks", "decoder_norm": "decoder.norm", "decoder_pred": f"decoder.pred.{key}"}[head]
+            out[f"{new}.{rest}"] = v
+        elif k.startswith(("head_dist.", "pre_logits.")) or k in ("dist_token",):
+            ignored.append(k)
+        else:
+            out[k] = v  # left for the strict check to report
+    if not target_is_mae:
+        fresh += [k for k in ("fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias") if k not in out]
+    return out, ignored, fresh
+
+
+def _detect_audiomae(sd: Dict[str, torch.Tensor]) -> bool:
+    return "patch_embed.proj.weight" in sd and "blocks.0.attn.qkv.weight" in sd and "pos_embed" in sd
+
+
+def _format_of(sd: Dict[str, torch.Tensor]) -> str:
+    for name, (detect, _) in FORMATS.items():
+        if detect(sd):
+            return name
+    return "unknown"
+
+
+def _detect_avmae(sd: Dict[str, torch.Tensor]) -> bool:
+    return any(k.startswith("modalities.") for k in sd)
+
+
+def _map_avmae(sd: Dict[str, torch.Tensor], model: nn.Module):
+    """This project's own keys; a pretraining file loaded into a classifier keeps the encoder."""
+    if _is_mae(model):
+        return dict(sd), [], []
+    ignored = [k for k in sd if k.startswith(("decoder.", "norm.", "modality_blocks.", "modality_embed."))]
+    own = set(model.state_dict())
+    out = {k: v for k, v in sd.items() if k not in ignored}
+    fresh = [k for k in ("fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias") if k in own and k not in out]
+    return out, ignored, fresh
+
+
+# avmae's own format is checked first: its keys are unambiguous
+register_format("avmae", _detect_avmae, _map_avmae)
+register_format("audiomae", _detect_audiomae, _map_audiomae)
+
+
+def convert_state_dict(sd: Dict[str, torch.Tensor], model: nn.Module) -> Tuple[str, Dict[str, torch.Tensor], List[str], List[str]]:
+    """Detect the format of ``sd`` and map it to ``model``'s keys. -> (format, sd, ignored, fresh)."""
+    sd = _strip_prefix(sd, "module.")
+    fmt = _format_of(sd)
+    if fmt == "unknown":
+        raise CheckpointError(
+            f"unrecognised checkpoint layout (first keys: {list(sd)[:5]}); known formats: {', '.join(FORMATS)}"
+        )
+    mapped, ignored, fresh = FORMATS[fmt][1](sd, model)
+    if fmt == "audiomae":
+        fmt = "audiomae-pretrain" if "decoder_embed.weight" in sd else ("audiomae-finetune" if "fc_norm.weight" in sd else "timm-vit")
+    return fmt, mapped, ignored, fresh
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+def load_checkpoint(
+    model: nn.Module,
+    path: PathLike,
+    *,
+    strict: bool = True,
+    reset_head: bool = False,
+) -> LoadReport:
+    """Load weights from ``path`` into ``model`` and report what was done.
+
+    Args:
+        model: an avmae model.
+        path: a safetensors or torch file (this project's, official AudioMAE, timm-format encoder,
+            or any registered format).
+        strict: raise on missing or unexpected keys (keys that a format leaves out or ignores by
+            design, such as a decoder when fine-tuning, are reported instead).
+        reset_head: drop a classifier head whose shape does not fit (a new label set); otherwise a
+            shape mismatch is an error.
+    """
+    path = Path(path)
+    sd, _ = read_state_dict(path)
+    try:
+        fmt, mapped, ignored, fresh = convert_state_dict(sd, model)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    report = LoadReport(path=str(path), format=fmt, ignored=sorted(ignored))
+    own = model.state_dict()
+    params = dict(model.named_parameters())
+    for k in list(mapped):
+        if k not in own or mapped[k].shape == own[k].shape:
+            continue
+        p = params.get(k)
+        if k.endswith("pos_embed") and p is not None and not p.requires_grad:
+            # a fixed sin-cos table of another grid size: keep the model's, made by the same formula
+            report.regenerated.append(k)
+            del mapped[k]
+        elif reset_head and k.startswith("head."):
+            report.reinitialized.append(k)
+            del mapped[k]
+        else:
+            raise CheckpointError(
+                f"{path}: tensor {k!r} has shape {tuple(mapped[k].shape)} in the checkpoint but {tuple(own[k].shape)} "
+                "in the model (different size or input length?)"
+            )
+    missing = sorted(set(own) - set(mapped) - set(report.regenerated) - set(report.reinitialized))
+    report.reinitialized += [k for k in missing if k in fresh]
+    report.missing = [k for k in missing if k not in fresh]
+    report.unexpected = sorted(set(mapped) - set(own))
+    if strict and (report.missing or report.unexpected):
+        raise CheckpointError(
+            f"{path} ({fmt}) does not fit {type(model).__name__}: "
+            f"missing {report.missing[:8]}{'...' if len(report.missing) > 8 else ''}, "
+            f"unexpected {report.unexpected[:8]}{'...' if len(report.unexpected) > 8 else ''}"
+        )
+    to_load = {k: v for k, v in mapped.items() if k in own}
+    model.load_state_dict(to_load, strict=False)
+    report.loaded = len(to_load)
+    if report.reinitialized and hasattr(model, "reset_head") and any(k.startswith("head.") for k in report.reinitialized):
+        model.reset_head()
+    _logger.info("%s", report.summary())
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# saving
+
+
+def save_checkpoint(
+    model: nn.Module,
+    path: PathLike,
+    *,
+    model_name: Optional[str] = None,
+    config: Optional[Mapping[str, Any]] = None,
+) -> Path:
+    """Write ``model``'s weights to safetensors (atomically: temp file, then rename).
+
+    The model name and config (JSON) go into the file's metadata so the file describes itself.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    meta = {"format": "avmae"}
+    if model_name:
+        meta["model"] = model_name
+    if config is not None:
+        meta["config"] = json.dumps(config, default=str)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(sd, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# export
+
+
+def to_audiomae_official(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """avmae AudioMAE weights -> the official key layout (pretrain or fine-tuning model).
+
+    The result is also a timm ``VisionTransformer`` state dict for the encoder part
+    (``cls_token``, ``pos_embed`` with its cls row, ``patch_embed``, ``blocks``, ``norm``/``fc_norm``, ``head``).
+    """
+    key = _single_key(model)
+    sd = model.state_dict()
+    out: Dict[str, torch.Tensor] = {}
+    for k, v in sd.items():
+        if k == "cls_pos_embed":
+            continue
+        if k == f"modalities.{key}.pos_embed":
+            out["pos_embed"] = torch.cat([sd["cls_pos_embed"], v], dim=1)
+        elif k.startswith(f"modalities.{key}."):
+            out[k[len(f"modalities.{key}.") :]] = v
+        elif k == "decoder.mask_token":
+            out["mask_token"] = v
+        elif k == "decoder.cls_pos_embed":
+            continue
+        elif k == f"decoder.pos_embed.{key}":
+            out["decoder_pos_embed"] = torch.cat([sd["decoder.cls_pos_embed"], v], dim=1)
+        elif k.startswith("decoder."):
+            rest = k[len("decoder.") :]
+            head, _, tail = rest.partition(".")
+            if head == "pred":
+                tail = tail.partition(".")[2]
+            out[{"embed": "decoder_embed", "blocks": "decoder_blocks", "norm": "decoder_norm", "pred": "decoder_pred"}[head] + "." + tail] = v
+        else:
+            out[k] = v
+    return out

@@ -1,0 +1,6 @@
+"""Masked decoders, selectable by name from the decoder registry."""
+
+from .base import Decoder
+from .standard import GlobalDecoder, HybridDecoder, SwinDecoder
+
+__all__ = ["Decoder", "GlobalDecoder", "SwinDecoder", "HybridDecoder"]

@@ -1,0 +1,18 @@
+"""Reusable layers: positional tables, transformer blocks, shifted-window attention."""
+
+from .pos_embed import audiomae_sincos_2d, sincos_1d, sincos_2d, sincos_3d
+from .blocks import make_block, init_mae_weights
+from .window_attention import SwinBlock, WindowAttention, shift_region_mask, window_and_shift
+
+__all__ = [
+    "audiomae_sincos_2d",
+    "sincos_1d",
+    "sincos_2d",
+    "sincos_3d",
+    "make_block",
+    "init_mae_weights",
+    "SwinBlock",
+    "WindowAttention",
+    "shift_region_mask",
+    "window_and_shift",
+]

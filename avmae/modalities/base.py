@@ -1,0 +1,59 @@
+"""The Modality interface: one input tensor <-> a grid of tokens."""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from ..structures import GridSpec
+
+__all__ = ["Modality"]
+
+
+class Modality(nn.Module):
+    """Base class of a modality branch's input side.
+
+    A subclass knows, from its input shape, its token ``grid``; it ``patchify``s an input into
+    ``[B, L, patch_dim]`` targets and back (``unpatchify``), embeds an input into ``[B, L, D]``
+    tokens (patch embedding plus its fixed positional table), and names its default masking.
+    The model code only talks to this interface, so a new modality needs no model change.
+    """
+
+    #: registry name of the input key this modality reads, e.g. "audio"
+    key: str = ""
+    #: default pretraining mask ratio
+    default_mask_ratio: float = 0.75
+    #: default masking kind: "random" or "tube"
+    default_masking: str = "random"
+
+    grid: Tuple[int, ...]
+    patch_dim: int
+    pos_embed_kind: str
+
+    @property
+    def num_tokens(self) -> int:
+        n = 1
+        for g in self.grid:
+            n *= g
+        return n
+
+    def spec(self) -> GridSpec:
+        return GridSpec(name=self.key, grid=tuple(self.grid), patch_dim=self.patch_dim, pos_embed=self.pos_embed_kind)
+
+    def check_input(self, x: torch.Tensor) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def patchify(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def unpatchify(self, p: torch.Tensor) -> torch.Tensor:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def mask_noise(self, batch: int, device=None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Noise for ``masking.random_masking`` implementing the default masking. [B, L]."""
+        return torch.rand(batch, self.num_tokens, device=device, generator=generator)

@@ -1,0 +1,7 @@
+"""Models: the masked autoencoder, the classifier and the registered presets."""
+
+from .classifier import EncoderClassifier
+from .mae import MaskedAutoencoder, build_decoder, build_modalities
+from . import presets  # noqa: F401  (registers the presets)
+
+__all__ = ["MaskedAutoencoder", "EncoderClassifier", "build_decoder", "build_modalities"]

@@ -1,0 +1,281 @@
+"""MaskedAutoencoder: MAE pretraining over any set of registered modalities.
+
+    inputs {m: x_m} --embed--> tokens --mask--> visible --modality blocks--> [cls] + concat
+        --joint blocks--> norm --decoder (registry)--> {m: pred} --masked MSE--> loss
+
+With one modality every encoder block is a joint block and the model is AudioMAE's
+``MaskedAutoencoderViT``; parameter names then follow it (``blocks.N``, ``norm``, ``cls_token``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+from ..layers import init_mae_weights, make_block
+from ..losses import info_nce, masked_mse
+from ..masking import random_masking
+from ..registry import DECODERS, MODALITIES
+from ..structures import MAEOutput, MaskInfo
+
+_logger = logging.getLogger(__name__)
+
+__all__ = ["MaskedAutoencoder", "build_modalities", "build_decoder"]
+
+ModalityConfig = Mapping[str, Mapping[str, Any]]
+
+
+def build_modalities(configs: ModalityConfig, embed_dim: int) -> nn.ModuleDict:
+    """{input key: params} -> ModuleDict of registered modalities. ``params["type"]`` picks a
+    registered class other than the one named like the key."""
+    mods = nn.ModuleDict()
+    for key, params in configs.items():
+        params = dict(params or {})
+        cls = MODALITIES.get(params.pop("type", key))
+        mod = cls(embed_dim=embed_dim, **params)
+        mod.key = key
+        mods[key] = mod
+    if not len(mods):
+        raise ValueError("a model needs at least one modality")
+    return mods
+
+
+def build_decoder(spec: Union[str, Mapping[str, Any]], params: Optional[Mapping[str, Any]], **common) -> nn.Module:
+    """``"swin"`` or ``{"name": "swin", ...params}`` -> a registered decoder."""
+    if isinstance(spec, Mapping):
+        spec = dict(spec)
+        name = spec.pop("name")
+        params = {**spec, **dict(params or {})}
+    else:
+        name = spec
+    cls = DECODERS.get(name)
+    decoder = cls(**common, **dict(params or {}))
+    if not isinstance(decoder, nn.Module) or not callable(getattr(decoder, "forward", None)):
+        raise TypeError(f"decoder {name!r} did not build an nn.Module")
+    return decoder
+
+
+class MaskedAutoencoder(nn.Module):
+    """Masked autoencoder over a dict of modalities.
+
+    Args:
+        modalities: {input key: modality params}, e.g. {"audio": {"target_length": 1024}}.
+        embed_dim, depth, num_heads, mlp_ratio: encoder size.
+        joint_depth: blocks over the concatenated modalities (the rest are per modality);
+            ignored with one modality (all blocks are joint).
+        cls_token: prepend a learned cls token to the joint sequence (AudioMAE does).
+        decoder: registered decoder name, or {"name": ..., params}.
+        decoder_params: decoder constructor params (embed_dim, depth, num_heads, ...).
+        norm_pix_loss: per-patch normalised targets.
+        mask_ratio: default ratio, a float for all or {modality: ratio}.
+        loss_weights: {modality: weight} for the reconstruction terms (default 1 each).
+        contrastive_weight: weight of InfoNCE between the first two modalities' pooled
+            single-modality representations (0 = off).
+        contrastive_temperature, contrastive_bidirectional: InfoNCE options.
+        drop_path: stochastic depth of the encoder.
+    """
+
+    def __init__(
+        self,
+        *,
+        modalities: ModalityConfig,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        joint_depth: Optional[int] = None,
+        cls_token: bool = True,
+        decoder: Union[str, Mapping[str, Any]] = "swin",
+        decoder_params: Optional[Mapping[str, Any]] = None,
+        norm_pix_loss: bool = True,
+        mask_ratio: Union[float, Mapping[str, float], None] = None,
+        loss_weights: Optional[Mapping[str, float]] = None,
+        contrastive_weight: float = 0.0,
+        contrastive_temperature: float = 0.05,
+        contrastive_bidirectional: bool = False,
+        drop_path: float = 0.0,
+        norm_eps: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        self.modalities = build_modalities(modalities, embed_dim)
+        names = list(self.modalities)
+        single = len(names) == 1
+        joint_depth = depth if (single or joint_depth is None) else joint_depth
+        if not 0 <= joint_depth <= depth:
+            raise ValueError(f"joint_depth={joint_depth} must be within [0, depth={depth}]")
+        specific = depth - joint_depth
+        dpr = torch.linspace(0, drop_path, depth).tolist()
+        self.embed_dim = embed_dim
+        self.norm_pix_loss = norm_pix_loss
+        self.mask_ratio = self._ratios(mask_ratio)
+        self.loss_weights = {m: float((loss_weights or {}).get(m, 1.0)) for m in names}
+        self.contrastive_weight = float(contrastive_weight)
+        self.contrastive_temperature = contrastive_temperature
+        self.contrastive_bidirectional = contrastive_bidirectional
+        if self.contrastive_weight > 0 and len(names) < 2:
+            raise ValueError("contrastive_weight > 0 needs two modalities")
+
+        # ---- encoder ----
+        self.has_cls = cls_token
+        if cls_token:
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+            self.cls_pos_embed = nn.Parameter(torch.zeros(1, 1, embed_dim), requires_grad=False)
+        self.modality_blocks = nn.ModuleDict(
+            {
+                m: nn.ModuleList([make_block(embed_dim, num_heads, mlp_ratio=mlp_ratio, drop_path=dpr[i], norm_eps=norm_eps) for i in range(specific)])
+                for m in names
+            }
+            if specific
+            else {}
+        )
+        if not single:
+            self.modality_embed = nn.ParameterDict({m: nn.Parameter(torch.zeros(1, 1, embed_dim)) for m in names})
+        self.blocks = nn.ModuleList(
+            [make_block(embed_dim, num_heads, mlp_ratio=mlp_ratio, drop_path=dpr[specific + i], norm_eps=norm_eps) for i in range(joint_depth)]
+        )
+        self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
+
+        # ---- decoder ----
+        specs = {m: mod.spec() for m, mod in self.modalities.items()}
+        self.decoder = build_decoder(decoder, decoder_params, encoder_dim=embed_dim, specs=specs, has_cls=cls_token)
+        self.initialize_weights()
+
+    def _ratios(self, ratio: Union[float, Mapping[str, float], None]) -> Dict[str, float]:
+        out = {m: mod.default_mask_ratio for m, mod in self.modalities.items()}
+        if isinstance(ratio, Mapping):
+            unknown = set(ratio) - set(out)
+            if unknown:
+                raise ValueError(f"mask_ratio names unknown modalities {sorted(unknown)}; model has {sorted(out)}")
+            out.update({m: float(r) for m, r in ratio.items()})
+        elif ratio is not None:
+            out = {m: float(ratio) for m in out}
+        for m, r in out.items():
+            if not 0.0 <= r < 1.0:
+                raise ValueError(f"mask_ratio for {m!r} must be in [0, 1), got {r}")
+        return out
+
+    def initialize_weights(self) -> None:
+        # fixed tables were filled at construction; the rest follows MAE
+        self.apply(init_mae_weights)
+        for mod in self.modalities.values():
+            w = mod.patch_embed.proj.weight.data
+            nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        if self.has_cls:
+            nn.init.normal_(self.cls_token, std=0.02)
+        if hasattr(self, "modality_embed"):
+            for p in self.modality_embed.values():
+                nn.init.normal_(p, std=0.02)
+        if hasattr(self.decoder, "init_extra"):
+            self.decoder.init_extra()
+
+    def no_weight_decay(self) -> set:
+        return {"cls_token", "cls_pos_embed"} | {f"modality_embed.{m}" for m in getattr(self, "modality_embed", {})}
+
+    # ------------------------------------------------------------------ steps
+    def _check_inputs(self, inputs: Mapping[str, torch.Tensor]) -> None:
+        missing = [m for m in self.modalities if m not in inputs]
+        if missing:
+            raise KeyError(f"inputs lack modalities {missing}; this model expects {list(self.modalities)}, got {list(inputs)}")
+
+    def embed_and_mask(
+        self, inputs: Mapping[str, torch.Tensor], mask_ratio=None, noise=None
+    ) -> Tuple[Dict[str, torch.Tensor], Dict[str, MaskInfo]]:
+        """Embed each modality, mask it and run its own blocks. -> ({m: [B, K_m, D]}, {m: MaskInfo})."""
+        self._check_inputs(inputs)
+        ratios = self.mask_ratio if mask_ratio is None else self._ratios(mask_ratio)
+        tokens, masks = {}, {}
+        for m, mod in self.modalities.items():
+            x = mod.embed(inputs[m])
+            if hasattr(self, "modality_embed"):
+                x = x + self.modality_embed[m].to(x.dtype)
+            nz = None if noise is None else noise.get(m)
+            if nz is None and mod.default_masking != "random":
+                nz = mod.mask_noise(x.shape[0], device=x.device)
+            x, mask, ids_restore, _ = random_masking(x, ratios[m], nz)
+            for blk in self.modality_blocks[m] if m in self.modality_blocks else ():
+                x = blk(x)
+            tokens[m] = x
+            masks[m] = MaskInfo(mask=mask, ids_restore=ids_restore, num_visible=x.shape[1])
+        return tokens, masks
+
+    def joint(self, tokens: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """[cls] + concatenated tokens through the joint blocks and the final norm. -> [B, N, D]."""
+        parts = list(tokens.values())
+        if self.has_cls:
+            B = parts[0].shape[0]
+            cls = (self.cls_token + self.cls_pos_embed).to(parts[0].dtype).expand(B, -1, -1)
+            parts = [cls] + parts
+        x = torch.cat(parts, dim=1)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x)
+
+    def forward_encoder(self, inputs, mask_ratio=None, noise=None) -> Tuple[torch.Tensor, Dict[str, MaskInfo], Dict[str, torch.Tensor]]:
+        """-> latent [B, (1+) sum K_m, D], masks, per-modality tokens before the joint blocks."""
+        tokens, masks = self.embed_and_mask(inputs, mask_ratio, noise)
+        return self.joint(tokens), masks, tokens
+
+    def forward_decoder(self, latent: torch.Tensor, masks: Mapping[str, MaskInfo]) -> Dict[str, torch.Tensor]:
+        return self.decoder(latent, masks)
+
+    def forward_loss(self, inputs, pred, masks) -> Dict[str, torch.Tensor]:
+        losses = {}
+        for m, mod in self.modalities.items():
+            target = mod.patchify(inputs[m])
+            losses[f"mae_{m}"] = masked_mse(pred[m], target, masks[m].mask, self.norm_pix_loss)
+        return losses
+
+    def forward_contrastive(self, tokens: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """InfoNCE between mean-pooled single-modality passes of the first two modalities."""
+        a, b = list(tokens)[:2]
+        pooled = []
+        for m in (a, b):
+            x = tokens[m]
+            for blk in self.blocks:
+                x = blk(x)
+            pooled.append(self.norm(x).mean(dim=1))
+        return info_nce(pooled[0], pooled[1], self.contrastive_temperature, self.contrastive_bidirectional)
+
+    def forward(self, inputs: Mapping[str, torch.Tensor], mask_ratio=None, noise=None) -> MAEOutput:
+        latent, masks, tokens = self.forward_encoder(inputs, mask_ratio, noise)
+        pred = self.forward_decoder(latent, masks)
+        losses = self.forward_loss(inputs, pred, masks)
+        loss = sum(self.loss_weights[m] * losses[f"mae_{m}"] for m in self.modalities)
+        if self.contrastive_weight > 0:
+            losses["contrastive"] = self.forward_contrastive(tokens)
+            loss = loss + self.contrastive_weight * losses["contrastive"]
+        return MAEOutput(loss=loss, losses=losses, pred=pred, mask={m: i.mask for m, i in masks.items()}, latent=latent)
+
+    # ------------------------------------------------------------------ features
+    @torch.no_grad()
+    def forward_features(self, inputs: Mapping[str, torch.Tensor], contextual_from: Optional[int] = None) -> torch.Tensor:
+        """Encoder on all tokens (no masking). -> [B, N, D] after the final norm.
+
+        contextual_from: when given, average the normed outputs of every joint block with index
+        > contextual_from (AudioMAE's "contextual" features use 8 for ViT-B: blocks 9-11).
+        """
+        zero = {m: 0.0 for m in self.modalities}
+        tokens, _ = self.embed_and_mask(inputs, mask_ratio=zero, noise={m: self._identity_noise(inputs[m], mod) for m, mod in self.modalities.items()})
+        if contextual_from is None:
+            return self.joint(tokens)
+        parts = list(tokens.values())
+        if self.has_cls:
+            cls = (self.cls_token + self.cls_pos_embed).to(parts[0].dtype).expand(parts[0].shape[0], -1, -1)
+            parts = [cls] + parts
+        x = torch.cat(parts, dim=1)
+        outs = []
+        for i, blk in enumerate(self.blocks):
+            x = blk(x)
+            if i > contextual_from:
+                outs.append(self.norm(x))
+        if not outs:
+            raise ValueError(f"contextual_from={contextual_from} leaves no block of {len(self.blocks)}")
+        return torch.stack(outs).mean(0)
+
+    @staticmethod
+    def _identity_noise(x: torch.Tensor, mod) -> torch.Tensor:
+        # increasing noise keeps every token in its original order
+        return torch.arange(mod.num_tokens, device=x.device, dtype=torch.float32).expand(x.shape[0], -1)

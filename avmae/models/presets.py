@@ -1,0 +1,114 @@
+"""Named model presets, registered in the model registry.
+
+Sizes: ``vit_base`` is AudioMAE's ViT-B/16 (768-d, 12 blocks, 12 heads; decoder 512-d).
+``vit_small`` / ``vit_large`` follow MAE's factories; ``tiny`` and ``demo`` are small models for tests
+and for the CPU demo.
+
+``audiomae_<size>`` builds the pretraining model (``decoder=`` "swin" (default, the released
+model), "global" or "hybrid", or any registered plugin); ``audiomae_<size>_cls`` the fine-tuning
+classifier (``num_classes=``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping, Optional, Union
+
+from ..registry import register_model
+from .classifier import EncoderClassifier
+from .mae import MaskedAutoencoder
+
+__all__ = ["SIZES", "DECODER_DEFAULTS", "audiomae", "audiomae_cls"]
+
+SIZES: Dict[str, Dict[str, Any]] = {
+    "tiny": dict(embed_dim=64, depth=2, num_heads=4, decoder_dim=64, decoder_heads=4),
+    "demo": dict(embed_dim=192, depth=4, num_heads=3, decoder_dim=128, decoder_heads=4),
+    "vit_small": dict(embed_dim=384, depth=12, num_heads=6, decoder_dim=512, decoder_heads=16),
+    "vit_base": dict(embed_dim=768, depth=12, num_heads=12, decoder_dim=512, decoder_heads=16),
+    "vit_large": dict(embed_dim=1024, depth=24, num_heads=16, decoder_dim=512, decoder_heads=16),
+}
+
+# per-decoder depths of the full-size models; small sizes scale them down
+DECODER_DEFAULTS: Dict[str, Dict[str, Any]] = {
+    "global": dict(depth=8),
+    "swin": dict(depth=16),
+    "hybrid": dict(depth=16, global_depth=4),
+}
+_SMALL_DECODER_DEPTH = {"tiny": {"global": 2, "swin": 2, "hybrid": 3}, "demo": {"global": 2, "swin": 4, "hybrid": 4}}
+
+
+def _decoder_params(size: str, decoder: str, params: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+    s = SIZES[size]
+    out: Dict[str, Any] = dict(embed_dim=s["decoder_dim"], num_heads=s["decoder_heads"])
+    out.update(DECODER_DEFAULTS.get(decoder, {}))
+    if size in _SMALL_DECODER_DEPTH and decoder in _SMALL_DECODER_DEPTH[size]:
+        out["depth"] = _SMALL_DECODER_DEPTH[size][decoder]
+        if decoder == "hybrid":
+            out["global_depth"] = 1
+    out.update(dict(params or {}))
+    return out
+
+
+def _audio(target_length: int, num_mel_bins: int, pos_embed: str) -> Dict[str, Any]:
+    return {"audio": dict(target_length=target_length, num_mel_bins=num_mel_bins, pos_embed=pos_embed)}
+
+
+def audiomae(
+    size: str,
+    *,
+    decoder: Union[str, Mapping[str, Any]] = "swin",
+    decoder_params: Optional[Mapping[str, Any]] = None,
+    target_length: int = 1024,
+    num_mel_bins: int = 128,
+    pos_embed: str = "audiomae",
+    norm_pix_loss: bool = True,
+    mask_ratio: float = 0.8,
+    **overrides: Any,
+) -> MaskedAutoencoder:
+    """AudioMAE pretraining model of a named size."""
+    s = SIZES[size]
+    name = decoder["name"] if isinstance(decoder, Mapping) else decoder
+    if isinstance(decoder, Mapping):
+        decoder_params = {**{k: v for k, v in decoder.items() if k != "name"}, **dict(decoder_params or {})}
+    kw: Dict[str, Any] = dict(embed_dim=s["embed_dim"], depth=s["depth"], num_heads=s["num_heads"])
+    kw.update(overrides)
+    return MaskedAutoencoder(
+        modalities=_audio(target_length, num_mel_bins, pos_embed),
+        decoder=name,
+        decoder_params=_decoder_params(size, name, decoder_params),
+        norm_pix_loss=norm_pix_loss,
+        mask_ratio=mask_ratio,
+        **kw,
+    )
+
+
+def audiomae_cls(
+    size: str,
+    *,
+    num_classes: int = 527,
+    target_length: int = 1024,
+    num_mel_bins: int = 128,
+    pos_embed: str = "audiomae",
+    **overrides: Any,
+) -> EncoderClassifier:
+    """AudioMAE fine-tuning classifier of a named size."""
+    s = SIZES[size]
+    kw: Dict[str, Any] = dict(embed_dim=s["embed_dim"], depth=s["depth"], num_heads=s["num_heads"])
+    kw.update(overrides)
+    return EncoderClassifier(modalities=_audio(target_length, num_mel_bins, pos_embed), num_classes=num_classes, **kw)
+
+
+def _register(size: str) -> None:
+    def pretrain(**kw: Any) -> MaskedAutoencoder:
+        return audiomae(size, **kw)
+
+    def finetune(**kw: Any) -> EncoderClassifier:
+        return audiomae_cls(size, **kw)
+
+    pretrain.__doc__ = f"AudioMAE {size} pretraining model (see avmae.models.presets.audiomae)."
+    finetune.__doc__ = f"AudioMAE {size} classifier (see avmae.models.presets.audiomae_cls)."
+    register_model(f"audiomae_{size}")(pretrain)
+    register_model(f"audiomae_{size}_cls")(finetune)
+
+
+for _size in SIZES:
+    _register(_size)

@@ -1,0 +1,206 @@
+"""Name -> class/factory registries for models, decoders and modalities.
+
+Built-ins register by decorator when their module is imported. Third-party packages add entries
+through entry points (groups ``avmae.models``, ``avmae.decoders``, ``avmae.modalities``); those are
+discovered once, lazily, on the first lookup or listing. Set ``AVMAE_DISABLE_PLUGINS=1`` to turn
+discovery off.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import inspect
+import logging
+import os
+from importlib import metadata
+from typing import Any, Callable, Dict, List, Optional
+
+_logger = logging.getLogger(__name__)
+
+PLUGINS_ENV = "AVMAE_DISABLE_PLUGINS"
+
+__all__ = ["Registry", "RegistryError", "PluginError", "MODELS", "DECODERS", "MODALITIES"]
+
+
+class RegistryError(KeyError):
+    """Unknown or duplicate registry name."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else ""
+
+
+class PluginError(RuntimeError):
+    """A plugin entry point could not be loaded or has the wrong type."""
+
+
+def _plugins_disabled() -> bool:
+    return os.environ.get(PLUGINS_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+class Registry:
+    """A typed name -> object map with lazy entry-point discovery.
+
+    Args:
+        kind: what the registry holds, used in messages ("model", "decoder", ...).
+        group: the entry-point group scanned for plugins.
+        check: validates a registered object; returns an error string or None.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        group: str,
+        check: Optional[Callable[[Any], Optional[str]]] = None,
+    ) -> None:
+        self.kind = kind
+        self.group = group
+        self._check = check
+        self._entries: Dict[str, Any] = {}
+        self._sources: Dict[str, str] = {}
+        self._plugins_loaded = False
+
+    # ------------------------------------------------------------------ registration
+    def register(self, name: Optional[str] = None, *, source: str = "builtin") -> Callable[[Any], Any]:
+        """Decorator: ``@REG.register("name")`` or ``@REG.register()`` (uses ``__name__``)."""
+
+        def deco(obj: Any) -> Any:
+            self.add(name or obj.__name__, obj, source=source)
+            return obj
+
+        return deco
+
+    def add(self, name: str, obj: Any, *, source: str = "builtin") -> None:
+        if not isinstance(name, str) or not name:
+            raise RegistryError(f"{self.kind} name must be a non-empty string, got {name!r}")
+        if name in self._entries:
+            raise RegistryError(
+                f"{self.kind} {name!r} is already registered (by {self._sources[name]}); "
+                f"pick another name"
+            )
+        if self._check is not None:
+            err = self._check(obj)
+            if err:
+                raise TypeError(f"cannot register {self.kind} {name!r} from {source}: {err}")
+        self._entries[name] = obj
+        self._sources[name] = source
+
+    def remove(self, name: str) -> None:
+        """Drop an entry (used by tests and by plugins that replace their own entries)."""
+        self._entries.pop(name, None)
+        self._sources.pop(name, None)
+
+    # ------------------------------------------------------------------ plugins
+    def load_plugins(self, force: bool = False) -> None:
+        """Discover entry points of ``self.group`` once. Errors name the plugin."""
+        if self._plugins_loaded and not force:
+            return
+        self._plugins_loaded = True
+        if _plugins_disabled():
+            _logger.debug("plugin discovery for %s is off (%s)", self.group, PLUGINS_ENV)
+            return
+        for ep in _entry_points(self.group):
+            if ep.name in self._entries:
+                if self._sources.get(ep.name) == f"plugin {ep.value}":
+                    continue
+                raise PluginError(
+                    f"plugin {ep.name!r} ({ep.value}) in group {self.group!r} clashes with the "
+                    f"{self.kind} of the same name registered by {self._sources[ep.name]}"
+                )
+            try:
+                obj = ep.load()
+            except Exception as exc:  # any import failure of a third-party package
+                raise PluginError(
+                    f"failed to load plugin {ep.name!r} ({ep.value}) from group {self.group!r}: "
+                    f"{type(exc).__name__}: {exc}. Set {PLUGINS_ENV}=1 to disable plugins."
+                ) from exc
+            try:
+                self.add(ep.name, obj, source=f"plugin {ep.value}")
+            except (TypeError, RegistryError) as exc:
+                raise PluginError(f"plugin {ep.name!r} ({ep.value}): {exc}") from exc
+            _logger.info("registered %s %r from plugin %s", self.kind, ep.name, ep.value)
+
+    # ------------------------------------------------------------------ lookup
+    def get(self, name: str) -> Any:
+        if name not in self._entries:
+            self.load_plugins()
+        if name not in self._entries:
+            valid = ", ".join(self.names()) or "(none)"
+            raise RegistryError(f"unknown {self.kind} {name!r}; valid {self.kind}s: {valid}")
+        return self._entries[name]
+
+    def names(self, pattern: str = "") -> List[str]:
+        self.load_plugins()
+        names = sorted(self._entries)
+        if pattern:
+            names = [n for n in names if fnmatch.fnmatch(n, pattern)]
+        return names
+
+    def source(self, name: str) -> str:
+        self.get(name)
+        return self._sources[name]
+
+    def __contains__(self, name: str) -> bool:
+        self.load_plugins()
+        return name in self._entries
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, {len(self._entries)} entries)"
+
+
+def _entry_points(group: str):
+    eps = metadata.entry_points()
+    if hasattr(eps, "select"):
+        selected = eps.select(group=group)
+    else:  # pragma: no cover - very old importlib.metadata
+        selected = eps.get(group, [])
+    # a distribution may be visible twice (e.g. site-packages and an editable path); load once
+    seen, out = set(), []
+    for ep in selected:
+        if ep.name not in seen:
+            seen.add(ep.name)
+            out.append(ep)
+    return out
+
+
+def _check_callable(obj: Any) -> Optional[str]:
+    return None if callable(obj) else f"expected a class or factory function, got {type(obj).__name__}"
+
+
+def _check_module_class(base_name: str) -> Callable[[Any], Optional[str]]:
+    def check(obj: Any) -> Optional[str]:
+        import torch.nn as nn
+
+        if inspect.isclass(obj):
+            return None if issubclass(obj, nn.Module) else f"{obj.__name__} is not an nn.Module subclass"
+        if callable(obj):
+            return None  # a factory; its product is checked when built
+        return f"expected an nn.Module subclass ({base_name}) or a factory, got {type(obj).__name__}"
+
+    return check
+
+
+MODELS = Registry("model", "avmae.models", check=_check_callable)
+DECODERS = Registry("decoder", "avmae.decoders", check=_check_module_class("Decoder"))
+MODALITIES = Registry("modality", "avmae.modalities", check=_check_module_class("Modality"))
+
+
+def _decorator(reg: Registry, name: Any):
+    # usable bare (``@register_decoder``) or with a name (``@register_decoder("swin")``)
+    if callable(name) and not isinstance(name, str):
+        return reg.register()(name)
+    return reg.register(name)
+
+
+def register_model(name: Any = None):
+    """Register a model factory (``**kwargs -> nn.Module``) under ``name`` (default: its ``__name__``)."""
+    return _decorator(MODELS, name)
+
+
+def register_decoder(name: Any = None):
+    """Register a decoder class (an ``avmae.decoders.Decoder`` subclass)."""
+    return _decorator(DECODERS, name)
+
+
+def register_modality(name: Any = None):
+    """Register a modality class (an ``avmae.modalities.Modality`` subclass)."""
+    return _decorator(MODALITIES, name)
