@@ -305,7 +305,7 @@ def load_checkpoint(
         if k not in own or mapped[k].shape == own[k].shape:
             continue
         p = params.get(k)
-        if k.endswith("pos_embed") and p is not None and not p.requires_grad:
+        if "pos_embed" in k.split(".") and p is not None and not p.requires_grad:
             # a fixed sin-cos table of another grid size: keep the model's, made by the same formula
             report.regenerated.append(k)
             del mapped[k]
