@@ -97,10 +97,18 @@ class EncoderClassifier(nn.Module):
     def no_weight_decay(self) -> set:
         return {"cls_token", "cls_pos_embed"}
 
-    def forward_tokens(self, inputs: Mapping[str, torch.Tensor], *, mask: Optional[bool] = None) -> torch.Tensor:
+    def forward_tokens(
+        self,
+        inputs: Mapping[str, torch.Tensor],
+        *,
+        mask: Optional[bool] = None,
+        noise_t: Optional[torch.Tensor] = None,
+        noise_f: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """-> [B, (1+)L', D] encoder outputs (no final norm, as AudioMAE fine-tuning).
 
         mask: apply the structured masking (default: in training mode when a prob > 0).
+        noise_t [B, T'], noise_f [B, F']: optional masking noise (argsort ascending keeps).
         """
         if self.key not in inputs:
             raise KeyError(f"inputs lack modality {self.key!r}; got {list(inputs)}")
@@ -108,7 +116,7 @@ class EncoderClassifier(nn.Module):
         if mask is None:
             mask = self.training and (self.mask_t_prob > 0 or self.mask_f_prob > 0)
         if mask:
-            x, _ = structured_time_freq_mask(x, self.modality.grid, self.mask_t_prob, self.mask_f_prob)
+            x, _ = structured_time_freq_mask(x, self.modality.grid, self.mask_t_prob, self.mask_f_prob, noise_t, noise_f)
         if self.has_cls:
             cls = (self.cls_token + self.cls_pos_embed).to(x.dtype).expand(x.shape[0], -1, -1)
             x = torch.cat([cls, x], dim=1)
