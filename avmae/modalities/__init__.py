@@ -2,5 +2,6 @@
 
 from .base import Modality
 from .audio import AudioModality, PatchEmbed2d
+from .video import TubeletEmbed, VideoModality
 
-__all__ = ["Modality", "AudioModality", "PatchEmbed2d"]
+__all__ = ["Modality", "AudioModality", "PatchEmbed2d", "VideoModality", "TubeletEmbed"]

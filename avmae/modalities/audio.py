@@ -1,8 +1,17 @@
 """The audio modality: log-mel spectrograms [B, 1, T, F] as in AudioMAE.
 
 Legend: b batch, c channels (1), t/f patch rows/columns on the (time, mel) grid, p/q pixels inside a
-patch along time/frequency. Token k = t * (F/16) + f (time-major); inside a patch the pixels are
-row-major in time, ``(p q c)``. This is the layout of the released AudioMAE checkpoints.
+patch along the grid's first/second axis.
+
+Two token layouts (``layout=``):
+
+- ``"tf"`` (default, AudioMAE): grid (T/16, F/16); token k = t * (F/16) + f (time-major); inside a
+  patch the pixels are row-major in time, ``(p q c)`` with p along time. This is the layout of the
+  released AudioMAE checkpoints.
+- ``"ft"`` (CAV-MAE): the input is transposed to [B, 1, F, T] before the patch embedding and the
+  patchify, so the grid is (F/16, T/16); token k = f * (T/16) + t (frequency-major); pixels are
+  row-major in frequency, ``(p q c)`` with p along frequency. The conv kernel then equals CAV-MAE's
+  ``patch_embed_a`` kernel unchanged.
 """
 
 from __future__ import annotations
@@ -38,8 +47,10 @@ class AudioModality(Modality):
         target_length: time frames T (multiple of patch_size).
         num_mel_bins: mel bins F (multiple of patch_size).
         patch_size: square patch side (16).
-        pos_embed: "audiomae" (the released checkpoints' table) or "sincos2d" (true (t, f) geometry).
+        pos_embed: "audiomae" (the released checkpoints' table) or "sincos2d" (true grid geometry).
+            Default: "audiomae" for layout "tf", "sincos2d" for layout "ft" (CAV-MAE's table).
         pos_trainable: learn the positional table instead of keeping it fixed.
+        layout: "tf" (time-major tokens, AudioMAE) or "ft" (frequency-major tokens, CAV-MAE).
     """
 
     key = "audio"
@@ -53,16 +64,25 @@ class AudioModality(Modality):
         target_length: int = 1024,
         num_mel_bins: int = 128,
         patch_size: int = 16,
-        pos_embed: str = "audiomae",
+        pos_embed: str | None = None,
         pos_trainable: bool = False,
+        layout: str = "tf",
     ) -> None:
         super().__init__()
         for name, v in (("target_length", target_length), ("num_mel_bins", num_mel_bins)):
             if v <= 0 or v % patch_size:
                 raise ValueError(f"{name}={v} must be a positive multiple of patch_size={patch_size}")
+        if layout not in ("tf", "ft"):
+            raise ValueError(f"audio layout must be 'tf' (time-major, AudioMAE) or 'ft' (frequency-major, CAV-MAE), got {layout!r}")
+        if pos_embed is None:
+            pos_embed = "audiomae" if layout == "tf" else "sincos2d"
+        if layout == "ft" and pos_embed == "audiomae":
+            raise ValueError("pos_embed='audiomae' is AudioMAE's table for the 'tf' layout; use 'sincos2d' with layout='ft'")
         self.patch_size = patch_size
+        self.layout = layout
         self.input_shape = (1, target_length, num_mel_bins)
-        self.grid = (target_length // patch_size, num_mel_bins // patch_size)
+        t, f = target_length // patch_size, num_mel_bins // patch_size
+        self.grid = (t, f) if layout == "tf" else (f, t)
         self.patch_dim = patch_size * patch_size
         self.pos_embed_kind = pos_embed
         self.patch_embed = PatchEmbed2d(in_chans=1, embed_dim=embed_dim, patch_size=patch_size)
@@ -80,18 +100,23 @@ class AudioModality(Modality):
                 f"(batch, channel, time frames, mel bins), got {list(x.shape)}"
             )
 
+    def _to_grid_order(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, 1, T, F] -> the image whose row-major patches are the tokens ([B, 1, F, T] for "ft")."""
+        return x if self.layout == "tf" else x.transpose(2, 3)
+
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [B, 1, T, F] -> [B, L, 256]."""
+        """x: [B, 1, T, F] -> [B, L, 256] in the layout's token and pixel order."""
         p = self.patch_size
-        return rearrange(x, "b c (t p) (f q) -> b (t f) (p q c)", p=p, q=p)
+        return rearrange(self._to_grid_order(x), "b c (t p) (f q) -> b (t f) (p q c)", p=p, q=p)
 
     def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
         """[B, L, 256] -> [B, 1, T, F]."""
         p = self.patch_size
         t, f = self.grid
-        return rearrange(patches, "b (t f) (p q c) -> b c (t p) (f q)", t=t, f=f, p=p, q=p, c=1)
+        img = rearrange(patches, "b (t f) (p q c) -> b c (t p) (f q)", t=t, f=f, p=p, q=p, c=1)
+        return self._to_grid_order(img)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, 1, T, F] -> tokens [B, L, D] with positions added."""
         self.check_input(x)
-        return self.patch_embed(x) + self.pos_embed.to(x.dtype)
+        return self.patch_embed(self._to_grid_order(x)) + self.pos_embed.to(x.dtype)
