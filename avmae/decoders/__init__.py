@@ -2,5 +2,6 @@
 
 from .base import Decoder
 from .standard import GlobalDecoder, HybridDecoder, SwinDecoder
+from .joint import JointDecoder, MixedBlock
 
-__all__ = ["Decoder", "GlobalDecoder", "SwinDecoder", "HybridDecoder"]
+__all__ = ["Decoder", "GlobalDecoder", "SwinDecoder", "HybridDecoder", "JointDecoder", "MixedBlock"]

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from ..layers import init_mae_weights, make_block
-from ..losses import info_nce, masked_mse
+from ..losses import accuracy_from_logits, contrastive_logits, info_nce_from_logits, masked_mse
 from ..masking import random_masking
 from ..registry import DECODERS, MODALITIES
 from ..structures import MAEOutput, MaskInfo
@@ -75,7 +75,12 @@ class MaskedAutoencoder(nn.Module):
         contrastive_weight: weight of InfoNCE between the first two modalities' pooled
             single-modality representations (0 = off).
         contrastive_temperature, contrastive_bidirectional: InfoNCE options.
+        contrastive_gather: take negatives from every process when ``torch.distributed`` is
+            initialised (see ``avmae.losses``); the loss then equals the global-batch loss.
         drop_path: stochastic depth of the encoder.
+
+    A modality may define ``snap_mask_ratio(ratio) -> ratio`` to round a ratio to its masking
+    structure (the video modality keeps whole tubes with tube masking).
     """
 
     def __init__(
@@ -96,6 +101,7 @@ class MaskedAutoencoder(nn.Module):
         contrastive_weight: float = 0.0,
         contrastive_temperature: float = 0.05,
         contrastive_bidirectional: bool = False,
+        contrastive_gather: bool = True,
         drop_path: float = 0.0,
         norm_eps: float = 1e-6,
     ) -> None:
@@ -115,6 +121,7 @@ class MaskedAutoencoder(nn.Module):
         self.contrastive_weight = float(contrastive_weight)
         self.contrastive_temperature = contrastive_temperature
         self.contrastive_bidirectional = contrastive_bidirectional
+        self.contrastive_gather = contrastive_gather
         if self.contrastive_weight > 0 and len(names) < 2:
             raise ValueError("contrastive_weight > 0 needs two modalities")
 
@@ -194,7 +201,8 @@ class MaskedAutoencoder(nn.Module):
             nz = None if noise is None else noise.get(m)
             if nz is None and mod.default_masking != "random":
                 nz = mod.mask_noise(x.shape[0], device=x.device)
-            x, mask, ids_restore, _ = random_masking(x, ratios[m], nz)
+            ratio = mod.snap_mask_ratio(ratios[m]) if hasattr(mod, "snap_mask_ratio") else ratios[m]
+            x, mask, ids_restore, _ = random_masking(x, ratio, nz)
             for blk in self.modality_blocks[m] if m in self.modality_blocks else ():
                 x = blk(x)
             tokens[m] = x
@@ -228,26 +236,35 @@ class MaskedAutoencoder(nn.Module):
             losses[f"mae_{m}"] = masked_mse(pred[m], target, masks[m].mask, self.norm_pix_loss)
         return losses
 
+    def single_modality(self, m: str, x: torch.Tensor) -> torch.Tensor:
+        """One modality's tokens alone through the joint blocks and the final norm. -> [B, K, D]."""
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x)
+
+    def contrastive_logits(self, tokens: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """[N, N] similarities / temperature of the mean-pooled single-modality passes of the first
+        two modalities (N = global batch with ``contrastive_gather`` under torch.distributed)."""
+        a, b = list(tokens)[:2]
+        pa, pb = (self.single_modality(m, tokens[m]).mean(dim=1) for m in (a, b))
+        return contrastive_logits(pa, pb, self.contrastive_temperature, self.contrastive_gather)
+
     def forward_contrastive(self, tokens: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """InfoNCE between mean-pooled single-modality passes of the first two modalities."""
-        a, b = list(tokens)[:2]
-        pooled = []
-        for m in (a, b):
-            x = tokens[m]
-            for blk in self.blocks:
-                x = blk(x)
-            pooled.append(self.norm(x).mean(dim=1))
-        return info_nce(pooled[0], pooled[1], self.contrastive_temperature, self.contrastive_bidirectional)
+        return info_nce_from_logits(self.contrastive_logits(tokens), self.contrastive_bidirectional)
 
     def forward(self, inputs: Mapping[str, torch.Tensor], mask_ratio=None, noise=None) -> MAEOutput:
         latent, masks, tokens = self.forward_encoder(inputs, mask_ratio, noise)
         pred = self.forward_decoder(latent, masks)
         losses = self.forward_loss(inputs, pred, masks)
         loss = sum(self.loss_weights[m] * losses[f"mae_{m}"] for m in self.modalities)
+        extras: Dict[str, torch.Tensor] = {}
         if self.contrastive_weight > 0:
-            losses["contrastive"] = self.forward_contrastive(tokens)
+            logits = self.contrastive_logits(tokens)
+            losses["contrastive"] = info_nce_from_logits(logits, self.contrastive_bidirectional)
+            extras["contrastive_acc"] = accuracy_from_logits(logits, self.contrastive_bidirectional)
             loss = loss + self.contrastive_weight * losses["contrastive"]
-        return MAEOutput(loss=loss, losses=losses, pred=pred, mask={m: i.mask for m, i in masks.items()}, latent=latent)
+        return MAEOutput(loss=loss, losses=losses, pred=pred, mask={m: i.mask for m, i in masks.items()}, latent=latent, extras=extras)
 
     # ------------------------------------------------------------------ features
     @torch.no_grad()
