@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from pathlib import Path
 from typing import BinaryIO, Optional, Union
 
@@ -29,6 +30,7 @@ _logger = logging.getLogger(__name__)
 __all__ = ["MediaError", "load_audio", "save_audio", "MAX_SAMPLE_RATE"]
 
 MAX_SAMPLE_RATE = 768_000
+DEFAULT_DECODE_TIMEOUT = 60.0  # seconds per item; a decoder stuck longer than this is treated as broken
 _MAX_SINC_RATIO = 2_000  # reduced source rate above which the sinc kernel gets too large
 
 MediaSource = Union[str, os.PathLike, BinaryIO]
@@ -103,7 +105,7 @@ def _resample(wave: torch.Tensor, src: int, dst: int) -> torch.Tensor:
     return torch.from_numpy(np.concatenate(out) if out else np.zeros(0, np.float32)).reshape(1, -1)
 
 
-def _decode_mono(container, name: str, max_seconds: Optional[float]) -> tuple:
+def _decode_mono(container, name: str, max_seconds: Optional[float], timeout: Optional[float] = None) -> tuple:
     streams = container.streams.audio
     if len(streams) == 0:
         raise MediaError(name, "no audio stream")
@@ -113,7 +115,10 @@ def _decode_mono(container, name: str, max_seconds: Optional[float]) -> tuple:
     src_rate: Optional[int] = None
     limit: Optional[int] = None
     chunks, total = [], 0
+    deadline = None if timeout is None else time.monotonic() + timeout
     for packet in container.demux(stream):
+        if deadline is not None and time.monotonic() > deadline:
+            raise MediaError(name, f"decoding took longer than {timeout:g} s (time limit per item)")
         for frame in packet.decode():
             rate = int(frame.sample_rate or 0)
             if src_rate is None:
@@ -140,7 +145,11 @@ def _decode_mono(container, name: str, max_seconds: Optional[float]) -> tuple:
 
 
 def load_audio(
-    path: MediaSource, sample_rate: int = 16000, *, max_seconds: Optional[float] = None
+    path: MediaSource,
+    sample_rate: int = 16000,
+    *,
+    max_seconds: Optional[float] = None,
+    timeout: Optional[float] = DEFAULT_DECODE_TIMEOUT,
 ) -> torch.Tensor:
     """Decode the first audio stream of ``path`` -> ``[1, N]`` float32 mono at ``sample_rate``.
 
@@ -148,6 +157,8 @@ def load_audio(
     through unscaled (as ``torchaudio.load`` does), so lossy decoders may overshoot 1 slightly.
     ``max_seconds`` stops decoding after that much audio (measured at the source rate).
     ``path`` may also be a binary file object (e.g. a member of a tar shard).
+    ``timeout`` bounds the time spent decoding one item (seconds, checked between packets, and
+    passed to FFmpeg for blocking reads); ``None`` disables it.
     Raises :class:`MediaError` (naming the file and the reason) for anything unreadable.
     """
     if int(sample_rate) != sample_rate or sample_rate <= 0:
@@ -165,16 +176,18 @@ def load_audio(
             raise MediaError(name, "empty file")
         path = os.fspath(p)
     try:
-        container = av.open(path, mode="r", metadata_errors="ignore")
-    except MediaError:
-        raise
+        container = av.open(path, mode="r", metadata_errors="ignore", timeout=timeout)
+    except av.error.ExitError as err:  # FFmpeg's interrupt callback: the time limit passed
+        raise MediaError(name, f"decoding took longer than {timeout:g} s (time limit per item)") from err
     except Exception as err:  # FFmpegError, OSError, ... : FFmpeg found no known format
         raise MediaError(name, f"not a readable media file ({err})") from err
     try:
         with container:
-            wave, src_rate = _decode_mono(container, name, max_seconds)
+            wave, src_rate = _decode_mono(container, name, max_seconds, timeout)
     except MediaError:
         raise
+    except av.error.ExitError as err:
+        raise MediaError(name, f"decoding took longer than {timeout:g} s (time limit per item)") from err
     except Exception as err:
         raise MediaError(name, f"corrupt or truncated data ({type(err).__name__}: {err})") from err
     if not bool(torch.isfinite(wave).all()):
