@@ -96,6 +96,12 @@ def test_presets_registered_and_shapes():
     assert model.no_weight_decay() <= set(names)
     with pytest.raises(ValueError, match="audio input must be"):
         model({"audio": torch.randn(1, 1, 128, 256)})
+    # what the trainer and the feature extractor read
+    assert list(model.modalities) == ["audio"] and model.modalities["audio"].input_shape == (1, 256, 128)
+    assert model.modalities["audio"].num_tokens == 12 * 25
+    assert tiny(mask_t_prob=0.0, mask_f_prob=0.0).grid == (12, 101)
+    with pytest.raises(ValueError, match="SpecAugment"):
+        tiny(mask_t_prob=0.2)
 
 
 def test_reset_head_and_headless():

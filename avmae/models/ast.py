@@ -192,6 +192,16 @@ class ASTEncoder(nn.Module):
     def num_patches(self) -> int:
         return self.grid[0] * self.grid[1]
 
+    num_tokens = num_patches  # the name avmae's modalities use
+
+    @property
+    def target_length(self) -> int:
+        return self.input_shape[1]
+
+    @property
+    def num_mel_bins(self) -> int:
+        return self.input_shape[2]
+
     def check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 4 or tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(
@@ -225,6 +235,9 @@ class ASTClassifier(nn.Module):
         embed_dim, depth, num_heads, mlp_ratio: DeiT backbone size.
         drop_rate: dropout after the positional embedding; drop_path: stochastic depth.
         head_norm_eps: eps of the head's LayerNorm (PyTorch's default, as released).
+        mask_t_prob, mask_f_prob: accepted for the fine-tuning trainer, which passes AudioMAE's
+            token masking to every classifier; AST masks the spectrogram instead
+            (``data.augment.freqm`` / ``timem``), so they must be 0.
     """
 
     key = "audio"
@@ -246,8 +259,15 @@ class ASTClassifier(nn.Module):
         drop_path: float = 0.0,
         norm_eps: float = 1e-6,
         head_norm_eps: float = 1e-5,
+        mask_t_prob: float = 0.0,
+        mask_f_prob: float = 0.0,
     ) -> None:
         super().__init__()
+        if mask_t_prob or mask_f_prob:
+            raise ValueError(
+                f"AST has no token masking (mask_t_prob={mask_t_prob}, mask_f_prob={mask_f_prob}); "
+                "use SpecAugment on the spectrogram (data.augment.freqm / timem)"
+            )
         self.encoder = ASTEncoder(
             target_length=target_length,
             num_mel_bins=num_mel_bins,
@@ -270,6 +290,12 @@ class ASTClassifier(nn.Module):
     @property
     def grid(self) -> Grid:
         return self.encoder.grid
+
+    @property
+    def modalities(self) -> Dict[str, ASTEncoder]:
+        """{input key: the branch that reads it}, as avmae's other models expose (``input_shape``,
+        ``num_tokens``); the trainer takes the batch entries named here as inputs."""
+        return {self.key: self.encoder}
 
     def _make_head(self, num_classes: int) -> nn.Module:
         if num_classes <= 0:
