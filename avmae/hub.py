@@ -1,0 +1,397 @@
+"""Rebuild a model from a checkpoint alone: ``load_pretrained(path) -> (model, report)``.
+
+Where the model description comes from, in order:
+
+1. this project's safetensors metadata: ``model`` (registered name) and ``config`` (JSON). The
+   trainer stores its whole resolved run config there; ``model.params`` plus the input size
+   (``data.target_length``, ``data.num_mel_bins``) and the task's own params (``mask_ratio`` for
+   pretraining; ``num_classes``, ``mask_t_prob``, ``mask_f_prob`` for fine-tuning) rebuild it
+   exactly as the trainer built it. A bare ``{"model": {"name": ..., "params": {...}}}`` works too.
+2. a ``config.yaml`` beside the weights (a trainer checkpoint folder), when the metadata has none.
+3. the tensors of a foreign file (official AudioMAE ``.pth``, timm-format encoder): the size is read
+   from the shapes (embedding width, depth, input length from ``pos_embed``), the decoder from the
+   block keys (``attn.tau`` marks the shifted-window decoder of the released pretraining file; the
+   demo notebook of the official repository built the global decoder instead and showed noise), the
+   class count from ``head.weight``.
+
+``path`` may be a weights file, a checkpoint folder (``.../step_0001000/``) or a run folder (its
+newest checkpoint). ``**overrides`` go to ``create_model`` and win over what the file says, e.g.
+``target_length=512`` to run a 1024-frame model on 5 s inputs (fixed positional tables are then
+regenerated for the new grid).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+from .checkpoint import CheckpointError, LoadReport, convert_state_dict, load_checkpoint, read_state_dict
+
+_logger = logging.getLogger(__name__)
+
+__all__ = [
+    "PretrainedReport",
+    "load_pretrained",
+    "resolve_weights",
+    "describe_checkpoint",
+    "frontend_for",
+    "audio_modality",
+    "input_size",
+    "timm_kwargs",
+    "to_timm",
+    "WEIGHTS_FILE",
+    "CONFIG_FILE",
+]
+
+PathLike = Union[str, os.PathLike]
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.yaml"
+CHECKPOINT_DIR = "checkpoints"
+_STEP = re.compile(r"^step_(\d+)$")
+
+
+@dataclass
+class PretrainedReport(LoadReport):
+    """``LoadReport`` plus how the model was built.
+
+    model_name / model_params: the ``create_model`` call; config: the run config found with the
+    weights (``None`` for foreign files); source: "metadata", "config.yaml" or "detected".
+    """
+
+    model_name: str = ""
+    model_params: Dict[str, Any] = field(default_factory=dict)
+    config: Optional[Dict[str, Any]] = None
+    source: str = ""
+
+    def summary(self) -> str:
+        return f"{self.model_name}({_fmt_params(self.model_params)}) from {self.source}; " + super().summary()
+
+
+def _fmt_params(params: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in sorted(params.items()))
+
+
+# ------------------------------------------------------------------------------ locating files
+
+
+def resolve_weights(path: PathLike) -> Path:
+    """A weights file from a file, a checkpoint folder, or a run folder (newest ``step_*``)."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        return p
+    if not p.exists():
+        raise CheckpointError(f"{p}: no such checkpoint file or folder")
+    if (p / WEIGHTS_FILE).is_file():
+        return p / WEIGHTS_FILE
+    root = p / CHECKPOINT_DIR if (p / CHECKPOINT_DIR).is_dir() else p
+    steps = sorted(
+        (int(m.group(1)), d) for d in root.iterdir() if d.is_dir() and (m := _STEP.match(d.name)) and (d / WEIGHTS_FILE).is_file()
+    )
+    if not steps:
+        raise CheckpointError(f"{p}: a folder with neither {WEIGHTS_FILE} nor {CHECKPOINT_DIR}/step_*/{WEIGHTS_FILE}")
+    return steps[-1][1] / WEIGHTS_FILE
+
+
+def _read_config(weights: Path, meta: Mapping[str, str]) -> Tuple[Optional[Dict[str, Any]], str]:
+    if meta.get("config"):
+        try:
+            cfg = json.loads(meta["config"])
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{weights}: metadata 'config' is not valid JSON ({exc})") from None
+        if isinstance(cfg, dict):
+            return cfg, "metadata"
+    side = weights.parent / CONFIG_FILE
+    if side.is_file():
+        import yaml
+
+        cfg = yaml.safe_load(side.read_text(encoding="utf-8"))
+        if isinstance(cfg, dict):
+            return cfg, CONFIG_FILE
+    return None, ""
+
+
+# ------------------------------------------------------------------------------ model spec
+
+
+def _spec_from_config(cfg: Mapping[str, Any], meta: Mapping[str, str], sd: Mapping[str, torch.Tensor]) -> Tuple[str, Dict[str, Any]]:
+    """(model name, factory params) as the trainer built the model."""
+    model_cfg = cfg.get("model") if isinstance(cfg.get("model"), Mapping) else {}
+    name = meta.get("model") or model_cfg.get("name") or (cfg["model"] if isinstance(cfg.get("model"), str) else None)
+    if not name:
+        raise CheckpointError("the checkpoint's config names no model (model.name)")
+    params: Dict[str, Any] = dict(model_cfg.get("params") or {})
+    data = cfg.get("data") if isinstance(cfg.get("data"), Mapping) else None
+    if data is not None:  # the trainer's full config: it injects the input size
+        for k in ("target_length", "num_mel_bins"):
+            if k in data and k not in params:
+                params[k] = data[k]
+    task = cfg.get("task")
+    masking = cfg.get("masking") if isinstance(cfg.get("masking"), Mapping) else {}
+    if task == "pretrain" and "mask_ratio" in masking:
+        params.setdefault("mask_ratio", masking["mask_ratio"])
+    if task in ("finetune", "linprobe"):
+        for k in ("mask_t_prob", "mask_f_prob"):
+            if k in masking:
+                params.setdefault(k, masking[k])
+    pos = sd.get("modalities.audio.pos_embed")
+    if data is None and pos is not None and "target_length" not in params:  # saved without the run config
+        per_row = int(params.get("num_mel_bins", 128)) // 16
+        if pos.shape[1] % per_row == 0:
+            params["target_length"] = int(pos.shape[1]) // per_row * 16
+    if "head.weight" in sd and "num_classes" not in params and not any(k.startswith("decoder.") for k in sd):
+        params["num_classes"] = int(sd["head.weight"].shape[0])  # the trainer takes it from the label file
+    return str(name), params
+
+
+def _count(sd: Mapping[str, torch.Tensor], prefix: str) -> int:
+    idx = {int(k[len(prefix) :].split(".", 1)[0]) for k in sd if k.startswith(prefix) and k[len(prefix) :].split(".", 1)[0].isdigit()}
+    return max(idx) + 1 if idx else 0
+
+
+def _detect_spec(sd: Mapping[str, torch.Tensor], fmt: str, num_mel_bins: int = 128) -> Tuple[str, Dict[str, Any]]:
+    """(model name, params) of an official AudioMAE / timm-format file, from tensor shapes."""
+    from .models.presets import SIZES
+
+    embed_dim = int(sd["patch_embed.proj.weight"].shape[0])
+    patch = int(sd["patch_embed.proj.weight"].shape[-1])
+    depth = _count(sd, "blocks.")
+    size = next((s for s, v in SIZES.items() if v["embed_dim"] == embed_dim and v["depth"] == depth), None)
+    params: Dict[str, Any] = {}
+    if size is None:  # not a preset size: give the shape explicitly (heads of 64 dims, as ViT)
+        size = "vit_base"
+        params.update(embed_dim=embed_dim, depth=depth, num_heads=max(1, embed_dim // 64))
+    per_row = num_mel_bins // patch
+    tokens = int(sd["pos_embed"].shape[1]) - 1
+    if tokens % per_row:
+        raise CheckpointError(f"pos_embed has {tokens} patch rows, not a multiple of {per_row} ({num_mel_bins} mel bins); pass num_mel_bins=")
+    params["target_length"] = tokens // per_row * patch
+    params["num_mel_bins"] = num_mel_bins
+    if fmt == "audiomae-pretrain":
+        dec_depth = _count(sd, "decoder_blocks.")
+        dec_dim = int(sd["decoder_embed.weight"].shape[0])
+        if "decoder_blocks.0.attn.tau" in sd or "decoder_blocks.0.attn.meta_mlp.fc1.weight" in sd:
+            decoder = "swin"
+            heads = int(sd["decoder_blocks.0.attn.tau"].shape[0]) if "decoder_blocks.0.attn.tau" in sd else None
+        else:
+            decoder, heads = "global", None
+        params["decoder"] = decoder
+        dparams: Dict[str, Any] = {"depth": dec_depth, "embed_dim": dec_dim}
+        if heads is not None:
+            dparams["num_heads"] = heads
+        elif dec_dim != SIZES[size]["decoder_dim"]:
+            dparams["num_heads"] = max(1, dec_dim // 32)
+        params["decoder_params"] = dparams
+        return f"audiomae_{size}", params
+    if "head.weight" in sd or "fc_norm.weight" in sd:
+        params["num_classes"] = int(sd["head.weight"].shape[0]) if "head.weight" in sd else 0
+        return f"audiomae_{size}_cls", params
+    # an encoder alone with its final norm (a pretrained timm port): the pretraining model's
+    # encoder computes its features (the decoder stays untrained and is reported missing)
+    return f"audiomae_{size}", params
+
+
+def describe_checkpoint(path: PathLike, *, num_mel_bins: int = 128) -> PretrainedReport:
+    """What ``load_pretrained`` would build, without building it (nothing is loaded)."""
+    weights = resolve_weights(path)
+    sd, meta = read_state_dict(weights)
+    return _describe(weights, sd, meta, num_mel_bins)
+
+
+def _describe(weights: Path, sd, meta, num_mel_bins: int) -> PretrainedReport:
+    cfg, source = _read_config(weights, meta)
+    if cfg is not None or meta.get("model"):
+        name, params = _spec_from_config(cfg or {}, meta, sd)
+        fmt = "avmae"
+    else:
+        probe = sd if not all(k.startswith("module.") for k in sd) else {k[7:]: v for k, v in sd.items()}
+        fmt = _foreign_format(probe)
+        if fmt == "avmae":
+            raise CheckpointError(
+                f"{weights}: this project's weights without a model name in the metadata or a {CONFIG_FILE} beside them; "
+                "pass model_name= (and its params)"
+            )
+        name, params = _detect_spec(probe, fmt, num_mel_bins)
+        source = "detected"
+    return PretrainedReport(path=str(weights), format=fmt, model_name=name, model_params=params, config=cfg, source=source)
+
+
+def _foreign_format(sd: Mapping[str, torch.Tensor]) -> str:
+    if any(k.startswith("modalities.") for k in sd):
+        return "avmae"
+    if not ("patch_embed.proj.weight" in sd and "pos_embed" in sd):
+        raise CheckpointError(f"unrecognised checkpoint layout (first keys: {list(sd)[:5]})")
+    if "decoder_embed.weight" in sd:
+        return "audiomae-pretrain"
+    return "audiomae-finetune" if "fc_norm.weight" in sd else "timm-vit"
+
+
+# ------------------------------------------------------------------------------ loading
+
+
+def load_pretrained(
+    path: PathLike,
+    *,
+    model_name: Optional[str] = None,
+    strict: bool = True,
+    map_location: Union[str, torch.device, None] = None,
+    **overrides: Any,
+) -> Tuple[nn.Module, PretrainedReport]:
+    """Build the model a checkpoint describes and load its weights. -> (model in eval mode, report).
+
+    Args:
+        path: weights file (``.safetensors``, official ``.pth``), checkpoint folder or run folder.
+        model_name: build this registered model instead of the one the file names (its params
+            then come from ``overrides`` alone).
+        strict: fail on keys that do not fit. An encoder-only file loaded into a pretraining
+            model leaves its decoder untrained: allowed, and listed in ``report.missing``.
+        map_location: device to move the model to.
+        **overrides: ``create_model`` params that win over the file's.
+    """
+    import avmae
+
+    weights = resolve_weights(path)
+    sd, meta = read_state_dict(weights)
+    if model_name is not None:
+        cfg, source = _read_config(weights, meta)
+        info = PretrainedReport(path=str(weights), format="", model_name=model_name, model_params={}, config=cfg, source="argument")
+    else:
+        info = _describe(weights, sd, meta, int(overrides.get("num_mel_bins", 128)))
+    params = {**info.model_params, **overrides}
+    try:
+        model = avmae.create_model(info.model_name, **params)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{weights}: cannot build {info.model_name}({_fmt_params(params)}): {exc}") from exc
+    encoder_only = info.source == "detected" and info.format == "timm-vit" and hasattr(model, "decoder")
+    report = load_checkpoint(model, weights, strict=strict and not encoder_only)
+    if encoder_only:
+        bad = [k for k in report.missing if not k.startswith("decoder.")]
+        if strict and (bad or report.unexpected):
+            raise CheckpointError(f"{weights} does not fit {info.model_name}: missing {bad[:8]}, unexpected {report.unexpected[:8]}")
+        # left fresh by design: the file has no decoder
+        report.reinitialized += [k for k in report.missing if k.startswith("decoder.")]
+        report.missing = bad
+    out = PretrainedReport(**{**asdict(report), "model_name": info.model_name, "model_params": params, "config": info.config, "source": info.source})
+    model.eval()
+    if map_location is not None:
+        model.to(map_location)
+    _logger.info("%s", out.summary())
+    return model, out
+
+
+# ------------------------------------------------------------------------------ inputs
+
+
+def audio_modality(model: nn.Module, key: str = "audio"):
+    """The model's audio modality (raises if it has none)."""
+    mods = getattr(model, "modalities", None)
+    if mods is None or key not in mods:
+        raise ValueError(f"{type(model).__name__} has no {key!r} modality (has {list(mods or [])})")
+    return mods[key]
+
+
+def input_size(model: nn.Module) -> Tuple[int, int]:
+    """(target_length, num_mel_bins) the model takes."""
+    mods = getattr(model, "modalities", None)
+    if mods is not None:
+        if "audio" not in mods:
+            raise ValueError(f"{type(model).__name__} has no audio modality (has {list(mods)})")
+        _, t, f = mods["audio"].input_shape
+        return int(t), int(f)
+    for owner in (model, getattr(model, "encoder", None)):
+        t, f = getattr(owner, "target_length", None), getattr(owner, "num_mel_bins", None)
+        if t and f:
+            return int(t), int(f)
+    raise ValueError(f"cannot tell the input size of {type(model).__name__}; pass a frontend with target_length")
+
+
+def frontend_for(model: nn.Module, config: Optional[Mapping[str, Any]] = None, *, norm: Optional[str] = None, **overrides: Any):
+    """The ``AudioFrontend`` a model was trained with.
+
+    Input size from the model (its audio modality); sample rate and normalisation from the run
+    config's ``data`` section (``mean``/``std``, else the stats named by ``norm``), else AudioSet's.
+    ``norm=`` names other stats (a key of ``avmae.data.NORM_STATS``); ``overrides`` (``mean=``,
+    ``std=``, ``sample_rate=``, ``target_length=``) win over everything.
+    """
+    from .data import NORM_STATS, AudioFrontend
+
+    target_length, num_mel_bins = input_size(model)
+    data = (config or {}).get("data") if isinstance((config or {}).get("data"), Mapping) else {}
+    mean, std = NORM_STATS["audioset"]
+    if norm is not None:
+        if norm not in NORM_STATS:
+            raise KeyError(f"unknown normalisation stats {norm!r}; known: {sorted(NORM_STATS)}")
+        mean, std = NORM_STATS[norm]
+    elif data.get("mean") is not None and data.get("std") is not None:
+        mean, std = float(data["mean"]), float(data["std"])
+    elif data.get("norm") in NORM_STATS:
+        mean, std = NORM_STATS[data["norm"]]
+    kw: Dict[str, Any] = dict(
+        sample_rate=int(data.get("sample_rate", 16000)),
+        num_mel_bins=int(num_mel_bins),
+        target_length=int(target_length),
+        mean=mean,
+        std=std,
+    )
+    kw.update({k: v for k, v in overrides.items() if v is not None})
+    return AudioFrontend(**kw)
+
+
+# ------------------------------------------------------------------------------ export
+
+
+def timm_kwargs(model: nn.Module) -> Dict[str, Any]:
+    """``timm.models.vision_transformer.VisionTransformer`` arguments that rebuild ``model``'s encoder.
+
+    A classifier maps to ``global_pool='avg', fc_norm=True`` (its mean pool and ``fc_norm``; no final
+    norm) with its head; a pretraining model to ``global_pool='avg', fc_norm=False`` (final norm on
+    every token, then the mean over the patch tokens) without a head. Either way timm's pre-logits
+    features equal this project's pooled features.
+    """
+    mod = audio_modality(model)
+    if getattr(mod, "layout", "tf") != "tf":
+        raise ValueError("only the time-major ('tf', AudioMAE) audio layout maps onto timm's ViT patch order")
+    _, T, F = mod.input_shape
+    blk = model.blocks[0]
+    D = int(getattr(model, "embed_dim", mod.patch_embed.proj.out_channels))
+    is_cls = not hasattr(model, "decoder")
+    kw: Dict[str, Any] = dict(
+        img_size=(int(T), int(F)),
+        patch_size=int(mod.patch_size),
+        in_chans=1,
+        embed_dim=D,
+        depth=len(model.blocks),
+        num_heads=int(blk.attn.num_heads),
+        mlp_ratio=blk.mlp.fc1.out_features / D,
+        qkv_bias=blk.attn.qkv.bias is not None,
+        class_token=bool(getattr(model, "has_cls", True)),
+    )
+    if is_cls:
+        pool = getattr(model, "global_pool", "avg")
+        kw.update(global_pool="token" if pool == "cls" else "avg", fc_norm=True, num_classes=int(getattr(model, "num_classes", 0) or 0))
+    else:
+        if len(model.modalities) != 1:
+            raise ValueError(f"a timm ViT holds a single-modality encoder; this model has {list(model.modalities)}")
+        kw.update(global_pool="avg", fc_norm=False, num_classes=0)
+    return kw
+
+
+def to_timm(model: nn.Module) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """-> (state dict for timm's ``VisionTransformer(**kwargs)``, kwargs). The decoder is dropped."""
+    from .checkpoint import to_audiomae_official
+
+    kw = timm_kwargs(model)
+    sd = to_audiomae_official(model)
+    drop = ("decoder_", "mask_token")
+    sd = {k: v for k, v in sd.items() if not k.startswith(drop)}
+    if kw["num_classes"] == 0:
+        sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
+    return sd, kw
