@@ -1,0 +1,207 @@
+"""Embedding extraction: the tool's numbers are the model's own forward on the same input."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import avmae
+from avmae.checkpoint import to_audiomae_official
+from avmae.data import AudioFrontend, NORM_STATS, load_audio, save_audio, synthesize_clip
+from avmae.extract import EmbeddingExtractor, extract, find_media, output_names
+from avmae.hub import frontend_for, load_pretrained
+
+T = 64  # 0.64 s windows
+ROOT = Path(__file__).resolve().parent.parent
+MEAN, STD = NORM_STATS["esc50"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _tool(name):
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", ROOT / "tools" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _trainer_config(task, **model_params):
+    """The shape of the run config the trainer stores in the checkpoint metadata."""
+    return {
+        "task": task,
+        "model": {"name": "", "params": model_params},
+        "data": {"target_length": T, "num_mel_bins": 128, "sample_rate": 16000, "norm": "esc50", "mean": None, "std": None},
+        "masking": {"mask_ratio": 0.8, "mask_t_prob": 0.0, "mask_f_prob": 0.0},
+    }
+
+
+def _randomise(model):
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.02 * torch.randn_like(p))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    root = tmp_path_factory.mktemp("media")
+    g = torch.Generator().manual_seed(0)
+    save_audio(root / "short.wav", synthesize_clip("tone", g, seconds=0.4).unsqueeze(0), 16000)  # 38 frames: one padded window
+    save_audio(root / "sub" / "long.flac", synthesize_clip("chirp", g, seconds=1.5).unsqueeze(0), 16000)  # 148 frames: 3 windows
+    (root / "sub" / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt garbage" * 4)
+    (root / "empty.mp3").write_bytes(b"")
+    (root / "notes.txt").write_text("not audio")
+    return root
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("ckpt")
+    mae = _randomise(avmae.create_model("audiomae_tiny", target_length=T))
+    cfg = _trainer_config("pretrain")
+    cfg["model"]["name"] = "audiomae_tiny"
+    step = root / "run" / "checkpoints" / "step_0000010"
+    avmae.save_checkpoint(mae, step / "model.safetensors", model_name="audiomae_tiny", config=cfg)
+    clf = _randomise(avmae.create_model("audiomae_tiny_cls", target_length=T, num_classes=3))
+    cfg = _trainer_config("finetune")
+    cfg["model"]["name"] = "audiomae_tiny_cls"
+    avmae.save_checkpoint(clf, root / "clf.safetensors", model_name="audiomae_tiny_cls", config=cfg)
+    torch.save({"model": to_audiomae_official(mae), "epoch": 3}, root / "official.pth")
+    return {"mae": mae, "clf": clf, "run": root / "run", "clf_path": root / "clf.safetensors", "official": root / "official.pth"}
+
+
+def _frontend():
+    return AudioFrontend(target_length=T, mean=MEAN, std=STD)
+
+
+def _mae_pooled(model, x, contextual_from=None):
+    with torch.no_grad():
+        return model.forward_features({"audio": x}, contextual_from=contextual_from)[:, 1:].mean(1)
+
+
+def _manual_windows(wave, hop=T):
+    """The long clip's windows, cut by hand: un-normalised fbank, zero-padded, normalised."""
+    fb = AudioFrontend(target_length=None).compute_fbank(wave)
+    starts = list(range(0, fb.shape[0] - T + hop, hop)) if fb.shape[0] > T else [0]
+    starts = [s for s in starts if s < fb.shape[0]]
+    fb = F.pad(fb, (0, 0, 0, max(0, starts[-1] + T - fb.shape[0])))
+    return ((torch.stack([fb[s : s + T] for s in starts]) - MEAN) / (2 * STD)).unsqueeze(1)
+
+
+def test_load_pretrained_reads_the_trainer_metadata(checkpoints):
+    model, rep = load_pretrained(checkpoints["run"])  # a run folder: its newest checkpoint
+    assert rep.model_name == "audiomae_tiny" and rep.source == "metadata"
+    assert rep.model_params == {"target_length": T, "num_mel_bins": 128, "mask_ratio": 0.8}
+    assert rep.path.endswith("step_0000010/model.safetensors")
+    for a, b in zip(model.state_dict().values(), checkpoints["mae"].state_dict().values()):
+        assert torch.equal(a, b)
+    fe = frontend_for(model, rep.config)
+    assert (fe.mean, fe.std, fe.target_length) == (MEAN, STD, T)
+    clf, rep = load_pretrained(checkpoints["clf_path"])
+    assert rep.model_params["num_classes"] == 3 and not model.training
+
+
+def test_short_clip_equals_the_model_forward(media, checkpoints):
+    model = checkpoints["mae"]
+    wave = load_audio(media / "short.wav")
+    ex = EmbeddingExtractor(model, _frontend(), patches=True, contextual_from=0)
+    got = ex(wave)
+    x = _frontend()(wave).unsqueeze(0)  # the training frontend pads to T frames
+    torch.testing.assert_close(torch.from_numpy(got["embedding"]), _mae_pooled(model, x)[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.from_numpy(got["contextual"]), _mae_pooled(model, x, 0)[0], atol=1e-5, rtol=1e-5)
+    assert got["patches"].shape == (1, model.modalities["audio"].num_tokens, 64)
+
+
+def test_long_clip_is_the_mean_over_windows(media, checkpoints):
+    model = checkpoints["mae"]
+    wave = load_audio(media / "sub" / "long.flac")
+    wins = _manual_windows(wave)
+    assert wins.shape[0] == 3
+    ex = EmbeddingExtractor(model, _frontend(), keep_windows=True)
+    got = ex(wave)
+    per = _mae_pooled(model, wins)
+    torch.testing.assert_close(torch.from_numpy(got["window_embedding"]), per, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.from_numpy(got["embedding"]), per.mean(0), atol=1e-5, rtol=1e-5)
+    # half-window hop: windows at 0, 32, 64, 96 (the last one reaches the end)
+    ex = EmbeddingExtractor(model, _frontend(), hop=T // 2, keep_windows=True)
+    got = ex(wave)
+    per = _mae_pooled(model, _manual_windows(wave, hop=T // 2))
+    assert got["window_embedding"].shape == (4, 64)
+    torch.testing.assert_close(torch.from_numpy(got["embedding"]), per.mean(0), atol=1e-5, rtol=1e-5)
+
+
+def test_classifier_features_are_its_forward_features(media, checkpoints):
+    clf = checkpoints["clf"]
+    wave = load_audio(media / "short.wav")
+    got = EmbeddingExtractor(clf, _frontend(), patches=True)(wave)
+    with torch.no_grad():
+        want = clf.forward_features({"audio": _frontend()(wave).unsqueeze(0)})[0]
+    torch.testing.assert_close(torch.from_numpy(got["embedding"]), want, atol=1e-5, rtol=1e-5)
+    assert got["patches"].shape == (1, clf.modality.num_tokens, 64)
+    with pytest.raises(ValueError, match="contextual"):
+        EmbeddingExtractor(clf, _frontend(), contextual_from=0)
+
+
+def test_batches_do_not_change_results_and_unreadable_files_are_skipped(media, checkpoints):
+    paths, root = find_media(media)
+    assert [p.name for p in paths] == ["empty.mp3", "short.wav", "broken.wav", "long.flac"]
+    assert output_names(paths, root) == ["empty", "short", "sub/broken", "sub/long"]
+    ex = EmbeddingExtractor(checkpoints["mae"], _frontend(), keep_windows=True)
+    one = list(extract(paths, ex, batch_size=1))
+    many = list(extract(paths, ex, batch_size=16))
+    assert [r.path for r in one] == [str(p) for p in paths]
+    assert [r.error is not None for r in one] == [True, False, True, False]
+    assert "empty.mp3" in one[0].error and "broken.wav" in one[2].error
+    assert [r.num_windows for r in many] == [0, 1, 0, 3]
+    for a, b in zip(one, many):
+        if a.arrays is not None:
+            for k in a.arrays:
+                np.testing.assert_allclose(a.arrays[k], b.arrays[k], atol=1e-5)
+
+
+def test_tool_writes_npz_npy_and_safetensors(media, checkpoints, tmp_path, capsys):
+    tool = _tool("extract")
+    model = checkpoints["mae"]
+    long_emb = EmbeddingExtractor(model, _frontend())(load_audio(media / "sub" / "long.flac"))["embedding"]
+
+    out = tmp_path / "emb.npz"
+    assert tool.main([str(media), "-c", str(checkpoints["run"]), "-o", str(out), "--keep-windows", "--contextual", "--no-progress", "--batch-size", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "skipped 2 unreadable file(s)" in err and "broken.wav" in err
+    z = np.load(out)
+    assert [Path(f).name for f in z["files"]] == ["short.wav", "long.flac"]
+    assert list(z["names"]) == ["short", "sub/long"]
+    assert [Path(f).name for f in z["skipped"]] == ["empty.mp3", "broken.wav"]
+    assert z["embedding"].shape == (2, 64) and z["contextual"].shape == (2, 64)
+    assert list(z["window_offsets"]) == [0, 1, 4] and z["window_embedding"].shape == (4, 64)
+    np.testing.assert_allclose(z["embedding"][1], long_emb, atol=1e-5)
+    np.testing.assert_allclose(z["window_embedding"][1:4].mean(0), z["embedding"][1], atol=1e-6)
+    meta = json.loads(str(z["meta"]))
+    assert meta["window_frames"] == T and meta["hop_frames"] == T and meta["mean"] == MEAN and meta["contextual_from"] == -1
+
+    folder = tmp_path / "npy"
+    assert tool.main([str(media), "-c", str(checkpoints["run"]), "-o", str(folder), "--patches", "--no-progress", "--extensions", "flac,wav"]) == 0
+    np.testing.assert_allclose(np.load(folder / "sub" / "long.npy"), long_emb, atol=1e-5)
+    assert np.load(folder / "sub" / "long.patches.npy").shape == (3, model.modalities["audio"].num_tokens, 64)
+    assert (folder / "files.tsv").read_text().splitlines()[0].startswith("short\t")
+    assert "broken.wav" in (folder / "skipped.tsv").read_text() and "empty.mp3" not in (folder / "skipped.tsv").read_text()
+
+    from safetensors import safe_open
+
+    st = tmp_path / "emb.safetensors"
+    assert tool.main([str(media / "sub" / "long.flac"), "-c", str(checkpoints["official"]), "-o", str(st), "--no-progress", "--norm", "esc50"]) == 0
+    with safe_open(str(st), "np") as f:
+        np.testing.assert_allclose(f.get_tensor("embedding")[0], long_emb, atol=1e-5)  # the official file holds the same weights
+        assert json.loads(f.metadata()["files"]) == [str(media / "sub" / "long.flac")]
