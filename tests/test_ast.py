@@ -274,3 +274,18 @@ def test_short_training_lowers_the_loss():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+# ------------------------------------------------------------------------------------------------
+# recipes
+
+
+@pytest.mark.parametrize("name, grid", [("audioset", (12, 101)), ("esc50", (12, 50)), ("speechcommands", (12, 12))])
+def test_recipes_load_and_build(name, grid):
+    config = pytest.importorskip("avmae.config")
+    cfg = config.load_config([Path(__file__).resolve().parents[1] / "configs" / "ast" / f"{name}.yaml"])
+    assert cfg.task == "finetune" and cfg.model.name == "ast_base"
+    params = {k: v for k, v in cfg.model.params.items() if k != "deit_checkpoint"}  # weights not shipped
+    with torch.device("meta"):
+        model = avmae.create_model(cfg.model.name, **params, target_length=cfg.data.target_length, num_mel_bins=cfg.data.num_mel_bins)
+    assert model.grid == grid
