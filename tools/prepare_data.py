@@ -1,0 +1,403 @@
+#!/usr/bin/env python
+"""Dataset preparation: manifests, normalisation stats, balanced-sampling weights, video frames, shards.
+
+    python tools/prepare_data.py manifest ROOT --out train.json [--labels labels.csv] [--label-csv class_labels_indices.csv]
+    python tools/prepare_data.py stats train.json [--max-files 1000]
+    python tools/prepare_data.py weights train.json --label-csv class_labels_indices.csv --out weights.csv
+    python tools/prepare_data.py frames VIDEOS --out frames/ [--num-frames 10] [--size 224]
+    python tools/prepare_data.py shards train.json --out shards/ [--shard-size 1000] [--with-fbank]
+
+manifest: scans ROOT recursively for audio/video files and writes AudioMAE's JSON
+    ({"data": [{"wav": "rel/path.flac", "labels": "/m/09x0r,/m/05zppz"}, ...]}) with paths relative
+    to the manifest's folder. --labels maps files to label ids: a CSV whose rows are
+    ``<file name, stem or relative path>,<"id1,id2">`` (a header naming the columns is optional;
+    AudioSet's segment CSVs, ``YTID, start, end, "labels"`` with '#' comments, read as they are).
+    Files that cannot be read are left out and listed.
+stats: the mean and std of the un-normalised fbank over (a seeded sample of) the data: the
+    ``data.mean``/``data.std`` the frontend normalises with. By default over the frames the model
+    sees (padded/cropped to --target-length, as AST/AudioMAE computed theirs); --target-length 0
+    takes every frame of every clip, no padding.
+weights: AudioSet-style balanced sampling weights (1000 / (label count + 0.01), summed over an
+    item's labels), one float per line, in manifest order (AudioMAE's gen_weight.py).
+frames: N frames per video into CAV-MAE's layout ``OUT/frame_{i}/{video_id}.jpg`` (short side
+    resized to --size, centre crop).
+shards: tar shards for streaming (avmae.data.shards.write_shards).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import random
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+if __package__ in (None, "") and __name__ == "__main__":  # run as a script from a source checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+_KEY_COLUMNS = ("file", "filename", "file_name", "name", "path", "wav", "stem", "video_id", "ytid", "id", "clip", "clip_id")
+_LABEL_COLUMNS = ("labels", "label", "positive_labels", "mids", "mid", "classes", "class")
+
+
+def _err(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+# ============================================================================== manifest
+
+
+def read_label_map(path: os.PathLike | str) -> Dict[str, str]:
+    """CSV ``key -> "id1,id2"``. Rows starting with '#' are comments. With a header naming a key
+    column (file, name, stem, video_id, YTID, ...) and a label column (labels, positive_labels,
+    ...), those are used; otherwise the first column is the key and the last the labels."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.reader((line for line in f if not line.lstrip().startswith("#")), skipinitialspace=True) if r and any(c.strip() for c in r)]
+    if not rows:
+        return {}
+    head = [c.strip().lower() for c in rows[0]]
+    key_col = next((head.index(c) for c in _KEY_COLUMNS if c in head), None)
+    lab_col = next((head.index(c) for c in _LABEL_COLUMNS if c in head), None)
+    if key_col is not None and lab_col is not None:
+        rows = rows[1:]
+    else:
+        key_col, lab_col = 0, -1
+    out: Dict[str, str] = {}
+    for r in rows:
+        if len(r) < 2:
+            raise ValueError(f"{path}: row {r!r} has no label column")
+        labels = ",".join(x.strip() for x in r[lab_col].split(",") if x.strip())
+        out[r[key_col].strip()] = labels
+    return out
+
+
+def _lookup(labels: Dict[str, str], path: Path, root: Path) -> Optional[str]:
+    rel = path.relative_to(root)
+    stem = path.stem
+    for key in (rel.as_posix(), rel.with_suffix("").as_posix(), path.name, stem, stem[1:] if stem.startswith("Y") else None):
+        if key and key in labels:
+            return labels[key]
+    return None
+
+
+def _check_labels(labels: str, ids: Sequence[str], names: Sequence[str], where: str) -> str:
+    """Validate label ids against the label CSV; display names are turned into ids."""
+    by_name = {n: i for n, i in zip(names, ids)}
+    known = set(ids)
+    out = []
+    for lab in (x.strip() for x in labels.split(",") if x.strip()):
+        if lab in known:
+            out.append(lab)
+        elif lab in by_name:
+            out.append(by_name[lab])
+        else:
+            raise KeyError(f"{where}: label {lab!r} is neither an id nor a display name of the label CSV")
+    return ",".join(out)
+
+
+@dataclass
+class ManifestReport:
+    items: List[Dict[str, str]] = field(default_factory=list)
+    unreadable: List[str] = field(default_factory=list)  # "path: reason"
+    unlabelled: List[str] = field(default_factory=list)
+
+
+def build_manifest(
+    root: os.PathLike | str,
+    out: os.PathLike | str,
+    *,
+    labels: Optional[os.PathLike | str] = None,
+    label_csv: Optional[os.PathLike | str] = None,
+    extensions: Sequence[str] = (),
+    check: str = "probe",
+    absolute: bool = False,
+    require_labels: bool = False,
+    progress: bool = False,
+) -> ManifestReport:
+    """Scan ``root`` and write the manifest ``out``. check: "none", "probe" (decode the first
+    second) or "full" (decode everything)."""
+    from avmae.data import MediaError, load_audio, read_label_csv
+    from avmae.extract import MEDIA_EXTENSIONS, VIDEO_EXTENSIONS, find_media
+
+    if check not in ("none", "probe", "full"):
+        raise ValueError(f"check must be none, probe or full, got {check!r}")
+    root, out = Path(root), Path(out)
+    paths, _ = find_media(root, extensions or MEDIA_EXTENSIONS)
+    label_map = read_label_map(labels) if labels else None
+    ids, names = read_label_csv(label_csv) if label_csv else ([], [])
+    report = ManifestReport()
+    it: Iterable[Path] = paths
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(paths, unit="file", desc="manifest", dynamic_ncols=True)
+    base = out.resolve().parent
+    for p in it:
+        if check != "none":
+            try:
+                load_audio(p, max_seconds=1.0 if check == "probe" else None)
+            except MediaError as err:
+                report.unreadable.append(str(err))
+                continue
+        lab = ""
+        if label_map is not None:
+            found = _lookup(label_map, p, root)
+            if found is None:
+                report.unlabelled.append(str(p))
+                if require_labels:
+                    continue
+            else:
+                lab = found
+        if ids and lab:
+            lab = _check_labels(lab, ids, names, str(p))
+        wav = p.resolve().as_posix() if absolute else Path(os.path.relpath(p.resolve(), base)).as_posix()
+        item = {"wav": wav, "labels": lab}
+        if p.suffix.lower() in VIDEO_EXTENSIONS:
+            item["video_id"] = p.stem
+        report.items.append(item)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps({"data": report.items}, indent=1), encoding="utf-8")
+    os.replace(tmp, out)
+    return report
+
+
+def cmd_manifest(args: argparse.Namespace) -> int:
+    exts = [e.strip() for e in args.extensions.split(",") if e.strip()] if args.extensions else ()
+    rep = build_manifest(
+        args.root, args.out, labels=args.labels, label_csv=args.label_csv, extensions=exts, check=args.check,
+        absolute=args.absolute, require_labels=args.require_labels, progress=not args.no_progress,
+    )
+    print(f"wrote {args.out}: {len(rep.items)} item(s)")
+    if rep.unlabelled:
+        what = "left out" if args.require_labels else "written with no labels"
+        _err(f"{len(rep.unlabelled)} file(s) have no entry in {args.labels} ({what}), e.g. {rep.unlabelled[:3]}")
+    if rep.unreadable:
+        _err(f"{len(rep.unreadable)} unreadable file(s) left out:")
+        for line in rep.unreadable:
+            _err(f"  {line}")
+    return 0 if rep.items else 1
+
+
+# ============================================================================== stats
+
+
+def _sources(sources: Sequence[str], extensions: Sequence[str] = ()) -> List[Path]:
+    from avmae.extract import MEDIA_EXTENSIONS, find_media
+
+    paths: List[Path] = []
+    for s in sources:
+        paths += find_media(s, extensions or MEDIA_EXTENSIONS)[0]
+    return paths
+
+
+def fbank_stats(
+    paths: Sequence[os.PathLike | str],
+    *,
+    max_files: Optional[int] = 1000,
+    seed: int = 0,
+    sample_rate: int = 16000,
+    num_mel_bins: int = 128,
+    target_length: Optional[int] = 1024,
+    progress: bool = False,
+) -> Dict[str, object]:
+    """Mean and (unbiased) std of every un-normalised fbank value over a seeded sample of
+    ``max_files`` files (all when None). ``target_length``: pad/crop each clip as the frontend
+    does (None: whole clips). -> dict(mean, std, files, frames, skipped)."""
+    from avmae.data import AudioFrontend, MediaError, load_audio
+
+    paths = list(paths)
+    if max_files is not None and len(paths) > max_files:
+        paths = sorted(random.Random(seed).sample(paths, max_files), key=str)
+    fe = AudioFrontend(sample_rate=sample_rate, num_mel_bins=num_mel_bins, target_length=target_length)
+    total = torch.zeros((), dtype=torch.float64)
+    total_sq = torch.zeros((), dtype=torch.float64)
+    n = 0
+    frames = 0
+    skipped: List[str] = []
+    it: Iterable = paths
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(paths, unit="file", desc="stats", dynamic_ncols=True)
+    for p in it:
+        try:
+            x = fe.compute_fbank(load_audio(p, sample_rate)).double()
+        except MediaError as err:
+            skipped.append(str(err))
+            continue
+        total += x.sum()
+        total_sq += (x * x).sum()
+        n += x.numel()
+        frames += x.shape[0]
+    if n < 2:
+        raise ValueError(f"no readable audio among {len(paths)} file(s)")
+    mean = float(total / n)
+    var = float((total_sq - n * mean * mean) / (n - 1))
+    return {"mean": mean, "std": math.sqrt(max(var, 0.0)), "files": len(paths) - len(skipped), "frames": frames, "skipped": skipped,
+            "target_length": target_length, "sample_rate": sample_rate, "num_mel_bins": num_mel_bins}
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    paths = _sources(args.sources)
+    if not paths:
+        _err(f"no media files found in {args.sources}")
+        return 1
+    res = fbank_stats(
+        paths, max_files=args.max_files or None, seed=args.seed, sample_rate=args.sample_rate, num_mel_bins=args.num_mel_bins,
+        target_length=args.target_length or None, progress=not args.no_progress,
+    )
+    print(f"fbank mean {res['mean']:.7g}, std {res['std']:.7g} over {res['files']} file(s), {res['frames']} frames")
+    print(f"config: data.mean={res['mean']:.7g} data.std={res['std']:.7g}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(res, indent=1), encoding="utf-8")
+        print(f"wrote {args.out}")
+    for line in res["skipped"]:
+        _err(f"skipped {line}")
+    return 0
+
+
+# ============================================================================== weights
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    from avmae.sampling import balanced_weights, save_weights
+
+    w = balanced_weights(args.manifest, args.label_csv)
+    save_weights(w, args.out)
+    nz = w[w > 0]
+    print(f"wrote {args.out}: {w.numel()} weights (min {float(nz.min()) if nz.numel() else 0:.4g}, max {float(w.max()):.4g}; {int((w == 0).sum())} unlabelled at 0)")
+    return 0
+
+
+# ============================================================================== frames
+
+
+def cmd_frames(args: argparse.Namespace) -> int:
+    try:
+        from avmae.data.video import extract_frame_folder
+    except ImportError as exc:
+        _err(f"error: frame extraction needs avmae.data.video.extract_frame_folder, which this installation lacks ({exc})")
+        return 2
+    from avmae.data import MediaError
+    from avmae.extract import VIDEO_EXTENSIONS
+
+    exts = [e.strip() for e in args.extensions.split(",") if e.strip()] if args.extensions else VIDEO_EXTENSIONS
+    paths = _sources(args.sources, exts)
+    if not paths:
+        _err(f"no video files found in {args.sources}")
+        return 1
+    it: Iterable[Path] = paths
+    if not args.no_progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(paths, unit="video", desc="frames", dynamic_ncols=True)
+    failed = []
+    for p in it:
+        try:
+            extract_frame_folder(p, args.out, num_frames=args.num_frames, size=args.size, quality=args.quality)
+        except MediaError as err:
+            failed.append(str(err))
+    print(f"wrote {args.num_frames} frame(s) of {len(paths) - len(failed)} video(s) to {args.out}/frame_{{0..{args.num_frames - 1}}}/<video_id>.jpg")
+    if failed:
+        _err(f"{len(failed)} unreadable video(s) skipped:")
+        for line in failed:
+            _err(f"  {line}")
+    return 0 if len(failed) < len(paths) else 1
+
+
+# ============================================================================== shards
+
+
+def cmd_shards(args: argparse.Namespace) -> int:
+    try:
+        from avmae.data.shards import write_shards
+    except ImportError as exc:
+        _err(f"error: shard writing needs avmae.data.shards.write_shards, which this installation lacks ({exc})")
+        return 2
+    frontend = None
+    if args.with_fbank:
+        from avmae.data import NORM_STATS, AudioFrontend
+
+        mean, std = (args.mean, args.std) if args.mean is not None and args.std is not None else NORM_STATS[args.norm]
+        frontend = AudioFrontend(sample_rate=args.sample_rate, num_mel_bins=args.num_mel_bins, target_length=args.target_length, mean=mean, std=std)
+    result = write_shards(args.manifest, args.out, shard_size=args.shard_size, with_fbank=args.with_fbank, frontend=frontend, label_csv=args.label_csv)
+    print(f"wrote shards to {args.out}" + ("" if result is None else f": {result}"))
+    return 0
+
+
+# ============================================================================== CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="avmae prepare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="{manifest,stats,weights,frames,shards}")
+
+    m = sub.add_parser("manifest", help="scan a folder into an AudioMAE JSON manifest")
+    m.add_argument("root", help="folder of audio/video files (searched recursively)")
+    m.add_argument("--out", "-o", required=True, help="manifest path (.json)")
+    m.add_argument("--labels", default=None, help="CSV: file name/stem -> label ids")
+    m.add_argument("--label-csv", default=None, help="class_labels_indices.csv to check label ids against (display names become ids)")
+    m.add_argument("--extensions", default=None, help="comma-separated suffixes (default: common audio and video)")
+    m.add_argument("--check", choices=("none", "probe", "full"), default="probe", help="readability check (default: decode the first second)")
+    m.add_argument("--absolute", action="store_true", help="write absolute paths")
+    m.add_argument("--require-labels", action="store_true", help="leave out files with no entry in --labels")
+    m.add_argument("--no-progress", action="store_true")
+    m.set_defaults(func=cmd_manifest)
+
+    s = sub.add_parser("stats", help="fbank mean/std for the normaliser")
+    s.add_argument("sources", nargs="+", help="manifests, folders or files")
+    s.add_argument("--max-files", type=int, default=1000, help="seeded random sample of this many files (0 = all; default: %(default)s)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--sample-rate", type=int, default=16000)
+    s.add_argument("--num-mel-bins", type=int, default=128)
+    s.add_argument("--target-length", type=int, default=1024, help="pad/crop to this many frames first (0 = whole clips; default: %(default)s)")
+    s.add_argument("--out", "-o", default=None, help="also write the numbers as JSON")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_stats)
+
+    w = sub.add_parser("weights", help="balanced sampling weights (AudioSet style)")
+    w.add_argument("manifest")
+    w.add_argument("--label-csv", required=True, help="class_labels_indices.csv")
+    w.add_argument("--out", "-o", required=True, help="weight file, one float per line")
+    w.set_defaults(func=cmd_weights)
+
+    f = sub.add_parser("frames", help="CAV-MAE frame folders from videos")
+    f.add_argument("sources", nargs="+", help="video files, folders or manifests")
+    f.add_argument("--out", "-o", required=True, help="root of frame_{i}/ folders")
+    f.add_argument("--num-frames", type=int, default=10)
+    f.add_argument("--size", type=int, default=224, help="short side resize and square centre crop (default: %(default)s)")
+    f.add_argument("--quality", type=int, default=95, help="JPEG quality (default: %(default)s)")
+    f.add_argument("--extensions", default=None, help="comma-separated video suffixes")
+    f.add_argument("--no-progress", action="store_true")
+    f.set_defaults(func=cmd_frames)
+
+    h = sub.add_parser("shards", help="tar shards for streaming")
+    h.add_argument("manifest")
+    h.add_argument("--out", "-o", required=True)
+    h.add_argument("--shard-size", type=int, default=1000)
+    h.add_argument("--label-csv", default=None)
+    h.add_argument("--with-fbank", action="store_true", help="store normalised fbanks instead of decoding at training time")
+    h.add_argument("--sample-rate", type=int, default=16000)
+    h.add_argument("--num-mel-bins", type=int, default=128)
+    h.add_argument("--target-length", type=int, default=1024)
+    h.add_argument("--norm", default="audioset")
+    h.add_argument("--mean", type=float, default=None)
+    h.add_argument("--std", type=float, default=None)
+    h.set_defaults(func=cmd_shards)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
