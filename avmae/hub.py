@@ -147,9 +147,18 @@ def _spec_from_config(cfg: Mapping[str, Any], meta: Mapping[str, str], sd: Mappi
         per_row = int(params.get("num_mel_bins", 128)) // 16
         if pos.shape[1] % per_row == 0:
             params["target_length"] = int(pos.shape[1]) // per_row * 16
-    if "head.weight" in sd and "num_classes" not in params and not any(k.startswith("decoder.") for k in sd):
-        params["num_classes"] = int(sd["head.weight"].shape[0])  # the trainer takes it from the label file
+    classes = _head_classes(sd)
+    if classes is not None and "num_classes" not in params and not any(k.startswith("decoder.") for k in sd):
+        params["num_classes"] = classes  # the trainer takes it from the label file
     return str(name), params
+
+
+def _head_classes(sd: Mapping[str, torch.Tensor]) -> Optional[int]:
+    """Rows of the last 2-D weight of ``head`` (``head.weight`` or ``head.<i>.weight``)."""
+    found = [(k.count("."), k) for k, v in sd.items() if k.startswith("head.") and k.endswith(".weight") and v.dim() == 2]
+    if not found:
+        return None
+    return int(sd[max(found, key=lambda t: (t[0], t[1]))[1]].shape[0])
 
 
 def _count(sd: Mapping[str, torch.Tensor], prefix: str) -> int:
@@ -356,6 +365,11 @@ def timm_kwargs(model: nn.Module) -> Dict[str, Any]:
     every token, then the mean over the patch tokens) without a head. Either way timm's pre-logits
     features equal this project's pooled features.
     """
+    from .models.classifier import EncoderClassifier
+    from .models.mae import MaskedAutoencoder
+
+    if type(model) not in (MaskedAutoencoder, EncoderClassifier):
+        raise ValueError(f"{type(model).__name__} is not an AudioMAE-style ViT (MaskedAutoencoder or EncoderClassifier)")
     mod = audio_modality(model)
     if getattr(mod, "layout", "tf") != "tf":
         raise ValueError("only the time-major ('tf', AudioMAE) audio layout maps onto timm's ViT patch order")
