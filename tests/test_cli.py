@@ -1,0 +1,63 @@
+"""The ``avmae`` command: help, built-in listing, dispatch to the tools, clear errors."""
+
+import numpy as np
+import pytest
+import torch
+
+import avmae
+from avmae import cli
+from avmae.data import save_audio, synthesize_clip
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_help_lists_every_command(capsys):
+    assert cli.main(["--help"]) == 0
+    text = capsys.readouterr().out
+    for command in ("train", "evaluate", "extract", "visualize", "prepare", "convert", "benchmark", "models"):
+        assert f"  {command} " in text
+    assert cli.main([]) == 2  # no command: usage
+    assert cli.main(["frobnicate"]) == 2
+    assert "unknown command 'frobnicate'" in capsys.readouterr().err
+
+
+def test_models_lists_the_registries(capsys):
+    assert cli.main(["models"]) == 0
+    text = capsys.readouterr().out
+    assert "  audiomae_vit_base\n" in text and "  swin\n" in text and "  audio\n" in text
+    assert cli.main(["models", "*_cls"]) == 0
+    text = capsys.readouterr().out
+    assert "audiomae_tiny_cls" in text and "audiomae_tiny\n" not in text
+
+
+def test_dispatch_to_a_tool_and_its_help(tmp_path, capsys):
+    assert cli.main(["extract", "--help"]) == 0
+    assert "usage: avmae extract" in capsys.readouterr().out
+    model = avmae.create_model("audiomae_tiny", target_length=64)
+    ckpt = avmae.save_checkpoint(model, tmp_path / "m.safetensors", model_name="audiomae_tiny")
+    wav = save_audio(tmp_path / "a.wav", synthesize_clip("tone", torch.Generator().manual_seed(0), seconds=0.3).unsqueeze(0), 16000)
+    assert cli.main(["extract", str(wav), "-c", str(ckpt), "-o", str(tmp_path / "e.npz"), "--no-progress"]) == 0
+    assert np.load(tmp_path / "e.npz")["embedding"].shape == (1, 64)
+    assert cli.main(["convert", str(ckpt), "-o", str(tmp_path / "timm.safetensors"), "--to", "timm"]) == 0
+    assert cli.main(["prepare", "weights"]) == 2  # argparse error inside the tool: its exit status
+
+
+def test_missing_tool_and_scripts_without_main(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("AVMAE_TOOLS_DIR", str(tmp_path))
+    assert cli.main(["train", "--help"]) == 2
+    err = capsys.readouterr().err
+    assert "train.py" in err and "pip install -e" in err and "AVMAE_TOOLS_DIR" in err
+    # a script with a main(argv)
+    (tmp_path / "evaluate.py").write_text("def main(argv=None):\n    print('evaluate', argv)\n    return 3\n")
+    assert cli.main(["evaluate", "--x", "1"]) == 3
+    assert "evaluate ['--x', '1']" in capsys.readouterr().out
+    # a plain script: run as __main__ with sys.argv set
+    (tmp_path / "benchmark.py").write_text("import sys\nif __name__ == '__main__':\n    print('bench', sys.argv[1:])\n    sys.exit(0)\n")
+    assert cli.main(["benchmark", "--steps", "2"]) == 0
+    assert "bench ['--steps', '2']" in capsys.readouterr().out
