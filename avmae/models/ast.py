@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-from functools import partial
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
