@@ -1,0 +1,502 @@
+"""Run configuration: typed dataclass defaults, YAML deltas, ``key=value`` overrides.
+
+    Config (defaults below)  <-  configs/*.yaml (only what an experiment changes)  <-  key=value
+
+``load_config(["configs/demo_audio.yaml"], ["optim.blr=1e-3", "train.batch_size=4"])`` merges the
+three layers with OmegaConf's structured configs, so an unknown key or a value of the wrong type is
+an error that names the key; ``validate`` then rejects impossible values (a mask ratio of 1, a
+``target_length`` that is not a multiple of 16, ...) before any work starts, again naming the key.
+
+A YAML delta is a nested mapping (``optim: {blr: 1e-3}``); flat dotted keys (``optim.blr: 1e-3``)
+are accepted too. ``model`` is the plugin-style section: ``name`` picks a registered model and
+``params`` is passed to its factory, which validates it. ``data.target_length`` and
+``data.num_mel_bins`` are the single source of truth for the input size: the trainer injects them
+into the model's params, and setting them in ``model.params`` is an error.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+__all__ = [
+    "Config",
+    "ModelConfig",
+    "DataConfig",
+    "AugmentConfig",
+    "MaskingConfig",
+    "OptimConfig",
+    "ScheduleConfig",
+    "TrainConfig",
+    "EvalConfig",
+    "LoggingConfig",
+    "CheckpointConfig",
+    "ConfigError",
+    "load_config",
+    "merge_overrides",
+    "validate",
+    "to_dict",
+    "to_yaml",
+    "save_config",
+    "CONFIG_DIR",
+    "DATA_KEYS_IN_MODEL",
+]
+
+PathLike = Union[str, os.PathLike]
+
+# configs/ of a source checkout (tools/train.py resolves relative --config paths against it too)
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+# model params that come from other sections (the single source of truth named on the right)
+DATA_KEYS_IN_MODEL: Dict[str, str] = {
+    "target_length": "data.target_length",
+    "num_mel_bins": "data.num_mel_bins",
+    "mask_ratio": "masking.mask_ratio",
+    "mask_t_prob": "masking.mask_t_prob",
+    "mask_f_prob": "masking.mask_f_prob",
+    "num_classes": "data.label_csv (the number of classes comes from the label file)",
+}
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run. The message starts with the offending key."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        super().__init__(f"{key}: {message}")
+
+
+# ------------------------------------------------------------------------------------ schema
+
+
+@dataclass
+class ModelConfig:
+    """A registered model: ``name`` (see ``avmae.list_models()``) and factory ``params``."""
+
+    name: str = "audiomae_demo"
+    params: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AugmentConfig:
+    """Training-time augmentation of the dataset (``train=True`` only); see avmae.data.AUGMENT_DEFAULTS."""
+
+    freqm: int = 0  # max SpecAugment frequency-mask width (bins)
+    timem: int = 0  # max SpecAugment time-mask width (frames)
+    mixup: float = 0.0  # probability of mixing a clip with another
+    mixup_alpha: float = 10.0  # lambda ~ Beta(alpha, alpha)
+    gain: bool = False  # random waveform gain (AudioMAE's "roll_mag_aug")
+    roll: bool = False  # random circular time shift of the waveform
+    noise: bool = False  # official fbank noise + small roll (off in every official recipe)
+
+
+@dataclass
+class DataConfig:
+    """Where the clips are and how they become model inputs.
+
+    ``train_manifest=None`` uses the embedded demo data (generated once, cached; its eval split and
+    label file come with it). Normalisation: ``norm`` names a key of ``avmae.data.NORM_STATS``,
+    unless ``mean`` and ``std`` are both given.
+    """
+
+    train_manifest: Optional[str] = None
+    eval_manifest: Optional[str] = None
+    label_csv: Optional[str] = None
+    multilabel: Optional[bool] = None  # None: inferred by the dataset (an item with >1 label)
+    sample_rate: int = 16000
+    target_length: int = 1024  # fbank frames (10 ms each); a multiple of 16
+    num_mel_bins: int = 128  # a multiple of 16
+    norm: str = "audioset"
+    mean: Optional[float] = None
+    std: Optional[float] = None
+    num_workers: int = 2
+    on_error: str = "raise"  # "raise" | "skip" unreadable clips
+    max_skip_fraction: float = 0.1
+    cache: bool = False  # keep loaded items in memory (small datasets without augmentation)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class MaskingConfig:
+    """Pretraining: ``mask_ratio`` (``per_modality`` overrides it by name, e.g. {video: 0.9}).
+    Fine-tuning: AudioMAE's structured time/frequency masking probabilities."""
+
+    mask_ratio: float = 0.8
+    per_modality: Dict[str, float] = field(default_factory=dict)
+    mask_t_prob: float = 0.0
+    mask_f_prob: float = 0.0
+
+
+@dataclass
+class OptimConfig:
+    """AdamW. ``lr = blr * effective_batch / 256`` unless ``lr`` is given; ``layer_decay < 1``
+    scales block i's lr by ``layer_decay ** (depth + 1 - layer_id)`` (fine-tuning)."""
+
+    blr: float = 2e-4
+    lr: Optional[float] = None
+    weight_decay: float = 0.05
+    betas: Tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    clip_grad: Optional[float] = None
+    layer_decay: float = 1.0
+
+
+@dataclass
+class ScheduleConfig:
+    """Per-iteration linear warm-up, then half-cycle cosine to ``min_lr``.
+
+    ``max_steps`` (optimizer steps), when set, is the length of the run and of the schedule
+    (a short run still decays fully); otherwise ``epochs`` full passes.
+    """
+
+    epochs: int = 33
+    warmup_epochs: float = 3.0
+    min_lr: float = 0.0
+    max_steps: Optional[int] = None
+
+
+@dataclass
+class TrainConfig:
+    """``batch_size`` is per process; effective batch = batch_size * grad_accum * processes.
+
+    ``mixed_precision``: "auto" = bf16 where the device supports it (CPUs included), else fp16 on
+    a GPU, else "no". ``max_nonfinite``: consecutive non-finite steps (skipped) before the run
+    stops. ``cpu``: stay on the CPU even when a GPU is present.
+    """
+
+    batch_size: int = 8
+    grad_accum: int = 1
+    mixed_precision: str = "auto"
+    seed: int = 0
+    max_nonfinite: int = 3
+    compile: bool = False
+    cpu: bool = False
+    find_unused_parameters: bool = False
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation on ``data.eval_manifest`` every ``every_n_epochs`` (0 = only at the end, -1 = never)."""
+
+    every_n_epochs: int = 1
+    batch_size: Optional[int] = None  # None: train.batch_size
+
+
+@dataclass
+class LoggingConfig:
+    every_n_steps: int = 10
+    tensorboard: bool = True
+    progress: bool = True  # tqdm bar on the main process
+
+
+@dataclass
+class CheckpointConfig:
+    """Checkpoints go to ``output_dir/checkpoints/step_XXXXXXX/``; the last step is always saved.
+
+    ``keep_last``: how many to keep (0 = all). ``init_from``: weights to start from (fine-tuning
+    from a pretraining checkpoint: a ``model.safetensors`` file, a checkpoint folder, or an
+    official AudioMAE ``.pth``).
+    """
+
+    every_n_epochs: int = 1
+    every_n_steps: int = 0
+    keep_last: int = 3
+    init_from: Optional[str] = None
+
+
+@dataclass
+class Config:
+    task: str = "pretrain"  # "pretrain" | "finetune" | "linprobe" (or a registered task)
+    modality: str = "audio"  # "audio" | "av" (a registered dataset builder)
+    output_dir: Optional[str] = None
+    resume: bool = False
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+
+# ------------------------------------------------------------------------------------ merging
+
+
+def _first_line(exc: OmegaConfBaseException) -> str:
+    msg = getattr(exc, "msg", None) or str(exc)
+    return msg.strip().splitlines()[0]
+
+
+def _leaves(d: Mapping[str, Any], prefix: str = "") -> Iterable[Tuple[str, Any]]:
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            yield from _leaves(v, key + ".")
+        else:
+            yield key, v
+
+
+def _nest(flat: Mapping[str, Any]) -> Dict[str, Any]:
+    """{"a.b": 1, "c": {"d": 2}} -> {"a": {"b": 1}, "c": {"d": 2}} (dotted keys expanded)."""
+    out: Dict[str, Any] = {}
+    for key, value in flat.items():
+        if isinstance(value, Mapping):
+            value = _nest(value)
+        node = out
+        parts = str(key).split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(str(key), f"conflicts with a value given for {p!r}")
+        last = parts[-1]
+        if isinstance(node.get(last), dict) and isinstance(value, dict):
+            node[last] = {**node[last], **value}
+        else:
+            node[last] = value
+    return out
+
+
+def _merge(base: DictConfig, delta: Mapping[str, Any], source: str) -> DictConfig:
+    """Merge ``delta`` into the typed ``base``; errors name the key and the source."""
+    try:
+        return OmegaConf.merge(base, delta)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None)
+        if not key:  # e.g. a tuple of the wrong length: find the leaf that fails
+            for leaf, value in _leaves(delta):
+                try:
+                    OmegaConf.merge(base, _nest({leaf: value}))
+                except OmegaConfBaseException:
+                    key = leaf
+                    break
+        raise ConfigError(key or "<config>", f"{_first_line(exc)} (from {source})") from None
+
+
+def _read_yaml(path: Path) -> Dict[str, Any]:
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError("--config", f"cannot read {path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError("--config", f"{path} is not valid YAML: {exc}") from None
+    if doc is None:
+        return {}
+    if not isinstance(doc, Mapping):
+        raise ConfigError("--config", f"{path} must hold a mapping of keys, got {type(doc).__name__}")
+    if "defaults" in doc:
+        raise ConfigError("defaults", f"{path}: configs are flat deltas over the dataclass defaults; 'defaults:' lists are not supported")
+    return _nest(doc)
+
+
+def _parse_dotlist(overrides: Sequence[str]) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(item, "an override must look like key=value (e.g. optim.blr=1e-3)")
+        key, _, _ = item.partition("=")
+        if not key.strip():
+            raise ConfigError(item, "an override needs a key before '='")
+        try:
+            parsed = OmegaConf.to_container(OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as exc:
+            raise ConfigError(key, f"cannot parse override {item!r}: {_first_line(exc)}") from None
+        out = _deep_update(out, parsed)
+    return out
+
+
+def _deep_update(a: Dict[str, Any], b: Mapping[str, Any]) -> Dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_update(out[k], v) if isinstance(out.get(k), dict) and isinstance(v, Mapping) else v
+    return out
+
+
+def resolve_config_path(path: PathLike) -> Path:
+    """``path`` as given, else relative to the shipped ``configs/`` folder."""
+    p = Path(path)
+    if p.is_file() or p.is_absolute():
+        return p
+    for candidate in (CONFIG_DIR / p, CONFIG_DIR.parent / p):
+        if candidate.is_file():
+            return candidate
+    return p
+
+
+def merge_overrides(
+    config_files: Sequence[PathLike] = (),
+    overrides: Sequence[str] = (),
+    base: Optional[Union[Config, Mapping[str, Any]]] = None,
+) -> DictConfig:
+    """Typed DictConfig: dataclass defaults (or ``base``) <- YAML files in order <- dotlist."""
+    cfg = OmegaConf.structured(Config)
+    if base is not None:
+        cfg = _merge(cfg, to_dict(base) if isinstance(base, Config) else dict(base), "base config")
+    for f in config_files:
+        path = resolve_config_path(f)
+        cfg = _merge(cfg, _read_yaml(path), str(path))
+    if overrides:
+        cfg = _merge(cfg, _parse_dotlist(overrides), "command line")
+    return cfg
+
+
+def load_config(
+    config_files: Sequence[PathLike] = (),
+    overrides: Sequence[str] = (),
+    *,
+    base: Optional[Union[Config, Mapping[str, Any]]] = None,
+    check: bool = True,
+) -> Config:
+    """Merge defaults, YAML deltas and ``key=value`` overrides into a validated ``Config``."""
+    cfg = OmegaConf.to_object(merge_overrides(config_files, overrides, base))
+    assert isinstance(cfg, Config)
+    # YAML 1.1 reads a bare `no` as false, which the str field stores as "False"
+    if cfg.train.mixed_precision in ("False", "false"):
+        cfg.train.mixed_precision = "no"
+    if check:
+        validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: Config) -> Dict[str, Any]:
+    """Plain nested dict (tuples become lists), suitable for JSON/YAML."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg), resolve=True)
+
+
+def save_config(cfg: Config, path: PathLike) -> Path:
+    """Write ``cfg`` as YAML (atomically); ``load_config([path])`` gives it back."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(to_yaml(cfg), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def diff(a: Config, b: Config) -> List[str]:
+    """Dotted keys whose values differ between two configs."""
+    la, lb = dict(_leaves(to_dict(a))), dict(_leaves(to_dict(b)))
+    return sorted(k for k in set(la) | set(lb) if la.get(k) != lb.get(k))
+
+
+# ------------------------------------------------------------------------------------ checks
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(key, message)
+
+
+def _in(key: str, value: Any, allowed: Sequence[Any]) -> None:
+    _check(value in allowed, key, f"must be one of {list(allowed)}, got {value!r}")
+
+
+def validate(cfg: Config) -> Config:
+    """Reject impossible values before any work; the error names the key. Returns ``cfg``.
+
+    Names that live in registries (model, task, modality) are checked against what is registered
+    when this runs; the model's own params are checked by its factory when the model is built.
+    """
+    import avmae  # the model registry; imported here so that avmae.config stays cheap to import
+
+    _check(bool(cfg.task), "task", "must name a task (pretrain, finetune, linprobe)")
+    _check(bool(cfg.modality), "modality", "must name a modality set (audio, av)")
+
+    # model
+    names = avmae.list_models()
+    _check(cfg.model.name in names, "model.name", f"unknown model {cfg.model.name!r}; registered: {', '.join(names)}")
+    for k, source in DATA_KEYS_IN_MODEL.items():
+        _check(k not in cfg.model.params, f"model.params.{k}", f"is set from {source}; set it there instead")
+
+    # data
+    d = cfg.data
+    _check(d.sample_rate > 0, "data.sample_rate", f"must be > 0, got {d.sample_rate}")
+    _check(d.target_length > 0 and d.target_length % 16 == 0, "data.target_length", f"must be a positive multiple of 16 (the patch size), got {d.target_length}")
+    _check(d.num_mel_bins > 0 and d.num_mel_bins % 16 == 0, "data.num_mel_bins", f"must be a positive multiple of 16 (the patch size), got {d.num_mel_bins}")
+    if d.mean is None and d.std is None:
+        from avmae.data import NORM_STATS
+
+        _in("data.norm", d.norm, sorted(NORM_STATS))
+    else:
+        _check(d.mean is not None and d.std is not None, "data.mean" if d.mean is None else "data.std", "give both data.mean and data.std, or neither (then data.norm names the stats)")
+        _check(d.std > 0, "data.std", f"must be > 0, got {d.std}")
+    _check(d.num_workers >= 0, "data.num_workers", f"must be >= 0, got {d.num_workers}")
+    _in("data.on_error", d.on_error, ["raise", "skip"])
+    _check(0.0 <= d.max_skip_fraction <= 1.0, "data.max_skip_fraction", f"must be in [0, 1], got {d.max_skip_fraction}")
+    for key in ("train_manifest", "eval_manifest", "label_csv"):
+        value = getattr(d, key)
+        if value is not None:
+            _check(Path(value).expanduser().is_file(), f"data.{key}", f"no such file: {value}")
+    if d.train_manifest is None:
+        _check(d.eval_manifest is None and d.label_csv is None, "data.train_manifest", "is None (the embedded demo data), so eval_manifest and label_csv must be None too")
+    a = d.augment
+    _check(a.freqm >= 0, "data.augment.freqm", f"must be >= 0, got {a.freqm}")
+    _check(a.timem >= 0, "data.augment.timem", f"must be >= 0, got {a.timem}")
+    _check(a.freqm <= d.num_mel_bins, "data.augment.freqm", f"must be <= data.num_mel_bins ({d.num_mel_bins}), got {a.freqm}")
+    _check(0.0 <= a.mixup <= 1.0, "data.augment.mixup", f"is a probability in [0, 1], got {a.mixup}")
+    _check(a.mixup_alpha > 0, "data.augment.mixup_alpha", f"must be > 0, got {a.mixup_alpha}")
+    augmenting = a.freqm or a.timem or a.mixup or a.gain or a.roll or a.noise
+    _check(not (d.cache and augmenting), "data.cache", "would freeze the training augmentation (data.augment.*); turn one of them off")
+
+    # masking
+    m = cfg.masking
+    _check(0.0 <= m.mask_ratio < 1.0, "masking.mask_ratio", f"must be in [0, 1), got {m.mask_ratio}")
+    for name, r in m.per_modality.items():
+        _check(0.0 <= r < 1.0, f"masking.per_modality.{name}", f"must be in [0, 1), got {r}")
+    for key in ("mask_t_prob", "mask_f_prob"):
+        p = getattr(m, key)
+        _check(0.0 <= p < 1.0, f"masking.{key}", f"must be in [0, 1), got {p}")
+
+    # optim
+    o = cfg.optim
+    _check(o.blr > 0 and math.isfinite(o.blr), "optim.blr", f"must be > 0, got {o.blr}")
+    _check(o.lr is None or (o.lr > 0 and math.isfinite(o.lr)), "optim.lr", f"must be > 0 (or null to use blr), got {o.lr}")
+    _check(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}")
+    for i, b in enumerate(o.betas):
+        _check(0.0 <= b < 1.0, "optim.betas", f"each beta must be in [0, 1), got {list(o.betas)} (index {i})")
+    _check(o.eps > 0, "optim.eps", f"must be > 0, got {o.eps}")
+    _check(o.clip_grad is None or o.clip_grad > 0, "optim.clip_grad", f"must be > 0 (or null for no clipping), got {o.clip_grad}")
+    _check(0.0 < o.layer_decay <= 1.0, "optim.layer_decay", f"must be in (0, 1] (1 = off), got {o.layer_decay}")
+
+    # schedule
+    s = cfg.schedule
+    _check(s.epochs >= 1, "schedule.epochs", f"must be >= 1, got {s.epochs}")
+    _check(s.warmup_epochs >= 0, "schedule.warmup_epochs", f"must be >= 0, got {s.warmup_epochs}")
+    _check(s.max_steps is not None or s.warmup_epochs <= s.epochs, "schedule.warmup_epochs", f"({s.warmup_epochs}) exceeds schedule.epochs ({s.epochs})")
+    _check(s.min_lr >= 0, "schedule.min_lr", f"must be >= 0, got {s.min_lr}")
+    base_lr = o.lr if o.lr is not None else None
+    if base_lr is not None:
+        _check(s.min_lr <= base_lr, "schedule.min_lr", f"({s.min_lr}) exceeds optim.lr ({base_lr})")
+    _check(s.max_steps is None or s.max_steps >= 1, "schedule.max_steps", f"must be >= 1 (or null), got {s.max_steps}")
+
+    # train
+    t = cfg.train
+    _check(t.batch_size >= 1, "train.batch_size", f"must be >= 1, got {t.batch_size}")
+    _check(t.grad_accum >= 1, "train.grad_accum", f"must be >= 1, got {t.grad_accum}")
+    _in("train.mixed_precision", t.mixed_precision, ["auto", "no", "bf16", "fp16"])
+    _check(t.seed >= 0, "train.seed", f"must be >= 0, got {t.seed}")
+    _check(t.max_nonfinite >= 1, "train.max_nonfinite", f"must be >= 1, got {t.max_nonfinite}")
+
+    # eval, logging, checkpoints
+    _check(cfg.eval.every_n_epochs >= -1, "eval.every_n_epochs", f"must be >= 0, or -1 for never; got {cfg.eval.every_n_epochs}")
+    _check(cfg.eval.batch_size is None or cfg.eval.batch_size >= 1, "eval.batch_size", f"must be >= 1 (or null), got {cfg.eval.batch_size}")
+    _check(cfg.logging.every_n_steps >= 1, "logging.every_n_steps", f"must be >= 1, got {cfg.logging.every_n_steps}")
+    c = cfg.checkpoint
+    _check(c.every_n_epochs >= 0, "checkpoint.every_n_epochs", f"must be >= 0 (0 = off), got {c.every_n_epochs}")
+    _check(c.every_n_steps >= 0, "checkpoint.every_n_steps", f"must be >= 0 (0 = off), got {c.every_n_steps}")
+    _check(c.keep_last >= 0, "checkpoint.keep_last", f"must be >= 0 (0 = keep all), got {c.keep_last}")
+    if c.init_from is not None:
+        _check(Path(c.init_from).expanduser().exists(), "checkpoint.init_from", f"no such file or folder: {c.init_from}")
+    return cfg
