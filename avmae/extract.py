@@ -1,7 +1,7 @@
 """Embeddings of audio files from any encoder checkpoint.
 
     files --load_audio--> waveform --fbank (whole clip)--> windows [n, 1, W, F] --model--> per window
-        --mean over windows--> one vector per file
+        --mean over windows (weighted by real frames)--> one vector per file
 
 What is computed for each window (W = the model's ``target_length`` frames, F mel bins):
 
@@ -18,8 +18,11 @@ Clips longer than W frames are cut into windows of W frames every ``hop`` frames
 W``: no overlap); a window that runs past the end of the clip is zero-padded (in log-mel, before
 normalisation, as AudioMAE pads short clips). A clip of at most W frames is one padded window, i.e.
 exactly the model's input under the training frontend. The file's vectors are the means over its
-windows; ``keep_windows=True`` keeps the per-window ones (``window_embedding [n, D]``, ...), and
-``patches`` are always per window ``[n, L, D]``. A hop larger than W leaves gaps.
+windows, each window weighted by the number of real (unpadded) frames it holds: with the default
+hop every frame of the clip counts once, and a short padded tail (a 2.58 s clip in 2.56 s windows)
+counts for its 2 frames, not for half the clip. ``keep_windows=True`` keeps the per-window vectors
+(``window_embedding [n, D]``, ...) and their ``window_frames [n]``; ``patches`` are always per
+window ``[n, L, D]``. A hop larger than W leaves gaps.
 
 Files that cannot be read (``avmae.data.MediaError``) are skipped and reported, never fatal.
 """
@@ -65,7 +68,7 @@ MEDIA_EXTENSIONS = AUDIO_EXTENSIONS + VIDEO_EXTENSIONS
 MANIFEST_SUFFIXES = (".json", ".jsonl")
 
 # keys whose values are per window (stacked over windows in archives)
-_PER_WINDOW = ("window_embedding", "window_contextual", "patches", "contextual_patches")
+_PER_WINDOW = ("window_embedding", "window_contextual", "window_frames", "patches", "contextual_patches")
 
 
 # ------------------------------------------------------------------------------ inputs
@@ -216,8 +219,8 @@ class EmbeddingExtractor:
             starts.append(starts[-1] + self.hop)
         return starts
 
-    def windows(self, waveform: torch.Tensor) -> torch.Tensor:
-        """``[1, N]`` waveform -> normalised fbank windows ``[n, 1, W, F]``."""
+    def windows(self, waveform: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``[1, N]`` waveform -> (normalised fbank windows ``[n, 1, W, F]``, real frames per window ``[n]``)."""
         feats = self.frontend.compute_fbank(waveform)  # [T, F], un-normalised
         T = feats.shape[0]
         starts = self.window_starts(T)
@@ -225,7 +228,8 @@ class EmbeddingExtractor:
         if end > T:  # zeros in log-mel, before normalisation, as AudioMAE pads
             feats = torch.nn.functional.pad(feats, (0, 0, 0, end - T))
         wins = torch.stack([feats[s : s + self.window] for s in starts])
-        return self.frontend.normalize(wins).unsqueeze(1).float()
+        frames = torch.tensor([min(self.window, T - s) for s in starts], dtype=torch.int64)
+        return self.frontend.normalize(wins).unsqueeze(1).float(), frames
 
     # -------------------------------------------------------------- model
     @torch.no_grad()
@@ -262,15 +266,23 @@ class EmbeddingExtractor:
             out["embedding"] = feats
         return {k: v.float().cpu() for k, v in out.items()}
 
-    def combine(self, per_window: Mapping[str, torch.Tensor]) -> Dict[str, np.ndarray]:
-        """One file's per-window outputs -> its arrays (means over windows, see the module doc)."""
-        res: Dict[str, np.ndarray] = {"embedding": per_window["embedding"].mean(0).numpy()}
+    def combine(self, per_window: Mapping[str, torch.Tensor], frames: torch.Tensor) -> Dict[str, np.ndarray]:
+        """One file's per-window outputs and real frames per window ``[n]`` -> its arrays
+        (frame-weighted means over windows, see the module doc)."""
+        w = frames.to(torch.float64)
+        w = (w / w.sum()).unsqueeze(1)
+
+        def mean(x: torch.Tensor) -> np.ndarray:
+            return (x.double() * w).sum(0).float().numpy()
+
+        res: Dict[str, np.ndarray] = {"embedding": mean(per_window["embedding"])}
         if "contextual" in per_window:
-            res["contextual"] = per_window["contextual"].mean(0).numpy()
+            res["contextual"] = mean(per_window["contextual"])
         if self.keep_windows:
             res["window_embedding"] = per_window["embedding"].numpy()
             if "contextual" in per_window:
                 res["window_contextual"] = per_window["contextual"].numpy()
+            res["window_frames"] = frames.numpy()
         for k in ("patches", "contextual_patches"):
             if k in per_window:
                 res[k] = per_window[k].numpy()
@@ -278,9 +290,9 @@ class EmbeddingExtractor:
 
     def __call__(self, waveform: torch.Tensor) -> Dict[str, np.ndarray]:
         """One waveform ``[1, N]`` (at ``sample_rate``) -> its arrays."""
-        wins = self.windows(waveform)
+        wins, frames = self.windows(waveform)
         parts = [self.embed_windows(wins[i : i + 64]) for i in range(0, wins.shape[0], 64)]
-        return self.combine({k: torch.cat([p[k] for p in parts]) for k in parts[0]})
+        return self.combine({k: torch.cat([p[k] for p in parts]) for k in parts[0]}, frames)
 
 
 # ------------------------------------------------------------------------------ batched run
@@ -298,9 +310,10 @@ class _Windows(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         try:
             wave = load_audio(self.paths[i], self.extractor.sample_rate, max_seconds=self.max_seconds)
-            return i, self.extractor.windows(wave), None
+            wins, frames = self.extractor.windows(wave)
+            return i, wins, frames, None
         except MediaError as err:
-            return i, None, str(err)
+            return i, None, None, str(err)
 
 
 def extract(
@@ -324,33 +337,33 @@ def extract(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(paths), unit="file", desc="extract", dynamic_ncols=True)
-    pending: List[Tuple[int, Optional[torch.Tensor], Optional[str]]] = []
+    pending: List[Tuple[int, Optional[torch.Tensor], Optional[torch.Tensor], Optional[str]]] = []
     count = 0
 
     def flush() -> Iterator[ClipFeatures]:
         nonlocal count
-        wins = [w for _, w, _ in pending if w is not None]
+        wins = [w for _, w, _, _ in pending if w is not None]
         outs: Dict[str, torch.Tensor] = {}
         if wins:
             x = torch.cat(wins)
             parts = [extractor.embed_windows(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
             outs = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
         at = 0
-        for i, w, err in pending:
+        for i, w, frames, err in pending:
             if w is None:
                 _logger.warning("skipped %s", err)
                 yield ClipFeatures(path=os.fspath(paths[i]), index=i, error=err)
                 continue
             n = w.shape[0]
-            arrays = extractor.combine({k: v[at : at + n] for k, v in outs.items()})
+            arrays = extractor.combine({k: v[at : at + n] for k, v in outs.items()}, frames)
             at += n
             yield ClipFeatures(path=os.fspath(paths[i]), index=i, arrays=arrays, num_windows=n)
         pending.clear()
         count = 0
 
     try:
-        for i, wins, err in loader:
-            pending.append((i, wins, err))
+        for i, wins, frames, err in loader:
+            pending.append((i, wins, frames, err))
             count += 0 if wins is None else wins.shape[0]
             if count >= batch_size:
                 yield from flush()
@@ -372,7 +385,7 @@ def write_npy(result: ClipFeatures, out_dir: PathLike, name: str) -> List[Path]:
     for key, value in result.arrays.items():
         p = Path(out_dir) / (f"{name}.npy" if key == "embedding" else f"{name}.{key}.npy")
         p.parent.mkdir(parents=True, exist_ok=True)
-        np.save(p, value.astype(np.float32, copy=False))
+        np.save(p, value if key == "window_frames" else value.astype(np.float32, copy=False))
         written.append(p)
     return written
 
@@ -388,7 +401,8 @@ def stack_results(results: Sequence[ClipFeatures]) -> Dict[str, np.ndarray]:
     out: Dict[str, np.ndarray] = {"num_windows": counts, "window_offsets": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)}
     for key in done[0].arrays:
         parts = [r.arrays[key] for r in done]
-        out[key] = (np.concatenate if key in _PER_WINDOW else np.stack)(parts).astype(np.float32, copy=False)
+        joined = (np.concatenate if key in _PER_WINDOW else np.stack)(parts)
+        out[key] = joined if key == "window_frames" else joined.astype(np.float32, copy=False)
     return out
 
 

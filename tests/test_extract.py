@@ -94,12 +94,15 @@ def _mae_pooled(model, x, contextual_from=None):
 
 
 def _manual_windows(wave, hop=T):
-    """The long clip's windows, cut by hand: un-normalised fbank, zero-padded, normalised."""
+    """The long clip's windows, cut by hand: un-normalised fbank, zero-padded, normalised.
+    -> (windows [n, 1, T, F], real frames per window [n])."""
     fb = AudioFrontend(target_length=None).compute_fbank(wave)
-    starts = list(range(0, fb.shape[0] - T + hop, hop)) if fb.shape[0] > T else [0]
-    starts = [s for s in starts if s < fb.shape[0]]
-    fb = F.pad(fb, (0, 0, 0, max(0, starts[-1] + T - fb.shape[0])))
-    return ((torch.stack([fb[s : s + T] for s in starts]) - MEAN) / (2 * STD)).unsqueeze(1)
+    n = fb.shape[0]
+    starts = list(range(0, n - T + hop, hop)) if n > T else [0]
+    starts = [s for s in starts if s < n]
+    real = torch.tensor([min(T, n - s) for s in starts], dtype=torch.float32)
+    fb = F.pad(fb, (0, 0, 0, max(0, starts[-1] + T - n)))
+    return ((torch.stack([fb[s : s + T] for s in starts]) - MEAN) / (2 * STD)).unsqueeze(1), real
 
 
 def test_load_pretrained_reads_the_trainer_metadata(checkpoints):
@@ -126,22 +129,27 @@ def test_short_clip_equals_the_model_forward(media, checkpoints):
     assert got["patches"].shape == (1, model.modalities["audio"].num_tokens, 64)
 
 
-def test_long_clip_is_the_mean_over_windows(media, checkpoints):
+def _weighted(per, real):
+    return (per * real[:, None]).sum(0) / real.sum()
+
+
+def test_long_clip_is_the_frame_weighted_mean_over_windows(media, checkpoints):
     model = checkpoints["mae"]
     wave = load_audio(media / "sub" / "long.flac")
-    wins = _manual_windows(wave)
-    assert wins.shape[0] == 3
+    wins, real = _manual_windows(wave)
+    assert real.tolist() == [64, 64, 20]  # 148 frames: the last window is zero-padded
     ex = EmbeddingExtractor(model, _frontend(), keep_windows=True)
     got = ex(wave)
     per = _mae_pooled(model, wins)
     torch.testing.assert_close(torch.from_numpy(got["window_embedding"]), per, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(torch.from_numpy(got["embedding"]), per.mean(0), atol=1e-5, rtol=1e-5)
+    assert got["window_frames"].tolist() == [64, 64, 20]
+    torch.testing.assert_close(torch.from_numpy(got["embedding"]), _weighted(per, real), atol=1e-5, rtol=1e-5)
     # half-window hop: windows at 0, 32, 64, 96 (the last one reaches the end)
     ex = EmbeddingExtractor(model, _frontend(), hop=T // 2, keep_windows=True)
     got = ex(wave)
-    per = _mae_pooled(model, _manual_windows(wave, hop=T // 2))
-    assert got["window_embedding"].shape == (4, 64)
-    torch.testing.assert_close(torch.from_numpy(got["embedding"]), per.mean(0), atol=1e-5, rtol=1e-5)
+    wins, real = _manual_windows(wave, hop=T // 2)
+    assert got["window_frames"].tolist() == real.tolist() == [64, 64, 64, 52]
+    torch.testing.assert_close(torch.from_numpy(got["embedding"]), _weighted(_mae_pooled(model, wins), real), atol=1e-5, rtol=1e-5)
 
 
 def test_classifier_features_are_its_forward_features(media, checkpoints):
@@ -189,7 +197,8 @@ def test_tool_writes_npz_npy_and_safetensors(media, checkpoints, tmp_path, capsy
     assert z["embedding"].shape == (2, 64) and z["contextual"].shape == (2, 64)
     assert list(z["window_offsets"]) == [0, 1, 4] and z["window_embedding"].shape == (4, 64)
     np.testing.assert_allclose(z["embedding"][1], long_emb, atol=1e-5)
-    np.testing.assert_allclose(z["window_embedding"][1:4].mean(0), z["embedding"][1], atol=1e-6)
+    assert list(z["window_frames"]) == [38, 64, 64, 20] and z["window_frames"].dtype == np.int64
+    np.testing.assert_allclose((z["window_embedding"][1:4] * z["window_frames"][1:4, None]).sum(0) / 148, z["embedding"][1], atol=1e-6)
     meta = json.loads(str(z["meta"]))
     assert meta["window_frames"] == T and meta["hop_frames"] == T and meta["mean"] == MEAN and meta["contextual_from"] == -1
 

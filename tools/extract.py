@@ -11,7 +11,8 @@ OUT ending in .npz or .safetensors: one file for all inputs (``embedding [N, D]`
 see avmae.extract.write_archive). Otherwise a folder: ``<name>.npy`` per input (the pooled
 vector), ``<name>.<key>.npy`` for the other arrays, ``files.tsv`` (name, path) and, when files
 could not be read, ``skipped.tsv``. Clips longer than the model's input are cut into windows
-(--hop, default: the window length, no overlap; the last window is zero-padded) and averaged.
+(--hop, default: the window length, no overlap; the last window is zero-padded) whose vectors are
+averaged, each weighted by the real (unpadded) frames it holds; shorter clips are zero-padded.
 """
 
 from __future__ import annotations
