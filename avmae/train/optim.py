@@ -1,0 +1,135 @@
+"""Optimizer pieces: parameter groups (weight decay, layer-wise lr decay) and the lr schedule.
+
+- ``scaled_lr``: MAE's linear scaling rule, ``lr = blr * effective_batch / 256``.
+- ``param_groups``: AdamW groups without weight decay for biases, 1-D params (norms) and the
+  names a model lists in ``no_weight_decay()``; frozen params (``requires_grad=False``, e.g. the
+  fixed sin-cos tables) are left out. With ``layer_decay < 1`` each group also carries AudioMAE's
+  ``lr_scale = layer_decay ** (num_layers - layer_id)``.
+- ``lr_at`` / ``set_lr``: per-iteration linear warm-up then half-cycle cosine to ``min_lr``;
+  every group's lr is ``lr * lr_scale``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Collection, Dict, Iterable, List, Optional
+
+import torch
+import torch.nn as nn
+
+__all__ = [
+    "scaled_lr",
+    "no_weight_decay_names",
+    "encoder_depth",
+    "layer_id",
+    "param_groups",
+    "build_optimizer",
+    "lr_at",
+    "set_lr",
+]
+
+
+def scaled_lr(blr: float, effective_batch: int) -> float:
+    """MAE/AudioMAE: ``lr = blr * effective_batch / 256``."""
+    return blr * effective_batch / 256
+
+
+def no_weight_decay_names(model: nn.Module) -> set:
+    fn = getattr(model, "no_weight_decay", None)
+    return set(fn()) if callable(fn) else set()
+
+
+def _skips_decay(name: str, param: torch.Tensor, skip: Collection[str]) -> bool:
+    # timm's rule: 1-D params (norm weights, biases) and listed names; a listed name also covers
+    # the entries below it (``modality_embed.audio`` for ``modality_embed``)
+    return param.ndim <= 1 or name.endswith(".bias") or any(name == s or name.startswith(s + ".") for s in skip)
+
+
+def encoder_depth(model: nn.Module) -> int:
+    """Encoder blocks on the longest path: modality-specific blocks + joint ``blocks``."""
+    specific = getattr(model, "modality_blocks", None)
+    n_specific = max((len(b) for b in specific.values()), default=0) if specific is not None else 0
+    return n_specific + len(getattr(model, "blocks", ()))
+
+
+_BLOCK = re.compile(r"^blocks\.(\d+)\.")
+_MOD_BLOCK = re.compile(r"^modality_blocks\.[^.]+\.(\d+)\.")
+
+
+def layer_id(name: str, num_layers: int, num_specific: int = 0) -> int:
+    """AudioMAE's layer id (``util/lr_decay.py``): embeddings 0, encoder block i -> i + 1, rest
+    (final norms, head, decoder) -> ``num_layers``. Joint blocks come after ``num_specific``
+    modality-specific blocks."""
+    if name in ("cls_token", "cls_pos_embed", "pos_embed") or name.startswith(("patch_embed.", "modality_embed.", "modalities.")):
+        return 0  # embeddings: patch embed and pos tables live under modalities.<m>.
+    m = _MOD_BLOCK.match(name)
+    if m:
+        return int(m.group(1)) + 1
+    m = _BLOCK.match(name)
+    if m:
+        return num_specific + int(m.group(1)) + 1
+    return num_layers
+
+
+def param_groups(
+    model: nn.Module,
+    weight_decay: float,
+    *,
+    layer_decay: float = 1.0,
+    no_weight_decay: Optional[Iterable[str]] = None,
+) -> List[Dict[str, Any]]:
+    """AdamW parameter groups of ``model``'s trainable params.
+
+    Groups are keyed by (layer, decay / no decay); each has ``params``, ``weight_decay``,
+    ``lr_scale`` and a ``group`` label such as ``"layer_3_decay"``. With ``layer_decay == 1``
+    there are just two groups, ``decay`` and ``no_decay``, both with ``lr_scale = 1``.
+    """
+    skip = set(no_weight_decay) if no_weight_decay is not None else no_weight_decay_names(model)
+    use_layers = layer_decay != 1.0
+    if use_layers:
+        specific = getattr(model, "modality_blocks", None)
+        num_specific = max((len(b) for b in specific.values()), default=0) if specific is not None else 0
+        num_layers = encoder_depth(model) + 1
+    groups: Dict[str, Dict[str, Any]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        decay = not _skips_decay(name, p, skip)
+        kind = "decay" if decay else "no_decay"
+        if use_layers:
+            lid = layer_id(name, num_layers, num_specific)
+            key = f"layer_{lid}_{kind}"
+            scale = layer_decay ** (num_layers - lid)
+        else:
+            key, scale = kind, 1.0
+        if key not in groups:
+            groups[key] = {"params": [], "weight_decay": weight_decay if decay else 0.0, "lr_scale": scale, "group": key}
+        groups[key]["params"].append(p)
+    return list(groups.values())
+
+
+def build_optimizer(groups: List[Dict[str, Any]], *, lr: float, betas=(0.9, 0.95), eps: float = 1e-8) -> torch.optim.AdamW:
+    """AdamW over ``groups`` (initial lr set per group from ``lr_scale``)."""
+    if not any(g["params"] for g in groups):
+        raise ValueError("no trainable parameters: every parameter has requires_grad=False")
+    opt = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
+    set_lr(opt, lr)
+    return opt
+
+
+def lr_at(step: float, *, base_lr: float, min_lr: float, warmup_steps: float, total_steps: float) -> float:
+    """lr of optimizer step ``step`` (0-based; fractions allowed), as MAE's ``adjust_learning_rate``:
+    ``base_lr * step / warmup_steps`` during warm-up, then a half cosine from ``base_lr`` at
+    ``warmup_steps`` to ``min_lr`` at ``total_steps``."""
+    if step < warmup_steps:
+        return base_lr * step / warmup_steps
+    span = max(total_steps - warmup_steps, 1e-12)
+    progress = min((step - warmup_steps) / span, 1.0)
+    return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every group's lr to ``lr * group["lr_scale"]``."""
+    for g in optimizer.param_groups:
+        g["lr"] = lr * g.get("lr_scale", 1.0)
