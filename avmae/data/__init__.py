@@ -1,6 +1,8 @@
-"""Audio data: PyAV decoding, AudioMAE's Kaldi fbank frontend, manifest datasets, demo data."""
+"""Audio and video data: PyAV decoding, AudioMAE's Kaldi fbank frontend, frame sampling, manifest datasets, demo data."""
 
 from .audio import NORM_STATS, AudioFrontend, fbank
+from .av_dataset import AVDataset, read_av_manifest
+from .av_demo import ensure_demo_av
 from .datasets import (
     AudioDataset,
     collect_skipped,
@@ -11,6 +13,15 @@ from .datasets import (
 )
 from .demo import ensure_demo_audio, synthesize_clip
 from .io import MediaError, load_audio, save_audio
+from .video import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    extract_frame_folder,
+    load_av,
+    load_frame_folder,
+    load_frames,
+    probe_video,
+)
 
 __all__ = [
     "MediaError",
@@ -27,4 +38,14 @@ __all__ = [
     "synthesize_clip",
     "seed_worker",
     "worker_init_fn",
+    "load_frames",
+    "load_av",
+    "load_frame_folder",
+    "extract_frame_folder",
+    "probe_video",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "AVDataset",
+    "read_av_manifest",
+    "ensure_demo_av",
 ]

@@ -1,0 +1,263 @@
+"""Audio-visual datasets over AudioMAE / CAV-MAE JSON manifests.
+
+Each item names its pictures in one of two ways:
+
+- ``"video": "clips/abc.mp4"``: a video file; the sound is its audio track unless ``"wav"``
+  names another file.
+- ``"video_path": "frames/", "video_id": "abc"``: CAV-MAE's frame folder
+  (``video_path/frame_{i}/abc.jpg``, see ``avmae.data.video``) with its sound in ``"wav"``.
+
+    {"data": [{"video": "clips/abc.mp4", "labels": "/m/09x0r"},
+              {"video_id": "xyz", "wav": "audio/xyz.flac", "video_path": "frames/", "labels": "/m/05zppz"}]}
+
+Relative paths are resolved against the manifest's folder. An item is
+``dict(audio=[1, T, F], video=[Tv, 3, H, W], label=[C], index=int)``; determinism, label
+handling and the skip policy are ``AudioDataset``'s.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+
+from .audio import AudioFrontend
+from .augment import fbank_noise, mixup_waveforms, spec_augment
+from .datasets import AudioDataset, ManifestError, item_generator
+from .io import MediaError, load_audio
+from .video import IMAGENET_MEAN, IMAGENET_STD, load_frame_folder, load_frames
+
+_logger = logging.getLogger(__name__)
+
+__all__ = ["AVDataset", "read_av_manifest"]
+
+PathLike = Union[str, os.PathLike]
+
+# per-item random streams (stream 0 and 1 are AudioDataset's augmentation and replacement draws)
+_FRAME_STREAM = 2
+
+
+def _resolve(root: Path, value: str) -> str:
+    p = Path(os.path.expanduser(value))
+    return str(p if p.is_absolute() else root / p)
+
+
+def _normalise_item(item: Any, i: int, where: str, root: Optional[Path]) -> Dict[str, Any]:
+    if not isinstance(item, dict):
+        raise ManifestError(f"{where}: item {i} is not an object: {item!r}"[:300])
+    out = dict(item)
+    labels = out.get("labels", "")
+    if not isinstance(labels, str):
+        raise ManifestError(f'{where}: item {i} "labels" must be a comma-separated string')
+    out["labels"] = labels
+    for key in ("video", "wav", "video_path"):
+        if key in out and (not isinstance(out[key], str) or not out[key]):
+            raise ManifestError(f'{where}: item {i} "{key}" must be a non-empty path string')
+        if key in out and root is not None:
+            out[key] = _resolve(root, out[key])
+    if "video" in out:
+        out.setdefault("wav", out["video"])  # sound from the same file
+    elif "video_path" in out:
+        if not isinstance(out.get("video_id"), str) or not out["video_id"]:
+            raise ManifestError(f'{where}: item {i} has "video_path" but no "video_id"')
+        if "wav" not in out:
+            raise ManifestError(f'{where}: item {i} reads frames from a folder, so it needs a "wav" path')
+    else:
+        raise ManifestError(
+            f'{where}: item {i} has neither "video" (a file) nor "video_path" + "video_id" (a frame folder): {item!r}'[:300]
+        )
+    return out
+
+
+def read_av_manifest(path: PathLike) -> List[Dict[str, Any]]:
+    """Read an audio-visual manifest (JSON ``{"data": [...]}`` or JSON Lines) -> list of items.
+
+    Paths (``video``, ``wav``, ``video_path``) become absolute; ``wav`` defaults to ``video``;
+    ``labels`` defaults to ``""``.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ManifestError(f"{path}: cannot read manifest ({err})") from err
+    if path.suffix.lower() == ".jsonl":
+        items = []
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    items.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ManifestError(f"{path}:{lineno}: invalid JSON ({err.msg})") from err
+    else:
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ManifestError(f"{path}: invalid JSON ({err})") from err
+        if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
+            raise ManifestError(f'{path}: expected an object with a "data" list of items')
+        items = doc["data"]
+    root = path.resolve().parent
+    return [_normalise_item(item, i, str(path), root) for i, item in enumerate(items)]
+
+
+class AVDataset(AudioDataset):
+    """Clips with sound and pictures: ``audio`` by ``frontend`` (as ``AudioDataset``), ``video``
+    as ``num_frames`` ImageNet-normalised ``image_size`` x ``image_size`` frames.
+
+    Frames of a video file are sampled at segment centres (evaluation) or at random times inside
+    the segments (``train=True``); from a frame folder, the middle frame of ``num_total_frames``
+    (evaluation; ``frame_index`` picks another, e.g. for CAV-MAE's 10-frame ensemble) or random
+    ones (training). As in CAV-MAE, training frames are not augmented unless ``crop`` is
+    ``"random_resized"`` or ``flip=True`` (both only with ``train=True``).
+
+    ``augment`` takes ``AudioDataset``'s keys; with ``mixup``, the frames are mixed with the
+    same weight as the sound (CAV-MAE). A clip whose sound or pictures cannot be read is a
+    ``MediaError``, or with ``on_error="skip"`` is replaced as ``AudioDataset`` does.
+    """
+
+    def __init__(
+        self,
+        manifest: Union[PathLike, Sequence[Mapping[str, Any]]],
+        label_csv: Optional[PathLike] = None,
+        *,
+        frontend: AudioFrontend,
+        num_frames: int = 1,
+        image_size: int = 224,
+        short_side: Optional[int] = None,
+        crop: str = "center",
+        flip: bool = False,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        num_total_frames: int = 10,
+        frame_index: Optional[int] = None,
+        seek_threshold: float = 1.0,
+        sample_rate: int = 16000,
+        train: bool = False,
+        augment: Optional[Mapping[str, Any]] = None,
+        on_error: str = "raise",
+        max_skip_fraction: float = 0.1,
+        seed: int = 0,
+        multilabel: Optional[bool] = None,
+        skip_log_dir: Optional[PathLike] = None,
+        max_seconds: Optional[float] = None,
+    ) -> None:
+        if isinstance(manifest, (str, os.PathLike)):
+            items = read_av_manifest(manifest)
+            manifest_path: Optional[str] = os.fspath(manifest)
+        else:
+            items = [_normalise_item(item, i, "<manifest list>", None) for i, item in enumerate(manifest)]
+            manifest_path = None
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+        if image_size < 1:
+            raise ValueError(f"image_size must be >= 1, got {image_size}")
+        if crop not in ("center", "random_resized"):
+            raise ValueError(f"crop must be 'center' or 'random_resized', got {crop!r}")
+        if frame_index is not None and not 0 <= frame_index < num_total_frames:
+            raise ValueError(f"frame_index must be in [0, {num_total_frames}), got {frame_index}")
+        super().__init__(
+            items,
+            label_csv,
+            frontend=frontend,
+            sample_rate=sample_rate,
+            train=train,
+            augment=augment,
+            on_error=on_error,
+            max_skip_fraction=max_skip_fraction,
+            seed=seed,
+            multilabel=multilabel,
+            skip_log_dir=skip_log_dir,
+            max_seconds=max_seconds,
+        )
+        self.manifest_path = manifest_path
+        self.num_frames = int(num_frames)
+        self.image_size = int(image_size)
+        self.short_side = short_side
+        self.crop = crop
+        self.flip = bool(flip)
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.num_total_frames = int(num_total_frames)
+        self.frame_index = frame_index
+        self.seek_threshold = float(seek_threshold)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(items={len(self)}, classes={self.num_classes}, "
+            f"num_frames={self.num_frames}, image_size={self.image_size}, train={self.train}, "
+            f"on_error={self.on_error!r}, manifest={self.manifest_path!r})"
+        )
+
+    def source(self, index: int) -> str:
+        """The pictures of item ``index``: a file path, or ``root/frame_*/video_id.jpg``."""
+        item = self.items[index]
+        if "video" in item:
+            return item["video"]
+        return os.path.join(item["video_path"], "frame_*", f"{item['video_id']}.jpg")
+
+    def load_frames(self, index: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Frames ``[Tv, 3, S, S]`` of item ``index``; ``generator`` drives training draws."""
+        item = self.items[index]
+        train = self.train
+        crop = self.crop if train else "center"
+        common = dict(
+            size=self.image_size, short_side=self.short_side, crop=crop, flip=self.flip and train,
+            generator=generator, mean=self.mean, std=self.std,
+        )
+        if "video" in item:
+            return load_frames(
+                item["video"], self.num_frames, mode="random" if train else "uniform",
+                seek_threshold=self.seek_threshold, **common,
+            )
+        return load_frame_folder(
+            item["video_path"], item["video_id"], self.num_frames, num_total=self.num_total_frames,
+            frame_index=None if train else self.frame_index, train=train, **common,
+        )
+
+    # ------------------------------------------------------------------ loading
+    def _try_load(self, index: int) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        """``(waveform [1, N] with its mean removed, frames)``, or None when skipped."""
+        key = self.source(index)
+        if key in self.skipped or self.items[index]["wav"] in self.skipped:
+            return None
+        g = item_generator(self.seed, self.epoch, index, stream=_FRAME_STREAM)
+        try:
+            frames = self.load_frames(index, g)
+            wave = load_audio(self.items[index]["wav"], self.sample_rate, max_seconds=self.max_seconds)
+        except MediaError as err:
+            if self.on_error == "raise":
+                raise
+            self._record_skip(err, key)
+            return None
+        return wave - wave.mean(), frames
+
+    def __getitem__(self, index: int) -> Dict[str, Any]:
+        index = int(index)
+        if index < 0:
+            index += len(self)
+        g = item_generator(self.seed, self.epoch, index)
+        replace = item_generator(self.seed, self.epoch, index, stream=1)
+        index, (wave, frames) = self._load_readable(index, replace)
+        label = self.label(index)
+        train, aug = self.train, self.augment
+        if train:
+            wave = self._augment_wave(wave, g)
+            if aug["mixup"] > 0 and float(torch.rand(1, generator=g)) < aug["mixup"]:
+                partner = int(torch.randint(0, len(self), (1,), generator=g))
+                partner, (wave2, frames2) = self._load_readable(partner, replace)
+                wave2 = self._augment_wave(wave2, g)
+                wave, label, lam = mixup_waveforms(
+                    wave, wave2, label, self.label(partner), g, alpha=aug["mixup_alpha"]
+                )
+                frames = lam * frames + (1.0 - lam) * frames2
+        x = self.frontend.compute_fbank(wave, center=False)
+        if train and (aug["freqm"] or aug["timem"]):
+            x = spec_augment(x, aug["freqm"], aug["timem"], generator=g)
+        x = self.frontend.normalize(x)
+        if train and aug["noise"]:
+            x = fbank_noise(x, g)
+        return {"audio": x.unsqueeze(0).float(), "video": frames.float(), "label": label, "index": index}
