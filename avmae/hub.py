@@ -28,7 +28,7 @@ import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -42,6 +42,8 @@ __all__ = [
     "load_pretrained",
     "resolve_weights",
     "describe_checkpoint",
+    "register_spec_detector",
+    "SPEC_DETECTORS",
     "frontend_for",
     "audio_modality",
     "input_size",
@@ -208,6 +210,18 @@ def _detect_spec(sd: Mapping[str, torch.Tensor], fmt: str, num_mel_bins: int = 1
     return f"audiomae_{size}", params
 
 
+# format name -> detector(state dict) -> (model name, params) or None; tried before AudioMAE's
+SpecDetector = Callable[[Mapping[str, torch.Tensor]], Optional[Tuple[str, Dict[str, Any]]]]
+SPEC_DETECTORS: Dict[str, SpecDetector] = {}
+
+
+def register_spec_detector(name: str, detect: SpecDetector) -> None:
+    """Teach ``load_pretrained`` to rebuild the model of a foreign file that carries no model name
+    (e.g. a released checkpoint of another architecture): ``detect(sd)`` returns
+    ``(registered model name, factory params)`` for files it recognises, else None."""
+    SPEC_DETECTORS[name] = detect
+
+
 def describe_checkpoint(path: PathLike, *, num_mel_bins: int = 128) -> PretrainedReport:
     """What ``load_pretrained`` would build, without building it (nothing is loaded)."""
     weights = resolve_weights(path)
@@ -222,14 +236,23 @@ def _describe(weights: Path, sd, meta, num_mel_bins: int) -> PretrainedReport:
         fmt = "avmae"
     else:
         probe = sd if not all(k.startswith("module.") for k in sd) else {k[7:]: v for k, v in sd.items()}
-        fmt = _foreign_format(probe)
-        if fmt == "avmae":
-            raise CheckpointError(
-                f"{weights}: this project's weights without a model name in the metadata or a {CONFIG_FILE} beside them; "
-                "pass model_name= (and its params)"
-            )
-        name, params = _detect_spec(probe, fmt, num_mel_bins)
         source = "detected"
+        for fmt, detect in SPEC_DETECTORS.items():
+            spec = detect(probe)
+            if spec is not None:
+                name, params = spec
+                break
+        else:
+            try:
+                fmt = _foreign_format(probe)
+            except CheckpointError as exc:
+                raise CheckpointError(f"{weights}: {exc}; pass model_name= to say which model it is for") from None
+            if fmt == "avmae":
+                raise CheckpointError(
+                    f"{weights}: this project's weights without a model name in the metadata or a {CONFIG_FILE} beside them; "
+                    "pass model_name= (and its params)"
+                )
+            name, params = _detect_spec(probe, fmt, num_mel_bins)
     return PretrainedReport(path=str(weights), format=fmt, model_name=name, model_params=params, config=cfg, source=source)
 
 

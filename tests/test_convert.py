@@ -137,3 +137,20 @@ def test_overrides_and_refusals(tool, tmp_path, capsys):
     ast = avmae.save_checkpoint(avmae.create_model("ast_tiny", num_classes=2, target_length=T), tmp_path / "ast.safetensors", model_name="ast_tiny", config={"model": {"name": "ast_tiny", "params": {"target_length": T}}})
     assert tool.main([str(ast), "--out", str(tmp_path / "ast_vit.safetensors"), "--to", "timm"]) == 2
     assert "no plain timm ViT" in capsys.readouterr().err
+
+
+def test_files_without_a_model_name(tmp_path, monkeypatch):
+    from avmae.checkpoint import CheckpointError
+    from avmae.hub import SPEC_DETECTORS, register_spec_detector
+
+    mae = _randomised("audiomae_tiny")
+    path = tmp_path / "bare.pth"
+    torch.save(mae.state_dict(), path)  # this project's keys, no metadata, no config.yaml
+    with pytest.raises(CheckpointError, match="model_name="):
+        load_pretrained(path)
+    model, rep = load_pretrained(path, model_name="audiomae_tiny", target_length=T)
+    assert rep.source == "argument" and torch.equal(model.norm.weight, mae.norm.weight)
+    monkeypatch.setattr("avmae.hub.SPEC_DETECTORS", dict(SPEC_DETECTORS))
+    register_spec_detector("tiny-bare", lambda sd: ("audiomae_tiny", {"target_length": T}) if "decoder.embed.weight" in sd else None)
+    model, rep = load_pretrained(path)
+    assert rep.model_name == "audiomae_tiny" and rep.source == "detected"
