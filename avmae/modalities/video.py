@@ -10,7 +10,10 @@ so CAV-MAE's visual targets line up.
 
 - ``tubelet=1``: each frame is cut into 16x16 patches by a Conv2d applied frame by frame (CAV-MAE).
 - ``tubelet=2`` (or more): 2x16x16 tubelets by a Conv3d (VideoMAE). Default masking is then tube
-  masking (the same spatial positions are removed in every time step) at ratio 0.9.
+  masking (the same spatial positions are removed in every time step) at ratio 0.9. The model
+  rounds the ratio through ``snap_mask_ratio`` so that, as in VideoMAE, ``int(ratio * H'W')``
+  positions are removed per time step and only whole tubes are kept (MAE's ``int(L * (1 - r))``
+  alone would keep 156 of 1568 tokens at 0.9, splitting a tube).
 
 Grid: ``(H', W')`` when there is a single time step (a 2-D sin-cos table, CAV-MAE's
 ``pos_embed_v``), else ``(T', H', W')`` with a 3-D sin-cos table.
