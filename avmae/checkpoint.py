@@ -226,7 +226,8 @@ def _map_audiomae(sd: Dict[str, torch.Tensor], model: nn.Module):
 
 
 def _detect_audiomae(sd: Dict[str, torch.Tensor]) -> bool:
-    return "patch_embed.proj.weight" in sd and "blocks.0.attn.qkv.weight" in sd and "pos_embed" in sd
+    # a distillation token marks a DeiT / AST backbone, which has formats of its own
+    return "patch_embed.proj.weight" in sd and "blocks.0.attn.qkv.weight" in sd and "pos_embed" in sd and "dist_token" not in sd
 
 
 def _format_of(sd: Dict[str, torch.Tensor]) -> str:
