@@ -41,6 +41,7 @@ import torch
 import torch.nn as nn
 
 from .data import AudioFrontend, MediaError, load_audio, read_manifest
+from .data.datasets import ManifestError
 from .hub import input_size
 
 _logger = logging.getLogger(__name__)
@@ -82,7 +83,8 @@ def find_media(source: PathLike, extensions: Iterable[str] = MEDIA_EXTENSIONS) -
     """Files to process and the folder their output names are relative to. -> (paths, root).
 
     ``source``: a media file; a folder (searched recursively for ``extensions``, sorted); or a
-    manifest (``.json`` AudioMAE format or ``.jsonl``), whose ``wav`` entries are taken as listed.
+    manifest (``.json`` AudioMAE format or ``.jsonl``), whose ``wav`` entries (for audio-visual
+    manifests: the ``video`` file when there is no ``wav``) are taken as listed.
     """
     src = Path(source).expanduser()
     if src.is_dir():
@@ -90,11 +92,26 @@ def find_media(source: PathLike, extensions: Iterable[str] = MEDIA_EXTENSIONS) -
         paths = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in exts)
         return paths, src
     if src.suffix.lower() in MANIFEST_SUFFIXES:
-        paths = [Path(item["wav"]) for item in read_manifest(src)]
+        paths = [Path(item["wav"]) for item in _read_any_manifest(src)]
         return paths, src.resolve().parent
     if not src.exists():
         raise FileNotFoundError(f"{src}: no such file or folder")
     return [src], src.parent
+
+
+def _read_any_manifest(path: Path) -> List[Dict[str, Any]]:
+    """Audio manifest items, or audio-visual ones (``video`` files; their sound is the ``wav``)."""
+    try:
+        return read_manifest(path)
+    except ManifestError as first:
+        try:
+            from .data.av_dataset import read_av_manifest
+        except ImportError:
+            raise first from None
+        try:
+            return read_av_manifest(path)
+        except ManifestError:
+            raise first from None
 
 
 def output_names(paths: Sequence[Path], root: Path) -> List[str]:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .data import read_label_csv, read_manifest
+from .data.datasets import ManifestError
 
 _logger = logging.getLogger(__name__)
 
@@ -27,7 +28,17 @@ PathLike = Union[str, os.PathLike]
 
 
 def _items(manifest: Union[PathLike, Sequence[Mapping[str, Any]]]) -> List[Mapping[str, Any]]:
-    return read_manifest(manifest) if isinstance(manifest, (str, os.PathLike)) else list(manifest)
+    if not isinstance(manifest, (str, os.PathLike)):
+        return list(manifest)
+    try:
+        return read_manifest(manifest)
+    except ManifestError as first:  # an audio-visual manifest ("video" files, no "wav")
+        try:
+            from .data.av_dataset import read_av_manifest
+
+            return read_av_manifest(manifest)
+        except (ImportError, ManifestError):
+            raise first from None
 
 
 def _ids(label_csv: Union[PathLike, Sequence[str]]) -> List[str]:

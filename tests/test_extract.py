@@ -216,3 +216,14 @@ def test_tool_writes_npz_npy_and_safetensors(media, checkpoints, tmp_path, capsy
     with safe_open(str(st), "np") as f:
         np.testing.assert_allclose(f.get_tensor("embedding")[0], long_emb, atol=1e-5)  # the official file holds the same weights
         assert json.loads(f.metadata()["files"]) == [str(media / "sub" / "long.flac")]
+
+
+def test_manifests_audio_and_audio_visual(media, tmp_path):
+    audio = tmp_path / "audio.json"
+    audio.write_text(json.dumps({"data": [{"wav": str(media / "short.wav"), "labels": ""}, {"wav": "rel/x.flac"}]}))
+    paths, root = find_media(audio)
+    assert paths == [media / "short.wav", tmp_path / "rel" / "x.flac"] and root == tmp_path.resolve()
+    pytest.importorskip("avmae.data.av_dataset")
+    av = tmp_path / "av.jsonl"
+    av.write_text(json.dumps({"video": "clips/a.mp4", "labels": "/m/x"}) + "\n")
+    assert find_media(av)[0] == [tmp_path.resolve() / "clips" / "a.mp4"]

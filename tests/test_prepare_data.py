@@ -191,3 +191,22 @@ def test_shards_dispatch_and_clear_error(tool, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "avmae.data.shards", None)  # not installed: import fails
     assert tool.main(["shards", "m.json", "--out", str(tmp_path)]) == 2
     assert "avmae.data.shards" in capsys.readouterr().err
+
+
+def test_manifest_items_for_videos(tool, tmp_path):
+    videos = tmp_path / "clips"
+    videos.mkdir()
+    _write_video(videos / "v1.mp4", frames=4)
+    out = tmp_path / "av.json"
+    assert tool.main(["manifest", str(videos), "-o", str(out), "--check", "none", "--no-progress"]) == 0
+    assert json.loads(out.read_text())["data"] == [{"wav": "clips/v1.mp4", "labels": "", "video_id": "v1", "video": "clips/v1.mp4"}]
+    assert tool.main(["manifest", str(videos), "-o", str(out), "--check", "none", "--frames", str(tmp_path / "frames"), "--no-progress"]) == 0
+    assert json.loads(out.read_text())["data"] == [{"wav": "clips/v1.mp4", "labels": "", "video_id": "v1", "video_path": "frames"}]
+
+
+def test_weights_of_an_audio_visual_manifest(tmp_path):
+    pytest.importorskip("avmae.data.av_dataset")
+    manifest = tmp_path / "av.json"
+    manifest.write_text(json.dumps({"data": [{"video": "a.mp4", "labels": "/m/x"}, {"video": "b.mp4", "labels": "/m/x,/m/y"}]}))
+    w = balanced_weights(manifest, ["/m/x", "/m/y"])
+    np.testing.assert_allclose(w.numpy(), [1000 / 2.01, 1000 / 2.01 + 1000 / 1.01])

@@ -9,7 +9,8 @@
 
 manifest: scans ROOT recursively for audio/video files and writes AudioMAE's JSON
     ({"data": [{"wav": "rel/path.flac", "labels": "/m/09x0r,/m/05zppz"}, ...]}) with paths relative
-    to the manifest's folder. --labels maps files to label ids: a CSV whose rows are
+    to the manifest's folder; video files also get "video" (or, with --frames, CAV-MAE's
+    "video_path" frame folder) and "video_id", for the audio-visual datasets. --labels maps files to label ids: a CSV whose rows are
     ``<file name, stem or relative path>,<"id1,id2">`` (a header naming the columns is optional;
     AudioSet's segment CSVs, ``YTID, start, end, "labels"`` with '#' comments, read as they are).
     Files that cannot be read are left out and listed.
@@ -118,10 +119,12 @@ def build_manifest(
     check: str = "probe",
     absolute: bool = False,
     require_labels: bool = False,
+    frames: Optional[os.PathLike | str] = None,
     progress: bool = False,
 ) -> ManifestReport:
     """Scan ``root`` and write the manifest ``out``. check: "none", "probe" (decode the first
-    second) or "full" (decode everything)."""
+    second) or "full" (decode everything). Video files also get ``video_id`` and ``video`` (the
+    file itself), or ``video_path`` = ``frames`` when their frames were extracted there."""
     from avmae.data import MediaError, load_audio, read_label_csv
     from avmae.extract import MEDIA_EXTENSIONS, VIDEO_EXTENSIONS, find_media
 
@@ -158,8 +161,12 @@ def build_manifest(
             lab = _check_labels(lab, ids, names, str(p))
         wav = p.resolve().as_posix() if absolute else Path(os.path.relpath(p.resolve(), base)).as_posix()
         item = {"wav": wav, "labels": lab}
-        if p.suffix.lower() in VIDEO_EXTENSIONS:
+        if p.suffix.lower() in VIDEO_EXTENSIONS:  # the sound is the video's audio track
             item["video_id"] = p.stem
+            if frames is None:
+                item["video"] = wav
+            else:  # CAV-MAE's frame folders: frames/frame_{i}/<video_id>.jpg
+                item["video_path"] = Path(frames).resolve().as_posix() if absolute else Path(os.path.relpath(Path(frames).resolve(), base)).as_posix()
         report.items.append(item)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
@@ -172,7 +179,7 @@ def cmd_manifest(args: argparse.Namespace) -> int:
     exts = [e.strip() for e in args.extensions.split(",") if e.strip()] if args.extensions else ()
     rep = build_manifest(
         args.root, args.out, labels=args.labels, label_csv=args.label_csv, extensions=exts, check=args.check,
-        absolute=args.absolute, require_labels=args.require_labels, progress=not args.no_progress,
+        absolute=args.absolute, require_labels=args.require_labels, frames=args.frames, progress=not args.no_progress,
     )
     print(f"wrote {args.out}: {len(rep.items)} item(s)")
     if rep.unlabelled:
@@ -348,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--check", choices=("none", "probe", "full"), default="probe", help="readability check (default: decode the first second)")
     m.add_argument("--absolute", action="store_true", help="write absolute paths")
     m.add_argument("--require-labels", action="store_true", help="leave out files with no entry in --labels")
+    m.add_argument("--frames", default=None, help="video items read their frames from this CAV-MAE frame folder (see 'frames') instead of the video file")
     m.add_argument("--no-progress", action="store_true")
     m.set_defaults(func=cmd_manifest)
 
