@@ -227,3 +227,13 @@ def test_manifests_audio_and_audio_visual(media, tmp_path):
     av = tmp_path / "av.jsonl"
     av.write_text(json.dumps({"video": "clips/a.mp4", "labels": "/m/x"}) + "\n")
     assert find_media(av)[0] == [tmp_path.resolve() / "clips" / "a.mp4"]
+
+
+def test_reduced_precision_is_close(media, checkpoints):
+    wave = load_audio(media / "sub" / "long.flac")
+    full = EmbeddingExtractor(checkpoints["mae"], _frontend())(wave)["embedding"]
+    half = EmbeddingExtractor(checkpoints["mae"], _frontend(), precision="bf16")(wave)["embedding"]
+    assert half.dtype == np.float32
+    np.testing.assert_allclose(half, full, atol=0.05, rtol=0.05)
+    with pytest.raises(ValueError, match="precision"):
+        EmbeddingExtractor(checkpoints["mae"], _frontend(), precision="int8")

@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--std", type=float, default=None, help="fbank std (overrides --norm)")
     p.add_argument("--max-seconds", type=float, default=None, help="read at most this much of each file")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="autocast precision of the forward pass (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -74,7 +75,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if contextual == -100:
         contextual = default_contextual_from(model)
     hop = None if args.hop is None else max(1, int(round(args.hop * 100)))
-    extractor = EmbeddingExtractor(model, frontend, hop=hop, contextual_from=contextual, patches=args.patches, keep_windows=args.keep_windows)
+    extractor = EmbeddingExtractor(model, frontend, hop=hop, contextual_from=contextual, patches=args.patches, keep_windows=args.keep_windows, precision=args.precision)
 
     paths, names = [], []
     exts = [e.strip() for e in args.extensions.split(",") if e.strip()]

@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mean", type=float, default=None)
     p.add_argument("--std", type=float, default=None)
     p.add_argument("--dpi", type=int, default=120)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     return p
 
 
@@ -49,8 +49,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     from avmae.hub import frontend_for, load_pretrained
     from avmae.viz import plot_arrays, reconstruct
 
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     overrides = {} if args.target_length is None else {"target_length": args.target_length}
-    model, report = load_pretrained(args.checkpoint, map_location=args.device, **overrides)
+    model, report = load_pretrained(args.checkpoint, map_location=device, **overrides)
     print(report.summary(), file=sys.stderr)
     if not hasattr(model, "decoder"):
         print(f"error: {args.checkpoint} holds a {report.model_name} (no decoder); a reconstruction needs a pretraining checkpoint", file=sys.stderr)
