@@ -8,16 +8,21 @@ Where the model description comes from, in order:
    pretraining; ``num_classes``, ``mask_t_prob``, ``mask_f_prob`` for fine-tuning) rebuild it
    exactly as the trainer built it. A bare ``{"model": {"name": ..., "params": {...}}}`` works too.
 2. a ``config.yaml`` beside the weights (a trainer checkpoint folder), when the metadata has none.
-3. the tensors of a foreign file (official AudioMAE ``.pth``, timm-format encoder): the size is read
-   from the shapes (embedding width, depth, input length from ``pos_embed``), the decoder from the
-   block keys (``attn.tau`` marks the shifted-window decoder of the released pretraining file; the
-   demo notebook of the official repository built the global decoder instead and showed noise), the
-   class count from ``head.weight``.
+3. the tensors of a foreign file: first the detectors added with ``register_spec_detector``, then
+   AudioMAE's layouts (official ``.pth``, timm-format encoder): the size is read from the shapes
+   (embedding width, depth, input length from ``pos_embed``), the decoder from the block keys
+   (``attn.tau`` marks the shifted-window decoder of the released pretraining file; the demo
+   notebook of the official repository built the global decoder instead and showed noise), the
+   class count from the head.
+4. ``model_name=``, for anything else.
 
 ``path`` may be a weights file, a checkpoint folder (``.../step_0001000/``) or a run folder (its
 newest checkpoint). ``**overrides`` go to ``create_model`` and win over what the file says, e.g.
 ``target_length=512`` to run a 1024-frame model on 5 s inputs (fixed positional tables are then
 regenerated for the new grid).
+
+Also here: ``frontend_for`` (the audio frontend a checkpoint was trained with) and ``to_timm`` (an
+AudioMAE-style encoder as a plain timm ``VisionTransformer`` state dict).
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
-from .checkpoint import CheckpointError, LoadReport, convert_state_dict, load_checkpoint, read_state_dict
+from .checkpoint import CheckpointError, LoadReport, load_checkpoint, read_state_dict
 
 _logger = logging.getLogger(__name__)
 

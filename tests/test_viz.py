@@ -1,7 +1,6 @@
 """Reconstruction plots: the arrays are what the model computed, the figure says what it shows."""
 
 import importlib.util
-import math
 import sys
 from pathlib import Path
 
