@@ -52,6 +52,7 @@ __all__ = [
     "MEDIA_EXTENSIONS",
     "ClipFeatures",
     "EmbeddingExtractor",
+    "Windower",
     "find_media",
     "output_names",
     "extract",
@@ -163,6 +164,35 @@ class ClipFeatures:
     num_windows: int = 0
 
 
+@dataclass
+class Windower:
+    """Waveform -> fbank windows, without the model (what DataLoader workers run).
+
+    frontend: whole-clip frontend (``target_length=None``); window, hop: frames.
+    """
+
+    frontend: AudioFrontend
+    window: int
+    hop: int
+
+    def starts(self, num_frames: int) -> List[int]:
+        starts = [0]
+        while starts[-1] + self.window < num_frames and starts[-1] + self.hop < num_frames:
+            starts.append(starts[-1] + self.hop)
+        return starts
+
+    def __call__(self, waveform: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        feats = self.frontend.compute_fbank(waveform)  # [T, F], un-normalised
+        T = feats.shape[0]
+        starts = self.starts(T)
+        end = starts[-1] + self.window
+        if end > T:  # zeros in log-mel, before normalisation, as AudioMAE pads
+            feats = torch.nn.functional.pad(feats, (0, 0, 0, end - T))
+        wins = torch.stack([feats[s : s + self.window] for s in starts])
+        frames = torch.tensor([min(self.window, T - s) for s in starts], dtype=torch.int64)
+        return self.frontend.normalize(wins).unsqueeze(1).float(), frames
+
+
 class EmbeddingExtractor:
     """Window a waveform and run an encoder on the windows.
 
@@ -206,6 +236,7 @@ class EmbeddingExtractor:
         self.hop = int(hop) if hop is not None else self.window
         if self.hop <= 0:
             raise ValueError(f"hop must be > 0 frames, got {hop}")
+        self.windower = Windower(self.frontend, self.window, self.hop)
         self.is_mae = hasattr(model, "decoder")
         if contextual_from is not None and not self.is_mae:
             raise ValueError("contextual features are defined for pretraining models (encoder with a final norm) only")
@@ -240,22 +271,11 @@ class EmbeddingExtractor:
     # -------------------------------------------------------------- windows
     def window_starts(self, num_frames: int) -> List[int]:
         """Start frames: 0, hop, 2*hop, ... until a window reaches the last frame."""
-        starts = [0]
-        while starts[-1] + self.window < num_frames and starts[-1] + self.hop < num_frames:
-            starts.append(starts[-1] + self.hop)
-        return starts
+        return self.windower.starts(num_frames)
 
     def windows(self, waveform: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """``[1, N]`` waveform -> (normalised fbank windows ``[n, 1, W, F]``, real frames per window ``[n]``)."""
-        feats = self.frontend.compute_fbank(waveform)  # [T, F], un-normalised
-        T = feats.shape[0]
-        starts = self.window_starts(T)
-        end = starts[-1] + self.window
-        if end > T:  # zeros in log-mel, before normalisation, as AudioMAE pads
-            feats = torch.nn.functional.pad(feats, (0, 0, 0, end - T))
-        wins = torch.stack([feats[s : s + self.window] for s in starts])
-        frames = torch.tensor([min(self.window, T - s) for s in starts], dtype=torch.int64)
-        return self.frontend.normalize(wins).unsqueeze(1).float(), frames
+        return self.windower(waveform)
 
     # -------------------------------------------------------------- model
     @torch.no_grad()
@@ -332,9 +352,11 @@ class EmbeddingExtractor:
 
 
 class _Windows(torch.utils.data.Dataset):
-    def __init__(self, paths: Sequence[PathLike], extractor: EmbeddingExtractor, max_seconds: Optional[float]) -> None:
+    """Decoding and windowing of each file; holds no model, so workers stay light."""
+
+    def __init__(self, paths: Sequence[PathLike], windower: Windower, max_seconds: Optional[float]) -> None:
         self.paths = [os.fspath(p) for p in paths]
-        self.extractor = extractor
+        self.windower = windower
         self.max_seconds = max_seconds
 
     def __len__(self) -> int:
@@ -342,8 +364,8 @@ class _Windows(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         try:
-            wave = load_audio(self.paths[i], self.extractor.sample_rate, max_seconds=self.max_seconds)
-            wins, frames = self.extractor.windows(wave)
+            wave = load_audio(self.paths[i], self.windower.frontend.sample_rate, max_seconds=self.max_seconds)
+            wins, frames = self.windower(wave)
             return i, wins, frames, None
         except MediaError as err:
             return i, None, None, str(err)
@@ -363,7 +385,7 @@ def extract(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     loader = torch.utils.data.DataLoader(
-        _Windows(paths, extractor, max_seconds), batch_size=None, shuffle=False, num_workers=num_workers
+        _Windows(paths, extractor.windower, max_seconds), batch_size=None, shuffle=False, num_workers=num_workers
     )
     bar = None
     if progress:

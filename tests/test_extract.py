@@ -237,3 +237,14 @@ def test_reduced_precision_is_close(media, checkpoints):
     np.testing.assert_allclose(half, full, atol=0.05, rtol=0.05)
     with pytest.raises(ValueError, match="precision"):
         EmbeddingExtractor(checkpoints["mae"], _frontend(), precision="int8")
+
+
+def test_decoding_in_worker_processes(media, checkpoints):
+    paths = [media / "short.wav", media / "sub" / "broken.wav", media / "sub" / "long.flac"]
+    ex = EmbeddingExtractor(checkpoints["mae"], _frontend())
+    inline = list(extract(paths, ex, batch_size=4))
+    workers = list(extract(paths, ex, batch_size=4, num_workers=2))
+    assert [r.error is None for r in workers] == [True, False, True]
+    for a, b in zip(inline, workers):
+        if a.arrays is not None:
+            np.testing.assert_allclose(a.arrays["embedding"], b.arrays["embedding"], atol=1e-6)
