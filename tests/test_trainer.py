@@ -1,0 +1,278 @@
+"""The trainer on the tiny model and a few generated clips: loss falls, outputs are written,
+exact resume, SIGTERM, checkpoint rotation, non-finite steps, fine-tuning, two processes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import avmae
+from avmae.config import ConfigError, load_config
+from avmae.data import ensure_demo_audio
+from avmae.train import (
+    DATASET_BUILDERS,
+    EpochSampler,
+    NonFiniteLossError,
+    PretrainTask,
+    Trainer,
+    list_checkpoints,
+    register_dataset_builder,
+)
+from avmae.train.logging_utils import read_metrics
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and stay fast when other work shares the CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    """12 training and 6 eval clips of the demo classes, as FLAC files with a manifest."""
+    return ensure_demo_audio(tmp_path_factory.mktemp("clips") / "demo", num_train_per_class=2, num_eval_per_class=1)
+
+
+def tiny_config(clips, out, *extra):
+    return load_config(
+        [],
+        [
+            "model.name=audiomae_tiny",
+            f"data.train_manifest={clips / 'train.json'}",
+            f"data.eval_manifest={clips / 'eval.json'}",
+            f"data.label_csv={clips / 'class_labels_indices.csv'}",
+            "data.target_length=64",
+            "data.num_mel_bins=64",
+            "data.num_workers=0",
+            "data.cache=true",
+            "train.batch_size=2",
+            "train.cpu=true",
+            "train.mixed_precision=bf16",
+            "optim.lr=2e-3",
+            "schedule.epochs=1",
+            "schedule.warmup_epochs=0",
+            "logging.every_n_steps=1",
+            "logging.progress=false",
+            "checkpoint.every_n_epochs=0",
+            f"output_dir={out}",
+            *extra,
+        ],
+    )
+
+
+def weights(run_dir):
+    return load_file(str(list_checkpoints(run_dir)[-1] / "model.safetensors"))
+
+
+def test_short_run_lowers_loss_and_writes_outputs(clips, tmp_path):
+    out = tmp_path / "run"
+    result = Trainer(tiny_config(clips, out, "schedule.max_steps=10", "checkpoint.every_n_steps=5")).fit()
+    assert result.steps == 10 and not result.interrupted
+    assert result.last_loss < result.first_loss
+    assert result.eval and all(torch.isfinite(torch.tensor(v)) for v in result.eval.values())
+
+    assert (out / "config.yaml").is_file() and (out / "run.json").is_file()
+    assert any((out / "tensorboard").iterdir())
+    records = read_metrics(out / "metrics.jsonl")
+    train = [r for r in records if "train/loss" in r]
+    assert [r["step"] for r in train] == list(range(1, 11))
+    assert {"train/lr", "train/grad_norm", "train/samples_per_s", "train/skipped_steps", "train/mae_audio"} <= set(train[0])
+    assert any("eval/loss" in r for r in records)
+
+    ckpts = list_checkpoints(out)
+    assert [c.name for c in ckpts] == ["step_0000005", "step_0000010"]
+    last = ckpts[-1]
+    for name in ("model.safetensors", "config.yaml", "trainer_state.json", "optimizer.bin", "random_states_0.pkl"):
+        assert (last / name).is_file(), name
+    # the exported weights load into a fresh model, and the saved config reproduces the run's
+    saved = load_config([last / "config.yaml"])
+    assert saved.data.target_length == 64 and saved.model.name == "audiomae_tiny"
+    model = avmae.create_model("audiomae_tiny", target_length=64, num_mel_bins=64)
+    report = avmae.load_checkpoint(model, last / "model.safetensors")
+    assert report.format == "avmae" and not report.missing
+    assert json.loads((last / "trainer_state.json").read_text())["step"] == 10
+
+    # an output dir with checkpoints is not silently reused
+    with pytest.raises(ConfigError, match="resume"):
+        Trainer(tiny_config(clips, out, "schedule.max_steps=10")).fit()
+
+
+class StopAt(Trainer):
+    """Sends itself SIGTERM after a given step, as a cluster preempting the job would."""
+
+    stop_step = None
+
+    def after_step(self, step):
+        if step == self.stop_step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_exact_resume_after_sigterm_is_bit_identical(clips, tmp_path):
+    # 12 items / (2 x 2 accumulation) = 3 steps per epoch; 8 steps cross two epoch boundaries;
+    # drop path and random masking exercise the RNG state
+    extra = ("schedule.epochs=3", "schedule.max_steps=8", "train.grad_accum=2", "model.params.drop_path=0.1", "eval.every_n_epochs=1")
+
+    full = Trainer(tiny_config(clips, tmp_path / "full", *extra, "checkpoint.every_n_steps=1", "checkpoint.keep_last=2")).fit()
+    assert full.steps == 8
+    # keep-last-2 rotation
+    assert [c.name for c in list_checkpoints(tmp_path / "full")] == ["step_0000007", "step_0000008"]
+
+    StopAt.stop_step = 4
+    part = StopAt(tiny_config(clips, tmp_path / "part", *extra)).fit()
+    assert part.interrupted and part.steps == 4
+    assert [c.name for c in list_checkpoints(tmp_path / "part")] == ["step_0000004"]
+    assert signal.getsignal(signal.SIGTERM) is not None  # handler restored
+
+    resumed = Trainer(tiny_config(clips, tmp_path / "part", *extra, "resume=true")).fit()
+    assert resumed.steps == 8 and not resumed.interrupted
+
+    a, b = weights(tmp_path / "full"), weights(tmp_path / "part")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # the optimizer state continued exactly too
+    opt_a = torch.load(list_checkpoints(tmp_path / "full")[-1] / "optimizer.bin", weights_only=True)
+    opt_b = torch.load(list_checkpoints(tmp_path / "part")[-1] / "optimizer.bin", weights_only=True)
+    for i, st in opt_a["state"].items():
+        assert torch.equal(st["exp_avg"], opt_b["state"][i]["exp_avg"])
+    # the metrics of both runs agree step for step (repeated steps were dropped on resume)
+    la = [(r["step"], r["train/loss"]) for r in read_metrics(tmp_path / "full" / "metrics.jsonl", "train/")]
+    lb = [(r["step"], r["train/loss"]) for r in read_metrics(tmp_path / "part" / "metrics.jsonl", "train/")]
+    assert la == lb
+
+
+class NaNTask(PretrainTask):
+    """Pretraining whose loss is NaN on chosen forward calls."""
+
+    def __init__(self, cfg, bad_calls):
+        super().__init__(cfg)
+        self.bad_calls = set(bad_calls)
+        self.calls = 0
+
+    def compute_loss(self, model, inputs, batch):
+        loss, parts = super().compute_loss(model, inputs, batch)
+        self.calls += 1
+        if self.calls in self.bad_calls:
+            loss = loss * float("nan")
+        return loss, parts
+
+
+def test_nonfinite_step_is_skipped_and_counted(clips, tmp_path):
+    cfg = tiny_config(clips, tmp_path / "nan", "schedule.max_steps=4", "eval.every_n_epochs=-1")
+    result = Trainer(cfg, task=NaNTask(cfg, bad_calls={2})).fit()
+    assert result.steps == 4 and result.skipped_steps == 1
+    assert all(torch.isfinite(v).all() for v in weights(tmp_path / "nan").values())
+    records = read_metrics(tmp_path / "nan" / "metrics.jsonl", "train/")
+    assert records[-1]["train/skipped_steps"] == 1
+
+
+def test_too_many_nonfinite_steps_stop_with_a_clear_error(clips, tmp_path):
+    cfg = tiny_config(clips, tmp_path / "nan2", "schedule.max_steps=6", "train.max_nonfinite=2", "checkpoint.every_n_steps=1", "eval.every_n_epochs=-1")
+    with pytest.raises(NonFiniteLossError) as info:
+        Trainer(cfg, task=NaNTask(cfg, bad_calls=range(2, 100))).fit()
+    msg = str(info.value)
+    assert "step 3" in msg and "step_0000002" in msg and "max_nonfinite" in msg
+
+
+def test_finetune_from_pretraining_checkpoint(clips, tmp_path):
+    pre = Trainer(tiny_config(clips, tmp_path / "pre", "schedule.max_steps=2", "eval.every_n_epochs=-1")).fit()
+    cfg = tiny_config(
+        clips,
+        tmp_path / "ft",
+        "task=finetune",
+        "model.name=audiomae_tiny_cls",
+        f"checkpoint.init_from={tmp_path / 'pre'}",
+        "optim.layer_decay=0.75",
+        "masking.mask_t_prob=0.2",
+        "masking.mask_f_prob=0.2",
+        "schedule.max_steps=3",
+    )
+    result = Trainer(cfg).fit()
+    assert result.steps == 3 and "acc" in result.eval and "loss" in result.eval
+    ft = weights(tmp_path / "ft")
+    pw = load_file(str(pre.last_checkpoint / "model.safetensors"))
+    assert ft["head.weight"].shape[0] == 6  # the six demo classes
+    # a layer-decayed encoder block moved less than the head, but both trained
+    assert not torch.equal(ft["blocks.0.attn.qkv.weight"], pw["blocks.0.attn.qkv.weight"])
+
+
+def test_dataset_builders_are_a_registry(tmp_path):
+    """A new modality set plugs in by registering a builder; the loop passes only model inputs."""
+
+    class Toy(torch.utils.data.Dataset):
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            g = torch.Generator().manual_seed(i)
+            return {"audio": torch.randn(1, 32, 32, generator=g), "extra": torch.zeros(3), "label": torch.zeros(0), "index": i}
+
+    @register_dataset_builder("toy")
+    def build(cfg, split):
+        return Toy() if split == "train" else None
+
+    try:
+        cfg = load_config(
+            [],
+            ["modality=toy", "model.name=audiomae_tiny", "model.params.decoder=global", "data.target_length=32", "data.num_mel_bins=32",
+             "data.num_workers=0", "train.batch_size=4", "train.cpu=true", "train.mixed_precision=bf16", "schedule.max_steps=2",
+             "logging.progress=false", "logging.tensorboard=false", f"output_dir={tmp_path / 'toy'}"],
+        )
+        assert Trainer(cfg).fit().steps == 2
+    finally:
+        DATASET_BUILDERS.pop("toy")
+    with pytest.raises(ConfigError, match="modality"):
+        Trainer(load_config([], ["modality=nothing", f"output_dir={tmp_path / 'x'}"]))
+
+
+def test_epoch_sampler_order_depends_on_seed_and_epoch_only():
+    s = EpochSampler(10, global_batch=4, seed=3)
+    s.set_position(1)
+    order = [i for _, i in s]
+    assert len(order) == 8 and len(set(order)) == 8  # two whole global batches, no repeats
+    again = EpochSampler(10, global_batch=4, seed=3)
+    again.set_position(1, start=4)
+    assert [i for _, i in again] == order[4:]
+    s.set_position(2)
+    assert [i for _, i in s] != order
+
+
+@pytest.mark.slow
+def test_two_processes_hold_identical_weights(clips, tmp_path):
+    """torchrun with 2 CPU processes (gloo): replicas agree and see disjoint data."""
+    out = tmp_path / "dist"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000),
+           str(REPO / "tests" / "dist_train_check.py"), str(clips), str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    reports = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert reports[0]["world"] == reports[1]["world"] == 2
+    assert reports[0]["weights_hash"] == reports[1]["weights_hash"]
+    assert reports[0]["steps"] == reports[1]["steps"] == 3
+    seen0, seen1 = set(reports[0]["indices"]), set(reports[1]["indices"])
+    assert seen0 and seen1 and not seen0 & seen1  # each process its own shard
+    # the checkpoint written by the main process holds the replicas' weights
+    saved = weights(out / "run")
+    assert reports[0]["weights_hash"] == hash_state(saved)
+
+
+def hash_state(sd):
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in sorted(sd):
+        h.update(k.encode())
+        h.update(sd[k].detach().cpu().contiguous().float().numpy().tobytes())
+    return h.hexdigest()

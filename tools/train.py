@@ -1,0 +1,101 @@
+#!/usr/bin/env python
+"""Train a model from a config: pretraining or fine-tuning, audio or audio-visual, CPU or GPUs.
+
+    python tools/train.py --modality audio                                   # the CPU demo, ~2 min
+    python tools/train.py --config configs/audiomae/pretrain_as2m.yaml \\
+        data.train_manifest=/data/as2m/train.json train.batch_size=8
+    accelerate launch --multi_gpu --num_processes 8 tools/train.py --config ... # same code, 8 GPUs
+    python tools/train.py --output-dir runs/x --resume                         # continue a run exactly
+
+Trailing ``key=value`` arguments override the config (``optim.blr=1e-3``, ``schedule.epochs=5``).
+Without ``--config``, ``--modality`` picks its demo config (``configs/demo_<modality>.yaml``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+try:
+    import avmae  # noqa: F401
+except ImportError:  # a source checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from avmae.config import CONFIG_DIR, ConfigError, load_config, resolve_config_path
+from avmae.train import NonFiniteLossError, Trainer
+
+TERMINATED = 143  # 128 + SIGTERM: the run stopped early and saved a checkpoint to resume from
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--modality", default=None, help="audio | av (default: the config's, else audio)")
+    p.add_argument("--config", action="append", default=[], metavar="YAML", help="config delta(s), merged in order (default: configs/demo_<modality>.yaml)")
+    p.add_argument("--output-dir", default=None, help="run folder (default: runs/<modality>-<task>-<timestamp>)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --output-dir")
+    p.add_argument("--print-config", action="store_true", help="print the merged config and exit")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.blr=1e-3 train.batch_size=4")
+    return p.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace):
+    files = list(args.config)
+    saved = Path(args.output_dir or "", "config.yaml")
+    if not files and args.resume and args.output_dir and saved.is_file():
+        files = [saved]  # continue the run as it was configured
+    if not files:
+        demo = CONFIG_DIR / f"demo_{args.modality or 'audio'}.yaml"
+        if not demo.is_file():
+            raise ConfigError("--config", f"no demo config for --modality {args.modality!r} ({demo}); pass --config")
+        files = [demo]
+    overrides = list(args.overrides)
+    if args.modality:
+        overrides.append(f"modality={args.modality}")
+    if args.output_dir:
+        overrides.append(f"output_dir={args.output_dir}")
+    if args.resume:
+        overrides.append("resume=true")
+    return load_config([resolve_config_path(f) for f in files], overrides)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("accelerate.checkpointing", "accelerate.accelerator"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        cfg = build_config(args)
+        if args.print_config:
+            from avmae.config import to_yaml
+
+            print(to_yaml(cfg), end="")
+            return 0
+        trainer = Trainer(cfg)
+        result = trainer.fit()
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as exc:
+        print(f"training stopped: {exc}", file=sys.stderr)
+        return 1
+    if trainer.accelerator.is_main_process:
+        out = result.output_dir
+        print(f"\nrun folder:   {out}")
+        print(f"checkpoint:   {result.last_checkpoint}  (weights: model.safetensors, config: config.yaml)")
+        print(f"metrics:      {out / 'metrics.jsonl'}" + (f"  (TensorBoard: tensorboard --logdir {out / 'tensorboard'})" if cfg.logging.tensorboard else ""))
+        if result.first_loss is not None:
+            print(f"train loss:   {result.first_loss:.4f} (step 1) -> {result.last_loss:.4f} (step {result.steps})")
+        if result.eval:
+            print("eval:         " + ", ".join(f"{k} {v:.4f}" for k, v in result.eval.items()))
+        if result.skipped_steps:
+            print(f"skipped:      {result.skipped_steps} non-finite step(s)")
+        print(f"time:         {result.seconds:.0f} s for {result.steps} steps on {result.plan.device} ({result.plan.mixed_precision})")
+        if result.interrupted:
+            print(f"interrupted:  resume with  python tools/train.py --output-dir {out} --resume")
+    return TERMINATED if result.interrupted else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
