@@ -237,6 +237,7 @@ def describe_checkpoint(path: PathLike, *, num_mel_bins: int = 128) -> Pretraine
 def _describe(weights: Path, sd, meta, num_mel_bins: int) -> PretrainedReport:
     cfg, source = _read_config(weights, meta)
     if cfg is not None or meta.get("model"):
+        source = source or "metadata"
         name, params = _spec_from_config(cfg or {}, meta, sd)
         fmt = "avmae"
     else:

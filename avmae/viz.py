@@ -193,8 +193,12 @@ def plot_arrays(
     mods = _modalities_in(rec)
     if not mods:
         raise ValueError("no '<modality>/input' arrays to draw; pass the output of reconstruct()")
-    fig = Figure(figsize=(4.2 * len(PANELS) + 1.2, 3.4 * len(mods) + 0.9), layout="constrained")
-    axes = fig.subplots(len(mods), len(PANELS), squeeze=False)
+    heights = []
+    for m in mods:  # frame strips are wide and short: give their rows the height they need
+        x = rec[f"{m}/input"]
+        heights.append(max(1.4, 4.0 * x.shape[-2] / (x.shape[0] * x.shape[-1]) + 0.8) if x.ndim == 4 else 3.4)
+    fig = Figure(figsize=(4.2 * len(PANELS) + 1.2, sum(heights) + 0.9), layout="constrained")
+    axes = fig.subplots(len(mods), len(PANELS), squeeze=False, gridspec_kw={"height_ratios": heights})
     colour = colormaps[cmap].with_extremes(bad="lightgrey")
     for row, m in zip(axes, mods):
         first = rec[f"{m}/input"]

@@ -135,8 +135,19 @@ def test_visualize_tool(tmp_path, capsys):
     tool = _tool("visualize")
     assert tool.main([str(wav), "--checkpoint", str(ckpt.parent), "--out", str(out), "--seed", "4"]) == 0
     assert out.read_bytes()[:4] == b"\x89PNG"
-    assert "mask ratio 0.50" in capsys.readouterr().out  # the trainer's masking.mask_ratio
+    assert "audio mask ratio 0.50" in capsys.readouterr().out  # the trainer's masking.mask_ratio
     # a classifier checkpoint is refused with a clear message
     clf = avmae.save_checkpoint(avmae.create_model("audiomae_tiny_cls", target_length=T, num_classes=2), tmp_path / "clf.safetensors", model_name="audiomae_tiny_cls")
     assert tool.main([str(wav), "-c", str(clf), "-o", str(tmp_path / "x.png")]) == 2
     assert "pretraining checkpoint" in capsys.readouterr().err
+
+
+def test_visualize_tool_on_an_audio_visual_model(tmp_path):
+    av_demo = pytest.importorskip("avmae.data.av_demo")
+    g = torch.Generator().manual_seed(0)
+    frames = (torch.rand(8, 64, 64, 3, generator=g) * 255).to(torch.uint8)
+    clip = av_demo.write_av_clip(tmp_path / "clip.mp4", frames, synthesize_clip("tone", g, seconds=0.8), fps=10)
+    ckpt = avmae.save_checkpoint(avmae.create_model("avmae_tiny"), tmp_path / "av.safetensors", model_name="avmae_tiny", config={"model": {"name": "avmae_tiny", "params": {}}})
+    out = tmp_path / "av.png"
+    assert _tool("visualize").main([str(clip), "-c", str(ckpt), "-o", str(out)]) == 0
+    assert out.stat().st_size > 10_000

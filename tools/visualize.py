@@ -9,7 +9,9 @@ ratio and the loss in the title. For a model trained with norm_pix_loss (the rel
 was) each predicted patch is shown with the true patch's mean/std restored, and the figure says so.
 
 CKPT: this project's pretraining checkpoint (a model.safetensors, a checkpoint folder or a run
-folder) or the official AudioMAE pretrained.pth (built with its shifted-window decoder).
+folder) or the official AudioMAE pretrained.pth (built with its shifted-window decoder). For an
+audio-visual model the file's frames are shown in a second row (ImageNet-normalised frames shown
+back in colour).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ if __package__ in (None, "") and __name__ == "__main__":  # run as a script from
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="avmae visualize", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("audio", help="an audio (or video) file")
+    p.add_argument("audio", help="an audio or video file (for an audio-visual model: a video with sound)")
     p.add_argument("--checkpoint", "-c", required=True, help="pretraining weights file, checkpoint folder or run folder")
     p.add_argument("--out", "-o", default=None, help="PNG path (default: <audio stem>_reconstruction.png here)")
     p.add_argument("--mask-ratio", type=float, default=None, help="fraction of patches removed (default: the model's, 0.8 for AudioMAE)")
@@ -71,13 +73,26 @@ def main(argv: Optional[List[str]] = None) -> int:
     if start >= wave.shape[1]:
         print(f"error: --start {args.start}s is past the end of {args.audio} ({wave.shape[1] / frontend.sample_rate:.2f}s)", file=sys.stderr)
         return 1
-    fbank = frontend(wave[:, start:])  # [1, T, F]
+    inputs = {"audio": frontend(wave[:, start:])}  # [1, T, F]
+    if "video" in model.modalities:  # an audio-visual model: the file's frames too
+        from avmae.data.video import load_frames
+
+        num_frames, _, height, width = model.modalities["video"].input_shape
+        if height != width:
+            print(f"error: frames of {height}x{width} are not square; load them yourself and call avmae.viz.plot_reconstruction", file=sys.stderr)
+            return 2
+        try:
+            inputs["video"] = load_frames(args.audio, num_frames, size=height)
+        except MediaError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
     out = Path(args.out) if args.out else Path(f"{Path(args.audio).stem}_reconstruction.png")
     out.parent.mkdir(parents=True, exist_ok=True)
     title = f"{Path(args.audio).name} from {args.start:g}s, {report.model_name} ({Path(report.path).name}), seed {args.seed}"
-    rec = reconstruct(model, fbank, mask_ratio=args.mask_ratio, seed=args.seed)
+    rec = reconstruct(model, inputs, mask_ratio=args.mask_ratio, seed=args.seed)
     plot_arrays(rec, title=title, path=out, dpi=args.dpi)
-    print(f"wrote {out} (mask ratio {float(rec['mask_ratio']):.2f}, loss {float(rec['loss']):.4f})")
+    ratios = ", ".join(f"{m} mask ratio {float(rec[f'{m}/mask_ratio']):.2f}" for m in model.modalities)
+    print(f"wrote {out} ({ratios}, loss {float(rec['loss']):.4f})")
     return 0
 
 
