@@ -121,6 +121,11 @@ class DataConfig:
     max_skip_fraction: float = 0.1
     cache: bool = False  # keep loaded items in memory (small datasets without augmentation)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # balanced sampling (AudioSet-2M fine-tuning): each epoch draws epoch_len items by weight
+    balanced: bool = False
+    epoch_len: Optional[int] = None  # items per epoch (None: the training set's size)
+    replacement: bool = False  # draw with replacement (AudioMAE's AS-2M recipe: without)
+    sample_weights: Optional[str] = None  # weight file, one float per item (None: avmae.sampling.balanced_weights)
 
 
 @dataclass
@@ -179,6 +184,8 @@ class TrainConfig:
     compile: bool = False
     cpu: bool = False
     find_unused_parameters: bool = False
+    loss: str = "auto"  # classification: "auto" (BCE for multi-label data, else CE) | "bce" | "ce"
+    label_smoothing: float = 0.0
 
 
 @dataclass
@@ -448,6 +455,11 @@ def validate(cfg: Config) -> Config:
     _check(0.0 <= a.mixup <= 1.0, "data.augment.mixup", f"is a probability in [0, 1], got {a.mixup}")
     _check(a.mixup_alpha > 0, "data.augment.mixup_alpha", f"must be > 0, got {a.mixup_alpha}")
     augmenting = a.freqm or a.timem or a.mixup or a.gain or a.roll or a.noise
+    _check(d.epoch_len is None or d.epoch_len >= 1, "data.epoch_len", f"must be >= 1 (or null), got {d.epoch_len}")
+    _check(d.epoch_len is None or d.balanced, "data.epoch_len", "sets the length of a balanced-sampling epoch; set data.balanced=true too")
+    _check(d.sample_weights is None or d.balanced, "data.sample_weights", "is used by balanced sampling; set data.balanced=true too")
+    if d.sample_weights is not None:
+        _check(Path(d.sample_weights).expanduser().is_file(), "data.sample_weights", f"no such file: {d.sample_weights}")
     _check(not (d.cache and augmenting), "data.cache", "would freeze the training augmentation (data.augment.*); turn one of them off")
 
     # masking
@@ -488,6 +500,8 @@ def validate(cfg: Config) -> Config:
     _in("train.mixed_precision", t.mixed_precision, ["auto", "no", "bf16", "fp16"])
     _check(t.seed >= 0, "train.seed", f"must be >= 0, got {t.seed}")
     _check(t.max_nonfinite >= 1, "train.max_nonfinite", f"must be >= 1, got {t.max_nonfinite}")
+    _in("train.loss", t.loss, ["auto", "bce", "ce"])
+    _check(0.0 <= t.label_smoothing < 1.0, "train.label_smoothing", f"must be in [0, 1), got {t.label_smoothing}")
 
     # eval, logging, checkpoints
     _check(cfg.eval.every_n_epochs >= -1, "eval.every_n_epochs", f"must be >= 0, or -1 for never; got {cfg.eval.every_n_epochs}")
