@@ -118,5 +118,5 @@ def test_classification_report_rows():
     logits = torch.randn(20, 3)
     y = torch.arange(20) % 3
     summary, rows = classification_report(logits, y, multilabel=False)
-    assert summary["acc1"] == pytest.approx((logits.argmax(1) == y).float().mean().item())
+    assert summary["acc"] == pytest.approx((logits.argmax(1) == y).float().mean().item())
     assert sum(r["count"] for r in rows) == 20

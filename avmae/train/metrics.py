@@ -171,9 +171,10 @@ def classification_report(
 ) -> Tuple[Dict[str, float], List[Dict[str, Any]]]:
     """The evaluation of a classifier -> ``(summary, per_class)``.
 
-    Multi-label: summary ``mAP`` and ``mAUC`` (rules above), ``acc1`` of the top class against the
+    Multi-label: summary ``mAP`` and ``mAUC`` (rules above), ``acc`` of the top class against the
     argmax target, ``classes_with_positives``; per class ``ap``, ``auc``, ``positives``.
-    Single-label: summary ``acc1``/``acc5`` and ``mAP`` (one-vs-rest, for comparison); per class
+    Single-label: summary ``acc`` (top-1), ``acc5`` (top-k for each other k of ``topk``) and
+    ``mAP`` (one-vs-rest, for comparison); per class
     ``accuracy`` (recall of that class), ``ap``, ``count``. NaN values become ``None`` (JSON null).
     """
     logits = logits.detach().float().cpu()
@@ -187,11 +188,11 @@ def classification_report(
         mean_auc, auc = mean_roc_auc(logits, onehot)
         positives = (onehot >= 0.5).sum(0)
         summary.update({"mAP": mean_ap, "mAUC": mean_auc, "classes_with_positives": float((positives > 0).sum())})
-        summary.update({"acc1": accuracy(logits, onehot, (1,))["acc1"]})
+        summary["acc"] = accuracy(logits, onehot, (1,))["acc1"]
         for j in range(c):
             per_class.append({"index": j, "ap": _finite(float(ap[j])), "auc": _finite(float(auc[j])), "positives": int(positives[j])})
     else:
-        summary.update(accuracy(logits, onehot, topk))
+        summary.update({("acc" if k == "acc1" else k): v for k, v in accuracy(logits, onehot, topk).items()})
         summary["mAP"] = mean_ap
         y = class_indices(onehot)
         pred = logits.argmax(1)

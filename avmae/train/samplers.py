@@ -30,7 +30,7 @@ from torch.utils.data import Sampler
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["BalancedSampler"]
+__all__ = ["BalancedSampler", "balanced_sampler"]
 
 
 class BalancedSampler(Sampler):
@@ -137,3 +137,27 @@ class BalancedSampler(Sampler):
 
     def __len__(self) -> int:
         return self.num_samples - self.start
+
+
+def balanced_sampler(cfg, train_set, items_per_epoch: int, *, global_batch: int) -> BalancedSampler:
+    """The trainer's sampler for ``data.balanced``: weights from ``data.sample_weights`` (one
+    float per item) or ``avmae.sampling.balanced_weights`` of the training set's labels;
+    ``items_per_epoch`` draws (``data.epoch_len``) per epoch, ``data.replacement``, seeded by
+    ``train.seed + epoch``; yields ``(epoch, index)`` pairs."""
+    from ..config import ConfigError
+    from ..sampling import balanced_weights, load_weights
+
+    d = cfg.data
+    if d.sample_weights is not None:
+        weights = load_weights(d.sample_weights)
+        if weights.numel() != len(train_set):
+            raise ConfigError("data.sample_weights", f"{d.sample_weights} holds {weights.numel()} weights for {len(train_set)} training items")
+    else:
+        items, class_ids = getattr(train_set, "items", None), getattr(train_set, "class_ids", None)
+        if items is None or not class_ids:
+            raise ConfigError("data.balanced", f"needs labelled items to weight ({type(train_set).__name__} has no items/class_ids); give data.sample_weights")
+        weights = balanced_weights(items, class_ids)
+    try:
+        return BalancedSampler(weights, items_per_epoch, replacement=d.replacement, seed=cfg.train.seed, global_batch=global_batch, with_epoch=True)
+    except ValueError as exc:
+        raise ConfigError("data.epoch_len", str(exc)) from None

@@ -7,7 +7,8 @@ The loop knows nothing about audio: it passes every batch entry whose key is one
 modalities (``model.modalities``) as ``inputs``. Two registries are its seams:
 
 - ``TASKS`` (``register_task``): what is trained. A ``Task`` builds the model, its parameter
-  groups, the loss of a batch and the evaluation; "pretrain", "finetune" and "linprobe" are here.
+  groups, the loss of a batch and the evaluation; "pretrain" is here, "finetune" and "linprobe"
+  in ``avmae.train.finetune``.
 - ``DATASET_BUILDERS`` (``register_dataset_builder``): ``builder(cfg, split) -> Dataset | None``
   per ``cfg.modality``; "audio" is here, other modality sets register theirs.
 
@@ -39,7 +40,6 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 import avmae
@@ -156,6 +156,8 @@ class Task:
       batch entries the model takes; ``batch`` is the whole batch (labels, indices).
     - ``evaluate(model, loader, accelerator) -> {name: float}``: metrics over the eval split,
       identical on every process (gather or reduce across processes).
+    - ``items_per_epoch(train_set)`` / ``build_sampler(train_set, plan)``: the epoch's length
+      and order (``EpochSampler``; a ``BalancedSampler`` with ``data.balanced``).
 
     Subclass and decorate with ``@register_task("name")`` to add one; override what differs.
     """
@@ -186,6 +188,19 @@ class Task:
 
     def param_groups(self, model: nn.Module) -> List[Dict[str, Any]]:
         return param_groups(model, self.cfg.optim.weight_decay, layer_decay=self.cfg.optim.layer_decay)
+
+    def items_per_epoch(self, train_set: Dataset) -> int:
+        """Training items per epoch: the set's size, or ``data.epoch_len`` with balanced sampling."""
+        return self.cfg.data.epoch_len if self.cfg.data.balanced and self.cfg.data.epoch_len else len(train_set)
+
+    def build_sampler(self, train_set: Dataset, plan: "RunPlan") -> Sampler:
+        """The global order of each epoch as ``(epoch, index)`` pairs, with ``set_position``:
+        ``EpochSampler``, or a ``BalancedSampler`` when ``data.balanced``."""
+        if self.cfg.data.balanced:
+            from .samplers import balanced_sampler
+
+            return balanced_sampler(self.cfg, train_set, plan.train_items, global_batch=plan.effective_batch)
+        return EpochSampler(len(train_set), global_batch=plan.effective_batch, seed=self.cfg.train.seed)
 
     def compute_loss(self, model: nn.Module, inputs: Dict[str, torch.Tensor], batch: Mapping[str, Any]) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         raise NotImplementedError
@@ -227,87 +242,6 @@ class PretrainTask(Task):
     def compute_loss(self, model, inputs, batch):
         out = model(inputs, mask_ratio=getattr(self, "mask_ratio", None))
         return out.loss, dict(out.losses)
-
-
-@register_task("finetune")
-class FinetuneTask(Task):
-    """Classification with ``<model>_cls``-style models (``model(inputs) -> logits [B, C]``).
-
-    Loss: BCE-with-logits for multi-label data, cross-entropy (soft targets allowed, e.g. after
-    mixup) for single-label data. ``checkpoint.init_from`` loads a pretraining checkpoint: the
-    encoder is kept, the decoder ignored, ``fc_norm``/``head`` fresh. Eval metrics: loss, and
-    top-1 accuracy (single-label) or mAP (multi-label). The fuller recipes (metrics module,
-    batch mixup, balanced sampling) extend this class.
-    """
-
-    def __init__(self, cfg: Config) -> None:
-        super().__init__(cfg)
-        self.multilabel = False
-
-    def model_params(self, train_set: Dataset) -> Dict[str, Any]:
-        num_classes = int(getattr(train_set, "num_classes", 0) or 0)
-        if num_classes < 1:
-            raise ConfigError("data.label_csv", f"task {self.name!r} needs labelled data; the training set has no classes")
-        self.multilabel = bool(getattr(train_set, "multilabel", False))
-        m = self.cfg.masking
-        return {**super().model_params(train_set), "num_classes": num_classes, "mask_t_prob": m.mask_t_prob, "mask_f_prob": m.mask_f_prob}
-
-    def loss_fn(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        logits, target = logits.float(), target.float()
-        if self.multilabel:
-            return F.binary_cross_entropy_with_logits(logits, target)
-        return F.cross_entropy(logits, target)
-
-    def compute_loss(self, model, inputs, batch):
-        loss = self.loss_fn(model(inputs), batch["label"])
-        return loss, {}
-
-    @torch.no_grad()
-    def evaluate(self, model, loader, accelerator) -> Dict[str, float]:
-        logits_all, labels_all = [], []
-        for batch in loader:
-            logits = model(model_inputs(model, batch, accelerator)).float()
-            logits, labels = accelerator.gather_for_metrics((logits, batch["label"].float()))
-            logits_all.append(logits)
-            labels_all.append(labels)
-        if not logits_all:
-            return {}
-        logits, labels = torch.cat(logits_all), torch.cat(labels_all)
-        out = {"loss": self.loss_fn(logits, labels).item()}
-        if self.multilabel:
-            out["mAP"] = mean_average_precision(logits, labels)
-        else:
-            out["acc"] = (logits.argmax(1) == labels.argmax(1)).float().mean().item()
-        return out
-
-
-@register_task("linprobe")
-class LinearProbeTask(FinetuneTask):
-    """Linear probe: the fine-tuning model with every parameter but the ``head`` frozen (no drop
-    path, no structured masking unless set)."""
-
-    def model_params(self, train_set: Dataset) -> Dict[str, Any]:
-        params = super().model_params(train_set)
-        params.setdefault("drop_path", 0.0)
-        return params
-
-    def build_model(self, train_set: Dataset) -> nn.Module:
-        model = super().build_model(train_set)
-        for name, p in model.named_parameters():
-            p.requires_grad_(name.startswith("head."))
-        return model
-
-
-def mean_average_precision(scores: torch.Tensor, targets: torch.Tensor) -> float:
-    """Mean over classes with a positive of the average precision of ``scores`` [N, C]."""
-    order = scores.argsort(dim=0, descending=True)
-    t = targets.gather(0, order).clamp(0, 1)
-    ranks = torch.arange(1, t.shape[0] + 1, device=t.device, dtype=t.dtype).unsqueeze(1)
-    precision = t.cumsum(0) / ranks
-    positives = t.sum(0)
-    ap = (precision * t).sum(0) / positives.clamp_min(1)
-    valid = positives > 0
-    return ap[valid].mean().item() if valid.any() else float("nan")
 
 
 def model_inputs(model: nn.Module, batch: Mapping[str, Any], accelerator=None) -> Dict[str, torch.Tensor]:
@@ -628,10 +562,10 @@ class Trainer:
             train_set = MemoryCached(train_set)
             eval_set = MemoryCached(eval_set) if eval_set is not None else None
         model = task.build_model(train_set)
-        plan = plan_run(cfg, len(train_set), acc.num_processes, mixed_precision=self.mixed_precision, device=str(acc.device))
+        plan = plan_run(cfg, task.items_per_epoch(train_set), acc.num_processes, mixed_precision=self.mixed_precision, device=str(acc.device))
         _logger.info("run plan: %s", plan.describe())
         optimizer = build_optimizer(task.param_groups(model), lr=plan.lr, betas=cfg.optim.betas, eps=cfg.optim.eps)
-        sampler = EpochSampler(len(train_set), global_batch=plan.effective_batch, seed=cfg.train.seed)
+        sampler = task.build_sampler(train_set, plan)
         train_loader = self._loader(EpochIndexed(train_set), cfg.train.batch_size, sampler=sampler)
         eval_loader = self._loader(eval_set, cfg.eval.batch_size or cfg.train.batch_size) if eval_set is not None and cfg.eval.every_n_epochs >= 0 else None
         if cfg.train.compile:
@@ -1001,3 +935,7 @@ class _Window:
 def train(cfg: Config, **kwargs: Any) -> TrainResult:
     """``Trainer(cfg, **kwargs).fit()``."""
     return Trainer(cfg, **kwargs).fit()
+
+
+# the classification tasks ("finetune", "linprobe") live in their own module and register on import
+from .finetune import FinetuneTask, LinearProbeTask  # noqa: E402

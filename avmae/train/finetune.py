@@ -1,0 +1,215 @@
+"""Fine-tuning and linear probing of a classifier (``task: finetune`` / ``task: linprobe``).
+
+AudioMAE's fine-tuning recipe, as the trainer runs it:
+
+    checkpoint.init_from (ours or official; encoder kept, decoder ignored, fc_norm/head fresh)
+    -> waveform roll/gain, Beta(10,10) waveform mixup with soft labels, SpecAugment   (data.augment)
+    -> structured time/frequency token masking in training mode   (masking.mask_t_prob / mask_f_prob)
+    -> encoder with drop path   (model.params.drop_path)
+    -> mean pool, fc_norm, head -> loss, AdamW with layer-wise lr decay   (optim.layer_decay)
+
+Loss (``train.loss``): "auto" picks BCE-with-logits for multi-label data (AudioSet) and
+cross-entropy (soft targets allowed, ``train.label_smoothing``) for single-label data (ESC-50);
+"bce" / "ce" force one. Whether the data is multi-label comes from the dataset (an item with more
+than one label), or from ``data.multilabel`` when set.
+
+Evaluation: logits and labels of the eval split are gathered with ``gather_for_metrics`` (no
+item dropped or counted twice across processes). Multi-label: ``mAP`` (``avmae.train.metrics``),
+``mAUC``; single-label: ``acc`` (top-1), ``acc5``. ``best_<metric>`` joins every eval record in
+``metrics.jsonl``; per-class results go to ``<output_dir>/eval/per_class_last.json`` and
+``per_class_best.json``.
+
+Linear probe: the same model with everything but the ``head`` frozen, so the features are the
+encoder's mean-pooled tokens through ``fc_norm``. MAE's linear probe puts a
+``BatchNorm1d(affine=False)`` before the head and trains with LARS; here there is no BatchNorm:
+``fc_norm`` (a LayerNorm, fresh at weight 1 / bias 0 when initialised from a pretraining
+checkpoint, then frozen) already standardises each feature vector, and the head trains with AdamW.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from ..config import Config, ConfigError
+from .metrics import classification_report
+from .trainer import Task, model_inputs, register_task
+
+_logger = logging.getLogger(__name__)
+
+__all__ = ["FinetuneTask", "LinearProbeTask", "collect_predictions", "classification_loss", "resolve_loss", "write_json"]
+
+LOSSES = ("auto", "bce", "ce")
+
+
+def resolve_loss(choice: str, multilabel: bool) -> str:
+    """"auto" -> "bce" for multi-label data, "ce" for single-label data."""
+    if choice not in LOSSES:
+        raise ConfigError("train.loss", f"must be one of {list(LOSSES)}, got {choice!r}")
+    return ("bce" if multilabel else "ce") if choice == "auto" else choice
+
+
+def classification_loss(logits: torch.Tensor, target: torch.Tensor, loss: str, label_smoothing: float = 0.0) -> torch.Tensor:
+    """``logits [B, C]``, ``target [B, C]`` (multi-hot, one-hot or soft) -> scalar loss.
+
+    "bce": mean BCE-with-logits over all B*C entries (AudioMAE's AudioSet loss).
+    "ce": cross-entropy against the target distribution, with label smoothing."""
+    logits, target = logits.float(), target.float()
+    if loss == "bce":
+        if label_smoothing:
+            target = target * (1.0 - label_smoothing) + 0.5 * label_smoothing
+        return F.binary_cross_entropy_with_logits(logits, target)
+    return F.cross_entropy(logits, target, label_smoothing=label_smoothing)
+
+
+@torch.no_grad()
+def collect_predictions(model: nn.Module, loader, accelerator) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Logits ``[N, C]`` and labels ``[N, C]`` of every item of ``loader`` (float32, CPU), in
+    dataset order, gathered from all processes with ``gather_for_metrics`` (the padding that
+    evens out the processes' shares is dropped)."""
+    logits_all, labels_all = [], []
+    for batch in loader:
+        logits = model(model_inputs(model, batch, accelerator)).float()
+        logits, labels = accelerator.gather_for_metrics((logits.contiguous(), batch["label"].float().contiguous()))
+        logits_all.append(logits.cpu())
+        labels_all.append(labels.cpu())
+    if not logits_all:
+        return torch.zeros(0, 0), torch.zeros(0, 0)
+    return torch.cat(logits_all), torch.cat(labels_all)
+
+
+def write_json(path: os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, allow_nan=False, default=_json_default), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def _json_default(x: Any) -> Any:
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    raise TypeError(f"cannot write {type(x).__name__} as JSON")
+
+
+def _finite_or_none(v: float) -> Optional[float]:
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+
+
+@register_task("finetune")
+class FinetuneTask(Task):
+    """Supervised fine-tuning of a ``model(inputs) -> logits [B, C]`` classifier."""
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__(cfg)
+        self.multilabel = False
+        self.loss = "ce"
+        self.class_ids: List[str] = []
+        self.class_names: List[str] = []
+        self._best: Optional[float] = None
+        self._best_loaded = False
+
+    # ------------------------------------------------------------------ model
+    def model_params(self, train_set: Dataset) -> Dict[str, Any]:
+        num_classes = int(getattr(train_set, "num_classes", 0) or 0)
+        if num_classes < 1:
+            raise ConfigError("data.label_csv", f"task {self.name!r} needs labelled data; the training set has no classes")
+        self.multilabel = bool(getattr(train_set, "multilabel", False))
+        self.loss = resolve_loss(self.cfg.train.loss, self.multilabel)
+        self.class_ids = list(getattr(train_set, "class_ids", []) or [])
+        self.class_names = list(getattr(train_set, "class_names", []) or [])
+        _logger.info(
+            "%s: %d classes, %s data, %s loss%s", self.name, num_classes, "multi-label" if self.multilabel else "single-label",
+            self.loss.upper(), f" (label smoothing {self.cfg.train.label_smoothing:g})" if self.cfg.train.label_smoothing else "",
+        )
+        m = self.cfg.masking
+        return {**super().model_params(train_set), "num_classes": num_classes, "mask_t_prob": m.mask_t_prob, "mask_f_prob": m.mask_f_prob}
+
+    # ------------------------------------------------------------------ loss
+    def loss_fn(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return classification_loss(logits, target, self.loss, self.cfg.train.label_smoothing)
+
+    def compute_loss(self, model, inputs, batch):
+        return self.loss_fn(model(inputs), batch["label"]), {}
+
+    # ------------------------------------------------------------------ evaluation
+    @property
+    def main_metric(self) -> str:
+        return "mAP" if self.multilabel else "acc"
+
+    @torch.no_grad()
+    def evaluate(self, model, loader, accelerator) -> Dict[str, float]:
+        logits, labels = collect_predictions(model, loader, accelerator)
+        if logits.numel() == 0:
+            return {}
+        summary, per_class = classification_report(logits, labels, multilabel=self.multilabel, class_names=self.class_names or None, class_ids=self.class_ids or None)
+        out: Dict[str, float] = {"loss": self.loss_fn(logits, labels).item()}
+        if self.multilabel:
+            out.update({"mAP": summary["mAP"], "mAUC": summary["mAUC"], "acc": summary["acc"]})
+        else:
+            out.update({"acc": summary["acc"], "acc5": summary["acc5"]})
+        key = self.main_metric
+        value = out[key]
+        self._load_best()
+        improved = not math.isnan(value) and (self._best is None or value > self._best)
+        if improved:
+            self._best = value
+        if self._best is not None:
+            out[f"best_{key}"] = self._best
+        if accelerator.is_main_process and self.cfg.output_dir:
+            record = {"metric": key, "summary": {k: _finite_or_none(v) for k, v in summary.items()}, "loss": out["loss"], "classes": per_class}
+            folder = Path(self.cfg.output_dir) / "eval"
+            write_json(folder / "per_class_last.json", record)
+            if improved:
+                write_json(folder / "per_class_best.json", record)
+        return out
+
+    def _load_best(self) -> None:
+        """On the first evaluation, the best value so far from ``metrics.jsonl`` (a resumed run)."""
+        if self._best_loaded:
+            return
+        self._best_loaded = True
+        path = Path(self.cfg.output_dir or "", "metrics.jsonl")
+        if not self.cfg.output_dir or not path.is_file():
+            return
+        key = f"eval/{self.main_metric}"
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                v = json.loads(line).get(key)
+            except ValueError:
+                continue
+            if isinstance(v, (int, float)) and not math.isnan(v) and (self._best is None or v > self._best):
+                self._best = float(v)
+
+
+@register_task("linprobe")
+class LinearProbeTask(FinetuneTask):
+    """Linear probe: every parameter but the ``head`` frozen (no drop path unless set; the
+    structured masking applies only when ``masking.mask_*_prob`` are set)."""
+
+    def model_params(self, train_set: Dataset) -> Dict[str, Any]:
+        params = super().model_params(train_set)
+        params.setdefault("drop_path", 0.0)
+        return params
+
+    def build_model(self, train_set: Dataset) -> nn.Module:
+        model = super().build_model(train_set)
+        if not self.cfg.checkpoint.init_from:
+            _logger.warning("linprobe without checkpoint.init_from: probing a randomly initialised encoder")
+        trainable = [name for name, p in model.named_parameters() if name.startswith("head.")]
+        if not trainable:
+            raise ConfigError("model.name", f"{self.cfg.model.name} has no `head` to probe")
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith("head."))
+        return model
