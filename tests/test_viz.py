@@ -101,7 +101,7 @@ def test_figure_has_four_panels_axes_in_seconds_and_says_what_it_shows(tmp_path)
         assert ax.get_xlim() == pytest.approx((0.0, T * 0.01))
         assert ax.get_ylim() == pytest.approx((0.0, 128.0))
     assert panels[0].get_ylabel() == "mel bin"
-    text = fig._suptitle.get_text()
+    text = fig.get_suptitle()
     assert "clip.wav" in text and "mask ratio 0.81" in text and "loss" in text
     assert "mean/std restored" in text
 
@@ -121,7 +121,7 @@ def test_audio_visual_model_draws_a_row_per_modality():
     np.testing.assert_array_equal(rec["video/pasted"][~mask], inputs["video"].numpy()[~mask])
     fig = plot_arrays(rec)
     assert len([ax for ax in fig.axes if ax.get_title()]) == 8
-    assert "video: mask ratio" in fig._suptitle.get_text()
+    assert "video: mask ratio" in fig.get_suptitle()
 
 
 def test_visualize_tool(tmp_path, capsys):
