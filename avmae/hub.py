@@ -149,6 +149,8 @@ def _spec_from_config(cfg: Mapping[str, Any], meta: Mapping[str, str], sd: Mappi
         for k in ("mask_t_prob", "mask_f_prob"):
             if k in masking:
                 params.setdefault(k, masking[k])
+    if task == "linprobe":
+        params.setdefault("drop_path", 0.0)
     pos = sd.get("modalities.audio.pos_embed")
     if data is None and pos is not None and "target_length" not in params:  # saved without the run config
         per_row = int(params.get("num_mel_bins", 128)) // 16
