@@ -1,0 +1,3 @@
+from avmae.cli import main
+
+raise SystemExit(main())
