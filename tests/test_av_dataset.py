@@ -173,3 +173,36 @@ def test_argument_checks(corpus):
         AVDataset(manifest, csv, frontend=FRONTEND, frame_index=10)
     ds = AVDataset([{"video": str(manifest.parent / "video" / "v0.mp4")}], frontend=FRONTEND, image_size=16)
     assert ds[0]["label"].numel() == 0 and "AVDataset" in repr(ds)
+
+
+# ---------------------------------------------------------------------------- trainer integration
+def test_av_dataset_builder_and_retrieval_metrics(corpus):
+    from avmae.config import load_config
+    from avmae.train import DATASET_BUILDERS
+    from avmae.train.av_data import retrieval_metrics, video_input_size
+
+    root, manifest, csv = corpus
+    overrides = [
+        "modality=av", "model.name=avmae_tiny", "data.target_length=64",
+        f"data.train_manifest={manifest}", f"data.eval_manifest={manifest}", f"data.label_csv={csv}",
+    ]
+    cfg = load_config([], overrides)
+    assert video_input_size(cfg) == (4, 64)  # the preset's own video input
+    assert video_input_size(load_config([], overrides + ["model.params={num_frames: 2, image_size: 32}"])) == (2, 32)
+    train, evals = DATASET_BUILDERS["av"](cfg, "train"), DATASET_BUILDERS["av"](cfg, "eval")
+    assert isinstance(train, AVDataset) and train.train and not evals.train
+    item = evals[0]
+    assert item["audio"].shape == (1, 64, 128) and item["video"].shape == (4, 3, 64, 64)
+
+    import avmae
+
+    class Local:  # the two accelerate calls retrieval_metrics makes, for one process
+        unwrap_model = staticmethod(lambda m, **kw: m)
+        gather_for_metrics = staticmethod(lambda x: x)
+
+    model = avmae.create_model("avmae_tiny")
+    metrics = retrieval_metrics(model, DataLoader(evals, batch_size=4), Local())
+    assert set(metrics) == {f"retrieval/{d}_{k}" for d in ("a2v", "v2a") for k in ("r1", "r5", "medr")}
+    assert all(0.0 <= metrics[f"retrieval/{d}_r1"] <= metrics[f"retrieval/{d}_r5"] <= 1.0 for d in ("a2v", "v2a"))
+    assert all(1.0 <= metrics[f"retrieval/{d}_medr"] <= 6.0 for d in ("a2v", "v2a"))
+    assert model.training  # restored

@@ -22,6 +22,7 @@ from .trainer import (
     resolve_mixed_precision,
     train,
 )
+from . import av_data  # noqa: F401  registers the "av" dataset builder
 
 __all__ = [
     "Trainer",

@@ -243,6 +243,15 @@ class PretrainTask(Task):
         out = model(inputs, mask_ratio=getattr(self, "mask_ratio", None))
         return out.loss, dict(out.losses)
 
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader, accelerator) -> Dict[str, float]:
+        """Mean losses; for an audio-visual model also audio <-> video retrieval recall@1/5/10."""
+        metrics = super().evaluate(model, loader, accelerator)
+        from .av_data import retrieval_metrics
+
+        metrics.update(retrieval_metrics(model, loader, accelerator))
+        return metrics
+
 
 def model_inputs(model: nn.Module, batch: Mapping[str, Any], accelerator=None) -> Dict[str, torch.Tensor]:
     """The batch entries the model takes: those keyed by one of its modalities."""
