@@ -87,24 +87,27 @@ def collect_predictions(model: nn.Module, loader, accelerator) -> Tuple[torch.Te
     return torch.cat(logits_all), torch.cat(labels_all)
 
 
+def _plain(obj: Any) -> Any:
+    """JSON-ready copy: tensors/arrays as lists, NaN and infinities as None (JSON null)."""
+    if hasattr(obj, "tolist"):
+        obj = obj.tolist()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
 def write_json(path: os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON, atomically."""
+    """Write ``obj`` as indented JSON (NaN as null), atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, allow_nan=False, default=_json_default), encoding="utf-8")
+    tmp.write_text(json.dumps(_plain(obj), indent=1, allow_nan=False), encoding="utf-8")
     os.replace(tmp, path)
     return path
-
-
-def _json_default(x: Any) -> Any:
-    if hasattr(x, "tolist"):
-        return x.tolist()
-    raise TypeError(f"cannot write {type(x).__name__} as JSON")
-
-
-def _finite_or_none(v: float) -> Optional[float]:
-    return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
 
 
 @register_task("finetune")
@@ -168,7 +171,7 @@ class FinetuneTask(Task):
         if self._best is not None:
             out[f"best_{key}"] = self._best
         if accelerator.is_main_process and self.cfg.output_dir:
-            record = {"metric": key, "summary": {k: _finite_or_none(v) for k, v in summary.items()}, "loss": out["loss"], "classes": per_class}
+            record = {"metric": key, "summary": summary, "loss": out["loss"], "classes": per_class}
             folder = Path(self.cfg.output_dir) / "eval"
             write_json(folder / "per_class_last.json", record)
             if improved:
