@@ -242,14 +242,19 @@ def _detect_avmae(sd: Dict[str, torch.Tensor]) -> bool:
 
 
 def _map_avmae(sd: Dict[str, torch.Tensor], model: nn.Module):
-    """This project's own keys; a pretraining file loaded into a classifier keeps the encoder."""
-    if _is_mae(model):
+    """This project's own keys. A pretraining file (it has a decoder) loaded into a model without
+    one keeps what the model has: the decoder and other pretraining-only parts are ignored and the
+    classifier's own head and pooling norm start fresh."""
+    if _is_mae(model) or not any(k.startswith("decoder.") for k in sd):
         return dict(sd), [], []
-    ignored = [k for k in sd if k.startswith(("decoder.", "norm.", "modality_blocks.", "modality_embed."))]
     own = set(model.state_dict())
-    out = {k: v for k, v in sd.items() if k not in ignored}
-    fresh = [k for k in ("fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias") if k in own and k not in out]
+    ignored = [k for k in sd if k not in own]
+    out = {k: v for k, v in sd.items() if k in own}
+    fresh = [k for k in own if k not in out and k.startswith(_HEAD_PREFIXES + ("fc_norm.",))]
     return out, ignored, fresh
+
+
+_HEAD_PREFIXES = ("head.", "mlp_head.")
 
 
 # avmae's own format is checked first: its keys are unambiguous
@@ -310,7 +315,7 @@ def load_checkpoint(
             # a fixed sin-cos table of another grid size: keep the model's, made by the same formula
             report.regenerated.append(k)
             del mapped[k]
-        elif reset_head and k.startswith("head."):
+        elif reset_head and k.startswith(_HEAD_PREFIXES):
             report.reinitialized.append(k)
             del mapped[k]
         else:
@@ -331,7 +336,7 @@ def load_checkpoint(
     to_load = {k: v for k, v in mapped.items() if k in own}
     model.load_state_dict(to_load, strict=False)
     report.loaded = len(to_load)
-    if report.reinitialized and hasattr(model, "reset_head") and any(k.startswith("head.") for k in report.reinitialized):
+    if report.reinitialized and hasattr(model, "reset_head") and any(k.startswith(_HEAD_PREFIXES) for k in report.reinitialized):
         model.reset_head()
     _logger.info("%s", report.summary())
     return report

@@ -129,3 +129,16 @@ def test_unknown_layout(tmp_path):
     torch.save({"foo.weight": torch.ones(2)}, tmp_path / "x.pt")
     with pytest.raises(CheckpointError, match="unrecognised checkpoint layout"):
         avmae.load_checkpoint(_mae(), tmp_path / "x.pt")
+
+
+def test_av_pretraining_checkpoint_initialises_av_classifier(tmp_path):
+    pre = avmae.create_model("cav_mae_tiny")
+    path = avmae.save_checkpoint(pre, tmp_path / "cav.safetensors")
+    clf = avmae.create_model("cav_mae_tiny_ft", num_classes=5)
+    rep = avmae.load_checkpoint(clf, path)
+    assert not rep.missing and not rep.unexpected
+    assert any(k.startswith("decoder.") for k in rep.ignored)
+    assert {"mlp_head.1.weight", "mlp_head.1.bias"} <= set(rep.reinitialized)
+    own = clf.state_dict()
+    shared = [k for k in pre.state_dict() if k in own and not k.startswith("mlp_head.")]
+    assert shared and all(torch.equal(own[k], pre.state_dict()[k]) for k in shared)
