@@ -1,6 +1,5 @@
 """Config: dataclass defaults, YAML deltas, dotlist overrides, errors that name the key."""
 
-from pathlib import Path
 
 import pytest
 

@@ -238,6 +238,45 @@ def test_dataset_builders_are_a_registry(tmp_path):
         Trainer(load_config([], ["modality=nothing", f"output_dir={tmp_path / 'x'}"]))
 
 
+class EpochProbe(torch.utils.data.Dataset):
+    """Items carry the epoch the dataset was told, to see that it reaches the workers."""
+
+    def __init__(self):
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(i)
+        return {"audio": torch.randn(1, 32, 32, generator=g), "label": torch.zeros(0), "index": i, "epoch": self.epoch}
+
+
+class RecordEpochs(PretrainTask):
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.epochs = []
+
+    def compute_loss(self, model, inputs, batch):
+        self.epochs += batch["epoch"].tolist()
+        return super().compute_loss(model, inputs, batch)
+
+
+def test_set_epoch_reaches_persistent_workers(tmp_path):
+    cfg = load_config(
+        [],
+        ["model.name=audiomae_tiny", "model.params.decoder=global", "data.target_length=32", "data.num_mel_bins=32",
+         "data.num_workers=1", "train.batch_size=4", "train.cpu=true", "train.mixed_precision=bf16", "schedule.epochs=2", "schedule.warmup_epochs=0",
+         "logging.progress=false", "logging.tensorboard=false", f"output_dir={tmp_path / 'probe'}"],
+    )
+    task = RecordEpochs(cfg)
+    assert Trainer(cfg, task=task, datasets=(EpochProbe(), None)).fit().steps == 4
+    assert task.epochs == [0] * 8 + [1] * 8
+
+
 def test_epoch_sampler_order_depends_on_seed_and_epoch_only():
     s = EpochSampler(10, global_batch=4, seed=3)
     s.set_position(1)
@@ -278,3 +317,29 @@ def hash_state(sd):
         h.update(k.encode())
         h.update(sd[k].detach().cpu().contiguous().float().numpy().tobytes())
     return h.hexdigest()
+
+
+def test_cli_runs_from_any_directory(clips, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    args = [
+        sys.executable, str(REPO / "tools" / "train.py"), "--modality", "audio", "--output-dir", "out",
+        "model.name=audiomae_tiny", f"data.train_manifest={clips / 'train.json'}", "data.target_length=64", "data.num_mel_bins=64",
+        "train.batch_size=4", "train.cpu=true", "schedule.max_steps=2", "logging.progress=false", "eval.every_n_epochs=-1",
+    ]
+    proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "run folder:" in proc.stdout and "train loss:" in proc.stdout
+    assert list_checkpoints(tmp_path / "out")[-1].name == "step_0000002"
+
+
+
+def test_cli_reports_config_errors_by_key(capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_cli", REPO / "tools" / "train.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    assert cli.main(["--modality", "audio", "optim.blr=-1"]) == 2
+    assert "optim.blr" in capsys.readouterr().err
+    assert cli.main(["--print-config", "train.batch_size=3"]) == 0
+    assert "batch_size: 3" in capsys.readouterr().out

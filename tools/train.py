@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -23,7 +24,9 @@ try:
 except ImportError:  # a source checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from avmae.checkpoint import CheckpointError
 from avmae.config import CONFIG_DIR, ConfigError, load_config, resolve_config_path
+from avmae.data import ManifestError, TooManySkippedError
 from avmae.train import NonFiniteLossError, Trainer
 
 TERMINATED = 143  # 128 + SIGTERM: the run stopped early and saved a checkpoint to resume from
@@ -62,7 +65,8 @@ def build_config(args: argparse.Namespace):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    main_rank = int(os.environ.get("RANK", "0")) == 0  # set by torchrun / accelerate launch
+    logging.basicConfig(level=logging.INFO if main_rank else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("accelerate.checkpointing", "accelerate.accelerator"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
@@ -77,21 +81,32 @@ def main(argv=None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
-    except NonFiniteLossError as exc:
-        print(f"training stopped: {exc}", file=sys.stderr)
+    except ManifestError as exc:
+        print(f"data error: {exc}", file=sys.stderr)
+        return 2
+    except CheckpointError as exc:
+        print(f"checkpoint error: {exc}", file=sys.stderr)
+        return 1
+    except (NonFiniteLossError, TooManySkippedError) as exc:
+        # raised in a DataLoader worker, the message carries the worker's traceback: its last line is the reason
+        print(f"training stopped: {str(exc).strip().splitlines()[-1]}", file=sys.stderr)
         return 1
     if trainer.accelerator.is_main_process:
         out = result.output_dir
         print(f"\nrun folder:   {out}")
         print(f"checkpoint:   {result.last_checkpoint}  (weights: model.safetensors, config: config.yaml)")
         print(f"metrics:      {out / 'metrics.jsonl'}" + (f"  (TensorBoard: tensorboard --logdir {out / 'tensorboard'})" if cfg.logging.tensorboard else ""))
-        if result.first_loss is not None:
-            print(f"train loss:   {result.first_loss:.4f} (step 1) -> {result.last_loss:.4f} (step {result.steps})")
+        if result.loss_history:
+            (s0, first), (s1, last) = result.loss_history[0], result.loss_history[-1]
+            print(f"train loss:   {first:.4f} (step {s0}) -> {last:.4f} (step {s1})")
         if result.eval:
             print("eval:         " + ", ".join(f"{k} {v:.4f}" for k, v in result.eval.items()))
         if result.skipped_steps:
             print(f"skipped:      {result.skipped_steps} non-finite step(s)")
-        print(f"time:         {result.seconds:.0f} s for {result.steps} steps on {result.plan.device} ({result.plan.mixed_precision})")
+        if result.skipped_items:
+            print(f"unreadable:   {result.skipped_items} clip(s) skipped, listed in {out / 'skipped.tsv'}")
+        resumed = f", resumed at step {result.start_step}" if result.start_step else ""
+        print(f"time:         {result.seconds:.0f} s for {result.steps - result.start_step} steps{resumed} on {result.plan.device} ({result.plan.mixed_precision})")
         if result.interrupted:
             print(f"interrupted:  resume with  python tools/train.py --output-dir {out} --resume")
     return TERMINATED if result.interrupted else 0

@@ -20,7 +20,14 @@ therefore ends with the same weights as the run that was never stopped (bit-iden
 Checkpoints: ``output_dir/checkpoints/step_XXXXXXX/`` holds accelerate's state (optimizer, RNG,
 scaler), ``model.safetensors`` (``avmae.save_checkpoint``: loadable by ``avmae.load_checkpoint``),
 ``config.yaml`` and ``trainer_state.json``. A folder is written under a temporary name and renamed
-when complete, so a crash never leaves a half checkpoint that ``resume`` would pick.
+when complete, so a crash never leaves a half checkpoint that ``resume`` would pick. On resume the
+pickled states (optimizer, RNG, scaler) are first read with ``weights_only=True``: a file holding
+anything else (code) is refused, whatever accelerate / torch version then loads it.
+
+Unreadable clips (``data.on_error=skip``): the datasets log them under ``output_dir/skipped/``; at
+the end of every epoch (and of the run) they are merged into ``output_dir/skipped.tsv``
+(``path<TAB>reason``), and the run stops when the training set's skipped fraction, over all
+processes and workers, passes ``data.max_skip_fraction``.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import shutil
 import signal
 import threading
@@ -43,7 +51,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 import avmae
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..config import Config, ConfigError, diff, load_config, save_config, to_dict, validate
 from .logging_utils import MetricsWriter
 from .optim import build_optimizer, lr_at, param_groups, scaled_lr, set_lr
@@ -75,6 +83,8 @@ CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "trainer_state.json"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
+SKIP_DIR = "skipped"  # the datasets' per-process skip logs, one folder per split
+SKIPPED_FILE = "skipped.tsv"  # all skipped clips of the run: path<TAB>reason
 
 
 class NonFiniteLossError(RuntimeError):
@@ -139,7 +149,8 @@ def build_audio_dataset(cfg: Config, split: str) -> Optional[Dataset]:
         max_skip_fraction=d.max_skip_fraction,
         seed=cfg.train.seed,
         multilabel=d.multilabel,
-        skip_log_dir=None if cfg.output_dir is None else Path(cfg.output_dir) / "skipped",
+        skip_log_dir=None if cfg.output_dir is None else Path(cfg.output_dir) / SKIP_DIR / split,
+        allow_outside_root=d.allow_outside_root,
     )
 
 
@@ -160,9 +171,12 @@ class Task:
       and order (``EpochSampler``; a ``BalancedSampler`` with ``data.balanced``).
 
     Subclass and decorate with ``@register_task("name")`` to add one; override what differs.
+    ``model_needs_data = False`` (pretraining) builds the model before the datasets, so that bad
+    ``model.params`` fail before any data work; leave it True when ``model_params`` reads the set.
     """
 
     name = "task"
+    model_needs_data = True
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -225,6 +239,8 @@ class Task:
 @register_task("pretrain")
 class PretrainTask(Task):
     """Masked-autoencoder pretraining: the model returns its loss (``MAEOutput``)."""
+
+    model_needs_data = False
 
     def model_params(self, train_set: Dataset) -> Dict[str, Any]:
         return {**super().model_params(train_set), "mask_ratio": self.cfg.masking.mask_ratio}
@@ -485,6 +501,51 @@ def list_checkpoints(output_dir: os.PathLike | str) -> List[Path]:
     return [p for _, p in sorted(found)]
 
 
+def _state_safe_globals() -> List[Any]:
+    """What accelerate's pickled states need beyond tensors: numpy arrays (RNG states)."""
+    try:
+        from accelerate.utils.other import TORCH_SAFE_GLOBALS
+
+        return list(TORCH_SAFE_GLOBALS)
+    except ImportError:
+        import codecs
+
+        import numpy as np
+
+        core = getattr(np, "_core", None) or np.core
+        return [core.multiarray._reconstruct, np.ndarray, np.dtype, codecs.encode]
+
+
+def check_pickled_states(ckpt: os.PathLike | str) -> None:
+    """Read every pickled file of a checkpoint folder (``*.bin``, ``*.pkl``, ``*.pt``, ``*.pth``)
+    with ``weights_only=True`` (tensors, plain values and numpy arrays only); raise
+    ``CheckpointError`` naming the file when one holds anything else. Tensors are memory-mapped,
+    not read."""
+    safe = _state_safe_globals()
+    for f in sorted(Path(ckpt).iterdir()):
+        if f.suffix not in (".bin", ".pkl", ".pt", ".pth") or not f.is_file():
+            continue
+        try:
+            with torch.serialization.safe_globals(safe):
+                try:
+                    torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+                except RuntimeError as exc:
+                    if "mmap" not in str(exc):
+                        raise
+                    torch.load(f, map_location="cpu", weights_only=True)  # a legacy (non-zip) file
+        except pickle.UnpicklingError as exc:
+            lines = str(exc).strip().splitlines()
+            detail = next((line.strip() for line in lines if "GLOBAL" in line), None)
+            if detail is None:
+                raise CheckpointError(f"{f}: unreadable ({lines[0] if lines else exc!r})") from None
+            raise CheckpointError(
+                f"{f}: refusing to resume from it: it holds more than tensors and plain values ({detail}). "
+                "Only resume from checkpoints you trust."
+            ) from None
+        except Exception as exc:
+            raise CheckpointError(f"{f}: unreadable ({type(exc).__name__}: {exc})") from exc
+
+
 def find_latest_checkpoint(output_dir: os.PathLike | str) -> Optional[Path]:
     ckpts = list_checkpoints(output_dir)
     return ckpts[-1] if ckpts else None
@@ -496,15 +557,18 @@ def find_latest_checkpoint(output_dir: os.PathLike | str) -> Optional[Path]:
 @dataclass
 class TrainResult:
     output_dir: Path
-    steps: int
+    steps: int  # optimizer steps done in all (a resumed run counts the earlier ones)
     last_checkpoint: Optional[Path]
-    first_loss: Optional[float]
+    first_loss: Optional[float]  # first / last logged train loss of this session
     last_loss: Optional[float]
+    start_step: int = 0  # the step this session started from (> 0 when resumed)
+    loss_history: List[Tuple[int, float]] = field(default_factory=list)  # (step, logged train loss)
     eval: Dict[str, float] = field(default_factory=dict)
     skipped_steps: int = 0
     interrupted: bool = False
     seconds: float = 0.0
     plan: Optional[RunPlan] = None
+    skipped_items: int = 0  # unreadable clips skipped (data.on_error=skip), listed in skipped.tsv
 
 
 class Trainer:
@@ -530,6 +594,10 @@ class Trainer:
         self.task = task if task is not None else TASKS[cfg.task](cfg)
         self._datasets = datasets
         self.mixed_precision = resolve_mixed_precision(cfg.train.mixed_precision, state.device)
+        if state.num_processes == 1:  # one process may run several trainers (notebooks, tests), each with its own precision
+            from accelerate.state import AcceleratorState
+
+            AcceleratorState._reset_state()
         self.accelerator = Accelerator(
             cpu=cfg.train.cpu,
             mixed_precision=self.mixed_precision,
@@ -565,12 +633,14 @@ class Trainer:
         from accelerate.utils import set_seed
 
         set_seed(cfg.train.seed)
+        model = None if task.model_needs_data else task.build_model(None)  # bad model params fail before data work
         with acc.main_process_first():
             train_set, eval_set = self._datasets if self._datasets is not None else self._build_datasets()
         if cfg.data.cache:
             train_set = MemoryCached(train_set)
             eval_set = MemoryCached(eval_set) if eval_set is not None else None
-        model = task.build_model(train_set)
+        if model is None:
+            model = task.build_model(train_set)
         plan = plan_run(cfg, task.items_per_epoch(train_set), acc.num_processes, mixed_precision=self.mixed_precision, device=str(acc.device))
         _logger.info("run plan: %s", plan.describe())
         optimizer = build_optimizer(task.param_groups(model), lr=plan.lr, betas=cfg.optim.betas, eps=cfg.optim.eps)
@@ -584,6 +654,7 @@ class Trainer:
         set_seed(cfg.train.seed + acc.process_index)  # per-process masking / drop-path randomness
 
         state = self._resume(plan)
+        start_step = state.step
         metrics = MetricsWriter(self.output_dir / "metrics.jsonl", acc if cfg.logging.tensorboard else None, enabled=acc.is_main_process)
         if cfg.logging.tensorboard:
             acc.init_trackers("tensorboard")
@@ -655,6 +726,7 @@ class Trainer:
                     if eval_loader is not None and self._eval_due(state.epoch, done):
                         eval_metrics = self._evaluate(model, eval_loader, metrics, state.step)
                         evaluated_at = state.step
+                    self._skip_report(train_set, check=True)
                     if cfg.checkpoint.every_n_epochs and state.epoch % cfg.checkpoint.every_n_epochs == 0 and last_saved != state.step:
                         self._save(state)
                         last_saved = state.step
@@ -666,6 +738,7 @@ class Trainer:
             self._restore_signal_handler()
             bar.close()
             acc.end_training()
+            skipped_items = self._skip_report(train_set, check=False, final=True)
         if interrupted:
             _logger.info("stopped at step %d (%s); resume with resume=true", state.step, self._stop_signal or "stop requested")
         return TrainResult(
@@ -674,11 +747,14 @@ class Trainer:
             last_checkpoint=Path(state.last_checkpoint) if state.last_checkpoint else None,
             first_loss=history[0][1] if history else None,
             last_loss=history[-1][1] if history else None,
+            start_step=start_step,
+            loss_history=history,
             eval=eval_metrics,
             skipped_steps=state.skipped_steps,
             interrupted=interrupted,
             seconds=time.time() - t_start,
             plan=plan,
+            skipped_items=skipped_items,
         )
 
     def after_step(self, step: int) -> None:
@@ -710,6 +786,43 @@ class Trainer:
             worker_init_fn=seed_worker,
             generator=g,
         )
+
+    def _skip_report(self, train_set: Dataset, *, check: bool, final: bool = False) -> int:
+        """Merge the skip logs under ``output_dir/skipped/`` into ``skipped.tsv`` (main process)
+        -> number of skipped clips. ``check``: stop when the training set's skipped fraction over
+        all processes and workers passes its ``max_skip_fraction`` (a dataset checks only what its
+        own process or worker saw). ``final``: at the end of ``fit``, without a barrier, never raises."""
+        from ..data import TooManySkippedError, collect_skipped
+
+        acc = self.accelerator
+        if not final:
+            acc.wait_for_everyone()  # every process's logs of this epoch are complete
+        root = self.output_dir / SKIP_DIR
+        found: Dict[str, str] = {}
+        try:
+            for folder in [root, *sorted(p for p in root.iterdir() if p.is_dir())] if root.is_dir() else []:
+                for path, reason in collect_skipped(folder).items():
+                    found.setdefault(path, reason)
+            if found and acc.is_main_process:
+                out = self.output_dir / SKIPPED_FILE
+                tmp = out.with_name(out.name + ".tmp")
+                tmp.write_text("".join(f"{p}\t{r}\n" for p, r in sorted(found.items())), encoding="utf-8")
+                os.replace(tmp, out)
+        except OSError as exc:
+            if not final:
+                raise
+            _logger.warning("could not write %s: %s", self.output_dir / SKIPPED_FILE, exc)
+        if found and acc.is_main_process:
+            _logger.info("%d unreadable clip(s) skipped so far, listed in %s", len(found), self.output_dir / SKIPPED_FILE)
+        log_dir, fraction = getattr(train_set, "skip_log_dir", None), getattr(train_set, "max_skip_fraction", None)
+        if check and log_dir is not None and fraction is not None:
+            skipped = len(collect_skipped(log_dir)) if Path(log_dir).is_dir() else 0
+            if skipped > fraction * len(train_set):
+                raise TooManySkippedError(
+                    f"{skipped} of {len(train_set)} training clips are unreadable, more than data.max_skip_fraction={fraction} "
+                    f"(listed in {self.output_dir / SKIPPED_FILE}). Check the data (or raise data.max_skip_fraction)."
+                )
+        return len(found)
 
     def _flags(self, window: "_Window", grad_norm: torch.Tensor) -> Tuple[bool, bool, bool]:
         """(non-finite loss, non-finite grad, stop requested), agreed across processes."""
@@ -794,6 +907,7 @@ class Trainer:
         if ckpt is None:
             _logger.info("resume: no checkpoint in %s yet, starting from scratch", self.output_dir)
             return state
+        check_pickled_states(ckpt)
         rng_file = ckpt / f"random_states_{self.accelerator.process_index}.pkl"
         if not rng_file.is_file():
             _logger.warning("%s lacks %s: the random streams restart, so the continuation is not bit-exact", ckpt, rng_file.name)
