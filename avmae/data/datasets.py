@@ -319,7 +319,12 @@ class AudioDataset(Dataset):
             if wave is not None:
                 return index, wave
             index = int(torch.randint(0, len(self), (1,), generator=candidates))
-        raise RuntimeError(f"no readable clip found in {len(self)} draws")
+        # mostly unreadable data (a high max_skip_fraction): random draws can miss the few good clips
+        for k in range(len(self)):
+            wave = self._try_load((index + k) % len(self))
+            if wave is not None:
+                return (index + k) % len(self), wave
+        raise RuntimeError(f"no readable clip in the {len(self)} of the dataset")
 
     def _augment_wave(self, wave: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         if self.augment["roll"]:

@@ -111,7 +111,8 @@ def _decode_mono(container, name: str, max_seconds: Optional[float], timeout: Op
         raise MediaError(name, "no audio stream")
     stream = streams[0]
     if stream.codec_context is None:
-        raise MediaError(name, f"no decoder for audio codec {stream.codec.name!r}")
+        codec = getattr(getattr(stream, "codec", None), "name", None) or "unknown"  # no `codec` in some PyAV versions
+        raise MediaError(name, f"no decoder for audio codec {codec!r}")
     src_rate: Optional[int] = None
     limit: Optional[int] = None
     chunks, total = [], 0

@@ -26,7 +26,9 @@ the ImageNet mean and divide by its std. For training, ``crop="random_resized"``
 resized crop per clip (the same box for every frame) instead; ``flip=True`` adds a random
 horizontal flip.
 
-Every failure raises :class:`~avmae.data.io.MediaError` naming the file and the reason.
+Every failure raises :class:`~avmae.data.io.MediaError` naming the file and the reason; so does
+decoding that takes longer than ``timeout`` seconds (per call, checked between packets and passed
+to FFmpeg for blocking reads; ``None`` disables it), as ``load_audio`` does.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import logging
 import math
 import os
 import re
+import time
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -47,7 +50,7 @@ from PIL import Image
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from .io import MediaError, load_audio
+from .io import DEFAULT_DECODE_TIMEOUT, MediaError, load_audio
 
 _logger = logging.getLogger(__name__)
 
@@ -97,7 +100,11 @@ def _source_name(source: MediaSource) -> str:
     return str(getattr(source, "name", "<stream>"))
 
 
-def _open(source: MediaSource, name: str):
+def _time_limit(name: str, timeout: Optional[float]) -> MediaError:
+    return MediaError(name, f"decoding took longer than {timeout:g} s (time limit per item)")
+
+
+def _open(source: MediaSource, name: str, timeout: Optional[float] = None):
     """Open ``source`` for reading; a path is checked first so that the reason is precise."""
     if isinstance(source, (str, os.PathLike)):
         p = Path(source)
@@ -111,7 +118,9 @@ def _open(source: MediaSource, name: str):
     elif hasattr(source, "seek"):
         source.seek(0)
     try:
-        return av.open(source, mode="r", metadata_errors="ignore")
+        return av.open(source, mode="r", metadata_errors="ignore", timeout=timeout)
+    except av.error.ExitError as err:  # FFmpeg's interrupt callback: the time limit passed
+        raise _time_limit(name, timeout) from err
     except Exception as err:  # FFmpegError, OSError, ...: FFmpeg found no known format
         raise MediaError(name, f"not a readable media file ({err})") from err
 
@@ -121,7 +130,8 @@ def _video_stream(container, name: str):
         raise MediaError(name, "no video stream")
     stream = container.streams.video[0]
     if stream.codec_context is None:
-        raise MediaError(name, f"no decoder for video codec {stream.codec.name!r}")
+        codec = getattr(getattr(stream, "codec", None), "name", None) or "unknown"  # no `codec` in some PyAV versions
+        raise MediaError(name, f"no decoder for video codec {codec!r}")
     return stream
 
 
@@ -149,18 +159,23 @@ def probe_video(path: MediaSource) -> VideoInfo:
     """Read the headers of ``path`` (nothing is decoded) -> :class:`VideoInfo`."""
     name = _source_name(path)
     container = _open(path, name)
-    with container:
-        stream = _video_stream(container, name)
-        rate = stream.average_rate or stream.guessed_rate
-        return VideoInfo(
-            duration=_stream_duration(container, stream),
-            fps=float(rate) if rate else None,
-            num_frames=int(stream.frames) or None,
-            width=int(stream.codec_context.width),
-            height=int(stream.codec_context.height),
-            codec=stream.codec_context.name,
-            has_audio=len(container.streams.audio) > 0,
-        )
+    try:
+        with container:
+            stream = _video_stream(container, name)
+            rate = stream.average_rate or stream.guessed_rate
+            return VideoInfo(
+                duration=_stream_duration(container, stream),
+                fps=float(rate) if rate else None,
+                num_frames=int(stream.frames) or None,
+                width=int(stream.codec_context.width),
+                height=int(stream.codec_context.height),
+                codec=stream.codec_context.name,
+                has_audio=len(container.streams.audio) > 0,
+            )
+    except MediaError:
+        raise
+    except Exception as err:
+        raise MediaError(name, f"unreadable video headers ({type(err).__name__}: {err})") from err
 
 
 # ------------------------------------------------------------------------------------ sampling
@@ -200,8 +215,9 @@ def _frame_time(frame, stream, start: float, count: int, rate: Optional[Fraction
 class _Cursor:
     """Decodes the video stream forward from where the last seek left it."""
 
-    def __init__(self, container, stream, name: str) -> None:
+    def __init__(self, container, stream, name: str, timeout: Optional[float] = None, deadline: Optional[float] = None) -> None:
         self.container, self.stream, self.name = container, stream, name
+        self.timeout, self.deadline = timeout, deadline
         self.time_base = stream.time_base
         self.start = float(stream.start_time * stream.time_base) if stream.start_time is not None and stream.time_base else 0.0
         self.rate = stream.average_rate or stream.guessed_rate
@@ -212,6 +228,8 @@ class _Cursor:
     def _frames(self):
         count = 0
         for packet in self.container.demux(self.stream):
+            if self.deadline is not None and time.monotonic() > self.deadline:
+                raise _time_limit(self.name, self.timeout)
             for frame in packet.decode():
                 t = _frame_time(frame, self.stream, self.start, count, self.rate)
                 count += 1
@@ -310,6 +328,7 @@ def decode_frames(
     generator: Optional[torch.Generator] = None,
     seek: bool = True,
     seek_threshold: float = 1.0,
+    timeout: Optional[float] = DEFAULT_DECODE_TIMEOUT,
 ) -> torch.Tensor:
     """Decode the frames shown at ``times`` (seconds from the clip start), or at ``num_frames``
     times sampled by ``mode`` (see ``sample_times``), of the first video stream of ``path``
@@ -322,14 +341,17 @@ def decode_frames(
         raise ValueError(f"mode must be 'uniform' or 'random', got {mode!r}")
     times = _check_times(num_frames, times)
     name = _source_name(path)
-    container = _open(path, name)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    container = _open(path, name, timeout)
     try:
         with container:
             stream = _video_stream(container, name)
             targets, _ = _resolve_times(container, stream, name, num_frames, times, mode, generator)
-            cursor = _Cursor(container, stream, name)
+            cursor = _Cursor(container, stream, name, timeout, deadline)
             try:
                 frames = _collect(cursor, targets, seek, seek_threshold)
+            except av.error.ExitError:
+                raise
             except (_SeekFailed, av.error.FFmpegError) as err:
                 if not seek:
                     raise
@@ -338,36 +360,41 @@ def decode_frames(
             if frames is not None:
                 _logger.debug("%s: %d frames by %d seeks, %d decoded", name, len(frames), cursor.seeks, cursor.decoded)
                 return _to_rgb(frames)
-        return _decode_sequential(path, name, targets)
+        return _decode_sequential(path, name, targets, timeout, deadline)
     except MediaError:
         raise
+    except av.error.ExitError as err:
+        raise _time_limit(name, timeout) from err
     except _SeekFailed as err:
         raise MediaError(name, "no video frames decoded") from err
     except Exception as err:
         raise MediaError(name, f"corrupt or truncated video ({type(err).__name__}: {err})") from err
 
 
-def _decode_sequential(path: MediaSource, name: str, targets: List[float]) -> torch.Tensor:
-    container = _open(path, name)
+def _decode_sequential(path: MediaSource, name: str, targets: List[float], timeout: Optional[float] = None, deadline: Optional[float] = None) -> torch.Tensor:
+    container = _open(path, name, timeout)
     with container:
-        cursor = _Cursor(container, _video_stream(container, name), name)
+        cursor = _Cursor(container, _video_stream(container, name), name, timeout, deadline)
         return _to_rgb(_collect(cursor, targets, False, math.inf))
 
 
-def decode_all_frames(path: MediaSource) -> Tuple[torch.Tensor, torch.Tensor]:
+def decode_all_frames(path: MediaSource, *, timeout: Optional[float] = DEFAULT_DECODE_TIMEOUT) -> Tuple[torch.Tensor, torch.Tensor]:
     """Every frame of the first video stream, in presentation order ->
     ``(frames [N, H, W, 3] uint8, times [N] float64 seconds from the stream start)``."""
     name = _source_name(path)
-    container = _open(path, name)
+    container = _open(path, name, timeout)
+    deadline = None if timeout is None else time.monotonic() + timeout
     try:
         with container:
-            cursor = _Cursor(container, _video_stream(container, name), name)
+            cursor = _Cursor(container, _video_stream(container, name), name, timeout, deadline)
             cursor.rewind()
             pairs = []
             while (item := cursor.next()) is not _END:
                 pairs.append(item)
     except MediaError:
         raise
+    except av.error.ExitError as err:
+        raise _time_limit(name, timeout) from err
     except Exception as err:
         raise MediaError(name, f"corrupt or truncated video ({type(err).__name__}: {err})") from err
     if not pairs:
@@ -463,6 +490,7 @@ def load_frames(
     std: Sequence[float] = IMAGENET_STD,
     seek: bool = True,
     seek_threshold: float = 1.0,
+    timeout: Optional[float] = DEFAULT_DECODE_TIMEOUT,
 ) -> torch.Tensor:
     """``num_frames`` frames of ``path`` -> ``[Tv, 3, size, size]`` float32, ImageNet-normalised.
 
@@ -471,7 +499,7 @@ def load_frames(
     (``mode="random"``, training; draws from ``generator``, which also drives a random crop).
     """
     raw = decode_frames(
-        path, num_frames, times=times, mode=mode, generator=generator, seek=seek, seek_threshold=seek_threshold
+        path, num_frames, times=times, mode=mode, generator=generator, seek=seek, seek_threshold=seek_threshold, timeout=timeout
     )
     return transform_frames(
         raw, size, short_side=short_side, crop=crop, flip=flip, generator=generator, mean=mean, std=std
@@ -484,15 +512,17 @@ def load_av(
     sample_rate: int = 16000,
     *,
     max_seconds: Optional[float] = None,
+    timeout: Optional[float] = DEFAULT_DECODE_TIMEOUT,
     **frame_kwargs,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Sound and pictures of one file -> ``(waveform [1, N] at sample_rate, frames [Tv, 3, S, S])``.
 
     The waveform is the whole first audio track (``load_audio``); ``frame_kwargs`` go to
-    ``load_frames``. A file without an audio stream is a ``MediaError``.
+    ``load_frames``. A file without an audio stream is a ``MediaError``. ``timeout`` bounds each of
+    the two decodes.
     """
-    frames = load_frames(path, num_frames, **frame_kwargs)
-    wave = load_audio(path, sample_rate, max_seconds=max_seconds)
+    frames = load_frames(path, num_frames, timeout=timeout, **frame_kwargs)
+    wave = load_audio(path, sample_rate, max_seconds=max_seconds, timeout=timeout)
     return wave, frames
 
 
