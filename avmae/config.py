@@ -119,6 +119,8 @@ class DataConfig:
     num_workers: int = 2
     on_error: str = "raise"  # "raise" | "skip" unreadable clips
     max_skip_fraction: float = 0.1
+    # relative manifest paths may leave the manifest's folder (via .. or symlinks); absolute paths always work
+    allow_outside_root: bool = False
     cache: bool = False  # keep loaded items in memory (small datasets without augmentation)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # balanced sampling (AudioSet-2M fine-tuning): each epoch draws epoch_len items by weight

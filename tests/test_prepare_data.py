@@ -60,7 +60,13 @@ def test_manifest_with_labels_relative_paths_and_unreadable_files(tool, media, t
     assert "1 file(s) have no entry" in captured.err  # c.ogg
     doc = json.loads(out.read_text())
     wavs = [item["wav"] for item in doc["data"]]
-    assert all(not Path(w).is_absolute() for w in wavs)
+    assert all(Path(w).is_absolute() for w in wavs)  # outside the manifest's folder: absolute
+    inside = media / "manifest.json"  # next to the clips: relative, so the folder moves as a whole
+    try:
+        assert tool.main(["manifest", str(media), "--out", str(inside), "--check", "none", "--no-progress"]) == 0
+        assert all(not Path(item["wav"]).is_absolute() for item in json.loads(inside.read_text())["data"])
+    finally:
+        inside.unlink()
     assert [Path(w).name for w in wavs] == ["a.wav", "Yb-1.flac", "c.ogg"]
     assert [item["labels"] for item in doc["data"]] == ["/m/x", "/m/y,/m/x", ""]
     items = read_manifest(out)  # paths resolve against the manifest's folder

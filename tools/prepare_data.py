@@ -102,6 +102,14 @@ def _check_labels(labels: str, ids: Sequence[str], names: Sequence[str], where: 
     return ",".join(out)
 
 
+def _manifest_path(path: Path, base: Path, absolute: bool) -> str:
+    """``path`` relative to the manifest's folder ``base`` when it lies inside it (readers refuse
+    relative paths that leave that folder unless data.allow_outside_root), else absolute."""
+    full = path.resolve()
+    rel = Path(os.path.relpath(full, base))
+    return full.as_posix() if absolute or rel.parts[:1] == ("..",) else rel.as_posix()
+
+
 @dataclass
 class ManifestReport:
     items: List[Dict[str, str]] = field(default_factory=list)
@@ -159,14 +167,14 @@ def build_manifest(
                 lab = found
         if ids and lab:
             lab = _check_labels(lab, ids, names, str(p))
-        wav = p.resolve().as_posix() if absolute else Path(os.path.relpath(p.resolve(), base)).as_posix()
+        wav = _manifest_path(p, base, absolute)
         item = {"wav": wav, "labels": lab}
         if p.suffix.lower() in VIDEO_EXTENSIONS:  # the sound is the video's audio track
             item["video_id"] = p.stem
             if frames is None:
                 item["video"] = wav
             else:  # CAV-MAE's frame folders: frames/frame_{i}/<video_id>.jpg
-                item["video_path"] = Path(frames).resolve().as_posix() if absolute else Path(os.path.relpath(Path(frames).resolve(), base)).as_posix()
+                item["video_path"] = _manifest_path(Path(frames), base, absolute)
         report.items.append(item)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
@@ -353,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--label-csv", default=None, help="class_labels_indices.csv to check label ids against (display names become ids)")
     m.add_argument("--extensions", default=None, help="comma-separated suffixes (default: common audio and video)")
     m.add_argument("--check", choices=("none", "probe", "full"), default="probe", help="readability check (default: decode the first second)")
-    m.add_argument("--absolute", action="store_true", help="write absolute paths")
+    m.add_argument("--absolute", action="store_true", help="write absolute paths (a file outside the manifest's folder always gets one)")
     m.add_argument("--require-labels", action="store_true", help="leave out files with no entry in --labels")
     m.add_argument("--frames", default=None, help="video items read their frames from this CAV-MAE frame folder (see 'frames') instead of the video file")
     m.add_argument("--no-progress", action="store_true")

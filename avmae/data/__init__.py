@@ -5,6 +5,8 @@ from .av_dataset import AVDataset, read_av_manifest
 from .av_demo import ensure_demo_av
 from .datasets import (
     AudioDataset,
+    ManifestError,
+    TooManySkippedError,
     collect_skipped,
     read_label_csv,
     read_manifest,
@@ -31,6 +33,8 @@ __all__ = [
     "fbank",
     "NORM_STATS",
     "AudioDataset",
+    "ManifestError",
+    "TooManySkippedError",
     "read_manifest",
     "read_label_csv",
     "collect_skipped",

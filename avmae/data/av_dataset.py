@@ -10,7 +10,8 @@ Each item names its pictures in one of two ways:
     {"data": [{"video": "clips/abc.mp4", "labels": "/m/09x0r"},
               {"video_id": "xyz", "wav": "audio/xyz.flac", "video_path": "frames/", "labels": "/m/05zppz"}]}
 
-Relative paths are resolved against the manifest's folder. An item is
+Relative paths are resolved against the manifest's folder and may not leave it (through ``..``
+or a symlink) unless ``allow_outside_root``; absolute paths are used as written. An item is
 ``dict(audio=[1, T, F], video=[Tv, 3, H, W], label=[C], index=int)``; determinism, label
 handling and the skip policy are ``AudioDataset``'s.
 """
@@ -27,7 +28,7 @@ import torch
 
 from .audio import AudioFrontend
 from .augment import fbank_noise, mixup_waveforms, spec_augment
-from .datasets import AudioDataset, ManifestError, item_generator
+from .datasets import AudioDataset, ManifestError, ManifestPaths, item_generator
 from .io import MediaError, load_audio
 from .video import IMAGENET_MEAN, IMAGENET_STD, load_frame_folder, load_frames
 
@@ -46,7 +47,7 @@ def _resolve(root: Path, value: str) -> str:
     return str(p if p.is_absolute() else root / p)
 
 
-def _normalise_item(item: Any, i: int, where: str, root: Optional[Path]) -> Dict[str, Any]:
+def _normalise_item(item: Any, i: int, where: str, root: Optional[Path], resolve: Optional[ManifestPaths] = None) -> Dict[str, Any]:
     if not isinstance(item, dict):
         raise ManifestError(f"{where}: item {i} is not an object: {item!r}"[:300])
     out = dict(item)
@@ -57,7 +58,9 @@ def _normalise_item(item: Any, i: int, where: str, root: Optional[Path]) -> Dict
     for key in ("video", "wav", "video_path"):
         if key in out and (not isinstance(out[key], str) or not out[key]):
             raise ManifestError(f'{where}: item {i} "{key}" must be a non-empty path string')
-        if key in out and root is not None:
+        if key in out and resolve is not None:
+            out[key] = resolve(out[key], f'item {i} "{key}"')
+        elif key in out and root is not None:
             out[key] = _resolve(root, out[key])
     if "video" in out:
         out.setdefault("wav", out["video"])  # sound from the same file
@@ -73,7 +76,7 @@ def _normalise_item(item: Any, i: int, where: str, root: Optional[Path]) -> Dict
     return out
 
 
-def read_av_manifest(path: PathLike) -> List[Dict[str, Any]]:
+def read_av_manifest(path: PathLike, *, allow_outside_root: bool = False) -> List[Dict[str, Any]]:
     """Read an audio-visual manifest (JSON ``{"data": [...]}`` or JSON Lines) -> list of items.
 
     Paths (``video``, ``wav``, ``video_path``) become absolute; ``wav`` defaults to ``video``;
@@ -101,7 +104,8 @@ def read_av_manifest(path: PathLike) -> List[Dict[str, Any]]:
             raise ManifestError(f'{path}: expected an object with a "data" list of items')
         items = doc["data"]
     root = path.resolve().parent
-    return [_normalise_item(item, i, str(path), root) for i, item in enumerate(items)]
+    resolve = ManifestPaths(root, allow_outside_root=allow_outside_root, where=str(path))
+    return [_normalise_item(item, i, str(path), root, resolve) for i, item in enumerate(items)]
 
 
 class AVDataset(AudioDataset):
@@ -144,9 +148,10 @@ class AVDataset(AudioDataset):
         multilabel: Optional[bool] = None,
         skip_log_dir: Optional[PathLike] = None,
         max_seconds: Optional[float] = None,
+        allow_outside_root: bool = False,
     ) -> None:
         if isinstance(manifest, (str, os.PathLike)):
-            items = read_av_manifest(manifest)
+            items = read_av_manifest(manifest, allow_outside_root=allow_outside_root)
             manifest_path: Optional[str] = os.fspath(manifest)
         else:
             items = [_normalise_item(item, i, "<manifest list>", None) for i, item in enumerate(manifest)]

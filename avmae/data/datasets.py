@@ -31,7 +31,9 @@ _logger = logging.getLogger(__name__)
 __all__ = [
     "read_manifest",
     "read_label_csv",
+    "ManifestPaths",
     "AudioDataset",
+    "TooManySkippedError",
     "AUGMENT_DEFAULTS",
     "collect_skipped",
     "seed_worker",
@@ -58,11 +60,59 @@ class ManifestError(ValueError):
     """A manifest or label CSV that cannot be used; the message names the file."""
 
 
-def read_manifest(path: PathLike) -> List[Dict[str, Any]]:
+class TooManySkippedError(RuntimeError):
+    """More clips were unreadable than ``max_skip_fraction`` allows: a broken dataset, not noise."""
+
+
+class ManifestPaths:
+    """Turns the paths of one manifest into absolute path strings.
+
+    An absolute path (or ``~/...``) is used as written. A relative path is resolved against the
+    manifest's folder ``root`` and must stay inside it: a path that leaves it through ``..`` or
+    through a symlink (a folder or the file itself) is a ``ManifestError`` unless
+    ``allow_outside_root``. Folders are resolved once each, so a long manifest costs one
+    ``lstat`` per item.
+    """
+
+    def __init__(self, root: Path, *, allow_outside_root: bool = False, where: str = "") -> None:
+        self.root = Path(root)
+        self.allow_outside_root = bool(allow_outside_root)
+        self.where = where or str(root)
+        self._real_root = os.path.realpath(self.root)
+        self._real_dirs: Dict[str, str] = {}
+
+    def _inside(self, real: str) -> bool:
+        return real == self._real_root or real.startswith(self._real_root.rstrip(os.sep) + os.sep)
+
+    def __call__(self, value: str, what: str = "path") -> str:
+        p = Path(os.path.expanduser(value))
+        if p.is_absolute():
+            return str(p)
+        joined = str(self.root / p)
+        if self.allow_outside_root:
+            return joined
+        parent, name = os.path.split(joined)
+        real_parent = self._real_dirs.get(parent)
+        if real_parent is None:
+            real_parent = self._real_dirs[parent] = os.path.realpath(parent)
+        real = os.path.join(real_parent, name)
+        if os.path.islink(real):
+            real = os.path.realpath(real)
+        if not self._inside(real):
+            raise ManifestError(
+                f"{self.where}: {what} {value!r} resolves to {real}, outside the manifest's folder "
+                f"{self._real_root}; write an absolute path, or allow it (data.allow_outside_root=true, "
+                "allow_outside_root=True)"
+            )
+        return joined
+
+
+def read_manifest(path: PathLike, *, allow_outside_root: bool = False) -> List[Dict[str, Any]]:
     """Read an AudioMAE JSON (``{"data": [...]}``) or JSON Lines manifest -> list of items.
 
     Each item keeps its keys; ``wav`` becomes an absolute path string (relative paths are
-    resolved against the manifest's folder); ``labels`` defaults to ``""``.
+    resolved against the manifest's folder, and may not leave it through ``..`` or a symlink
+    unless ``allow_outside_root``: see ``ManifestPaths``); ``labels`` defaults to ``""``.
     """
     path = Path(path)
     try:
@@ -89,6 +139,7 @@ def read_manifest(path: PathLike) -> List[Dict[str, Any]]:
         if not isinstance(items, list):
             raise ManifestError(f'{path}: "data" must be a list, got {type(items).__name__}')
     root = path.resolve().parent
+    resolve = ManifestPaths(root, allow_outside_root=allow_outside_root, where=str(path))
     out = []
     for i, item in enumerate(items):
         if not isinstance(item, dict) or not isinstance(item.get("wav"), str) or not item["wav"]:
@@ -96,8 +147,7 @@ def read_manifest(path: PathLike) -> List[Dict[str, Any]]:
         labels = item.get("labels", "")
         if not isinstance(labels, str):
             raise ManifestError(f'{path}: item {i} "labels" must be a comma-separated string')
-        wav = Path(os.path.expanduser(item["wav"]))
-        out.append({**item, "wav": str(wav if wav.is_absolute() else root / wav), "labels": labels})
+        out.append({**item, "wav": resolve(item["wav"], f'item {i} "wav"'), "labels": labels})
     return out
 
 
@@ -177,7 +227,9 @@ class AudioDataset(Dataset):
     actually used. Skipped paths are logged once, kept in ``self.skipped`` (per process: each
     DataLoader worker has its own copy) and, with ``skip_log_dir``, appended to
     ``skip_log_dir/skipped-rank{R}-worker{W}.tsv`` (read them back with ``collect_skipped``).
-    More than ``max_skip_fraction`` of the dataset skipped (in this process) is a RuntimeError.
+    More than ``max_skip_fraction`` of the dataset skipped (in this process) is a
+    ``TooManySkippedError`` (a RuntimeError). ``allow_outside_root`` lets relative manifest paths
+    leave the manifest's folder (see ``read_manifest``).
 
     ``set_epoch`` changes the per-item randomness; with ``persistent_workers=True`` the workers
     keep their own copy of the dataset and do not see it, so leave that off when augmenting.
@@ -198,6 +250,7 @@ class AudioDataset(Dataset):
         multilabel: Optional[bool] = None,
         skip_log_dir: Optional[PathLike] = None,
         max_seconds: Optional[float] = None,
+        allow_outside_root: bool = False,
     ) -> None:
         super().__init__()
         if on_error not in ("raise", "skip"):
@@ -215,7 +268,7 @@ class AudioDataset(Dataset):
 
         if isinstance(manifest, (str, os.PathLike)):
             self.manifest_path: Optional[str] = os.fspath(manifest)
-            self.items = read_manifest(manifest)
+            self.items = read_manifest(manifest, allow_outside_root=allow_outside_root)
         else:
             self.manifest_path = None
             self.items = [dict(item) for item in manifest]
@@ -292,7 +345,7 @@ class AudioDataset(Dataset):
                     f.write(f"{path}\t{reason}\n")
         limit = self.max_skip_fraction * len(self)
         if len(self.skipped) > limit:
-            raise RuntimeError(
+            raise TooManySkippedError(
                 f"{len(self.skipped)} of {len(self)} clips are unreadable, more than "
                 f"max_skip_fraction={self.max_skip_fraction}; last: {err}. "
                 "Check the data (or raise max_skip_fraction)."
