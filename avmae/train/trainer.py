@@ -536,8 +536,9 @@ def check_pickled_states(ckpt: os.PathLike | str) -> None:
         except pickle.UnpicklingError as exc:
             lines = str(exc).strip().splitlines()
             detail = next((line.strip() for line in lines if "GLOBAL" in line), None)
-            if detail is None:
-                raise CheckpointError(f"{f}: unreadable ({lines[0] if lines else exc!r})") from None
+            if detail is None:  # not a pickle of known objects: corrupt
+                what = next((line.strip() for line in lines if line.startswith("Unsupported")), "not a torch pickle")
+                raise CheckpointError(f"{f}: unreadable ({what})") from None
             raise CheckpointError(
                 f"{f}: refusing to resume from it: it holds more than tensors and plain values ({detail}). "
                 "Only resume from checkpoints you trust."
@@ -812,7 +813,8 @@ class Trainer:
             if not final:
                 raise
             _logger.warning("could not write %s: %s", self.output_dir / SKIPPED_FILE, exc)
-        if found and acc.is_main_process:
+        if found and acc.is_main_process and len(found) != getattr(self, "_skips_logged", 0):
+            self._skips_logged = len(found)
             _logger.info("%d unreadable clip(s) skipped so far, listed in %s", len(found), self.output_dir / SKIPPED_FILE)
         log_dir, fraction = getattr(train_set, "skip_log_dir", None), getattr(train_set, "max_skip_fraction", None)
         if check and log_dir is not None and fraction is not None:

@@ -1,0 +1,67 @@
+"""tools/train.py with two test hooks, run as a subprocess by tests/test_crash_safety.py.
+
+    python tests/crash_child.py [--pause-at STEP] [--hang-in-save STEP] -- <tools/train.py arguments>
+
+``--pause-at STEP``: after optimizer step STEP, write ``<output_dir>/paused`` and wait (up to
+120 s) for a signal, so that a SIGTERM sent by the test arrives at a known step.
+``--hang-in-save STEP``: while saving the checkpoint of STEP, once every file of it is written and
+before its temporary folder is renamed into place, write ``<output_dir>/saving`` and sleep, so
+that the test can SIGKILL the process in the middle of the save.
+"""
+
+import argparse
+import importlib.util
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from avmae.train import Trainer  # noqa: E402
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--pause-at", type=int, default=None)
+    p.add_argument("--hang-in-save", type=int, default=None)
+    p.add_argument("train_args", nargs=argparse.REMAINDER)
+    args = p.parse_args()
+    train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
+    out = Path(train_args[train_args.index("--output-dir") + 1])
+    torch.set_num_threads(1)  # the same arithmetic as the uninterrupted run it is compared with
+
+    if args.pause_at is not None:
+        def after_step(self, step):
+            if step == args.pause_at:
+                (out / "paused").write_text(str(step))
+                deadline = time.monotonic() + 120
+                while self._stop_signal is None and time.monotonic() < deadline:
+                    time.sleep(0.02)
+
+        Trainer.after_step = after_step
+
+    if args.hang_in_save is not None:
+        real_replace = os.replace
+        tmp_name = f".tmp-step_{args.hang_in_save:07d}"
+
+        def replace(src, dst, *a, **k):
+            if Path(src).name == tmp_name:  # the checkpoint folder, complete, about to be renamed
+                (out / "saving").write_text(str(src))
+                time.sleep(600)
+            return real_replace(src, dst, *a, **k)
+
+        os.replace = replace
+
+    spec = importlib.util.spec_from_file_location("train_tool", REPO / "tools" / "train.py")
+    tool = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = tool
+    spec.loader.exec_module(tool)
+    return tool.main(train_args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
