@@ -16,6 +16,7 @@ from avmae.config import load_config
 from avmae.data import ManifestError, ensure_demo_audio, read_manifest
 from avmae.data.av_dataset import read_av_manifest
 from avmae.train import Trainer
+from avmae.train.av_data import build_av_dataset
 from avmae.train.trainer import build_audio_dataset
 
 REPO = Path(__file__).resolve().parent.parent
@@ -154,6 +155,12 @@ def test_av_manifests_and_the_config_follow_the_same_rule(layout, tmp_path):
     with pytest.raises(ManifestError, match="video_path"):
         read_av_manifest(av)
     assert read_av_manifest(av, allow_outside_root=True)[0]["video_path"].endswith("link")
+    av_cfg = ["modality=av", "model.name=avmae_tiny", "model.params.num_frames=1", "model.params.image_size=16", f"data.train_manifest={av}",
+              "data.target_length=64", f"output_dir={tmp_path / 'o'}"]
+    with pytest.raises(ManifestError, match="allow_outside_root"):
+        build_av_dataset(load_config([], av_cfg), "train")
+    ds = build_av_dataset(load_config([], [*av_cfg, "data.allow_outside_root=true"]), "train")
+    assert len(ds) == 1 and ds.skip_log_dir == tmp_path / "o" / "skipped" / "train"
 
     m = write(data / "m.json", "a.wav", "../outside/b.wav")
     cfg = load_config([], [f"data.train_manifest={m}", "data.target_length=64", f"output_dir={tmp_path / 'o'}"])

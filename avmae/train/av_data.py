@@ -89,7 +89,8 @@ def build_av_dataset(cfg: Config, split: str) -> Optional[Dataset]:
         max_skip_fraction=d.max_skip_fraction,
         seed=cfg.train.seed,
         multilabel=d.multilabel,
-        skip_log_dir=None if cfg.output_dir is None else Path(cfg.output_dir) / "skipped",
+        skip_log_dir=None if cfg.output_dir is None else Path(cfg.output_dir) / "skipped" / split,  # one folder per split: the trainer checks the training set's ceiling
+        allow_outside_root=d.allow_outside_root,
     )
 
 
