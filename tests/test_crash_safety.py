@@ -75,11 +75,12 @@ def weights(run_dir):
     return load_file(str(find_latest_checkpoint(run_dir) / "model.safetensors"))
 
 
-def child(out, *hooks, resume=False, config=None):
+def child(out, *hooks, resume=False, config=None, overrides=()):
+    """tools/train.py (via crash_child.py) in its own process group, as a job on a cluster."""
     cmd = [sys.executable, str(REPO / "tests" / "crash_child.py"), *hooks, "--", "--output-dir", str(out)]
     cmd += ["--resume"] if resume else ["--config", str(config)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(cmd + list(overrides), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
 def wait_for(path, proc, timeout=240):
@@ -107,10 +108,12 @@ def test_sigterm_then_sigkill_mid_save_then_resume_is_bit_identical(run_yaml, un
     out = tmp_path / "run"
     ckpts = lambda: [c.name for c in list_checkpoints(out)]  # noqa: E731
 
-    # 1. SIGTERM after step 3 (between the periodic checkpoints): a final checkpoint, exit 143
-    proc = child(out, "--pause-at", "3", config=run_yaml)
+    # 1. SIGTERM after step 3 (between the periodic checkpoints) to the whole process group, the
+    # DataLoader workers included, as a preempted job gets it: a final checkpoint, exit 143.
+    # Two workers here, none in the reference run: the batches do not depend on them.
+    proc = child(out, "--pause-at", "3", config=run_yaml, overrides=["data.num_workers=2"])
     wait_for(out / "paused", proc)
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGTERM)
     rc, log = finish(proc)
     assert rc == 143, log[-3000:]
     assert "resume with" in log and "Traceback" not in log
@@ -121,7 +124,7 @@ def test_sigterm_then_sigkill_mid_save_then_resume_is_bit_identical(run_yaml, un
     wait_for(out / "saving", proc)
     partial = out / "checkpoints" / ".tmp-step_0000004"
     assert (partial / "model.safetensors").is_file() and (partial / "trainer_state.json").is_file()
-    proc.kill()
+    os.killpg(proc.pid, signal.SIGKILL)
     assert finish(proc)[0] == -signal.SIGKILL
     assert ckpts() == ["step_0000002", "step_0000003"]  # the half-written one is never listed
     assert find_latest_checkpoint(out).name == "step_0000003"

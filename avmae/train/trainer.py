@@ -738,6 +738,7 @@ class Trainer:
         finally:
             self._restore_signal_handler()
             bar.close()
+            _stop_workers(train_loader, eval_loader)
             acc.end_training()
             skipped_items = self._skip_report(train_set, check=False, final=True)
         if interrupted:
@@ -770,8 +771,6 @@ class Trainer:
         return train_set, builder(self.cfg, "eval")
 
     def _loader(self, dataset: Dataset, batch_size: int, *, sampler: Optional[Sampler] = None) -> DataLoader:
-        from ..data import seed_worker
-
         workers = self.cfg.data.num_workers
         g = torch.Generator()
         g.manual_seed(self.cfg.train.seed)  # worker seeds; keeps the global RNG untouched
@@ -784,7 +783,7 @@ class Trainer:
             num_workers=workers,
             pin_memory=self.accelerator.device.type == "cuda",
             persistent_workers=workers > 0,
-            worker_init_fn=seed_worker,
+            worker_init_fn=_init_worker,
             generator=g,
         )
 
@@ -1010,6 +1009,30 @@ class Trainer:
         if self._previous_handler is not None:
             signal.signal(signal.SIGTERM, self._previous_handler)
             self._previous_handler = None
+
+
+def _init_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: ``seed_worker``, and SIGTERM ignored. A preempted job's
+    SIGTERM often reaches every process of the group; a worker killed by it made the main process
+    fail (DataLoader's SIGCHLD check) in the middle of the final checkpoint. The main process saves,
+    then stops its workers as usual."""
+    from ..data import seed_worker
+
+    seed_worker(worker_id)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _stop_workers(*loaders: Optional[DataLoader]) -> None:
+    """Shut the persistent DataLoader workers down now. Left to interpreter exit, they would
+    outlive ``fit`` (notebooks) and, as they ignore SIGTERM, hang the exit of a preempted run."""
+    for loader in loaders:
+        it = getattr(loader, "_iterator", None)
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            try:
+                it._shutdown_workers()
+            except Exception as exc:  # never mask the run's own outcome
+                _logger.debug("stopping DataLoader workers: %s", exc)
+            loader._iterator = None
 
 
 class _Window:
