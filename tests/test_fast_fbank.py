@@ -134,3 +134,26 @@ def test_decode_audio_matches_load_audio_on_random_int16(tmp_path):
     data = np.random.default_rng(0).integers(-32768, 32767, size=5000).astype(np.float32) / 32768
     path = save_audio(tmp_path / "r.flac", torch.from_numpy(data)[None], SR)
     assert torch.equal(decode_audio(path), load_audio(path))
+
+
+def test_waveform_dataset_batched_equals_audio_dataset(tmp_path):
+    from avmae.data import AudioDataset, synthesize_clip
+    from avmae.data.datasets import item_generator
+    from avmae.data.fast_fbank import WaveformDataset
+
+    items = []
+    for i in range(5):
+        save_audio(tmp_path / f"c{i}.flac", synthesize_clip(i % 6, item_generator(2, 0, i), seconds=0.3 + 0.1 * i)[None], SR)
+        items.append({"wav": str(tmp_path / f"c{i}.flac"), "labels": ""})
+    fe = AudioFrontend(target_length=64)
+    aug = {"gain": True, "roll": True, "mixup": 0.5}
+    for train in (False, True):
+        ref = AudioDataset(items, frontend=fe, train=train, augment=aug, seed=4)
+        wds = WaveformDataset(items, frontend=fe, train=train, augment=aug, seed=4)
+        batch = collate_waveforms([wds[i] for i in range(len(wds))])
+        out = BatchedAudioFrontend.from_frontend(fe, center=False)(batch["wave"], batch["length"])
+        want = torch.stack([ref[i]["audio"] for i in range(len(ref))])
+        assert (out - want).abs().max() * 2 * fe.std < 1e-4
+        assert torch.equal(batch["index"], torch.arange(5))
+    with pytest.raises(ValueError, match="freqm"):
+        WaveformDataset(items, frontend=fe, train=True, augment={"freqm": 8})

@@ -22,7 +22,7 @@ frames ``[B, M, W]`` (M frames of W samples); features ``[B, M, F]``.
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import os
 from typing import BinaryIO
@@ -35,9 +35,18 @@ from torch import nn
 from torchaudio.compliance import kaldi
 
 from .audio import FRAME_LENGTH_MS, FRAME_SHIFT_MS, NORM_STATS, AudioFrontend
-from .io import load_audio
+from .augment import mixup_waveforms
+from .datasets import AudioDataset, item_generator
+from .io import MediaError, load_audio
 
-__all__ = ["BatchedFbank", "BatchedAudioFrontend", "pad_waveforms", "collate_waveforms", "decode_audio"]
+__all__ = [
+    "BatchedFbank",
+    "BatchedAudioFrontend",
+    "WaveformDataset",
+    "pad_waveforms",
+    "collate_waveforms",
+    "decode_audio",
+]
 
 _EPS = torch.finfo(torch.float32).eps  # Kaldi's floor before the log
 
@@ -328,3 +337,48 @@ class BatchedAudioFrontend(nn.Module):
 
     def extra_repr(self) -> str:
         return f"target_length={self.target_length}, mean={self.mean}, std={self.std}, center={self.center}"
+
+
+class WaveformDataset(AudioDataset):
+    """``AudioDataset`` that stops before the fbank, for decoding in DataLoader workers and a
+    batched fbank afterwards (``collate_waveforms`` + ``BatchedAudioFrontend(center=False)``).
+
+    Items: ``{"wave": [1, N] float32 (mean removed; roll/gain/mixup applied when train=True),
+    "label": [C], "index": int}``. Audio is read with ``decode_audio``. SpecAugment and fbank
+    noise act on the fbank, so they are not available here.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.train and (self.augment["freqm"] or self.augment["timem"] or self.augment["noise"]):
+            raise ValueError("WaveformDataset applies waveform augmentations only; freqm/timem/noise act on the fbank")
+
+    def _try_load(self, index: int) -> Optional[torch.Tensor]:
+        path = self.items[index]["wav"]
+        if path in self.skipped:
+            return None
+        try:
+            wave = decode_audio(path, self.sample_rate, max_seconds=self.max_seconds)
+        except MediaError as err:
+            if self.on_error == "raise":
+                raise
+            self._record_skip(err, path)
+            return None
+        return wave - wave.mean()
+
+    def __getitem__(self, index: int) -> Dict[str, Any]:
+        index = int(index)
+        if index < 0:
+            index += len(self)
+        g = item_generator(self.seed, self.epoch, index)
+        replace = item_generator(self.seed, self.epoch, index, stream=1)
+        index, wave = self._load_readable(index, replace)
+        label = self.label(index)
+        if self.train:  # the same draws, in the same order, as AudioDataset
+            wave = self._augment_wave(wave, g)
+            if self.augment["mixup"] > 0 and float(torch.rand(1, generator=g)) < self.augment["mixup"]:
+                partner = int(torch.randint(0, len(self), (1,), generator=g))
+                partner, wave2 = self._load_readable(partner, replace)
+                wave2 = self._augment_wave(wave2, g)
+                wave, label, _ = mixup_waveforms(wave, wave2, label, self.label(partner), g, alpha=self.augment["mixup_alpha"])
+        return {"wave": wave.float(), "label": label, "index": index}

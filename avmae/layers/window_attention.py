@@ -8,9 +8,11 @@ attend to their new neighbours.
 
 Legend: B batch, T/F grid rows/columns (time/frequency for audio), w window tokens, h heads, C channels.
 
-The fast path folds the cosine normalisation and ``1/tau`` into q and the position bias plus the
-shift mask into one additive bias, then calls ``F.scaled_dot_product_attention``; ``fused=False``
-keeps the plain-math path for tests.
+The position bias plus the shift mask form one additive bias ``[nW, h, w, w]`` that broadcasts over
+the batch (no per-sample copy). The fused path folds the cosine normalisation and ``1/tau`` into q
+and calls ``F.scaled_dot_product_attention``; the plain-math path (``fused=False``, and CPU
+training, where SDPA has no fused kernel for a bias that needs a gradient) computes the released
+code's formula directly.
 """
 
 from __future__ import annotations
@@ -97,28 +99,38 @@ class WindowAttention(nn.Module):
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x: [B*nW, w, C] windows grouped per sample; mask: [nW, w, w] additive or None."""
         Bw, n, C = x.shape
-        q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.num_heads)
-        bias = self.position_bias().to(q.dtype)
+        h = self.num_heads
+        q, k, v = self.qkv(x).view(Bw, n, 3, h, C // h).permute(2, 0, 3, 1, 4).unbind(0)  # [Bw, h, w, d]
+        bias = self.position_bias().to(q.dtype)  # [1, h, w, w]
         if mask is not None:
-            nW = mask.shape[0]
-            bias = bias + mask.to(q.dtype)[:, None]  # [nW, h, w, w]
-            bias = bias.unsqueeze(0).expand(Bw // nW, -1, -1, -1, -1).reshape(Bw, self.num_heads, n, n)
-        inv_tau = 1.0 / self.tau.clamp(min=0.01)
-        if self.fused:
-            # cosine similarity / tau == (q/|q| * 1/tau) . (k/|k|); SDPA with scale 1
-            q = q / q.norm(dim=-1, keepdim=True).clamp(min=1e-6) * inv_tau.view(1, -1, 1, 1).to(q.dtype)
+            bias = bias + mask.to(q.dtype).unsqueeze(1)  # [nW, h, w, w], broadcast over the batch
+        nW = bias.shape[0]
+        tau = self.tau.clamp(min=0.01)
+        if self.fused and self._sdpa_fuses(x, bias):
+            # cosine similarity / tau == (q/|q| * 1/tau) . (k/|k|); SDPA with scale 1. Windows of a
+            # sample and heads share one axis so the [nW, h] bias broadcasts over the batch.
+            q = q / q.norm(dim=-1, keepdim=True).clamp(min=1e-6) * (1.0 / tau).view(1, -1, 1, 1).to(q.dtype)
             k = k / k.norm(dim=-1, keepdim=True).clamp(min=1e-6)
+            q, k, v = (t.reshape(Bw // nW, nW * h, n, -1) for t in (q, k, v))
             drop = self.attn_drop if self.training else 0.0
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=drop, scale=1.0)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.reshape(1, nW * h, n, n), dropout_p=drop, scale=1.0)
+            out = out.view(Bw, h, n, -1)
         else:
+            # plain math, the released code's formula: q.k / clamp(|q| |k|) / tau + bias
             denom = q.norm(dim=-1, keepdim=True) @ k.norm(dim=-1, keepdim=True).transpose(-2, -1)
-            attn = (q @ k.transpose(-2, -1)) / denom.clamp(min=1e-6)
-            attn = attn * inv_tau.view(1, -1, 1, 1) + bias
-            attn = attn.softmax(dim=-1)
+            attn = (q @ k.transpose(-2, -1)) / (denom.clamp(min=1e-6) * tau.view(1, -1, 1, 1))
+            attn = (attn.view(Bw // nW, nW, h, n, n) + bias).softmax(dim=-1).view(Bw, h, n, n)
             attn = F.dropout(attn, self.attn_drop, self.training)
-            out = attn @ v
-        out = rearrange(out, "b h n d -> b n (h d)")
+            out = attn @ v.to(attn.dtype)
+        out = out.transpose(1, 2).reshape(Bw, n, C)
         return self.proj_drop(self.proj(out))
+
+    @staticmethod
+    def _sdpa_fuses(x: torch.Tensor, bias: torch.Tensor) -> bool:
+        """Whether SDPA runs a fused kernel here. On CPU a bias that needs a gradient (training:
+        the position bias is learned) sends SDPA to its generic math path, which is slower than
+        the plain math below (measured in BENCHMARKS.md), so CPU training takes the plain math."""
+        return not (x.device.type == "cpu" and bias.requires_grad)
 
 
 class SwinBlock(nn.Module):

@@ -1,0 +1,549 @@
+#!/usr/bin/env python
+"""Measure the pretraining step and the audio data pipeline; print a table and write JSON.
+
+    python tools/benchmark.py --model audiomae_vit_base --decoder swin --batch-size 2 \\
+        --precision bf16 --steps 5 --warmup 2 --workers 0,1,2 --json out.json
+
+Sections (each can be switched off):
+
+* ``model``: forward + backward + AdamW step of a preset on random inputs: step time (best and
+  median of ``--steps`` after ``--warmup``), samples/s, FLOPs of one step (``FlopCounterMode``,
+  forward + backward), achieved FLOP/s and its fraction of the device's matmul peak measured here
+  in the same precision, peak memory (CUDA max allocated; on CPU peak RSS over the section).
+* ``baseline``: the same step with plain-math attention (timm ``fused_attn=False``,
+  ``WindowAttention.fused=False``) in fp32, and the speed-up of ``model`` over it.
+* ``data``: compressed audio from a manifest (default: the demo data) to model-ready normalised
+  fbank batches, with 0..N DataLoader workers, for three paths: ``dataset`` (AudioDataset: PyAV
+  decode + Kaldi fbank per item in the workers), ``batched-worker`` (decode + batched fbank in the
+  workers) and ``batched-main`` (workers only decode; the batched fbank runs in the main process on
+  the device). Clips/s are counted after the first batch (steady state).
+
+The device is CUDA when available (``--device`` to choose). Timings on a shared machine are
+noisy: every number is the best (and median) of repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import gc
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import avmae  # noqa: E402
+from avmae.layers import WindowAttention  # noqa: E402
+
+PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+# ----------------------------------------------------------------------------------- machine
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(device: torch.device) -> Dict[str, Any]:
+    info: Dict[str, Any] = {
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "host_cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": str(device),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+    try:
+        import timm
+
+        info["timm"] = timm.__version__
+    except ImportError:
+        pass
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["gpu_count"] = torch.cuda.device_count()
+    return info
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], Any], device: torch.device, repeats: int) -> List[float]:
+    out = []
+    for _ in range(repeats):
+        sync(device)
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def matmul_peak(device: torch.device, precision: str, n: Optional[int] = None, repeats: int = 5) -> float:
+    """Best FLOP/s of an n x n x n matmul in ``precision`` (fp32 plain; bf16/fp16 tensors)."""
+    n = n or (8192 if device.type == "cuda" else 2048)
+    dtype = PRECISIONS[precision]
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    best = min(timed(lambda: a @ b, device, repeats))
+    return 2 * n**3 / best
+
+
+# ----------------------------------------------------------------------------------- memory
+class PeakMemory:
+    """Peak memory of a section: CUDA max allocated, or (CPU) peak RSS from /proc (reset through
+    ``clear_refs`` where the kernel allows it; else the process's lifetime ``ru_maxrss``)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    @staticmethod
+    def _status(field: str) -> Optional[float]:
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith(field + ":"):
+                    return float(line.split()[1]) / 1024  # kB -> MiB
+        except OSError:
+            pass
+        return None
+
+    def __enter__(self) -> "PeakMemory":
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = torch.cuda.memory_allocated(self.device) / 2**20
+            return self
+        self.reset = False
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+            self.reset = True
+        except OSError:
+            pass
+        self.start = self._status("VmRSS") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            self.peak = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            hwm = self._status("VmHWM") if self.reset else None
+            self.peak = hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    def report(self) -> Dict[str, Any]:
+        kind = "cuda_max_allocated" if self.device.type == "cuda" else ("rss_hwm" if self.reset else "ru_maxrss")
+        return {"peak_mb": round(self.peak, 1), "delta_mb": round(self.peak - self.start, 1), "kind": kind}
+
+
+# ----------------------------------------------------------------------------------- model step
+def set_fused_attention(model: torch.nn.Module, fused: bool) -> int:
+    """Switch every timm Attention (``fused_attn``) and WindowAttention (``fused``). -> modules set."""
+    n = 0
+    for m in model.modules():
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = fused
+            n += 1
+        if isinstance(m, WindowAttention):
+            m.fused = fused
+            n += 1
+    return n
+
+
+def random_inputs(model: torch.nn.Module, batch_size: int, device: torch.device) -> Dict[str, torch.Tensor]:
+    mods = getattr(model, "modalities", None)
+    if mods is None:
+        raise ValueError("the benchmark needs an avmae model with .modalities")
+    return {k: torch.randn(batch_size, *m.input_shape, device=device) for k, m in mods.items()}
+
+
+def default_loss(model: torch.nn.Module, inputs: Dict[str, torch.Tensor]) -> torch.Tensor:
+    out = model(inputs)
+    if hasattr(out, "loss"):
+        return out.loss
+    return out.float().pow(2).mean()  # a classifier: any scalar of its logits
+
+
+def count_step_flops(forward_backward: Callable[[], None]) -> int:
+    """FLOPs of one call (``FlopCounterMode``: matmuls, convolutions, attention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        forward_backward()
+    return int(counter.get_total_flops())
+
+
+def measure_training_step(
+    model: torch.nn.Module,
+    loss_fn: Callable[[], torch.Tensor],
+    *,
+    device: torch.device,
+    precision: str,
+    batch_size: int,
+    steps: int,
+    warmup: int,
+    count_flops: bool = True,
+    flops_per_step: Optional[int] = None,
+    peak: Optional[float] = None,
+    optimizer: str = "adamw",
+) -> Dict[str, Any]:
+    """Time ``loss_fn`` under autocast + backward + AdamW step. ``loss_fn`` closes over the model
+    and its inputs. ``optimizer``: "adamw" (torch's default implementation, as the trainer builds
+    it) or "adamw-fused" (``fused=True``). Memory is measured by the caller around model creation."""
+    dtype = PRECISIONS[precision]
+    params = [p for p in model.parameters() if p.requires_grad]
+    if optimizer not in ("adamw", "adamw-fused"):
+        raise ValueError(f"unknown optimizer {optimizer!r}")
+    opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), fused=True if optimizer == "adamw-fused" else None)
+    autocast = (
+        torch.autocast(device.type, dtype=dtype) if precision != "fp32" else contextlib.nullcontext()
+    )
+
+    def forward_backward() -> None:
+        with autocast:
+            loss = loss_fn()
+        loss.backward()
+
+    def step() -> None:
+        forward_backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    first = timed(step, device, 1)[0]  # includes compilation with --compile
+    if warmup > 1:
+        timed(step, device, warmup - 1)
+    times = timed(step, device, steps)
+    out: Dict[str, Any] = {
+        "precision": precision,
+        "optimizer": optimizer,
+        "batch_size": batch_size,
+        "first_step_s": round(first, 4),
+        "step_s_best": round(min(times), 4),
+        "step_s_median": round(statistics.median(times), 4),
+        "step_s_all": [round(t, 4) for t in times],
+        "samples_per_s": round(batch_size / min(times), 3),
+        "samples_per_s_median": round(batch_size / statistics.median(times), 3),
+    }
+    flops = flops_per_step
+    if flops is None and count_flops:
+        flops = count_step_flops(forward_backward)
+        opt.zero_grad(set_to_none=True)
+    if flops:
+        out["flops_per_step"] = int(flops)
+        out["tflops_achieved"] = round(flops / min(times) / 1e12, 4)
+        if peak:
+            out["peak_fraction"] = round(flops / min(times) / peak, 4)
+    return out
+
+
+def bench_model(
+    name: str,
+    *,
+    decoder: Optional[str],
+    batch_size: int,
+    precision: str,
+    steps: int,
+    warmup: int,
+    device: torch.device,
+    fused: bool = True,
+    compile: bool = False,
+    peak: Optional[float] = None,
+    seed: int = 0,
+    optimizer: str = "adamw",
+) -> Dict[str, Any]:
+    torch.manual_seed(seed)
+    kwargs = {"decoder": decoder} if decoder else {}
+    with PeakMemory(device) as mem:
+        model = avmae.create_model(name, **kwargs).to(device).train()
+        n_set = set_fused_attention(model, fused)
+        inputs = random_inputs(model, batch_size, device)
+        run = torch.compile(model) if compile else model
+        # FLOPs of the algorithm, counted once on the plain-math path: the counter does not see
+        # inside every fused attention kernel, and both runs do the same arithmetic
+        set_fused_attention(model, False)
+
+        def forward_backward() -> None:
+            with torch.autocast(device.type, dtype=PRECISIONS[precision], enabled=precision != "fp32"):
+                loss = default_loss(model, inputs)
+            loss.backward()
+
+        flops = count_step_flops(forward_backward)
+        model.zero_grad(set_to_none=True)
+        set_fused_attention(model, fused)
+        res = measure_training_step(
+            model,
+            lambda: default_loss(run, inputs),
+            device=device,
+            precision=precision,
+            batch_size=batch_size,
+            steps=steps,
+            warmup=warmup,
+            peak=peak,
+            optimizer=optimizer,
+            flops_per_step=flops,
+        )
+    res.update(
+        model=name,
+        decoder=decoder,
+        attention="fused (SDPA)" if fused else "plain math",
+        attention_modules=n_set,
+        compile=compile,
+        params=sum(p.numel() for p in model.parameters()),
+        memory=mem.report(),
+    )
+    del model, run, inputs
+    gc.collect()
+    return res
+
+
+# ----------------------------------------------------------------------------------- data
+def _items(manifest: Path, clips: int) -> List[Dict[str, Any]]:
+    from avmae.data import read_manifest
+
+    base = read_manifest(manifest)
+    if not base:
+        raise ValueError(f"{manifest} has no items")
+    return [base[i % len(base)] for i in range(max(clips, 1))]
+
+
+class _BatchedCollate:
+    """collate_waveforms then the batched fbank, in the worker (picklable)."""
+
+    def __init__(self, frontend) -> None:
+        from avmae.data.fast_fbank import BatchedAudioFrontend
+
+        self.fe = BatchedAudioFrontend.from_frontend(frontend, center=False)
+
+    def __call__(self, items):
+        from avmae.data.fast_fbank import collate_waveforms
+
+        batch = collate_waveforms(items)
+        return {"audio": self.fe(batch["wave"], batch["length"]), "label": batch["label"], "index": batch["index"]}
+
+
+def _worker_threads(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def bench_data(
+    manifest: Path,
+    *,
+    mode: str,
+    workers: int,
+    clips: int,
+    batch_size: int,
+    target_length: int,
+    device: torch.device,
+    repeats: int = 1,
+) -> Dict[str, Any]:
+    from torch.utils.data import DataLoader
+
+    from avmae.data import AudioDataset, AudioFrontend
+    from avmae.data.fast_fbank import BatchedAudioFrontend, WaveformDataset, collate_waveforms
+
+    items = _items(manifest, clips)
+    fe = AudioFrontend(target_length=target_length)
+    main_fe = None
+    if mode == "dataset":
+        ds, collate = AudioDataset(items, frontend=fe), None
+    elif mode == "batched-worker":
+        ds, collate = WaveformDataset(items, frontend=fe), _BatchedCollate(fe)
+    elif mode == "batched-main":
+        ds, collate = WaveformDataset(items, frontend=fe), collate_waveforms
+        main_fe = BatchedAudioFrontend.from_frontend(fe, center=False).to(device)
+    else:
+        raise ValueError(f"unknown data mode {mode!r}")
+    kwargs = dict(batch_size=batch_size, num_workers=workers, shuffle=False, worker_init_fn=_worker_threads if workers else None)
+    if collate is not None:
+        kwargs["collate_fn"] = collate
+    if workers:
+        kwargs["prefetch_factor"] = 4
+    rates, totals = [], []
+    threads = torch.get_num_threads()
+    # one thread in the main process: with workers=0 the numbers are per core, and with workers
+    # it does not compete with them (intra-op thread pools on busy cores stall on every op)
+    torch.set_num_threads(1)
+    try:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            t_first, n_after = None, 0
+            for batch in DataLoader(ds, **kwargs):
+                if main_fe is not None:
+                    x = main_fe(batch["wave"].to(device, non_blocking=True), batch["length"].to(device))
+                else:
+                    x = batch["audio"].to(device, non_blocking=True)
+                sync(device)
+                if t_first is None:
+                    t_first = time.perf_counter()
+                else:
+                    n_after += x.shape[0]
+            t_end = time.perf_counter()
+            rates.append(n_after / max(t_end - t_first, 1e-9))
+            totals.append(len(items) / (t_end - t0))
+    finally:
+        torch.set_num_threads(threads)
+    best = max(rates)
+    return {
+        "mode": mode,
+        "workers": workers,
+        "clips": len(items),
+        "batch_size": batch_size,
+        "target_length": target_length,
+        "fbank_device": str(device) if mode == "batched-main" else "cpu",
+        "clips_per_s": round(best, 1),
+        "clips_per_s_per_worker": round(best / max(workers, 1), 1),
+        "clips_per_s_incl_startup": round(max(totals), 1),
+    }
+
+
+# ----------------------------------------------------------------------------------- report
+def format_table(result: Dict[str, Any]) -> str:
+    lines = []
+    m = result["machine"]
+    lines.append(f"device: {m['device']}{' (' + m['gpu'] + ')' if 'gpu' in m else ''}; CPU: {m['host_cpu']} x{m['cpus_usable']}; "
+                 f"torch {m['torch']}; threads {m['torch_threads']}; {m['date']}")
+    if result.get("matmul_peak_tflops"):
+        lines.append("matmul peak: " + ", ".join(f"{k} {v:.3f} TFLOP/s" for k, v in result["matmul_peak_tflops"].items()))
+    runs = result.get("model_step", {})
+    if runs:
+        lines.append("")
+        lines.append(f"{'model step':34s} {'prec':5s} {'B':>4s} {'best s':>8s} {'median s':>9s} {'samples/s':>10s} {'TFLOP/s':>8s} {'of peak':>8s} {'mem MB':>9s}")
+        for key, r in runs.items():
+            if not isinstance(r, dict) or "step_s_best" not in r:
+                continue
+            label = f"{key}: {r['model']}/{r['decoder'] or '-'} {'compiled' if r['compile'] else ''}".strip()
+            lines.append(
+                f"{label[:34]:34s} {r['precision']:5s} {r['batch_size']:4d} {r['step_s_best']:8.3f} {r['step_s_median']:9.3f} "
+                f"{r['samples_per_s']:10.2f} {r.get('tflops_achieved', float('nan')):8.3f} "
+                f"{r.get('peak_fraction', float('nan')):8.1%} {r['memory']['delta_mb']:9.0f}"
+            )
+        if "speedup_vs_baseline" in runs:
+            lines.append(f"speed-up over the fp32 plain-math baseline: {runs['speedup_vs_baseline']:.2f}x (best step times)")
+    if result.get("data"):
+        lines.append("")
+        lines.append(f"{'data pipeline':16s} {'workers':>7s} {'fbank on':>8s} {'clips/s':>9s} {'per worker':>11s} {'incl. startup':>14s}")
+        for r in result["data"]:
+            lines.append(
+                f"{r['mode']:16s} {r['workers']:7d} {r['fbank_device']:>8s} {r['clips_per_s']:9.1f} {r['clips_per_s_per_worker']:11.1f} {r['clips_per_s_incl_startup']:14.1f}"
+            )
+    return "\n".join(lines)
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="audiomae_vit_base", help="a pretraining preset (avmae.list_models())")
+    p.add_argument("--decoder", default="swin", help="decoder of the preset ('' keeps the preset's default)")
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument(
+        "--precision",
+        choices=["auto", *sorted(PRECISIONS)],
+        default="auto",
+        help="autocast dtype of the main run; auto: bf16 on CUDA, on CPU whichever of bf16/fp32 has the higher measured matmul peak",
+    )
+    p.add_argument("--optimizer", choices=["adamw", "adamw-fused"], default="adamw", help="adamw: torch's default (as the trainer)")
+    p.add_argument("--steps", type=int, default=5, help="timed steps")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model of the main run")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
+    p.add_argument("--no-model", action="store_true", help="skip the model step")
+    p.add_argument("--no-baseline", action="store_true", help="skip the fp32 plain-math baseline")
+    p.add_argument("--baseline-steps", type=int, default=None, help="timed steps of the baseline (default --steps)")
+    p.add_argument("--also-precision", choices=sorted(PRECISIONS), default=None, help="also time the fused model in this precision")
+    p.add_argument("--no-data", action="store_true", help="skip the data pipeline")
+    p.add_argument("--manifest", type=Path, default=None, help="AudioMAE JSON manifest (default: demo train.json)")
+    p.add_argument("--workers", default="0,1,2", help="comma-separated DataLoader worker counts")
+    p.add_argument("--data-modes", default="dataset,batched-worker,batched-main")
+    p.add_argument("--data-clips", type=int, default=240, help="clips per data run (the manifest repeats)")
+    p.add_argument("--data-batch-size", type=int, default=16)
+    p.add_argument("--data-repeats", type=int, default=2)
+    p.add_argument("--target-length", type=int, default=1024, help="fbank frames of the data pipeline")
+    p.add_argument("--json", type=Path, default=None, help="write the results here")
+    return p.parse_args(argv)
+
+
+def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    result: Dict[str, Any] = {"command": [sys.executable, *sys.argv] if argv is None else ["tools/benchmark.py", *argv]}
+    result["machine"] = machine_info(device)
+    result["matmul_peak_tflops"] = {}
+    if not args.no_model:
+        peaks = {}
+        for prec in sorted({args.precision, "fp32", "bf16"} - {"auto"}):
+            peaks[prec] = matmul_peak(device, prec)
+            result["matmul_peak_tflops"][prec] = round(peaks[prec] / 1e12, 4)
+        if args.precision == "auto":
+            if device.type == "cuda":
+                args.precision = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+            else:
+                args.precision = "bf16" if peaks["bf16"] > peaks["fp32"] else "fp32"
+            result["precision_auto"] = args.precision
+        runs: Dict[str, Any] = {}
+        common = dict(decoder=args.decoder or None, batch_size=args.batch_size, warmup=args.warmup, device=device, optimizer=args.optimizer)
+        runs["ours"] = bench_model(args.model, precision=args.precision, steps=args.steps, fused=True, compile=args.compile, peak=peaks[args.precision], **common)
+        print(f"ours: {runs['ours']['step_s_best']:.3f} s/step", file=sys.stderr)
+        if args.also_precision and args.also_precision != args.precision:
+            p2 = args.also_precision
+            runs[f"ours_{p2}"] = bench_model(args.model, precision=p2, steps=args.steps, fused=True, peak=peaks.get(p2), **common)
+        if not args.no_baseline:
+            runs["baseline"] = bench_model(
+                args.model, precision="fp32", steps=args.baseline_steps or args.steps, fused=False, peak=peaks["fp32"], **common
+            )
+            runs["speedup_vs_baseline"] = round(runs["baseline"]["step_s_best"] / runs["ours"]["step_s_best"], 3)
+            runs["speedup_vs_baseline_median"] = round(runs["baseline"]["step_s_median"] / runs["ours"]["step_s_median"], 3)
+        result["model_step"] = runs
+    if not args.no_data:
+        manifest = args.manifest
+        if manifest is None:
+            from avmae.data import ensure_demo_audio
+
+            manifest = ensure_demo_audio() / "train.json"
+        result["data_manifest"] = str(manifest)
+        result["data"] = []
+        for mode in [m for m in args.data_modes.split(",") if m]:
+            for w in [int(x) for x in args.workers.split(",") if x != ""]:
+                r = bench_data(
+                    manifest,
+                    mode=mode,
+                    workers=w,
+                    clips=args.data_clips,
+                    batch_size=args.data_batch_size,
+                    target_length=args.target_length,
+                    device=device,
+                    repeats=args.data_repeats,
+                )
+                result["data"].append(r)
+                print(f"data {mode} workers={w}: {r['clips_per_s']:.1f} clips/s", file=sys.stderr)
+    print(format_table(result))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()
