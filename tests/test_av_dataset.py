@@ -112,7 +112,7 @@ def test_training_draws_are_deterministic_per_seed_epoch_index(corpus):
         g = grey(ev[1]["video"]).tolist()
         assert 8 - 1.5 <= g[0] <= 8 + 9 + 1.5 and 8 + 10 - 1.5 <= g[1] <= 8 + 19 + 1.5
     # workers do not change the result
-    loader = lambda w: [b["video"] for b in DataLoader(a, batch_size=2, num_workers=w)]  # noqa: E731
+    loader = lambda w: [b["video"] for b in DataLoader(a, batch_size=2, num_workers=w, timeout=120 if w else 0)]  # noqa: E731
     assert all(torch.equal(x, y) for x, y in zip(loader(0), loader(2)))
 
 

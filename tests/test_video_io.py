@@ -259,3 +259,28 @@ def test_frame_folder_layout_and_fallback(tmp_path):
     (tmp_path / "frames" / "frame_0" / "clip7.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(MediaError, match="unreadable image"):
         load_frame_folder(tmp_path / "frames", "clip7", frame_index=0, size=32)
+
+
+def test_no_decoder_outlives_a_call(tmp_path):
+    """Nothing of PyAV is left for the cyclic garbage collector: collected later inside a forked
+    DataLoader worker, a decoder's thread pool cannot be joined and the worker hangs."""
+    import gc
+
+    path = write_video(tmp_path / "c.mp4", n=30, gop=5)
+
+    def av_objects():
+        return [o for o in gc.get_objects() if str(getattr(type(o), "__module__", "")).startswith("av.") or type(o) is V._Cursor]
+
+    gc.collect()
+    gc.disable()
+    try:
+        before = len(av_objects())
+        decode_frames(path, 3)
+        decode_frames(path, times=[2.9, 0.1], seek_threshold=0.0)
+        decode_frames(path, 2, seek=False)
+        decode_all_frames(path)
+        with pytest.raises(MediaError):
+            decode_frames(tmp_path / "missing.mp4", 2)
+        assert len(av_objects()) == before
+    finally:
+        gc.enable()

@@ -253,6 +253,14 @@ class _Cursor:
         assert self._iter is not None
         return next(self._iter, _END)
 
+    def close(self) -> None:
+        """End the decoding generator now. It and this cursor refer to each other; left to the
+        cyclic garbage collector, the decoder they hold may be freed inside a forked DataLoader
+        worker, where joining FFmpeg's decoder threads (absent after a fork) hangs forever."""
+        if self._iter is not None:
+            self._iter.close()
+            self._iter = None
+
 
 def _collect(cursor: _Cursor, times: Sequence[float], seek: bool, seek_threshold: float) -> list:
     """The frame shown at each of ``times`` (any order; repeats allowed) -> list of frames."""
@@ -357,6 +365,8 @@ def decode_frames(
                     raise
                 _logger.debug("%s: seeking failed (%s); decoding from the start", name, err)
                 frames = None
+            finally:
+                cursor.close()
             if frames is not None:
                 _logger.debug("%s: %d frames by %d seeks, %d decoded", name, len(frames), cursor.seeks, cursor.decoded)
                 return _to_rgb(frames)
@@ -375,7 +385,10 @@ def _decode_sequential(path: MediaSource, name: str, targets: List[float], timeo
     container = _open(path, name, timeout)
     with container:
         cursor = _Cursor(container, _video_stream(container, name), name, timeout, deadline)
-        return _to_rgb(_collect(cursor, targets, False, math.inf))
+        try:
+            return _to_rgb(_collect(cursor, targets, False, math.inf))
+        finally:
+            cursor.close()
 
 
 def decode_all_frames(path: MediaSource, *, timeout: Optional[float] = DEFAULT_DECODE_TIMEOUT) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -389,8 +402,11 @@ def decode_all_frames(path: MediaSource, *, timeout: Optional[float] = DEFAULT_D
             cursor = _Cursor(container, _video_stream(container, name), name, timeout, deadline)
             cursor.rewind()
             pairs = []
-            while (item := cursor.next()) is not _END:
-                pairs.append(item)
+            try:
+                while (item := cursor.next()) is not _END:
+                    pairs.append(item)
+            finally:
+                cursor.close()
     except MediaError:
         raise
     except av.error.ExitError as err:
