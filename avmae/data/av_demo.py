@@ -230,8 +230,8 @@ def ensure_demo_av(
     """Return the audio-visual demo folder, generating it first if needed (deterministic in ``seed``).
 
     Default ``root``: ``$AVMAE_CACHE/demo_av_v1`` or ``~/.cache/avmae/demo_av_v1``. The defaults
-    (6 classes x 50 clips of 2.6 s, 26 frames of 64 x 64 at 10 fps) take about ten seconds on
-    one CPU core. Generation goes to a temporary folder that is renamed into place, so an
+    (6 classes x 50 clips of 2.6 s, 26 frames of 64 x 64 at 10 fps; about 20 MB) take 10-20 s on
+    2 CPU cores. Generation goes to a temporary folder that is renamed into place, so an
     interrupted run never leaves half a dataset; a folder made with other parameters is replaced.
     """
     root = Path(root) if root is not None else default_av_demo_root()
