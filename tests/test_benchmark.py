@@ -42,7 +42,8 @@ def test_benchmark_runs_end_to_end_and_writes_json(tmp_path, manifest):
     result = tool.main([
         "--model", "audiomae_tiny", "--steps", "1", "--warmup", "1", "--precision", "fp32",
         "--manifest", str(manifest), "--workers", "0", "--data-clips", "6", "--data-batch-size", "3",
-        "--data-repeats", "1", "--target-length", "64", "--json", str(out),
+        "--data-repeats", "1", "--target-length", "64", "--fbank-batch", "2", "--fbank-seconds", "0.5",
+        "--json", str(out),
     ])
     assert torch.get_num_threads() == threads
     doc = json.loads(out.read_text())
@@ -57,6 +58,7 @@ def test_benchmark_runs_end_to_end_and_writes_json(tmp_path, manifest):
     assert {r["mode"] for r in doc["data"]} == {"dataset", "batched-worker", "batched-main"}
     assert all(r["clips_per_s"] > 0 and r["clips"] == 6 for r in doc["data"])
     assert doc["machine"]["cpu_count"] >= 1 and doc["matmul_peak_tflops"]["fp32"] > 0
+    assert [r["fbank"] for r in doc["fbank"]] == ["kaldi-per-item", "batched"]
     assert result["model_step"]["ours"]["step_s_best"] == doc["model_step"]["ours"]["step_s_best"]
 
 

@@ -417,6 +417,35 @@ def bench_data(
     }
 
 
+def bench_fbank(device: torch.device, *, batch_size: int, seconds: float, target_length: int, repeats: int = 3) -> List[Dict[str, Any]]:
+    """The fbank alone on random clips: torchaudio's Kaldi fbank per item (AudioFrontend, one CPU
+    thread), the batched fbank on one CPU thread, and the batched fbank on ``device``."""
+    from avmae.data import AudioFrontend
+    from avmae.data.fast_fbank import BatchedAudioFrontend
+
+    g = torch.Generator().manual_seed(0)
+    waves = 0.1 * torch.randn(batch_size, int(seconds * 16000), generator=g)
+    fe = AudioFrontend(target_length=target_length)
+    bfe = BatchedAudioFrontend.from_frontend(fe)
+    runs = [("kaldi-per-item", torch.device("cpu"), lambda: [fe(w[None]) for w in waves])]
+    runs.append(("batched", torch.device("cpu"), lambda: bfe(waves)))
+    if device.type != "cpu":
+        dev_fe, dev_waves = bfe.to(device), waves.to(device)
+        runs.append(("batched", device, lambda: dev_fe(dev_waves)))
+    out = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for name, dev, fn in runs:
+            fn()
+            best = min(timed(fn, dev, repeats))
+            out.append({"fbank": name, "device": str(dev), "clips": batch_size, "seconds_per_clip": seconds,
+                        "clips_per_s": round(batch_size / best, 1)})
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
 # ----------------------------------------------------------------------------------- report
 def format_table(result: Dict[str, Any]) -> str:
     lines = []
@@ -447,6 +476,11 @@ def format_table(result: Dict[str, Any]) -> str:
             lines.append(
                 f"{r['mode']:16s} {r['workers']:7d} {r['fbank_device']:>8s} {r['clips_per_s']:9.1f} {r['clips_per_s_per_worker']:11.1f} {r['clips_per_s_incl_startup']:14.1f}"
             )
+    if result.get("fbank"):
+        lines.append("")
+        lines.append(f"{'fbank only':16s} {'device':>8s} {'clip s':>7s} {'clips/s':>9s}")
+        for r in result["fbank"]:
+            lines.append(f"{r['fbank']:16s} {r['device']:>8s} {r['seconds_per_clip']:7.2f} {r['clips_per_s']:9.1f}")
     return "\n".join(lines)
 
 
@@ -479,6 +513,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--data-batch-size", type=int, default=16)
     p.add_argument("--data-repeats", type=int, default=2)
     p.add_argument("--target-length", type=int, default=1024, help="fbank frames of the data pipeline")
+    p.add_argument("--no-fbank", action="store_true", help="skip the fbank-only comparison")
+    p.add_argument("--fbank-batch", type=int, default=32, help="clips per fbank-only run")
+    p.add_argument("--fbank-seconds", type=float, default=10.0, help="clip length of the fbank-only runs")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     return p.parse_args(argv)
 
@@ -538,6 +575,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                 )
                 result["data"].append(r)
                 print(f"data {mode} workers={w}: {r['clips_per_s']:.1f} clips/s", file=sys.stderr)
+    if not args.no_fbank:
+        result["fbank"] = bench_fbank(device, batch_size=args.fbank_batch, seconds=args.fbank_seconds, target_length=args.target_length)
     print(format_table(result))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -117,7 +117,7 @@ class WindowAttention(nn.Module):
             out = out.view(Bw, h, n, -1)
         else:
             # plain math, the released code's formula: q.k / clamp(|q| |k|) / tau + bias
-            denom = q.norm(dim=-1, keepdim=True) @ k.norm(dim=-1, keepdim=True).transpose(-2, -1)
+            denom = q.norm(dim=-1, keepdim=True) * k.norm(dim=-1).unsqueeze(-2)  # outer product, [Bw, h, w, w]
             attn = (q @ k.transpose(-2, -1)) / (denom.clamp(min=1e-6) * tau.view(1, -1, 1, 1))
             attn = (attn.view(Bw // nW, nW, h, n, n) + bias).softmax(dim=-1).view(Bw, h, n, n)
             attn = F.dropout(attn, self.attn_drop, self.training)
