@@ -159,3 +159,48 @@ def test_unreadable_audio_is_skipped_or_raised(corpus, tmp_path):
     paths = write_shards(items, tmp_path / "f", shard_size=10, with_fbank=True, frontend=FE)
     assert json.loads((tmp_path / "f" / "index.json").read_text())["skipped"] == [str(bad)]
     assert len(paths) == 1
+
+
+def test_indexed_shards_equal_audio_dataset_with_augmentation(shards, corpus, tmp_path):
+    from avmae.data.shards import IndexedShardDataset
+
+    out, _ = shards
+    aug = {"gain": True, "mixup": 0.5, "freqm": 8, "timem": 8}
+    ref = AudioDataset(corpus / "train.json", corpus / "labels.csv", frontend=FE, train=True, augment=aug, seed=2)
+    ds = IndexedShardDataset(out / "shard-{000000..000007}.tar", corpus / "labels.csv", frontend=FE, train=True, augment=aug, seed=2)
+    assert len(ds) == N and [it["source_index"] for it in ds.items] == list(range(N))  # written in manifest order
+    ds.set_epoch(1)
+    ref.set_epoch(1)
+    for i in (0, 5, 11):
+        a, b = ds[i], ref[i]
+        assert torch.equal(a["audio"], b["audio"]) and torch.equal(a["label"], b["label"]) and a["index"] == b["index"]
+    # stored fbanks (no waveform augmentation): SpecAugment draws as AudioDataset does
+    write_shards(corpus / "train.json", tmp_path, shard_size=6, with_fbank=True, frontend=FE)
+    aug = {"freqm": 8, "timem": 8}
+    ref = AudioDataset(corpus / "train.json", corpus / "labels.csv", frontend=FE, train=True, augment=aug, seed=2)
+    ds = IndexedShardDataset(tmp_path, corpus / "labels.csv", frontend=FE, train=True, augment=aug, seed=2)
+    assert all(torch.equal(ds[i]["audio"], ref[i]["audio"]) for i in range(N))
+    loader = DataLoader(ds, batch_size=4, num_workers=2)  # file handles per worker process
+    assert sorted(torch.cat([b["index"] for b in loader]).tolist()) == list(range(N))
+
+
+def test_trainer_pretrains_from_shards(shards, corpus, tmp_path):
+    from avmae.config import load_config
+    from avmae.train import Trainer
+
+    out, _ = shards
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = load_config([], [
+            "modality=audio_shards", "model.name=audiomae_tiny",
+            f"data.train_manifest={out / 'index.json'}", f"data.eval_manifest={corpus / 'train.json'}",
+            f"data.label_csv={corpus / 'labels.csv'}", "data.target_length=48", "data.num_workers=0",
+            "train.batch_size=4", "train.cpu=true", "train.mixed_precision=no", "schedule.max_steps=3",
+            "schedule.warmup_epochs=0", "logging.progress=false", "checkpoint.every_n_epochs=0",
+            f"output_dir={tmp_path / 'run'}",
+        ])
+        result = Trainer(cfg).fit()
+    finally:
+        torch.set_num_threads(threads)
+    assert result.steps == 3 and all(torch.isfinite(torch.tensor(v)) for v in result.eval.values())

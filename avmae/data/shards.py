@@ -12,6 +12,11 @@ Shard layout (WebDataset conventions; one sample = the members sharing a key)::
 ``key`` is the zero-padded manifest index. ``write_shards`` also writes ``index.json`` (shard names
 and sample counts) next to the shards.
 
+``IndexedShardDataset`` is the map-style alternative for shards on a local (or mounted) file
+system: it indexes the members once and reads samples by offset, so any sampler works, including
+the trainer's resumable epoch order (``modality: audio_shards`` with ``data.train_manifest``
+naming the shards' ``index.json``).
+
 ``ShardDataset`` streams shards from local paths or any URL WebDataset opens (``http(s)://``,
 ``pipe:cmd``, brace patterns ``shard-{000000..000099}.tar``). Shards are split across processes
 (rank / world size from ``torch.distributed`` or ``RANK`` / ``WORLD_SIZE``) and DataLoader
@@ -37,13 +42,22 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .audio import AudioFrontend
-from .datasets import _mix64, read_label_csv, read_manifest
+from .augment import fbank_noise, spec_augment
+from .datasets import AudioDataset, _mix64, item_generator, read_label_csv, read_manifest
 from .fast_fbank import collate_waveforms, decode_audio
 from .io import MediaError
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["write_shards", "ShardDataset", "make_shard_loader", "expand_shards", "dist_info"]
+__all__ = [
+    "write_shards",
+    "ShardDataset",
+    "IndexedShardDataset",
+    "make_shard_loader",
+    "expand_shards",
+    "is_shard_spec",
+    "dist_info",
+]
 
 PathLike = Union[str, os.PathLike]
 INDEX_NAME = "index.json"
@@ -171,11 +185,40 @@ def expand_shards(urls: Union[PathLike, Sequence[PathLike]]) -> List[str]:
     if isinstance(urls, str):
         if os.path.isdir(urls):
             return sorted(str(p) for p in Path(urls).glob("*.tar"))
+        index = _read_index(urls)
+        if index is not None:  # write_shards' index.json: its shards, in order
+            return [str(Path(urls).parent / s["name"]) for s in index["shards"]]
         return list(expand_urls(urls))
     out: List[str] = []
     for u in urls:
         out.extend(expand_shards(u))
     return out
+
+
+def _read_index(path: str) -> Optional[Dict[str, Any]]:
+    """``write_shards``' index.json at ``path``, or None when ``path`` is not one."""
+    if not path.endswith(".json") or not os.path.isfile(path):
+        return None
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and isinstance(doc.get("shards"), list) else None
+
+
+def is_shard_spec(spec: Union[PathLike, Sequence[PathLike], None]) -> bool:
+    """Whether ``spec`` names tar shards (a ``.tar`` path or pattern, a folder of shards, or the
+    ``index.json`` that ``write_shards`` writes beside them) rather than a JSON manifest."""
+    if spec is None:
+        return False
+    if not isinstance(spec, (str, os.PathLike)):
+        return all(is_shard_spec(s) for s in spec)
+    spec = os.fspath(spec)
+    if os.path.isdir(spec):
+        return (Path(spec) / INDEX_NAME).is_file() or any(Path(spec).glob("*.tar"))
+    if _read_index(spec) is not None:
+        return True
+    return spec.endswith(".tar") or spec.startswith("pipe:") or ".tar::" in spec
 
 
 def dist_info() -> tuple:
@@ -420,3 +463,121 @@ def make_shard_loader(
     if return_waveform:
         loader_kwargs.setdefault("collate_fn", collate_waveforms)
     return DataLoader(ds, batch_size=batch_size, num_workers=num_workers, drop_last=drop_last, **loader_kwargs)
+
+
+class IndexedShardDataset(AudioDataset):
+    """Map-style dataset over local tar shards written by ``write_shards``.
+
+    The shards' member offsets are indexed once (tar headers and the small ``json`` members are
+    read at construction); an item is read by seeking into its shard. Everything else is
+    ``AudioDataset``: items ``{"audio": [1, T, F], "label": [C], "index": int}``, the ``augment``
+    options with ``train=True``, per-item randomness from ``(seed, epoch, index)``, the skip
+    policy with its logs. ``index`` counts samples in shard order (0..len-1); the manifest index
+    the sample was written from is kept as ``self.items[i]["source_index"]``.
+
+    Labels come from ``label_csv`` (the mids stored in each sample's json). A stored fbank is used
+    when it fits the frontend (sample rate, mel bins, target length) and no waveform
+    augmentation (roll, gain, mixup) is on; the result equals decoding.
+    """
+
+    def __init__(
+        self,
+        urls: Union[PathLike, Sequence[PathLike]],
+        label_csv: Optional[PathLike] = None,
+        *,
+        frontend: AudioFrontend,
+        use_stored_fbank: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        self.shards = expand_shards(urls)
+        if not self.shards:
+            raise ValueError(f"no shards found for {urls!r}")
+        bad = [u for u in self.shards if "://" in u or u.startswith("pipe:") or not os.path.isfile(u)]
+        if bad:
+            raise ValueError(f"IndexedShardDataset reads local shard files; not a file: {bad[0]} (stream it with ShardDataset)")
+        self._members: List[Dict[str, tuple]] = []  # per sample: {ext: (shard index, offset, size)}
+        items: List[Dict[str, Any]] = []
+        for s_idx, shard in enumerate(self.shards):
+            with tarfile.open(shard, "r:") as tar, open(shard, "rb") as raw:
+                groups: Dict[str, Dict[str, tuple]] = {}
+                for m in tar:
+                    if not m.isfile():
+                        continue
+                    key, _, ext = os.path.basename(m.name).partition(".")
+                    groups.setdefault(key, {})[ext.lower()] = (s_idx, m.offset_data, m.size)
+                for key, members in groups.items():
+                    meta: Dict[str, Any] = {}
+                    if "json" in members:
+                        _, off, size = members["json"]
+                        raw.seek(off)
+                        meta = json.loads(raw.read(size))
+                    ext = _audio_member(members)
+                    items.append({
+                        **{k: v for k, v in meta.items() if k not in ("wav", "labels", "index")},
+                        "wav": f"{shard}:{key}.{ext}",
+                        "labels": str(meta.get("labels", "")),
+                        "source": meta.get("wav"),
+                        "source_index": meta.get("index"),
+                    })
+                    self._members.append(members)
+        self.use_stored_fbank = use_stored_fbank
+        self._files: Dict[int, Any] = {}
+        self._pid = os.getpid()
+        super().__init__(items, label_csv, frontend=frontend, **kwargs)
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_files"] = {}  # open files stay in their process
+        return state
+
+    def _read(self, index: int, ext: str) -> bytes:
+        if os.getpid() != self._pid:  # a forked DataLoader worker: its own handles
+            self._files, self._pid = {}, os.getpid()
+        s_idx, off, size = self._members[index][ext]
+        f = self._files.get(s_idx)
+        if f is None:
+            f = self._files[s_idx] = open(self.shards[s_idx], "rb")
+        f.seek(off)
+        return f.read(size)
+
+    def _try_load(self, index: int) -> Optional[torch.Tensor]:
+        name = self.items[index]["wav"]
+        if name in self.skipped:
+            return None
+        try:
+            ext = _audio_member(self._members[index])
+            if ext is None:
+                raise MediaError(name, "no audio member")
+            wave = decode_audio(io.BytesIO(self._read(index, ext)), self.sample_rate, max_seconds=self.max_seconds)
+        except MediaError as err:
+            if self.on_error == "raise":
+                raise MediaError(name, err.reason) from err
+            self._record_skip(MediaError(name, err.reason), name)
+            return None
+        return wave - wave.mean()
+
+    def _stored_fbank(self, index: int) -> Optional[torch.Tensor]:
+        fb, fe = self.items[index].get("fbank"), self.frontend
+        if not (self.use_stored_fbank and fb and "fbank.npy" in self._members[index]):
+            return None
+        if (fb["sample_rate"], fb["num_mel_bins"], fb["target_length"]) != (fe.sample_rate, fe.num_mel_bins, fe.target_length):
+            return None
+        return torch.from_numpy(np.load(io.BytesIO(self._read(index, "fbank.npy")), allow_pickle=False))
+
+    def __getitem__(self, index: int) -> Dict[str, Any]:
+        index = int(index)
+        if index < 0:
+            index += len(self)
+        aug = self.augment
+        wave_aug = self.train and (aug["roll"] or aug["gain"] or aug["mixup"] > 0)
+        x = None if wave_aug else self._stored_fbank(index)
+        if x is None:
+            return super().__getitem__(index)
+        # the rest of AudioDataset.__getitem__, drawing from the same generator
+        g = item_generator(self.seed, self.epoch, index)
+        if self.train and (aug["freqm"] or aug["timem"]):
+            x = spec_augment(x, aug["freqm"], aug["timem"], generator=g)
+        x = self.frontend.normalize(x)
+        if self.train and aug["noise"]:
+            x = fbank_noise(x, g)
+        return {"audio": x.unsqueeze(0).float(), "label": self.label(index), "index": index}

@@ -23,6 +23,7 @@ from .trainer import (
     train,
 )
 from . import av_data  # noqa: F401  registers the "av" dataset builder
+from . import shard_data  # noqa: F401  registers the "audio_shards" dataset builder
 
 __all__ = [
     "Trainer",
