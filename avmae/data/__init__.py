@@ -14,7 +14,9 @@ from .datasets import (
     worker_init_fn,
 )
 from .demo import ensure_demo_audio, synthesize_clip
+from .fast_fbank import BatchedAudioFrontend, BatchedFbank, WaveformDataset, collate_waveforms, decode_audio, pad_waveforms
 from .io import MediaError, load_audio, save_audio
+from .shards import IndexedShardDataset, ShardDataset, make_shard_loader, write_shards
 from .video import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -52,4 +54,14 @@ __all__ = [
     "AVDataset",
     "read_av_manifest",
     "ensure_demo_av",
+    "BatchedFbank",
+    "BatchedAudioFrontend",
+    "WaveformDataset",
+    "decode_audio",
+    "pad_waveforms",
+    "collate_waveforms",
+    "write_shards",
+    "ShardDataset",
+    "IndexedShardDataset",
+    "make_shard_loader",
 ]
