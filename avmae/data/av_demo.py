@@ -21,13 +21,10 @@ the class and which picture goes with which sound (retrieval). Layout:
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple, Union
 
@@ -35,14 +32,13 @@ import av
 import torch
 
 from .datasets import item_generator
-from .demo import DEMO_CLASSES, synthesize_clip
+from .demo import DEMO_CLASSES, _cache_dir, _ensure_generated, _write_class_csv, synthesize_clip
 
 _logger = logging.getLogger(__name__)
 
 __all__ = ["ensure_demo_av", "default_av_demo_root", "render_frames", "write_av_clip", "DEMO_AV_LOOK"]
 
 DEMO_AV_VERSION = 1
-_MARKER = ".complete"
 
 # class name -> (shape, RGB hue)
 DEMO_AV_LOOK: Dict[str, Tuple[str, Tuple[float, float, float]]] = {
@@ -187,19 +183,13 @@ def write_av_clip(
 
 # ---------------------------------------------------------------------------- dataset on disk
 def default_av_demo_root() -> Path:
-    cache = os.environ.get("AVMAE_CACHE")
-    base = Path(cache) if cache else Path.home() / ".cache" / "avmae"
-    return base / f"demo_av_v{DEMO_AV_VERSION}"
+    return _cache_dir(f"demo_av_v{DEMO_AV_VERSION}")
 
 
 def _write_dataset(out: Path, params: dict) -> None:
     sr, fps, size, seconds, seed = (params[k] for k in ("sample_rate", "fps", "size", "seconds", "seed"))
     (out / "video").mkdir(parents=True)
-    with (out / "class_labels_indices.csv").open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["index", "mid", "display_name"])
-        for i, (name, display) in enumerate(DEMO_CLASSES):
-            writer.writerow([i, f"/demo/{name}", display])
+    _write_class_csv(out)
     num_frames = int(round(seconds * fps))
     splits = {"train": params["num_train_per_class"], "eval": params["num_eval_per_class"]}
     for split_id, (split, count) in enumerate(splits.items()):
@@ -213,7 +203,6 @@ def _write_dataset(out: Path, params: dict) -> None:
                 write_av_clip(out / "video" / f"{vid}.mp4", frames, wave, fps=fps, sample_rate=sr)
                 items.append({"video": f"video/{vid}.mp4", "video_id": vid, "labels": f"/demo/{name}"})
         (out / f"{split}.json").write_text(json.dumps({"data": items}, indent=1), encoding="utf-8")
-    (out / _MARKER).write_text(json.dumps(params, sort_keys=True), encoding="utf-8")
 
 
 def ensure_demo_av(
@@ -248,36 +237,13 @@ def ensure_demo_av(
         "sample_rate": int(sample_rate),
     }
 
-    def complete() -> bool:
-        try:
-            return json.loads((root / _MARKER).read_text(encoding="utf-8")) == params
-        except (OSError, ValueError):
-            return False
-
-    if complete():
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
-    try:
+    def write(out: Path) -> None:
         _logger.info("generating audio-visual demo data in %s", root)
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # thousands of tiny ops: extra threads only add contention
         try:
-            _write_dataset(tmp / "data", params)
+            _write_dataset(out, params)
         finally:
             torch.set_num_threads(threads)
-        if root.exists():  # stale, partial or made with other parameters
-            if complete():  # another process finished first
-                return root
-            old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
-            os.replace(root, old / "data")
-        try:
-            os.replace(tmp / "data", root)
-        except OSError:
-            if not complete():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        for old in root.parent.glob(f".{root.name}.old-*"):
-            shutil.rmtree(old, ignore_errors=True)
-    return root
+
+    return _ensure_generated(root, params, write)

@@ -184,21 +184,67 @@ def synthesize_clip(
 
 
 # ---------------------------------------------------------------------------- dataset on disk
-def default_demo_root() -> Path:
+def _cache_dir(name: str) -> Path:
+    """``$AVMAE_CACHE/name``, or ``~/.cache/avmae/name`` when the variable is unset."""
     cache = os.environ.get("AVMAE_CACHE")
     base = Path(cache) if cache else Path.home() / ".cache" / "avmae"
-    return base / f"demo_audio_v{DEMO_VERSION}"
+    return base / name
 
 
-def _write_dataset(
-    out: Path, params: dict, num_per_class: Dict[str, int], seed: int, seconds: float, sr: int
-) -> None:
-    (out / "audio").mkdir(parents=True)
+def default_demo_root() -> Path:
+    return _cache_dir(f"demo_audio_v{DEMO_VERSION}")
+
+
+def _write_class_csv(out: Path) -> None:
+    """``out/class_labels_indices.csv`` for ``DEMO_CLASSES`` (mid ``/demo/<name>``)."""
     with (out / "class_labels_indices.csv").open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["index", "mid", "display_name"])
         for i, (name, display) in enumerate(DEMO_CLASSES):
             writer.writerow([i, f"/demo/{name}", display])
+
+
+def _ensure_generated(root: Path, params: dict, write: Callable[[Path], None]) -> Path:
+    """Return ``root`` if its marker records ``params``; else ``write`` a fresh folder and rename it into place.
+
+    ``write(out)`` fills the new folder ``out``; the marker (JSON of ``params``) is added after it, so an
+    interrupted run never leaves half a dataset. A folder made with other parameters is replaced; if
+    another process completes ``root`` first, its copy is kept.
+    """
+
+    def complete() -> bool:
+        try:
+            return json.loads((root / _MARKER).read_text(encoding="utf-8")) == params
+        except (OSError, ValueError):
+            return False
+
+    if complete():
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    try:
+        write(tmp / "data")
+        (tmp / "data" / _MARKER).write_text(json.dumps(params, sort_keys=True), encoding="utf-8")
+        if root.exists():  # stale, partial or made with other parameters
+            if complete():  # another process finished first
+                return root
+            old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
+            os.replace(root, old / "data")
+        try:
+            os.replace(tmp / "data", root)
+        except OSError:
+            if not complete():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for old in root.parent.glob(f".{root.name}.old-*"):
+            shutil.rmtree(old, ignore_errors=True)
+    return root
+
+
+def _write_dataset(out: Path, num_per_class: Dict[str, int], seed: int, seconds: float, sr: int) -> None:
+    (out / "audio").mkdir(parents=True)
+    _write_class_csv(out)
     for split_id, (split, count) in enumerate(num_per_class.items()):
         items = []
         for c, (name, _) in enumerate(DEMO_CLASSES):
@@ -209,7 +255,6 @@ def _write_dataset(
                 save_audio(out / rel, wave.unsqueeze(0), sr)
                 items.append({"wav": rel, "labels": f"/demo/{name}"})
         (out / f"{split}.json").write_text(json.dumps({"data": items}, indent=1), encoding="utf-8")
-    (out / _MARKER).write_text(json.dumps(params, sort_keys=True), encoding="utf-8")
 
 
 def ensure_demo_audio(
@@ -239,39 +284,10 @@ def ensure_demo_audio(
         "sample_rate": int(sample_rate),
     }
 
-    def complete() -> bool:
-        marker = root / _MARKER
-        try:
-            return json.loads(marker.read_text(encoding="utf-8")) == params
-        except (OSError, ValueError):
-            return False
-
-    if complete():
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
-    try:
+    def write(out: Path) -> None:
         _logger.info("generating demo audio in %s", root)
         _write_dataset(
-            tmp / "data",
-            params,
-            {"train": num_train_per_class, "eval": num_eval_per_class},
-            seed,
-            seconds,
-            sample_rate,
+            out, {"train": num_train_per_class, "eval": num_eval_per_class}, seed, seconds, sample_rate
         )
-        if root.exists():  # stale, partial or made with other parameters
-            if complete():  # another process finished first
-                return root
-            old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
-            os.replace(root, old / "data")
-        try:
-            os.replace(tmp / "data", root)
-        except OSError:
-            if not complete():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        for old in root.parent.glob(f".{root.name}.old-*"):
-            shutil.rmtree(old, ignore_errors=True)
-    return root
+
+    return _ensure_generated(root, params, write)
