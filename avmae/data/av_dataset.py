@@ -18,7 +18,6 @@ handling and the skip policy are ``AudioDataset``'s.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -27,8 +26,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 
 from .audio import AudioFrontend
-from .augment import fbank_noise, mixup_waveforms, spec_augment
-from .datasets import AudioDataset, ManifestError, ManifestPaths, item_generator
+from .datasets import AudioDataset, ManifestError, ManifestPaths, _read_manifest_items, item_generator
 from .io import MediaError, load_audio
 from .video import IMAGENET_MEAN, IMAGENET_STD, load_frame_folder, load_frames
 
@@ -83,26 +81,7 @@ def read_av_manifest(path: PathLike, *, allow_outside_root: bool = False) -> Lis
     ``labels`` defaults to ``""``.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise ManifestError(f"{path}: cannot read manifest ({err})") from err
-    if path.suffix.lower() == ".jsonl":
-        items = []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    items.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ManifestError(f"{path}:{lineno}: invalid JSON ({err.msg})") from err
-    else:
-        try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ManifestError(f"{path}: invalid JSON ({err})") from err
-        if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
-            raise ManifestError(f'{path}: expected an object with a "data" list of items')
-        items = doc["data"]
+    items = _read_manifest_items(path)
     root = path.resolve().parent
     resolve = ManifestPaths(root, allow_outside_root=allow_outside_root, where=str(path))
     return [_normalise_item(item, i, str(path), root, resolve) for i, item in enumerate(items)]
@@ -240,29 +219,14 @@ class AVDataset(AudioDataset):
             return None
         return wave - wave.mean(), frames
 
+    def _sample_wave(self, sample: Tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return sample[0]
+
     def __getitem__(self, index: int) -> Dict[str, Any]:
-        index = int(index)
-        if index < 0:
-            index += len(self)
-        g = item_generator(self.seed, self.epoch, index)
-        replace = item_generator(self.seed, self.epoch, index, stream=1)
+        index, g, replace = self._item_generators(index)
         index, (wave, frames) = self._load_readable(index, replace)
-        label = self.label(index)
-        train, aug = self.train, self.augment
-        if train:
-            wave = self._augment_wave(wave, g)
-            if aug["mixup"] > 0 and float(torch.rand(1, generator=g)) < aug["mixup"]:
-                partner = int(torch.randint(0, len(self), (1,), generator=g))
-                partner, (wave2, frames2) = self._load_readable(partner, replace)
-                wave2 = self._augment_wave(wave2, g)
-                wave, label, lam = mixup_waveforms(
-                    wave, wave2, label, self.label(partner), g, alpha=aug["mixup_alpha"]
-                )
-                frames = lam * frames + (1.0 - lam) * frames2
-        x = self.frontend.compute_fbank(wave, center=False)
-        if train and (aug["freqm"] or aug["timem"]):
-            x = spec_augment(x, aug["freqm"], aug["timem"], generator=g)
-        x = self.frontend.normalize(x)
-        if train and aug["noise"]:
-            x = fbank_noise(x, g)
-        return {"audio": x.unsqueeze(0).float(), "video": frames.float(), "label": label, "index": index}
+        wave, label, mix = self._train_wave(index, wave, g, replace)
+        if mix is not None:  # the frames get the sound's weight (CAV-MAE)
+            (_, frames2), lam = mix
+            frames = lam * frames + (1.0 - lam) * frames2
+        return {"audio": self._features(wave, g), "video": frames.float(), "label": label, "index": index}

@@ -107,14 +107,8 @@ class ManifestPaths:
         return joined
 
 
-def read_manifest(path: PathLike, *, allow_outside_root: bool = False) -> List[Dict[str, Any]]:
-    """Read an AudioMAE JSON (``{"data": [...]}``) or JSON Lines manifest -> list of items.
-
-    Each item keeps its keys; ``wav`` becomes an absolute path string (relative paths are
-    resolved against the manifest's folder, and may not leave it through ``..`` or a symlink
-    unless ``allow_outside_root``: see ``ManifestPaths``); ``labels`` defaults to ``""``.
-    """
-    path = Path(path)
+def _read_manifest_items(path: Path) -> List[Any]:
+    """The raw items of a JSON (``{"data": [...]}``) or JSON Lines manifest; ``ManifestError`` names the file."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
@@ -138,6 +132,18 @@ def read_manifest(path: PathLike, *, allow_outside_root: bool = False) -> List[D
         items = doc["data"]
         if not isinstance(items, list):
             raise ManifestError(f'{path}: "data" must be a list, got {type(items).__name__}')
+    return items
+
+
+def read_manifest(path: PathLike, *, allow_outside_root: bool = False) -> List[Dict[str, Any]]:
+    """Read an AudioMAE JSON (``{"data": [...]}``) or JSON Lines manifest -> list of items.
+
+    Each item keeps its keys; ``wav`` becomes an absolute path string (relative paths are
+    resolved against the manifest's folder, and may not leave it through ``..`` or a symlink
+    unless ``allow_outside_root``: see ``ManifestPaths``); ``labels`` defaults to ``""``.
+    """
+    path = Path(path)
+    items = _read_manifest_items(path)
     root = path.resolve().parent
     resolve = ManifestPaths(root, allow_outside_root=allow_outside_root, where=str(path))
     out = []
@@ -386,31 +392,57 @@ class AudioDataset(Dataset):
             wave = random_gain(wave, g)
         return wave
 
-    def __getitem__(self, index: int) -> Dict[str, Any]:
+    def _item_generators(self, index: int) -> Tuple[int, torch.Generator, torch.Generator]:
+        """``(index >= 0, augmentation generator, replacement generator)`` of item ``index``."""
         index = int(index)
         if index < 0:
             index += len(self)
         g = item_generator(self.seed, self.epoch, index)
         replace = item_generator(self.seed, self.epoch, index, stream=1)
-        index, wave = self._load_readable(index, replace)
+        return index, g, replace
+
+    def _sample_wave(self, sample: Any) -> torch.Tensor:
+        """The waveform of what ``_try_load`` returned (here the waveform itself)."""
+        return sample
+
+    def _train_wave(
+        self, index: int, wave: torch.Tensor, g: torch.Generator, replace: torch.Generator
+    ) -> Tuple[torch.Tensor, torch.Tensor, Optional[Tuple[Any, float]]]:
+        """Roll/gain and mixup of item ``index`` when training -> ``(wave, label, mix)``.
+
+        ``mix`` is ``(partner sample, lambda)`` when a partner was mixed in, else None.
+        """
         label = self.label(index)
+        if not self.train:
+            return wave, label, None
+        aug = self.augment
+        wave = self._augment_wave(wave, g)
+        if aug["mixup"] > 0 and float(torch.rand(1, generator=g)) < aug["mixup"]:
+            partner = int(torch.randint(0, len(self), (1,), generator=g))
+            partner, sample2 = self._load_readable(partner, replace)
+            wave2 = self._augment_wave(self._sample_wave(sample2), g)
+            wave, label, lam = mixup_waveforms(
+                wave, wave2, label, self.label(partner), g, alpha=aug["mixup_alpha"]
+            )
+            return wave, label, (sample2, lam)
+        return wave, label, None
+
+    def _features(self, wave: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """Waveform -> ``[1, T, F]`` float32 fbank, with SpecAugment and noise when training."""
         train, aug = self.train, self.augment
-        if train:
-            wave = self._augment_wave(wave, g)
-            if aug["mixup"] > 0 and float(torch.rand(1, generator=g)) < aug["mixup"]:
-                partner = int(torch.randint(0, len(self), (1,), generator=g))
-                partner, wave2 = self._load_readable(partner, replace)
-                wave2 = self._augment_wave(wave2, g)
-                wave, label, _ = mixup_waveforms(
-                    wave, wave2, label, self.label(partner), g, alpha=aug["mixup_alpha"]
-                )
         x = self.frontend.compute_fbank(wave, center=False)  # centred above, as the official code
         if train and (aug["freqm"] or aug["timem"]):
             x = spec_augment(x, aug["freqm"], aug["timem"], generator=g)
         x = self.frontend.normalize(x)
         if train and aug["noise"]:
             x = fbank_noise(x, g)
-        return {"audio": x.unsqueeze(0).float(), "label": label, "index": index}
+        return x.unsqueeze(0).float()
+
+    def __getitem__(self, index: int) -> Dict[str, Any]:
+        index, g, replace = self._item_generators(index)
+        index, wave = self._load_readable(index, replace)
+        wave, label, _ = self._train_wave(index, wave, g, replace)
+        return {"audio": self._features(wave, g), "label": label, "index": index}
 
 
 def seed_worker(worker_id: int) -> None:
