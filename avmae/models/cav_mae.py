@@ -106,6 +106,16 @@ def _modality_configs(audio_length: int, num_mel_bins: int, image_size: int, pat
     }
 
 
+def _check_depths(depth: int, modality_specific_depth: int) -> None:
+    if not 0 <= modality_specific_depth < depth:
+        raise ValueError(f"modality_specific_depth={modality_specific_depth} must leave at least one shared block of depth={depth}")
+
+
+def _shared_blocks(embed_dim: int, num_heads: int, mlp_ratio: float, drop_paths: List[float]) -> nn.ModuleList:
+    """The blocks both modalities share, one per stochastic-depth rate in ``drop_paths``."""
+    return nn.ModuleList([ModalityNormBlock(embed_dim, num_heads, mlp_ratio=mlp_ratio, drop_path=d) for d in drop_paths])
+
+
 class CAVMAE(MaskedAutoencoder):
     """CAV-MAE pretraining model.
 
@@ -156,8 +166,7 @@ class CAVMAE(MaskedAutoencoder):
         pos_trainable: bool = False,
         drop_path: float = 0.0,
     ) -> None:
-        if not 0 <= modality_specific_depth < depth:
-            raise ValueError(f"modality_specific_depth={modality_specific_depth} must leave at least one shared block of depth={depth}")
+        _check_depths(depth, modality_specific_depth)
         super().__init__(
             modalities=_modality_configs(audio_length, num_mel_bins, image_size, patch_size, pos_trainable),
             embed_dim=embed_dim,
@@ -179,12 +188,7 @@ class CAVMAE(MaskedAutoencoder):
             norm_eps=LN_EPS,
         )
         dpr = torch.linspace(0, drop_path, depth).tolist()
-        self.blocks = nn.ModuleList(
-            [
-                ModalityNormBlock(embed_dim, num_heads, mlp_ratio=mlp_ratio, drop_path=dpr[modality_specific_depth + i])
-                for i in range(depth - modality_specific_depth)
-            ]
-        )
+        self.blocks = _shared_blocks(embed_dim, num_heads, mlp_ratio, dpr[modality_specific_depth:])
         self.modality_norm = nn.ModuleDict({m: nn.LayerNorm(embed_dim, eps=LN_EPS) for m in MODALITY_KEYS})
         # the rest was initialised by MaskedAutoencoder (MAE / CAV-MAE init); the new parts alike
         self.blocks.apply(init_mae_weights)
@@ -248,8 +252,7 @@ class CAVMAEClassifier(nn.Module):
         super().__init__()
         if mode not in FT_MODES:
             raise ValueError(f"unknown CAV-MAE mode {mode!r}; valid: {', '.join(FT_MODES)}")
-        if not 0 <= modality_specific_depth < depth:
-            raise ValueError(f"modality_specific_depth={modality_specific_depth} must leave at least one shared block of depth={depth}")
+        _check_depths(depth, modality_specific_depth)
         self.mode = mode
         self.num_classes = num_classes
         self.embed_dim = embed_dim
@@ -263,9 +266,7 @@ class CAVMAEClassifier(nn.Module):
                 for m in MODALITY_KEYS
             }
         )
-        self.blocks = nn.ModuleList(
-            [ModalityNormBlock(embed_dim, num_heads, mlp_ratio=mlp_ratio, drop_path=dpr[i]) for i in range(modality_specific_depth, depth)]
-        )
+        self.blocks = _shared_blocks(embed_dim, num_heads, mlp_ratio, dpr[modality_specific_depth:])
         self.norm = norm(embed_dim)
         self.modality_norm = nn.ModuleDict({m: norm(embed_dim) for m in MODALITY_KEYS})
         self.mlp_head = nn.Sequential(norm(embed_dim), nn.Linear(embed_dim, num_classes))
@@ -329,17 +330,20 @@ CAV_MAE_SIZES: Dict[str, Dict[str, Any]] = {
 _DECODER_KEYS = ("decoder_embed_dim", "decoder_depth", "decoder_num_heads")
 
 
-def cav_mae(size: str = "base", **overrides: Any) -> CAVMAE:
-    """CAV-MAE pretraining model of a named size (``CAV_MAE_SIZES``); keyword overrides go to ``CAVMAE``."""
+def _check_size(size: str) -> None:
     if size not in CAV_MAE_SIZES:
         raise ValueError(f"unknown CAV-MAE size {size!r}; valid: {', '.join(CAV_MAE_SIZES)}")
+
+
+def cav_mae(size: str = "base", **overrides: Any) -> CAVMAE:
+    """CAV-MAE pretraining model of a named size (``CAV_MAE_SIZES``); keyword overrides go to ``CAVMAE``."""
+    _check_size(size)
     return CAVMAE(**{**CAV_MAE_SIZES[size], **overrides})
 
 
 def cav_mae_classifier(size: str = "base", **overrides: Any) -> CAVMAEClassifier:
     """CAV-MAE fine-tuning classifier of a named size; overrides go to ``CAVMAEClassifier``."""
-    if size not in CAV_MAE_SIZES:
-        raise ValueError(f"unknown CAV-MAE size {size!r}; valid: {', '.join(CAV_MAE_SIZES)}")
+    _check_size(size)
     kw = {k: v for k, v in CAV_MAE_SIZES[size].items() if k not in _DECODER_KEYS}
     return CAVMAEClassifier(**{**kw, **overrides})
 
