@@ -1,8 +1,6 @@
 """Embedding extraction: the tool's numbers are the model's own forward on the same input."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,24 +15,9 @@ from avmae.extract import EmbeddingExtractor, extract, find_media, output_names
 from avmae.hub import frontend_for, load_pretrained
 
 T = 64  # 0.64 s windows
-ROOT = Path(__file__).resolve().parent.parent
 MEAN, STD = NORM_STATS["esc50"]
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", ROOT / "tools" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _trainer_config(task, **model_params):
@@ -181,8 +164,8 @@ def test_batches_do_not_change_results_and_unreadable_files_are_skipped(media, c
                 np.testing.assert_allclose(a.arrays[k], b.arrays[k], atol=1e-5)
 
 
-def test_tool_writes_npz_npy_and_safetensors(media, checkpoints, tmp_path, capsys):
-    tool = _tool("extract")
+def test_tool_writes_npz_npy_and_safetensors(media, checkpoints, tmp_path, capsys, load_tool):
+    tool = load_tool("extract")
     model = checkpoints["mae"]
     long_emb = EmbeddingExtractor(model, _frontend())(load_audio(media / "sub" / "long.flac"))["embedding"]
 

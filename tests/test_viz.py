@@ -1,9 +1,5 @@
 """Reconstruction plots: the arrays are what the model computed, the figure says what it shows."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -13,23 +9,8 @@ from avmae.data import save_audio, synthesize_clip
 from avmae.viz import mask_noise, plot_arrays, plot_reconstruction, reconstruct
 
 T = 64
-ROOT = Path(__file__).resolve().parent.parent
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", ROOT / "tools" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _mae(**kw):
@@ -124,7 +105,7 @@ def test_audio_visual_model_draws_a_row_per_modality():
     assert "video: mask ratio" in fig.get_suptitle()
 
 
-def test_visualize_tool(tmp_path, capsys):
+def test_visualize_tool(tmp_path, capsys, load_tool):
     model = _mae()
     ckpt = avmae.save_checkpoint(
         model, tmp_path / "ckpt" / "model.safetensors", model_name="audiomae_tiny",
@@ -132,7 +113,7 @@ def test_visualize_tool(tmp_path, capsys):
     )
     wav = save_audio(tmp_path / "clip.wav", synthesize_clip("chirp", torch.Generator().manual_seed(0), seconds=1.0).unsqueeze(0), 16000)
     out = tmp_path / "fig" / "recon.png"
-    tool = _tool("visualize")
+    tool = load_tool("visualize")
     assert tool.main([str(wav), "--checkpoint", str(ckpt.parent), "--out", str(out), "--seed", "4"]) == 0
     assert out.read_bytes()[:4] == b"\x89PNG"
     assert "audio mask ratio 0.50" in capsys.readouterr().out  # the trainer's masking.mask_ratio
@@ -142,12 +123,12 @@ def test_visualize_tool(tmp_path, capsys):
     assert "pretraining checkpoint" in capsys.readouterr().err
 
 
-def test_visualize_tool_on_an_audio_visual_model(tmp_path):
+def test_visualize_tool_on_an_audio_visual_model(tmp_path, load_tool):
     av_demo = pytest.importorskip("avmae.data.av_demo")
     g = torch.Generator().manual_seed(0)
     frames = (torch.rand(8, 64, 64, 3, generator=g) * 255).to(torch.uint8)
     clip = av_demo.write_av_clip(tmp_path / "clip.mp4", frames, synthesize_clip("tone", g, seconds=0.8), fps=10)
     ckpt = avmae.save_checkpoint(avmae.create_model("avmae_tiny"), tmp_path / "av.safetensors", model_name="avmae_tiny", config={"model": {"name": "avmae_tiny", "params": {}}})
     out = tmp_path / "av.png"
-    assert _tool("visualize").main([str(clip), "-c", str(ckpt), "-o", str(out)]) == 0
+    assert load_tool("visualize").main([str(clip), "-c", str(ckpt), "-o", str(out)]) == 0
     assert out.stat().st_size > 10_000
