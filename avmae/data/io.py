@@ -70,6 +70,34 @@ def _source_name(source: MediaSource) -> str:
     return str(getattr(source, "name", "<stream>"))
 
 
+def _time_limit(name: str, timeout: Optional[float]) -> MediaError:
+    return MediaError(name, f"decoding took longer than {timeout:g} s (time limit per item)")
+
+
+def _open_media(source: MediaSource, name: str, timeout: Optional[float] = None, *, rewind: bool = False):
+    """Open ``source`` with PyAV for reading; a path is checked first so that the reason is precise.
+
+    ``rewind``: seek a file object back to its start first. Failures are ``MediaError``s.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        p = Path(source)
+        if not p.exists():
+            raise MediaError(name, "file not found")
+        if p.is_dir():
+            raise MediaError(name, "is a directory, not a media file")
+        if p.stat().st_size == 0:
+            raise MediaError(name, "empty file")
+        source = os.fspath(p)
+    elif rewind and hasattr(source, "seek"):
+        source.seek(0)
+    try:
+        return av.open(source, mode="r", metadata_errors="ignore", timeout=timeout)
+    except av.error.ExitError as err:  # FFmpeg's interrupt callback: the time limit passed
+        raise _time_limit(name, timeout) from err
+    except Exception as err:  # FFmpegError, OSError, ...: FFmpeg found no known format
+        raise MediaError(name, f"not a readable media file ({err})") from err
+
+
 def _frame_to_mono(frame: av.AudioFrame) -> np.ndarray:
     """Decoded frame of any sample format -> float32 mono ``[samples]`` (channel mean)."""
     fmt = frame.format.name
@@ -119,7 +147,7 @@ def _decode_mono(container, name: str, max_seconds: Optional[float], timeout: Op
     deadline = None if timeout is None else time.monotonic() + timeout
     for packet in container.demux(stream):
         if deadline is not None and time.monotonic() > deadline:
-            raise MediaError(name, f"decoding took longer than {timeout:g} s (time limit per item)")
+            raise _time_limit(name, timeout)
         for frame in packet.decode():
             rate = int(frame.sample_rate or 0)
             if src_rate is None:
@@ -167,28 +195,14 @@ def load_audio(
     if max_seconds is not None and not max_seconds > 0:
         raise ValueError(f"max_seconds must be > 0, got {max_seconds!r}")
     name = _source_name(path)
-    if isinstance(path, (str, os.PathLike)):
-        p = Path(path)
-        if not p.exists():
-            raise MediaError(name, "file not found")
-        if p.is_dir():
-            raise MediaError(name, "is a directory, not a media file")
-        if p.stat().st_size == 0:
-            raise MediaError(name, "empty file")
-        path = os.fspath(p)
-    try:
-        container = av.open(path, mode="r", metadata_errors="ignore", timeout=timeout)
-    except av.error.ExitError as err:  # FFmpeg's interrupt callback: the time limit passed
-        raise MediaError(name, f"decoding took longer than {timeout:g} s (time limit per item)") from err
-    except Exception as err:  # FFmpegError, OSError, ... : FFmpeg found no known format
-        raise MediaError(name, f"not a readable media file ({err})") from err
+    container = _open_media(path, name, timeout)
     try:
         with container:
             wave, src_rate = _decode_mono(container, name, max_seconds, timeout)
     except MediaError:
         raise
     except av.error.ExitError as err:
-        raise MediaError(name, f"decoding took longer than {timeout:g} s (time limit per item)") from err
+        raise _time_limit(name, timeout) from err
     except Exception as err:
         raise MediaError(name, f"corrupt or truncated data ({type(err).__name__}: {err})") from err
     if not bool(torch.isfinite(wave).all()):

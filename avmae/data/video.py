@@ -50,7 +50,7 @@ from PIL import Image
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from .io import DEFAULT_DECODE_TIMEOUT, MediaError, load_audio
+from .io import DEFAULT_DECODE_TIMEOUT, MediaError, _open_media, _source_name, _time_limit, load_audio
 
 _logger = logging.getLogger(__name__)
 
@@ -94,35 +94,9 @@ class VideoInfo:
     has_audio: bool
 
 
-def _source_name(source: MediaSource) -> str:
-    if isinstance(source, (str, os.PathLike)):
-        return os.fspath(source)
-    return str(getattr(source, "name", "<stream>"))
-
-
-def _time_limit(name: str, timeout: Optional[float]) -> MediaError:
-    return MediaError(name, f"decoding took longer than {timeout:g} s (time limit per item)")
-
-
 def _open(source: MediaSource, name: str, timeout: Optional[float] = None):
-    """Open ``source`` for reading; a path is checked first so that the reason is precise."""
-    if isinstance(source, (str, os.PathLike)):
-        p = Path(source)
-        if not p.exists():
-            raise MediaError(name, "file not found")
-        if p.is_dir():
-            raise MediaError(name, "is a directory, not a media file")
-        if p.stat().st_size == 0:
-            raise MediaError(name, "empty file")
-        source = os.fspath(p)
-    elif hasattr(source, "seek"):
-        source.seek(0)
-    try:
-        return av.open(source, mode="r", metadata_errors="ignore", timeout=timeout)
-    except av.error.ExitError as err:  # FFmpeg's interrupt callback: the time limit passed
-        raise _time_limit(name, timeout) from err
-    except Exception as err:  # FFmpegError, OSError, ...: FFmpeg found no known format
-        raise MediaError(name, f"not a readable media file ({err})") from err
+    """Open ``source`` for reading (a file object from its start); a path is checked first so that the reason is precise."""
+    return _open_media(source, name, timeout, rewind=True)
 
 
 def _video_stream(container, name: str):
