@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -34,10 +35,7 @@ class Modality(nn.Module):
 
     @property
     def num_tokens(self) -> int:
-        n = 1
-        for g in self.grid:
-            n *= g
-        return n
+        return math.prod(self.grid)
 
     def spec(self) -> GridSpec:
         return GridSpec(name=self.key, grid=tuple(self.grid), patch_dim=self.patch_dim, pos_embed=self.pos_embed_kind)
