@@ -55,7 +55,7 @@ def test_benchmark_runs_end_to_end_and_writes_json(tmp_path, manifest):
     assert doc["model_step"]["baseline"]["attention"] == "plain math"
     assert doc["model_step"]["ours"]["flops_per_step"] == doc["model_step"]["baseline"]["flops_per_step"]
     assert doc["model_step"]["speedup_vs_baseline"] > 0
-    assert {r["mode"] for r in doc["data"]} == {"dataset", "batched-worker", "batched-main"}
+    assert {r["mode"] for r in doc["data"]} == {"dataset", "batched-worker", "batched-main", "decode-only"}
     assert all(r["clips_per_s"] > 0 and r["clips"] == 6 for r in doc["data"])
     assert doc["machine"]["cpu_count"] >= 1 and doc["matmul_peak_tflops"]["fp32"] > 0
     assert [r["fbank"] for r in doc["fbank"]] == ["kaldi-per-item", "batched"]

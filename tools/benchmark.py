@@ -15,8 +15,10 @@ Sections (each can be switched off):
 * ``data``: compressed audio from a manifest (default: the demo data) to model-ready normalised
   fbank batches, with 0..N DataLoader workers, for three paths: ``dataset`` (AudioDataset: PyAV
   decode + Kaldi fbank per item in the workers), ``batched-worker`` (decode + batched fbank in the
-  workers) and ``batched-main`` (workers only decode; the batched fbank runs in the main process on
-  the device). Clips/s are counted after the first batch (steady state).
+  workers), ``batched-main`` (workers only decode; the batched fbank runs in the main process on
+  the device) and ``decode-only`` (the workers' share of ``batched-main``: what one core delivers
+  when the fbank runs on an accelerator). Clips/s are counted after the first batch (steady
+  state); the main process uses one thread, each worker one.
 
 The device is CUDA when available (``--device`` to choose). Timings on a shared machine are
 noisy: every number is the best (and median) of repeats.
@@ -111,6 +113,16 @@ def matmul_peak(device: torch.device, precision: str, n: Optional[int] = None, r
 
 
 # ----------------------------------------------------------------------------------- memory
+def _trim_heap() -> None:
+    """Return freed heap memory to the OS (glibc), so a section's RSS starts from what is in use."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class PeakMemory:
     """Peak memory of a section: CUDA max allocated, or (CPU) peak RSS from /proc (reset through
     ``clear_refs`` where the kernel allows it; else the process's lifetime ``ru_maxrss``)."""
@@ -130,6 +142,7 @@ class PeakMemory:
 
     def __enter__(self) -> "PeakMemory":
         gc.collect()
+        _trim_heap()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -372,9 +385,17 @@ def bench_data(
     elif mode == "batched-main":
         ds, collate = WaveformDataset(items, frontend=fe), collate_waveforms
         main_fe = BatchedAudioFrontend.from_frontend(fe, center=False).to(device)
+    elif mode == "decode-only":  # the workers' share when the fbank runs on an accelerator
+        ds, collate = WaveformDataset(items, frontend=fe), collate_waveforms
     else:
         raise ValueError(f"unknown data mode {mode!r}")
-    kwargs = dict(batch_size=batch_size, num_workers=workers, shuffle=False, worker_init_fn=_worker_threads if workers else None)
+    kwargs = dict(
+        batch_size=batch_size,
+        num_workers=workers,
+        shuffle=False,
+        worker_init_fn=_worker_threads if workers else None,
+        pin_memory=device.type == "cuda",
+    )
     if collate is not None:
         kwargs["collate_fn"] = collate
     if workers:
@@ -391,6 +412,8 @@ def bench_data(
             for batch in DataLoader(ds, **kwargs):
                 if main_fe is not None:
                     x = main_fe(batch["wave"].to(device, non_blocking=True), batch["length"].to(device))
+                elif mode == "decode-only":
+                    x = batch["wave"]
                 else:
                     x = batch["audio"].to(device, non_blocking=True)
                 sync(device)
@@ -410,7 +433,7 @@ def bench_data(
         "clips": len(items),
         "batch_size": batch_size,
         "target_length": target_length,
-        "fbank_device": str(device) if mode == "batched-main" else "cpu",
+        "fbank_device": {"batched-main": str(device), "decode-only": "-"}.get(mode, "cpu"),
         "clips_per_s": round(best, 1),
         "clips_per_s_per_worker": round(best / max(workers, 1), 1),
         "clips_per_s_incl_startup": round(max(totals), 1),
@@ -508,7 +531,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--no-data", action="store_true", help="skip the data pipeline")
     p.add_argument("--manifest", type=Path, default=None, help="AudioMAE JSON manifest (default: demo train.json)")
     p.add_argument("--workers", default="0,1,2", help="comma-separated DataLoader worker counts")
-    p.add_argument("--data-modes", default="dataset,batched-worker,batched-main")
+    p.add_argument("--data-modes", default="dataset,batched-worker,batched-main,decode-only")
     p.add_argument("--data-clips", type=int, default=240, help="clips per data run (the manifest repeats)")
     p.add_argument("--data-batch-size", type=int, default=16)
     p.add_argument("--data-repeats", type=int, default=2)

@@ -177,13 +177,16 @@ def write_shards(
 
 # ------------------------------------------------------------------------------------ reading
 def expand_shards(urls: Union[PathLike, Sequence[PathLike]]) -> List[str]:
-    """A brace pattern / ``::``-separated string, a folder (its ``*.tar``), or a list -> shard URLs."""
+    """A brace pattern / ``::``-separated string, an ``index.json``, a folder (the shards its
+    ``index.json`` lists, else its ``*.tar``), or a list of these -> shard URLs."""
     from webdataset.shardlists import expand_urls
 
     if isinstance(urls, os.PathLike):
         urls = os.fspath(urls)
     if isinstance(urls, str):
-        if os.path.isdir(urls):
+        if os.path.isdir(urls):  # its index.json (the shards of the last write), else every *.tar
+            if _read_index(os.path.join(urls, INDEX_NAME)) is not None:
+                return expand_shards(os.path.join(urls, INDEX_NAME))
             return sorted(str(p) for p in Path(urls).glob("*.tar"))
         index = _read_index(urls)
         if index is not None:  # write_shards' index.json: its shards, in order
