@@ -7,7 +7,8 @@
 Sections (each can be switched off):
 
 * ``model``: forward + backward + AdamW step of a preset on random inputs: step time (best and
-  median of ``--steps`` after ``--warmup``), samples/s, FLOPs of one step (``FlopCounterMode``,
+  median of ``--steps`` after ``--warmup``; the configurations are built and warmed up first, then
+  timed one step each in turn, so that load from other work hits them alike), samples/s, FLOPs of one step (``FlopCounterMode``,
   forward + backward), achieved FLOP/s and its fraction of the device's matmul peak measured here
   in the same precision, peak memory (CUDA max allocated; on CPU peak RSS over the section).
 * ``baseline``: the same step with plain-math attention (timm ``fused_attn=False``,
@@ -101,7 +102,7 @@ def timed(fn: Callable[[], Any], device: torch.device, repeats: int) -> List[flo
     return out
 
 
-def matmul_peak(device: torch.device, precision: str, n: Optional[int] = None, repeats: int = 5) -> float:
+def matmul_peak(device: torch.device, precision: str, n: Optional[int] = None, repeats: int = 10) -> float:
     """Best FLOP/s of an n x n x n matmul in ``precision`` (fp32 plain; bf16/fp16 tensors)."""
     n = n or (8192 if device.type == "cuda" else 2048)
     dtype = PRECISIONS[precision]
@@ -207,6 +208,81 @@ def count_step_flops(forward_backward: Callable[[], None]) -> int:
     return int(counter.get_total_flops())
 
 
+class TrainingStep:
+    """One configuration of the training step: ``loss_fn`` under autocast, backward, AdamW.
+
+    ``loss_fn`` closes over the model and its inputs. ``optimizer``: "adamw" (torch's default
+    implementation, as the trainer builds it) or "adamw-fused" (``fused=True``). ``warm_up`` runs
+    the first steps (compilation with ``torch.compile``); ``run_timed`` times one more step.
+    Several configurations are timed in alternation (``time_interleaved``), so that a busy moment
+    on a shared machine hits all of them alike.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        loss_fn: Callable[[], torch.Tensor],
+        *,
+        device: torch.device,
+        precision: str,
+        batch_size: int,
+        optimizer: str = "adamw",
+    ) -> None:
+        if optimizer not in ("adamw", "adamw-fused"):
+            raise ValueError(f"unknown optimizer {optimizer!r}")
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), fused=True if optimizer == "adamw-fused" else None)
+        self.loss_fn, self.device, self.precision = loss_fn, device, precision
+        self.batch_size, self.optimizer = batch_size, optimizer
+        self.first: Optional[float] = None
+        self.times: List[float] = []
+
+    def forward_backward(self) -> None:
+        with torch.autocast(self.device.type, dtype=PRECISIONS[self.precision], enabled=self.precision != "fp32"):
+            loss = self.loss_fn()
+        loss.backward()
+
+    def step(self) -> None:
+        self.forward_backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+
+    def warm_up(self, steps: int) -> None:
+        self.first = timed(self.step, self.device, 1)[0]
+        if steps > 1:
+            timed(self.step, self.device, steps - 1)
+
+    def run_timed(self) -> None:
+        self.times += timed(self.step, self.device, 1)
+
+    def report(self, flops: Optional[int] = None, peak: Optional[float] = None) -> Dict[str, Any]:
+        t = self.times
+        out: Dict[str, Any] = {
+            "precision": self.precision,
+            "optimizer": self.optimizer,
+            "batch_size": self.batch_size,
+            "first_step_s": round(self.first or 0.0, 4),
+            "step_s_best": round(min(t), 4),
+            "step_s_median": round(statistics.median(t), 4),
+            "step_s_all": [round(x, 4) for x in t],
+            "samples_per_s": round(self.batch_size / min(t), 3),
+            "samples_per_s_median": round(self.batch_size / statistics.median(t), 3),
+        }
+        if flops:
+            out["flops_per_step"] = int(flops)
+            out["tflops_achieved"] = round(flops / min(t) / 1e12, 4)
+            if peak:
+                out["peak_fraction"] = round(flops / min(t) / peak, 4)
+        return out
+
+
+def time_interleaved(runs: List[TrainingStep], steps: int) -> None:
+    """``steps`` rounds; each round times one step of every run, in turn."""
+    for _ in range(steps):
+        for r in runs:
+            r.run_timed()
+
+
 def measure_training_step(
     model: torch.nn.Module,
     loss_fn: Callable[[], torch.Tensor],
@@ -217,117 +293,80 @@ def measure_training_step(
     steps: int,
     warmup: int,
     count_flops: bool = True,
-    flops_per_step: Optional[int] = None,
     peak: Optional[float] = None,
     optimizer: str = "adamw",
 ) -> Dict[str, Any]:
-    """Time ``loss_fn`` under autocast + backward + AdamW step. ``loss_fn`` closes over the model
-    and its inputs. ``optimizer``: "adamw" (torch's default implementation, as the trainer builds
-    it) or "adamw-fused" (``fused=True``). Memory is measured by the caller around model creation."""
-    dtype = PRECISIONS[precision]
-    params = [p for p in model.parameters() if p.requires_grad]
-    if optimizer not in ("adamw", "adamw-fused"):
-        raise ValueError(f"unknown optimizer {optimizer!r}")
-    opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), fused=True if optimizer == "adamw-fused" else None)
-    autocast = (
-        torch.autocast(device.type, dtype=dtype) if precision != "fp32" else contextlib.nullcontext()
-    )
-
-    def forward_backward() -> None:
-        with autocast:
-            loss = loss_fn()
-        loss.backward()
-
-    def step() -> None:
-        forward_backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    first = timed(step, device, 1)[0]  # includes compilation with --compile
-    if warmup > 1:
-        timed(step, device, warmup - 1)
-    times = timed(step, device, steps)
-    out: Dict[str, Any] = {
-        "precision": precision,
-        "optimizer": optimizer,
-        "batch_size": batch_size,
-        "first_step_s": round(first, 4),
-        "step_s_best": round(min(times), 4),
-        "step_s_median": round(statistics.median(times), 4),
-        "step_s_all": [round(t, 4) for t in times],
-        "samples_per_s": round(batch_size / min(times), 3),
-        "samples_per_s_median": round(batch_size / statistics.median(times), 3),
-    }
-    flops = flops_per_step
-    if flops is None and count_flops:
-        flops = count_step_flops(forward_backward)
-        opt.zero_grad(set_to_none=True)
-    if flops:
-        out["flops_per_step"] = int(flops)
-        out["tflops_achieved"] = round(flops / min(times) / 1e12, 4)
-        if peak:
-            out["peak_fraction"] = round(flops / min(times) / peak, 4)
-    return out
+    """Warm up and time one configuration on its own (see ``TrainingStep``)."""
+    run = TrainingStep(model, loss_fn, device=device, precision=precision, batch_size=batch_size, optimizer=optimizer)
+    run.warm_up(warmup)
+    time_interleaved([run], steps)
+    flops = None
+    if count_flops:
+        flops = count_step_flops(run.forward_backward)
+        run.opt.zero_grad(set_to_none=True)
+    return run.report(flops, peak)
 
 
-def bench_model(
-    name: str,
-    *,
-    decoder: Optional[str],
-    batch_size: int,
-    precision: str,
-    steps: int,
-    warmup: int,
-    device: torch.device,
-    fused: bool = True,
-    compile: bool = False,
-    peak: Optional[float] = None,
-    seed: int = 0,
-    optimizer: str = "adamw",
-) -> Dict[str, Any]:
-    torch.manual_seed(seed)
-    kwargs = {"decoder": decoder} if decoder else {}
-    with PeakMemory(device) as mem:
-        model = avmae.create_model(name, **kwargs).to(device).train()
-        n_set = set_fused_attention(model, fused)
-        inputs = random_inputs(model, batch_size, device)
-        run = torch.compile(model) if compile else model
-        # FLOPs of the algorithm, counted once on the plain-math path: the counter does not see
-        # inside every fused attention kernel, and both runs do the same arithmetic
-        set_fused_attention(model, False)
+class ModelRun:
+    """A preset built for the benchmark: model, inputs, FLOPs, warmed-up ``TrainingStep`` and the
+    peak memory of building it and its warm-up steps."""
 
-        def forward_backward() -> None:
-            with torch.autocast(device.type, dtype=PRECISIONS[precision], enabled=precision != "fp32"):
-                loss = default_loss(model, inputs)
-            loss.backward()
-
-        flops = count_step_flops(forward_backward)
-        model.zero_grad(set_to_none=True)
-        set_fused_attention(model, fused)
-        res = measure_training_step(
-            model,
-            lambda: default_loss(run, inputs),
-            device=device,
-            precision=precision,
-            batch_size=batch_size,
-            steps=steps,
-            warmup=warmup,
-            peak=peak,
-            optimizer=optimizer,
-            flops_per_step=flops,
+    def __init__(
+        self,
+        name: str,
+        *,
+        decoder: Optional[str],
+        batch_size: int,
+        precision: str,
+        warmup: int,
+        device: torch.device,
+        fused: bool = True,
+        compile: bool = False,
+        seed: int = 0,
+        optimizer: str = "adamw",
+    ) -> None:
+        torch.manual_seed(seed)
+        kwargs = {"decoder": decoder} if decoder else {}
+        with PeakMemory(device) as mem:
+            model = avmae.create_model(name, **kwargs).to(device).train()
+            n_set = set_fused_attention(model, fused)
+            inputs = random_inputs(model, batch_size, device)
+            # FLOPs of the algorithm, counted once on the plain-math path: the counter does not
+            # see inside every fused attention kernel, and both paths do the same arithmetic
+            set_fused_attention(model, False)
+            plain = TrainingStep(model, lambda: default_loss(model, inputs), device=device, precision=precision, batch_size=batch_size)
+            self.flops = count_step_flops(plain.forward_backward)
+            model.zero_grad(set_to_none=True)
+            del plain
+            set_fused_attention(model, fused)
+            run = torch.compile(model) if compile else model
+            self.step = TrainingStep(
+                model, lambda: default_loss(run, inputs), device=device, precision=precision, batch_size=batch_size, optimizer=optimizer
+            )
+            self.step.warm_up(warmup)
+        self.model = model
+        self.info = dict(
+            model=name,
+            decoder=decoder,
+            attention="fused (SDPA)" if fused else "plain math",
+            attention_modules=n_set,
+            compile=compile,
+            params=sum(p.numel() for p in model.parameters()),
+            memory=mem.report(),
         )
-    res.update(
-        model=name,
-        decoder=decoder,
-        attention="fused (SDPA)" if fused else "plain math",
-        attention_modules=n_set,
-        compile=compile,
-        params=sum(p.numel() for p in model.parameters()),
-        memory=mem.report(),
-    )
-    del model, run, inputs
+
+    def report(self, peak: Optional[float] = None) -> Dict[str, Any]:
+        return {**self.step.report(self.flops, peak), **self.info}
+
+
+def bench_model(name: str, *, steps: int, peak: Optional[float] = None, **kwargs: Any) -> Dict[str, Any]:
+    """One preset, timed on its own."""
+    run = ModelRun(name, **kwargs)
+    time_interleaved([run.step], steps)
+    out = run.report(peak)
+    del run
     gc.collect()
-    return res
+    return out
 
 
 # ----------------------------------------------------------------------------------- data
@@ -564,17 +603,37 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             result["precision_auto"] = args.precision
         runs: Dict[str, Any] = {}
         common = dict(decoder=args.decoder or None, batch_size=args.batch_size, warmup=args.warmup, device=device, optimizer=args.optimizer)
-        runs["ours"] = bench_model(args.model, precision=args.precision, steps=args.steps, fused=True, compile=args.compile, peak=peaks[args.precision], **common)
-        print(f"ours: {runs['ours']['step_s_best']:.3f} s/step", file=sys.stderr)
+        configs = {"ours": dict(precision=args.precision, fused=True, compile=args.compile)}
         if args.also_precision and args.also_precision != args.precision:
-            p2 = args.also_precision
-            runs[f"ours_{p2}"] = bench_model(args.model, precision=p2, steps=args.steps, fused=True, peak=peaks.get(p2), **common)
+            configs[f"ours_{args.also_precision}"] = dict(precision=args.also_precision, fused=True)
         if not args.no_baseline:
-            runs["baseline"] = bench_model(
-                args.model, precision="fp32", steps=args.baseline_steps or args.steps, fused=False, peak=peaks["fp32"], **common
-            )
+            configs["baseline"] = dict(precision="fp32", fused=False)
+        built = {}
+        for key, cfg in configs.items():
+            built[key] = ModelRun(args.model, **cfg, **common)
+            print(f"{key}: built and warmed up", file=sys.stderr)
+        # timed steps in alternation; the baseline may take fewer rounds
+        for i in range(max(args.steps, args.baseline_steps or 0)):
+            for key, run in built.items():
+                if key != "baseline" or i < (args.baseline_steps or args.steps):
+                    run.step.run_timed()
+        for key, run in built.items():
+            runs[key] = run.report(peaks.get(run.step.precision))
+            print(f"{key}: {runs[key]['step_s_best']:.3f} s/step", file=sys.stderr)
+        built.clear()
+        del run
+        gc.collect()
+        if "baseline" in runs:
             runs["speedup_vs_baseline"] = round(runs["baseline"]["step_s_best"] / runs["ours"]["step_s_best"], 3)
             runs["speedup_vs_baseline_median"] = round(runs["baseline"]["step_s_median"] / runs["ours"]["step_s_median"], 3)
+        # the peaks again after the runs (on a shared machine one measurement can land in a busy
+        # moment); the higher value of the two counts
+        for prec in peaks:
+            peaks[prec] = max(peaks[prec], matmul_peak(device, prec))
+            result["matmul_peak_tflops"][prec] = round(peaks[prec] / 1e12, 4)
+        for r in runs.values():
+            if isinstance(r, dict) and r.get("tflops_achieved") and r["precision"] in peaks:
+                r["peak_fraction"] = round(r["tflops_achieved"] * 1e12 / peaks[r["precision"]], 4)
         result["model_step"] = runs
     if not args.no_data:
         manifest = args.manifest
