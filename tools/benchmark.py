@@ -28,7 +28,7 @@ noisy: every number is the best (and median) of repeats.
 from __future__ import annotations
 
 import argparse
-import contextlib
+import copy
 import datetime as _dt
 import gc
 import json
@@ -492,7 +492,7 @@ def bench_fbank(device: torch.device, *, batch_size: int, seconds: float, target
     runs = [("kaldi-per-item", torch.device("cpu"), lambda: [fe(w[None]) for w in waves])]
     runs.append(("batched", torch.device("cpu"), lambda: bfe(waves)))
     if device.type != "cpu":
-        dev_fe, dev_waves = bfe.to(device), waves.to(device)
+        dev_fe, dev_waves = copy.deepcopy(bfe).to(device), waves.to(device)  # .to moves a module in place
         runs.append(("batched", device, lambda: dev_fe(dev_waves)))
     out = []
     threads = torch.get_num_threads()
