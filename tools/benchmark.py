@@ -563,6 +563,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="torch.compile the model of the main run")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
+    p.add_argument("--peak-size", type=int, default=None, help="n of the n x n x n peak matmul (default 2048 CPU, 8192 CUDA)")
     p.add_argument("--no-model", action="store_true", help="skip the model step")
     p.add_argument("--no-baseline", action="store_true", help="skip the fp32 plain-math baseline")
     p.add_argument("--baseline-steps", type=int, default=None, help="timed steps of the baseline (default --steps)")
@@ -593,7 +594,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     if not args.no_model:
         peaks = {}
         for prec in sorted({args.precision, "fp32", "bf16"} - {"auto"}):
-            peaks[prec] = matmul_peak(device, prec)
+            peaks[prec] = matmul_peak(device, prec, args.peak_size)
             result["matmul_peak_tflops"][prec] = round(peaks[prec] / 1e12, 4)
         if args.precision == "auto":
             if device.type == "cuda":
@@ -629,7 +630,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         # the peaks again after the runs (on a shared machine one measurement can land in a busy
         # moment); the higher value of the two counts
         for prec in peaks:
-            peaks[prec] = max(peaks[prec], matmul_peak(device, prec))
+            peaks[prec] = max(peaks[prec], matmul_peak(device, prec, args.peak_size))
             result["matmul_peak_tflops"][prec] = round(peaks[prec] / 1e12, 4)
         for r in runs.values():
             if isinstance(r, dict) and r.get("tflops_achieved") and r["precision"] in peaks:
