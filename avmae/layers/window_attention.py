@@ -121,7 +121,7 @@ class WindowAttention(nn.Module):
             attn = (q @ k.transpose(-2, -1)) / (denom.clamp(min=1e-6) * tau.view(1, -1, 1, 1))
             attn = (attn.view(Bw // nW, nW, h, n, n) + bias).softmax(dim=-1).view(Bw, h, n, n)
             attn = F.dropout(attn, self.attn_drop, self.training)
-            out = attn @ v.to(attn.dtype)
+            out = attn.to(v.dtype) @ v  # as autocast would cast it; keeps plain bf16 models working
         out = out.transpose(1, 2).reshape(Bw, n, C)
         return self.proj_drop(self.proj(out))
 
