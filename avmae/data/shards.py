@@ -450,7 +450,8 @@ def make_shard_loader(
     """A DataLoader over a ``ShardDataset`` (see there for the arguments). Batches are
     ``{"audio": [B, 1, T, F], "label": [B, C], "index": [B]}``, or with ``return_waveform``
     ``{"wave": [B, N], "length": [B], "label", "index"}`` for a ``BatchedAudioFrontend``.
-    Call ``loader.dataset.set_epoch(e)`` before each epoch."""
+    Call ``loader.dataset.set_epoch(e)`` before each epoch (workers get the dataset anew each
+    epoch; with ``persistent_workers=True`` they would keep the first epoch's order)."""
     ds = ShardDataset(
         urls,
         frontend=frontend,
