@@ -187,3 +187,9 @@ def test_balanced_sampling_in_the_trainer(easy, tmp_path):
         ft_config(easy, tmp_path / "x", "data.epoch_len=10")  # without data.balanced
     with pytest.raises(ConfigError, match="train.label_smoothing"):
         ft_config(easy, tmp_path / "x", "train.label_smoothing=1.5")
+
+
+@pytest.mark.parametrize("name, task", [("demo_finetune", "finetune"), ("demo_linprobe", "linprobe")])
+def test_demo_configs_load(name, task):
+    cfg = load_config([f"configs/{name}.yaml"])
+    assert cfg.task == task and cfg.model.name == "audiomae_demo_cls" and cfg.data.train_manifest is None
