@@ -193,3 +193,19 @@ def test_balanced_sampling_in_the_trainer(easy, tmp_path):
 def test_demo_configs_load(name, task):
     cfg = load_config([f"configs/{name}.yaml"])
     assert cfg.task == task and cfg.model.name == "audiomae_demo_cls" and cfg.data.train_manifest is None
+
+
+def test_init_from_an_official_audiomae_checkpoint(easy, tmp_path):
+    """An official-layout pretraining .pth ({"model": state_dict}) initialises the classifier's encoder."""
+    import avmae
+    from avmae.checkpoint import to_audiomae_official
+
+    pre = avmae.create_model("audiomae_tiny", target_length=64, num_mel_bins=64)
+    official = to_audiomae_official(pre)
+    torch.save({"model": official, "epoch": 20}, tmp_path / "checkpoint-20.pth")
+    cfg = ft_config(easy, tmp_path / "ft", f"checkpoint.init_from={tmp_path / 'checkpoint-20.pth'}", "schedule.max_steps=1", "eval.every_n_epochs=-1")
+    trainer = Trainer(cfg)
+    model = trainer.task.build_model(trainer._build_datasets()[0])
+    assert torch.equal(model.state_dict()["blocks.1.attn.qkv.weight"], official["blocks.1.attn.qkv.weight"])
+    assert model.head.weight.shape == (2, 64) and model.head.weight.std() < 1e-3  # fresh head
+    assert trainer.fit().steps == 1
