@@ -173,3 +173,21 @@ def test_recipe_configs(name, checks):
         assert cfg.data.target_length == 512 and cfg.data.norm == "esc50" and cfg.train.label_smoothing == 0.1
     if name == "finetune_speechcommands":
         assert cfg.data.target_length == 128 and cfg.data.norm == "speechcommands"
+
+
+def test_evaluate_retrieval_of_an_audio_visual_run(tmp_path):
+    from avmae.data import ensure_demo_av
+
+    demo = ensure_demo_av(tmp_path / "av", num_train_per_class=1, num_eval_per_class=1)
+    cfg = load_config(
+        ["configs/demo_av.yaml"],
+        [f"data.train_manifest={demo / 'train.json'}", f"data.eval_manifest={demo / 'eval.json'}", f"data.label_csv={demo / 'class_labels_indices.csv'}",
+         "schedule.max_steps=1", "train.batch_size=2", "train.cpu=true", "train.mixed_precision=no", "eval.every_n_epochs=-1",
+         "logging.progress=false", "logging.tensorboard=false", f"output_dir={tmp_path / 'run'}"],
+    )
+    Trainer(cfg).fit()
+    out = tmp_path / "r.json"
+    assert _tool("evaluate").main(["-c", str(tmp_path / "run"), "--task", "retrieval", "--num-workers", "0", "--cpu", "-o", str(out)]) == 0
+    got = json.loads(out.read_text())
+    assert got["num_items"] == 6 and {"a2v_r1", "v2a_r1", "a2v_medr"} <= set(got["metrics"])
+    assert all(0.0 <= got["metrics"][k] <= 1.0 for k in ("a2v_r1", "a2v_r5", "v2a_r5"))

@@ -83,8 +83,9 @@ def build_dataset(model, config, manifest: Path, label_csv: Optional[Path], args
     frontend = frontend_for(model, config, norm=args.norm, mean=args.mean, std=args.std)
     multilabel = args.multilabel if args.multilabel is not None else _data_section(config).get("multilabel")
     common = dict(frontend=frontend, sample_rate=frontend.sample_rate, train=False, multilabel=multilabel)
-    video = getattr(model, "modalities", {}).get("video") if hasattr(getattr(model, "modalities", None), "get") else None
-    if video is not None:
+    mods = getattr(model, "modalities", None)
+    if mods is not None and "video" in mods:
+        video = mods["video"]
         frames, _, height, _ = video.input_shape
         return AVDataset(manifest, label_csv, num_frames=int(frames), image_size=int(height), **common)
     return AudioDataset(manifest, label_csv, **common)
