@@ -13,9 +13,7 @@ retrieval does) and returns recall@1/5/10 both ways (``avmae.retrieval.retrieval
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from pathlib import Path
 from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -26,7 +24,7 @@ import avmae
 
 from ..config import Config, ConfigError
 from ..retrieval import retrieval_recall
-from .trainer import register_dataset_builder
+from .trainer import audio_frontend, dataset_options, register_dataset_builder, split_manifest
 
 _logger = logging.getLogger(__name__)
 
@@ -62,35 +60,20 @@ def video_input_size(cfg: Config) -> Tuple[int, int]:
 @register_dataset_builder("av")
 def build_av_dataset(cfg: Config, split: str) -> Optional[Dataset]:
     """``AVDataset`` of ``split``; the generated audio-visual demo clips when ``data.train_manifest`` is None."""
-    from ..data import NORM_STATS, AudioFrontend, AVDataset, ensure_demo_av
+    from ..data import AVDataset, ensure_demo_av
 
-    d = cfg.data
-    if d.train_manifest is None:
-        root = ensure_demo_av()
-        manifest, label_csv = root / f"{split}.json", root / "class_labels_indices.csv"
-    else:
-        manifest = d.train_manifest if split == "train" else d.eval_manifest
-        label_csv = d.label_csv
-        if manifest is None:
-            return None
+    found = split_manifest(cfg, split, ensure_demo_av)
+    if found is None:
+        return None
+    manifest, label_csv = found
     num_frames, image_size = video_input_size(cfg)
-    mean, std = (d.mean, d.std) if d.mean is not None else NORM_STATS[d.norm]
-    frontend = AudioFrontend(sample_rate=d.sample_rate, num_mel_bins=d.num_mel_bins, target_length=d.target_length, mean=mean, std=std)
     return AVDataset(
         manifest,
         label_csv,
-        frontend=frontend,
+        frontend=audio_frontend(cfg),
         num_frames=num_frames,
         image_size=image_size,
-        sample_rate=d.sample_rate,
-        train=split == "train",
-        augment=dataclasses.asdict(d.augment),
-        on_error=d.on_error,
-        max_skip_fraction=d.max_skip_fraction,
-        seed=cfg.train.seed,
-        multilabel=d.multilabel,
-        skip_log_dir=None if cfg.output_dir is None else Path(cfg.output_dir) / "skipped" / split,  # one folder per split: the trainer checks the training set's ceiling
-        allow_outside_root=d.allow_outside_root,
+        **dataset_options(cfg, split),
     )
 
 

@@ -23,14 +23,13 @@ from typing import Optional
 from torch.utils.data import Dataset
 
 from ..config import Config, ConfigError
-from .trainer import SKIP_DIR, build_audio_dataset, register_dataset_builder
+from .trainer import SKIP_DIR, audio_frontend, build_audio_dataset, register_dataset_builder
 
 __all__ = ["build_audio_shard_dataset"]
 
 
 @register_dataset_builder("audio_shards")
 def build_audio_shard_dataset(cfg: Config, split: str) -> Optional[Dataset]:
-    from ..data import NORM_STATS, AudioFrontend
     from ..data.shards import IndexedShardDataset, is_shard_spec
 
     d = cfg.data
@@ -41,8 +40,7 @@ def build_audio_shard_dataset(cfg: Config, split: str) -> Optional[Dataset]:
         return None
     if not is_shard_spec(spec):
         return build_audio_dataset(cfg, split)
-    mean, std = (d.mean, d.std) if d.mean is not None else NORM_STATS[d.norm]
-    frontend = AudioFrontend(sample_rate=d.sample_rate, num_mel_bins=d.num_mel_bins, target_length=d.target_length, mean=mean, std=std)
+    frontend = audio_frontend(cfg)
     try:
         return IndexedShardDataset(
             spec,

@@ -122,26 +122,30 @@ def register_task(name: str):
     return deco
 
 
-@register_dataset_builder("audio")
-def build_audio_dataset(cfg: Config, split: str) -> Optional[Dataset]:
-    """``AudioDataset`` of ``split``; the embedded demo data when ``data.train_manifest`` is None."""
-    from ..data import NORM_STATS, AudioDataset, AudioFrontend, ensure_demo_audio
-
+def split_manifest(cfg: Config, split: str, demo_root: Callable[[], Path]):
+    """(manifest, label_csv) of ``split``, from ``demo_root()`` when ``data.train_manifest`` is None;
+    None when the run has no manifest for this split."""
     d = cfg.data
     if d.train_manifest is None:
-        root = ensure_demo_audio()
-        manifest, label_csv = root / f"{split}.json", root / "class_labels_indices.csv"
-    else:
-        manifest = d.train_manifest if split == "train" else d.eval_manifest
-        label_csv = d.label_csv
-        if manifest is None:
-            return None
+        root = demo_root()
+        return root / f"{split}.json", root / "class_labels_indices.csv"
+    manifest = d.train_manifest if split == "train" else d.eval_manifest
+    return None if manifest is None else (manifest, d.label_csv)
+
+
+def audio_frontend(cfg: Config):
+    """The ``AudioFrontend`` the data config describes (statistics by name or explicit mean/std)."""
+    from ..data import NORM_STATS, AudioFrontend
+
+    d = cfg.data
     mean, std = (d.mean, d.std) if d.mean is not None else NORM_STATS[d.norm]
-    frontend = AudioFrontend(sample_rate=d.sample_rate, num_mel_bins=d.num_mel_bins, target_length=d.target_length, mean=mean, std=std)
-    return AudioDataset(
-        manifest,
-        label_csv,
-        frontend=frontend,
+    return AudioFrontend(sample_rate=d.sample_rate, num_mel_bins=d.num_mel_bins, target_length=d.target_length, mean=mean, std=std)
+
+
+def dataset_options(cfg: Config, split: str) -> Dict[str, Any]:
+    """Keyword arguments every manifest dataset takes from the config."""
+    d = cfg.data
+    return dict(
         sample_rate=d.sample_rate,
         train=split == "train",
         augment=dataclasses.asdict(d.augment),
@@ -149,9 +153,22 @@ def build_audio_dataset(cfg: Config, split: str) -> Optional[Dataset]:
         max_skip_fraction=d.max_skip_fraction,
         seed=cfg.train.seed,
         multilabel=d.multilabel,
+        # one folder per split: the trainer checks the training set's skip ceiling
         skip_log_dir=None if cfg.output_dir is None else Path(cfg.output_dir) / SKIP_DIR / split,
         allow_outside_root=d.allow_outside_root,
     )
+
+
+@register_dataset_builder("audio")
+def build_audio_dataset(cfg: Config, split: str) -> Optional[Dataset]:
+    """``AudioDataset`` of ``split``; the embedded demo data when ``data.train_manifest`` is None."""
+    from ..data import AudioDataset, ensure_demo_audio
+
+    found = split_manifest(cfg, split, ensure_demo_audio)
+    if found is None:
+        return None
+    manifest, label_csv = found
+    return AudioDataset(manifest, label_csv, frontend=audio_frontend(cfg), **dataset_options(cfg, split))
 
 
 # =============================================================================== tasks
