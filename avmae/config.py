@@ -173,8 +173,8 @@ class ScheduleConfig:
 class TrainConfig:
     """``batch_size`` is per process; effective batch = batch_size * grad_accum * processes.
 
-    ``mixed_precision``: "auto" = bf16 where the device supports it (CPUs included), else fp16 on
-    a GPU, else "no". ``max_nonfinite``: consecutive non-finite steps (skipped) before the run
+    ``mixed_precision``: "auto" = bf16 on GPUs that support it (else fp16) and on CPUs with AMX
+    bf16 units; "no" (fp32) on other CPUs, where bf16 autocast is slower than fp32. ``max_nonfinite``: consecutive non-finite steps (skipped) before the run
     stops. ``cpu``: stay on the CPU even when a GPU is present.
     """
 

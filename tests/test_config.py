@@ -116,3 +116,18 @@ def test_as2m_recipe():
     assert cfg.schedule.epochs == 33 and cfg.schedule.warmup_epochs == 3
     # effective batch 512 with the documented 64 processes
     assert cfg.train.batch_size * cfg.train.grad_accum * 64 == 512
+
+
+def test_auto_precision_uses_bf16_only_on_cpus_with_amx(monkeypatch):
+    import torch
+
+    from avmae.train import trainer
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(trainer, "_cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    assert trainer.resolve_mixed_precision("auto", cpu) == ("no")
+    monkeypatch.setattr(trainer, "_cpu_flags", lambda: {"avx512f", "avx512_bf16", "amx_tile", "amx_bf16"})
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        assert trainer.resolve_mixed_precision("auto", cpu) == "bf16"
+    assert trainer.resolve_mixed_precision("bf16", cpu) == "bf16"
+    assert trainer.resolve_mixed_precision("no", cpu) == "no"
