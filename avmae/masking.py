@@ -71,10 +71,10 @@ def structured_time_freq_mask(
     xg = x.reshape(B, T, Fq, D)
     xg = torch.gather(xg, 1, keep_t[:, :, None, None].expand(-1, -1, Fq, D))
     xg = torch.gather(xg, 2, keep_f[:, None, :, None].expand(-1, kt, -1, D))
-    removed = torch.ones(B, T, Fq, device=x.device, dtype=torch.float32)
     rows = torch.zeros(B, T, dtype=torch.bool, device=x.device).scatter_(1, keep_t, True)
     cols = torch.zeros(B, Fq, dtype=torch.bool, device=x.device).scatter_(1, keep_f, True)
-    removed[rows[:, :, None] & cols[:, None, :]] = 0
+    # arithmetic, not a boolean-mask assignment: that would wait for the device (a nonzero)
+    removed = 1.0 - (rows[:, :, None] & cols[:, None, :]).to(torch.float32)
     return xg.reshape(B, kt * kf, D), removed.reshape(B, L)
 
 
