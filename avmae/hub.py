@@ -38,7 +38,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
-from .checkpoint import CheckpointError, LoadReport, load_checkpoint, read_state_dict
+from .checkpoint import _HEAD_PREFIXES, CheckpointError, LoadReport, load_checkpoint, read_state_dict
 
 _logger = logging.getLogger(__name__)
 
@@ -163,8 +163,9 @@ def _spec_from_config(cfg: Mapping[str, Any], meta: Mapping[str, str], sd: Mappi
 
 
 def _head_classes(sd: Mapping[str, torch.Tensor]) -> Optional[int]:
-    """Rows of the last 2-D weight of ``head`` (``head.weight`` or ``head.<i>.weight``)."""
-    found = [(k.count("."), k) for k, v in sd.items() if k.startswith("head.") and k.endswith(".weight") and v.dim() == 2]
+    """Rows of the last 2-D weight of the classifier head (``head.weight``, ``head.<i>.weight``, or
+    CAV-MAE's ``mlp_head.<i>.weight``)."""
+    found = [(k.count("."), k) for k, v in sd.items() if k.startswith(_HEAD_PREFIXES) and k.endswith(".weight") and v.dim() == 2]
     if not found:
         return None
     return int(sd[max(found, key=lambda t: (t[0], t[1]))[1]].shape[0])

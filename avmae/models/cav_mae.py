@@ -341,9 +341,30 @@ def cav_mae(size: str = "base", **overrides: Any) -> CAVMAE:
     return CAVMAE(**{**CAV_MAE_SIZES[size], **overrides})
 
 
-def cav_mae_classifier(size: str = "base", **overrides: Any) -> CAVMAEClassifier:
-    """CAV-MAE fine-tuning classifier of a named size; overrides go to ``CAVMAEClassifier``."""
+def cav_mae_classifier(
+    size: str = "base",
+    *,
+    target_length: Optional[int] = None,
+    mask_t_prob: float = 0.0,
+    mask_f_prob: float = 0.0,
+    **overrides: Any,
+) -> CAVMAEClassifier:
+    """CAV-MAE fine-tuning classifier of a named size; overrides go to ``CAVMAEClassifier``.
+
+    Takes the keywords the trainer's fine-tuning task passes: ``target_length`` (fbank frames,
+    ``data.target_length``) is ``audio_length``; ``mask_t_prob`` / ``mask_f_prob`` (AudioMAE's
+    structured token masking) must stay 0, since CAV-MAE fine-tunes without it.
+    """
     _check_size(size)
+    if mask_t_prob or mask_f_prob:
+        raise ValueError(
+            f"CAV-MAE fine-tuning has no structured time/frequency token masking; got mask_t_prob={mask_t_prob}, "
+            f"mask_f_prob={mask_f_prob} (leave masking.mask_t_prob / masking.mask_f_prob at 0)"
+        )
+    if target_length is not None:
+        if overrides.get("audio_length", target_length) != target_length:
+            raise ValueError(f"target_length={target_length} and audio_length={overrides['audio_length']} disagree; give one")
+        overrides["audio_length"] = target_length
     kw = {k: v for k, v in CAV_MAE_SIZES[size].items() if k not in _DECODER_KEYS}
     return CAVMAEClassifier(**{**kw, **overrides})
 
