@@ -192,10 +192,16 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """Evaluation on ``data.eval_manifest`` every ``every_n_epochs`` (0 = only at the end, -1 = never)."""
+    """Evaluation on ``data.eval_manifest`` every ``every_n_epochs`` (0 = only at the end, -1 = never).
+
+    ``video_views`` (audio-visual classification, ``modality: av``): views of each eval clip's
+    video, each the model's frame count, evaluated one at a time and their class probabilities
+    averaged; 10 with a one-frame model (``cav_mae_*_ft``) is CAV-MAE's 10-frame evaluation.
+    """
 
     every_n_epochs: int = 1
     batch_size: Optional[int] = None  # None: train.batch_size
+    video_views: int = 1
 
 
 @dataclass
@@ -508,6 +514,10 @@ def validate(cfg: Config) -> Config:
     # eval, logging, checkpoints
     _check(cfg.eval.every_n_epochs >= -1, "eval.every_n_epochs", f"must be >= 0, or -1 for never; got {cfg.eval.every_n_epochs}")
     _check(cfg.eval.batch_size is None or cfg.eval.batch_size >= 1, "eval.batch_size", f"must be >= 1 (or null), got {cfg.eval.batch_size}")
+    _check(cfg.eval.video_views >= 1, "eval.video_views", f"must be >= 1, got {cfg.eval.video_views}")
+    if cfg.eval.video_views > 1:
+        _check(cfg.modality == "av", "eval.video_views", f"views of the video need the 'av' modality set, not {cfg.modality!r}")
+        _check(cfg.task != "pretrain", "eval.video_views", "averages a classifier's predictions; pretraining evaluates one view (set it to 1)")
     _check(cfg.logging.every_n_steps >= 1, "logging.every_n_steps", f"must be >= 1, got {cfg.logging.every_n_steps}")
     c = cfg.checkpoint
     _check(c.every_n_epochs >= 0, "checkpoint.every_n_epochs", f"must be >= 0 (0 = off), got {c.every_n_epochs}")

@@ -14,7 +14,12 @@ Items are split over the processes and gathered back with ``gather_for_metrics``
 counts once whatever the number of processes. The output JSON holds ``metrics`` (multi-label:
 ``mAP``, ``mAUC``; single-label: ``acc``, ``acc5``; see ``avmae.train.metrics`` for the rules) and
 ``classes`` (per-class AP / accuracy with the label names). ``--task retrieval`` evaluates an
-audio-visual pretraining model by audio <-> video recall@k instead.
+audio-visual pretraining model by audio <-> video recall@1/5/10 both ways instead.
+
+An audio-visual classifier sees ``--video-views`` views of each clip's video one at a time (default:
+the run's ``eval.video_views``, else 1) and is scored by their averaged class probabilities:
+
+    python tools/evaluate.py -c runs/cav_ft --video-views 10      # CAV-MAE's 10-frame evaluation
 """
 
 from __future__ import annotations
@@ -40,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     label = p.add_mutually_exclusive_group()
     label.add_argument("--multilabel", dest="multilabel", action="store_true", default=None, help="score as multi-label (mAP)")
     label.add_argument("--single-label", dest="multilabel", action="store_false", help="score as single-label (accuracy)")
+    p.add_argument(
+        "--video-views", type=int, default=None, metavar="V",
+        help="audio-visual classifiers: views of each clip's video, class probabilities averaged (default: the run's eval.video_views, else 1)",
+    )
     p.add_argument("--batch-size", type=int, default=32, help="per process (default: %(default)s)")
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--norm", default=None, help="fbank normalisation stats by name (default: the run config's, else audioset)")
@@ -76,6 +85,22 @@ def resolve_data(args: argparse.Namespace, config: Optional[Dict[str, Any]]):
     return Path(manifest), (Path(label_csv) if label_csv is not None else None)
 
 
+def resolve_views(args: argparse.Namespace, config: Optional[Dict[str, Any]], has_video: bool) -> int:
+    """Video views per eval clip: ``--video-views``, else the run config's ``eval.video_views``
+    (classification of an audio-visual model only), else 1."""
+    if args.video_views is not None:
+        if args.video_views < 1:
+            raise SystemExit(f"evaluate: --video-views must be >= 1, got {args.video_views}")
+        if args.video_views > 1 and not has_video:
+            raise SystemExit("evaluate: --video-views needs a model with a video input")
+        if args.video_views > 1 and args.task != "classify":
+            raise SystemExit("evaluate: --video-views averages a classifier's predictions; --task retrieval uses one view")
+        return args.video_views
+    section = (config or {}).get("eval")
+    views = section.get("video_views", 1) if isinstance(section, dict) else 1
+    return int(views or 1) if has_video and args.task == "classify" else 1
+
+
 def build_dataset(model, config, manifest: Path, label_csv: Optional[Path], args: argparse.Namespace):
     from avmae.data import AudioDataset, AVDataset
     from avmae.hub import frontend_for
@@ -84,10 +109,12 @@ def build_dataset(model, config, manifest: Path, label_csv: Optional[Path], args
     multilabel = args.multilabel if args.multilabel is not None else _data_section(config).get("multilabel")
     common = dict(frontend=frontend, sample_rate=frontend.sample_rate, train=False, multilabel=multilabel)
     mods = getattr(model, "modalities", None)
-    if mods is not None and "video" in mods:
+    has_video = mods is not None and "video" in mods
+    views = resolve_views(args, config, has_video)
+    if has_video:
         video = mods["video"]
         frames, _, height, _ = video.input_shape
-        return AVDataset(manifest, label_csv, num_frames=int(frames), image_size=int(height), **common)
+        return AVDataset(manifest, label_csv, num_frames=int(frames), image_size=int(height), eval_views=views, **common)
     return AudioDataset(manifest, label_csv, **common)
 
 
@@ -98,7 +125,7 @@ def classify(model, dataset, loader, accelerator, args) -> Dict[str, Any]:
     expected = getattr(accelerator.unwrap_model(model), "num_classes", None)
     if expected is not None and expected != dataset.num_classes:
         raise SystemExit(f"evaluate: the model predicts {expected} classes, the label CSV has {dataset.num_classes}")
-    logits, labels = collect_predictions(model, loader, accelerator)
+    logits, labels = collect_predictions(model, loader, accelerator, multilabel=dataset.multilabel)
     if logits.shape[0] != len(dataset):
         raise RuntimeError(f"gathered {logits.shape[0]} predictions for {len(dataset)} items")
     summary, per_class = classification_report(logits, labels, multilabel=dataset.multilabel, class_names=dataset.class_names, class_ids=dataset.class_ids)
@@ -106,7 +133,8 @@ def classify(model, dataset, loader, accelerator, args) -> Dict[str, Any]:
         import torch
 
         torch.save({"logits": logits, "labels": labels, "files": [it["wav"] for it in dataset.items]}, args.save_logits)
-    return {"multilabel": dataset.multilabel, "metrics": summary, "classes": per_class}
+    views = {"video_views": dataset.eval_views} if hasattr(dataset, "eval_views") else {}
+    return {"multilabel": dataset.multilabel, **views, "metrics": summary, "classes": per_class}
 
 
 def retrieval(model, dataset, loader, accelerator, args) -> Dict[str, Any]:

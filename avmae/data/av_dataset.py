@@ -13,7 +13,10 @@ Each item names its pictures in one of two ways:
 Relative paths are resolved against the manifest's folder and may not leave it (through ``..``
 or a symlink) unless ``allow_outside_root``; absolute paths are used as written. An item is
 ``dict(audio=[1, T, F], video=[Tv, 3, H, W], label=[C], index=int)``; determinism, label
-handling and the skip policy are ``AudioDataset``'s.
+handling and the skip policy are ``AudioDataset``'s. With ``eval_views=V > 1`` (evaluation
+only) ``video`` is ``[V, Tv, 3, H, W]``: V views of the clip, each the model's ``Tv`` frames,
+which a classifier evaluates one at a time and averages (``input_views``; CAV-MAE's 10-frame
+evaluation is ``num_frames=1, eval_views=10``).
 """
 
 from __future__ import annotations
@@ -97,6 +100,13 @@ class AVDataset(AudioDataset):
     ones (training). As in CAV-MAE, training frames are not augmented unless ``crop`` is
     ``"random_resized"`` or ``flip=True`` (both only with ``train=True``).
 
+    ``eval_views`` (evaluation only): V views of each clip's pictures, ``video`` ``[V, Tv, 3, S, S]``.
+    V x Tv frames are read at the segment centres of the clip (of a frame folder: its
+    ``num_total_frames``, so ``num_frames=1, eval_views=10`` reads frames 0..9, CAV-MAE's
+    ensemble) and view k takes frames k, k + V, k + 2V, ...: each view spans the clip, as a
+    training draw does. ``input_views`` tells the evaluation (``avmae.train.finetune``) to run the
+    views one at a time and average their class probabilities.
+
     ``augment`` takes ``AudioDataset``'s keys; with ``mixup``, the frames are mixed with the
     same weight as the sound (CAV-MAE). A clip whose sound or pictures cannot be read is a
     ``MediaError``, or with ``on_error="skip"`` is replaced as ``AudioDataset`` does.
@@ -117,6 +127,7 @@ class AVDataset(AudioDataset):
         std: Sequence[float] = IMAGENET_STD,
         num_total_frames: int = 10,
         frame_index: Optional[int] = None,
+        eval_views: int = 1,
         seek_threshold: float = 1.0,
         sample_rate: int = 16000,
         train: bool = False,
@@ -143,6 +154,10 @@ class AVDataset(AudioDataset):
             raise ValueError(f"crop must be 'center' or 'random_resized', got {crop!r}")
         if frame_index is not None and not 0 <= frame_index < num_total_frames:
             raise ValueError(f"frame_index must be in [0, {num_total_frames}), got {frame_index}")
+        if eval_views < 1:
+            raise ValueError(f"eval_views must be >= 1, got {eval_views}")
+        if eval_views > 1 and frame_index is not None:
+            raise ValueError(f"eval_views={eval_views} reads frames across the clip; it cannot be combined with frame_index={frame_index}")
         super().__init__(
             items,
             label_csv,
@@ -167,14 +182,25 @@ class AVDataset(AudioDataset):
         self.std = tuple(float(s) for s in std)
         self.num_total_frames = int(num_total_frames)
         self.frame_index = frame_index
+        self.eval_views = int(eval_views)
+        if self.eval_views > 1 and self.num_frames * self.eval_views > self.num_total_frames and any("video_path" in it for it in self.items):
+            raise ValueError(
+                f"eval_views={self.eval_views} of num_frames={self.num_frames} need {self.num_frames * self.eval_views} frames; "
+                f"the manifest's frame folders hold num_total_frames={self.num_total_frames}"
+            )
         self.seek_threshold = float(seek_threshold)
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(items={len(self)}, classes={self.num_classes}, "
-            f"num_frames={self.num_frames}, image_size={self.image_size}, train={self.train}, "
+            f"num_frames={self.num_frames}, eval_views={self.eval_views}, image_size={self.image_size}, train={self.train}, "
             f"on_error={self.on_error!r}, manifest={self.manifest_path!r})"
         )
+
+    @property
+    def input_views(self) -> Dict[str, int]:
+        """``{"video": eval_views}`` when evaluation items hold several views of the clip, else ``{}``."""
+        return {"video": self.eval_views} if self.eval_views > 1 and not self.train else {}
 
     def source(self, index: int) -> str:
         """The pictures of item ``index``: a file path, or ``root/frame_*/video_id.jpg``."""
@@ -184,23 +210,31 @@ class AVDataset(AudioDataset):
         return os.path.join(item["video_path"], "frame_*", f"{item['video_id']}.jpg")
 
     def load_frames(self, index: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Frames ``[Tv, 3, S, S]`` of item ``index``; ``generator`` drives training draws."""
+        """Frames ``[Tv, 3, S, S]`` of item ``index`` (``[V, Tv, 3, S, S]`` with ``input_views``);
+        ``generator`` drives training draws."""
         item = self.items[index]
         train = self.train
+        views = self.input_views.get("video", 1)
+        count = self.num_frames * views
         crop = self.crop if train else "center"
         common = dict(
             size=self.image_size, short_side=self.short_side, crop=crop, flip=self.flip and train,
             generator=generator, mean=self.mean, std=self.std,
         )
         if "video" in item:
-            return load_frames(
-                item["video"], self.num_frames, mode="random" if train else "uniform",
+            frames = load_frames(
+                item["video"], count, mode="random" if train else "uniform",
                 seek_threshold=self.seek_threshold, **common,
             )
-        return load_frame_folder(
-            item["video_path"], item["video_id"], self.num_frames, num_total=self.num_total_frames,
-            frame_index=None if train else self.frame_index, train=train, **common,
-        )
+        else:
+            frames = load_frame_folder(
+                item["video_path"], item["video_id"], count, num_total=self.num_total_frames,
+                frame_index=None if train else self.frame_index, train=train, **common,
+            )
+        if views == 1:
+            return frames
+        # frame t * V + k is frame t of view k
+        return frames.reshape(self.num_frames, views, *frames.shape[1:]).transpose(0, 1).contiguous()
 
     # ------------------------------------------------------------------ loading
     def _try_load(self, index: int) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:

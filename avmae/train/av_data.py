@@ -4,7 +4,9 @@
 ``data.train_manifest`` / ``data.eval_manifest``, or of the generated audio-visual demo clips
 when no manifest is given. The frames' count and size are the video input of the model:
 ``model.params.num_frames`` / ``model.params.image_size`` when set, else the model's defaults
-(read from the model itself, built once on the CPU).
+(read from the model itself, built once on the CPU). The eval split holds ``eval.video_views``
+views of each clip (``AVDataset(eval_views=)``), whose class probabilities the fine-tuning
+evaluation averages.
 
 ``retrieval_metrics(model, loader, accelerator)`` embeds every eval clip twice (mean-pooled
 audio-only and video-only passes through the joint blocks, nothing masked, as CAV-MAE's
@@ -73,6 +75,7 @@ def build_av_dataset(cfg: Config, split: str) -> Optional[Dataset]:
         frontend=audio_frontend(cfg),
         num_frames=num_frames,
         image_size=image_size,
+        eval_views=1 if split == "train" else cfg.eval.video_views,
         **dataset_options(cfg, split),
     )
 

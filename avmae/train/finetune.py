@@ -14,7 +14,10 @@ cross-entropy (soft targets allowed, ``train.label_smoothing``) for single-label
 than one label), or from ``data.multilabel`` when set.
 
 Evaluation: logits and labels of the eval split are gathered with ``gather_for_metrics`` (no
-item dropped or counted twice across processes). Multi-label: ``mAP`` (``avmae.train.metrics``),
+item dropped or counted twice across processes). An eval set whose items hold several views of an
+input (its ``input_views``, e.g. the frames of a video evaluated one at a time: ``eval.video_views``
+of the "av" modality set) is scored by the average of the views' class probabilities (sigmoid for
+multi-label data, softmax otherwise), as CAV-MAE's multi-frame evaluation does. Multi-label: ``mAP`` (``avmae.train.metrics``),
 ``mAUC``; single-label: ``acc`` (top-1), ``acc5``. ``best_<metric>`` joins every eval record in
 ``metrics.jsonl``; per-class results go to ``<output_dir>/eval/per_class_last.json`` and
 ``per_class_best.json``.
@@ -33,7 +36,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -46,7 +49,16 @@ from .trainer import Task, model_inputs, register_task
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["FinetuneTask", "LinearProbeTask", "collect_predictions", "classification_loss", "resolve_loss", "write_json"]
+__all__ = [
+    "FinetuneTask",
+    "LinearProbeTask",
+    "collect_predictions",
+    "ensemble_logits",
+    "predict_views",
+    "classification_loss",
+    "resolve_loss",
+    "write_json",
+]
 
 LOSSES = ("auto", "bce", "ce")
 
@@ -71,14 +83,60 @@ def classification_loss(logits: torch.Tensor, target: torch.Tensor, loss: str, l
     return F.cross_entropy(logits, target, label_smoothing=label_smoothing)
 
 
+def ensemble_logits(view_logits: torch.Tensor, multilabel: bool) -> torch.Tensor:
+    """``[V, B, C]`` logits of V views of each item -> ``[B, C]`` logits of the views' mean class
+    probabilities: ``sigmoid(out)`` is the mean of the views' sigmoids (``multilabel``), else
+    ``softmax(out)`` the mean of their softmaxes (``out`` is then its log). Computed in log space,
+    so saturated logits stay finite; losses and metrics on ``out`` score the averaged probabilities."""
+    if view_logits.dim() != 3 or view_logits.shape[0] < 1:
+        raise ValueError(f"expected [V, B, C] logits with V >= 1, got {list(view_logits.shape)}")
+    x = view_logits.float()
+    if multilabel:  # log(mean p) - log(mean (1 - p)); the 1/V cancels
+        return torch.logsumexp(F.logsigmoid(x), dim=0) - torch.logsumexp(F.logsigmoid(-x), dim=0)
+    return torch.logsumexp(F.log_softmax(x, dim=-1), dim=0) - math.log(x.shape[0])
+
+
+def input_views(dataset: Any) -> Dict[str, int]:
+    """``{input key: V}`` of a dataset whose items hold V views of that input stacked on a leading
+    dimension (``dataset.input_views``); empty for one view. Every listed input has the same V."""
+    views = {str(k): int(v) for k, v in dict(getattr(dataset, "input_views", None) or {}).items() if int(v) != 1}
+    if any(v < 1 for v in views.values()) or len(set(views.values())) > 1:
+        raise ValueError(f"{type(dataset).__name__}.input_views must give every input the same number of views >= 1, got {views}")
+    return views
+
+
+def predict_views(model: nn.Module, inputs: Mapping[str, torch.Tensor], views: Mapping[str, int], multilabel: bool) -> torch.Tensor:
+    """Logits ``[B, C]`` of inputs holding several views: the model sees view k of every input in
+    ``views`` (``[B, V, ...]`` -> ``[B, ...]``) with the other inputs unchanged, one view at a
+    time; the views' probabilities are averaged (``ensemble_logits``)."""
+    if not views:
+        return model(dict(inputs)).float()
+    for key, v in views.items():
+        if key not in inputs:
+            raise KeyError(f"the data has {v} views of {key!r}, which is not one of the model's inputs {list(inputs)}")
+        if inputs[key].dim() < 2 or inputs[key].shape[1] != v:
+            raise ValueError(f"input {key!r} should hold {v} views on dim 1, got shape {list(inputs[key].shape)}")
+    count = next(iter(views.values()))
+    logits = [model({k: x[:, i] if k in views else x for k, x in inputs.items()}).float() for i in range(count)]
+    return ensemble_logits(torch.stack(logits), multilabel)
+
+
 @torch.no_grad()
-def collect_predictions(model: nn.Module, loader, accelerator) -> Tuple[torch.Tensor, torch.Tensor]:
+def collect_predictions(model: nn.Module, loader, accelerator, *, multilabel: Optional[bool] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Logits ``[N, C]`` and labels ``[N, C]`` of every item of ``loader`` (float32, CPU), in
     dataset order, gathered from all processes with ``gather_for_metrics`` (the padding that
-    evens out the processes' shares is dropped)."""
+    evens out the processes' shares is dropped).
+
+    When ``loader.dataset`` has ``input_views`` (several views of an input per item), each item's
+    logits are those of its views' averaged probabilities (``predict_views``); ``multilabel``
+    (default: the dataset's) picks sigmoid or softmax."""
+    dataset = getattr(loader, "dataset", None)
+    views = input_views(dataset)
+    if multilabel is None:
+        multilabel = bool(getattr(dataset, "multilabel", False))
     logits_all, labels_all = [], []
     for batch in loader:
-        logits = model(model_inputs(model, batch, accelerator)).float()
+        logits = predict_views(model, model_inputs(model, batch, accelerator), views, multilabel)
         logits, labels = accelerator.gather_for_metrics((logits.contiguous(), batch["label"].float().contiguous()))
         logits_all.append(logits.cpu())
         labels_all.append(labels.cpu())
@@ -153,7 +211,7 @@ class FinetuneTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model, loader, accelerator) -> Dict[str, float]:
-        logits, labels = collect_predictions(model, loader, accelerator)
+        logits, labels = collect_predictions(model, loader, accelerator, multilabel=self.multilabel)
         if logits.numel() == 0:
             return {}
         summary, per_class = classification_report(logits, labels, multilabel=self.multilabel, class_names=self.class_names or None, class_ids=self.class_ids or None)
