@@ -144,7 +144,12 @@ class MaskingConfig:
 @dataclass
 class OptimConfig:
     """AdamW. ``lr = blr * effective_batch / 256`` unless ``lr`` is given; ``layer_decay < 1``
-    scales block i's lr by ``layer_decay ** (depth + 1 - layer_id)`` (fine-tuning)."""
+    scales block i's lr by ``layer_decay ** (depth + 1 - layer_id)`` (fine-tuning).
+
+    ``fused``: "auto" = torch's fused AdamW kernels where torch has them for the training device
+    (CUDA; CPU from torch 2.4), else the default implementation; "true" requires them (an error
+    where torch has none); "false" = the default implementation.
+    """
 
     blr: float = 2e-4
     lr: Optional[float] = None
@@ -153,6 +158,7 @@ class OptimConfig:
     eps: float = 1e-8
     clip_grad: Optional[float] = None
     layer_decay: float = 1.0
+    fused: str = "auto"  # "auto" | "true" | "false"
 
 
 @dataclass
@@ -376,6 +382,9 @@ def load_config(
     # YAML 1.1 reads a bare `no` as false, which the str field stores as "False"
     if cfg.train.mixed_precision in ("False", "false"):
         cfg.train.mixed_precision = "no"
+    # YAML / overrides read true/false as booleans, which the str field stores as "True"/"False"
+    if cfg.optim.fused in ("True", "False"):
+        cfg.optim.fused = cfg.optim.fused.lower()
     if check:
         validate(cfg)
     return cfg
@@ -489,6 +498,7 @@ def validate(cfg: Config) -> Config:
     _check(o.eps > 0, "optim.eps", f"must be > 0, got {o.eps}")
     _check(o.clip_grad is None or o.clip_grad > 0, "optim.clip_grad", f"must be > 0 (or null for no clipping), got {o.clip_grad}")
     _check(0.0 < o.layer_decay <= 1.0, "optim.layer_decay", f"must be in (0, 1] (1 = off), got {o.layer_decay}")
+    _in("optim.fused", o.fused, ["auto", "true", "false"])
 
     # schedule
     s = cfg.schedule

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 import avmae
-from avmae.config import load_config
+from avmae.config import ConfigError, load_config
 from avmae.train import build_optimizer, layer_id, lr_at, param_groups, plan_run, scaled_lr, set_lr
+from avmae.train.optim import fused_adamw_devices, resolve_fused, set_fused
 
 
 def _names(model, group):
@@ -94,3 +95,87 @@ def test_optimizer_refuses_no_trainable_params():
         p.requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable"):
         build_optimizer(param_groups(model, 0.0), lr=1.0)
+
+
+# --------------------------------------------------------------------------- fused AdamW
+
+CPU_FUSED = "cpu" in fused_adamw_devices()
+
+
+def _steps(opt, n, seed=0):
+    """``n`` steps with the same random gradients for every optimizer (the same seed): the
+    implementations are compared on identical inputs, free of matmul rounding in a backward."""
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(n):
+        for group in opt.param_groups:
+            for p in group["params"]:
+                p.grad = torch.randn(p.shape, generator=g)
+        opt.step()
+
+
+def _tiny_groups(seed=0):
+    torch.manual_seed(seed)
+    model = avmae.create_model("audiomae_tiny", target_length=64)
+    return model, param_groups(model, 0.05, layer_decay=0.75)
+
+
+def test_fused_option_is_validated_and_read_as_a_word():
+    assert load_config([]).optim.fused == "auto"
+    assert load_config([], ["optim.fused=true"]).optim.fused == "true"  # a YAML boolean, stored as the word
+    assert load_config([], ["optim.fused=false"]).optim.fused == "false"
+    with pytest.raises(ConfigError, match="^optim.fused: must be one of"):
+        load_config([], ["optim.fused=sometimes"])
+
+
+def test_resolve_fused_per_device():
+    assert resolve_fused("false", ["cuda"]) is False
+    assert resolve_fused("auto", ["meta"]) is False  # no fused kernels there: the default implementation
+    with pytest.raises(ConfigError, match="^optim.fused: .*no fused AdamW for meta"):
+        resolve_fused("true", ["meta"])
+    assert resolve_fused("auto", ["cpu"]) is CPU_FUSED
+    assert resolve_fused("auto", ["cpu", "meta"]) is False  # every device must have the kernels
+
+
+@pytest.mark.skipif(not CPU_FUSED, reason="this torch has no fused AdamW on the CPU")
+def test_build_optimizer_honours_fused():
+    _, groups = _tiny_groups()
+    assert build_optimizer(groups, lr=1e-3, fused="true").defaults["fused"] is True
+    assert build_optimizer(groups, lr=1e-3).defaults["fused"] is True  # auto, on the CPU
+    assert not build_optimizer(groups, lr=1e-3, fused="false").defaults["fused"]
+    assert not build_optimizer(groups, lr=1e-3, fused="auto", devices=["meta"]).defaults["fused"]
+    assert build_optimizer(groups, lr=1e-3, fused=True).defaults["fused"] is True
+
+
+@pytest.mark.skipif(not CPU_FUSED, reason="this torch has no fused AdamW on the CPU")
+def test_fused_and_default_adamw_take_the_same_steps():
+    (ma, ga), (mb, gb) = _tiny_groups(), _tiny_groups()
+    fused = build_optimizer(ga, lr=2e-3, fused="true")
+    plain = build_optimizer(gb, lr=2e-3, fused="false")
+    _steps(fused, 3)
+    _steps(plain, 3)
+    moved = 0.0
+    for (name, a), b, init in zip(ma.named_parameters(), mb.parameters(), _tiny_groups()[0].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+        moved = max(moved, (a - init).abs().max().item())
+    assert moved > 1e-3  # the steps did move the weights
+
+
+@pytest.mark.skipif(not CPU_FUSED, reason="this torch has no fused AdamW on the CPU")
+@pytest.mark.parametrize("first, then", [("true", "false"), ("false", "true")])
+def test_optimizer_state_loads_across_implementations(first, then):
+    (ma, ga), (mb, gb) = _tiny_groups(), _tiny_groups()
+    a = build_optimizer(ga, lr=2e-3, fused=first)
+    b = build_optimizer(gb, lr=2e-3, fused=first)
+    _steps(a, 2)
+    _steps(b, 2)
+    # b continues with the other implementation from a state dict its own implementation wrote
+    b2 = build_optimizer(gb, lr=2e-3, fused=then)
+    b2.load_state_dict(b.state_dict())
+    set_fused(b2, then == "true")
+    assert bool(b2.defaults["fused"]) == (then == "true") and all(bool(g["fused"]) == (then == "true") for g in b2.param_groups)
+    assert all(s["step"].dtype == torch.float32 and s["step"].device.type == "cpu" for s in b2.state.values())
+    _steps(a, 2, seed=1)
+    _steps(b2, 2, seed=1)
+    assert all(float(s["step"]) == 4 for s in b2.state.values())
+    for (name, pa), pb in zip(ma.named_parameters(), mb.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6, msg=name)

@@ -152,6 +152,33 @@ def test_exact_resume_after_sigterm_is_bit_identical(clips, tmp_path):
     assert la == lb
 
 
+def test_optim_fused_is_honoured_and_a_resume_may_switch_it(clips, tmp_path, monkeypatch):
+    import avmae.train.trainer as trainer_module
+    from avmae.train.optim import fused_adamw_devices
+
+    built = []
+
+    def spy(*args, **kwargs):
+        built.append(real(*args, **kwargs))
+        return built[-1]
+
+    real = trainer_module.build_optimizer
+    monkeypatch.setattr(trainer_module, "build_optimizer", spy)
+    extra = ("schedule.max_steps=4", "eval.every_n_epochs=-1")
+    part = StopAt(tiny_config(clips, tmp_path / "run", *extra, "optim.fused=false"))
+    part.stop_step = 2
+    assert part.fit().steps == 2
+    assert not built[-1].defaults["fused"]
+    fused = "cpu" in fused_adamw_devices()
+    # the checkpoint's optimizer state was written by the default implementation; auto continues fused (where torch can)
+    resumed = Trainer(tiny_config(clips, tmp_path / "run", *extra, "optim.fused=auto", "resume=true")).fit()
+    assert resumed.steps == 4 and resumed.start_step == 2
+    opt = built[-1]
+    assert bool(opt.defaults["fused"]) == fused and all(bool(g["fused"]) == fused for g in opt.param_groups)
+    assert all(float(s["step"]) == 4 for s in opt.state.values())
+    assert all(torch.isfinite(v).all() for v in weights(tmp_path / "run").values())
+
+
 class NaNTask(PretrainTask):
     """Pretraining whose loss is NaN on chosen forward calls."""
 

@@ -54,7 +54,7 @@ import avmae
 from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..config import Config, ConfigError, diff, load_config, save_config, to_dict, validate
 from .logging_utils import MetricsWriter
-from .optim import build_optimizer, lr_at, param_groups, scaled_lr, set_lr
+from .optim import build_optimizer, lr_at, param_groups, resolve_fused, scaled_lr, set_fused, set_lr
 
 _logger = logging.getLogger(__name__)
 
@@ -680,7 +680,9 @@ class Trainer:
             model = task.build_model(train_set)
         plan = plan_run(cfg, task.items_per_epoch(train_set), acc.num_processes, mixed_precision=self.mixed_precision, device=str(acc.device))
         _logger.info("run plan: %s", plan.describe())
-        optimizer = build_optimizer(task.param_groups(model), lr=plan.lr, betas=cfg.optim.betas, eps=cfg.optim.eps)
+        fused = resolve_fused(cfg.optim.fused, self._param_devices())
+        optimizer = build_optimizer(task.param_groups(model), lr=plan.lr, betas=cfg.optim.betas, eps=cfg.optim.eps, fused=fused)
+        _logger.info("optimizer: AdamW, %s implementation (optim.fused=%s)", "fused" if fused else "default", cfg.optim.fused)
         sampler = task.build_sampler(train_set, plan)
         train_loader = self._loader(EpochIndexed(train_set), cfg.train.batch_size, sampler=sampler)
         eval_loader = self._loader(eval_set, cfg.eval.batch_size or cfg.train.batch_size) if eval_set is not None and cfg.eval.every_n_epochs >= 0 else None
@@ -691,6 +693,8 @@ class Trainer:
         set_seed(cfg.train.seed + acc.process_index)  # per-process masking / drop-path randomness
 
         state = self._resume(plan)
+        if state.last_checkpoint:
+            set_fused(optimizer, fused)  # the loaded state carries the implementation that wrote it
         start_step = state.step
         metrics = MetricsWriter(self.output_dir / "metrics.jsonl", acc if cfg.logging.tensorboard else None, enabled=acc.is_main_process)
         if cfg.logging.tensorboard:
@@ -797,6 +801,16 @@ class Trainer:
 
     def after_step(self, step: int) -> None:
         """Called after every optimizer step (a hook for subclasses)."""
+
+    def _param_devices(self) -> List[str]:
+        """Device types the optimizer steps parameters on: the training device, and the CPU where
+        FSDP offloads the parameters there."""
+        devices = [self.accelerator.device.type]
+        plugin = getattr(self.accelerator.state, "fsdp_plugin", None)
+        offload = getattr(plugin, "cpu_offload", None)
+        if getattr(offload, "offload_params", False) or type(offload).__name__ == "CPUOffloadPolicy":
+            devices.append("cpu")
+        return devices
 
     # ------------------------------------------------------------------------ pieces
     def _build_datasets(self) -> Tuple[Dataset, Optional[Dataset]]:
