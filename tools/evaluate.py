@@ -72,9 +72,10 @@ def resolve_data(args: argparse.Namespace, config: Optional[Dict[str, Any]]):
     if manifest is None:
         manifest = data.get("eval_manifest")
         if manifest is None and config is not None and data.get("train_manifest") is None:
-            from avmae.data import ensure_demo_audio
+            from avmae.data import ensure_demo_audio, ensure_demo_av
 
-            root = ensure_demo_audio()  # the run trained on the embedded demo data
+            # the run trained on the embedded demo data (the audio-visual clips for modality av)
+            root = ensure_demo_av() if config.get("modality") == "av" else ensure_demo_audio()
             manifest, label_csv = root / "eval.json", label_csv or root / "class_labels_indices.csv"
         if manifest is None:
             raise SystemExit("evaluate: pass --data (the checkpoint's config names no eval manifest)")
