@@ -55,6 +55,11 @@ def test_benchmark_runs_end_to_end_and_writes_json(tmp_path, manifest):
         assert run["step_s_best"] > 0 and run["samples_per_s"] > 0 and run["flops_per_step"] > 0
         assert run["memory"]["peak_mb"] > 0 and 0 < run["peak_fraction"]
     assert doc["model_step"]["baseline"]["attention"] == "plain math"
+    # ours: AdamW as the trainer's default builds it; the baseline: torch's default implementation
+    from avmae.train.optim import fused_adamw_devices
+
+    assert doc["model_step"]["ours"]["optimizer"] == ("adamw-fused" if "cpu" in fused_adamw_devices() else "adamw")
+    assert doc["model_step"]["baseline"]["optimizer"] == "adamw"
     assert doc["model_step"]["ours"]["flops_per_step"] == doc["model_step"]["baseline"]["flops_per_step"]
     assert doc["model_step"]["speedup_vs_baseline"] > 0
     assert {r["mode"] for r in doc["data"]} == {"dataset", "batched-worker", "batched-main", "decode-only"}

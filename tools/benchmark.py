@@ -6,13 +6,15 @@
 
 Sections (each can be switched off):
 
-* ``model``: forward + backward + AdamW step of a preset on random inputs: step time (best and
+* ``model``: forward + backward + AdamW step of a preset on random inputs (AdamW built as the
+  trainer builds it: ``--optimizer auto`` is ``optim.fused=auto``): step time (best and
   median of ``--steps`` after ``--warmup``; the configurations are built and warmed up first, then
   timed one step each in turn, so that load from other work hits them alike), samples/s, FLOPs of one step (``FlopCounterMode``,
   forward + backward), achieved FLOP/s and its fraction of the device's matmul peak measured here
   in the same precision, peak memory (CUDA max allocated; on CPU peak RSS over the section).
 * ``baseline``: the same step with plain-math attention (timm ``fused_attn=False``,
-  ``WindowAttention.fused=False``) in fp32, and the speed-up of ``model`` over it.
+  ``WindowAttention.fused=False``) in fp32 with torch's default AdamW (``--baseline-optimizer``),
+  and the speed-up of ``model`` over it.
 * ``data``: compressed audio from a manifest (default: the demo data) to model-ready normalised
   fbank batches, with 0..N DataLoader workers, for three paths: ``dataset`` (AudioDataset: PyAV
   decode + Kaldi fbank per item in the workers), ``batched-worker`` (decode + batched fbank in the
@@ -47,8 +49,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import avmae  # noqa: E402
 from avmae.layers import WindowAttention  # noqa: E402
+from avmae.train.optim import build_optimizer, param_groups  # noqa: E402
 
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# --optimizer -> optim.fused: "auto" is the trainer's default, the others force one implementation
+OPTIMIZERS = {"auto": "auto", "adamw": "false", "adamw-fused": "true"}
 
 
 # ----------------------------------------------------------------------------------- machine
@@ -211,8 +216,10 @@ def count_step_flops(forward_backward: Callable[[], None]) -> int:
 class TrainingStep:
     """One configuration of the training step: ``loss_fn`` under autocast, backward, AdamW.
 
-    ``loss_fn`` closes over the model and its inputs. ``optimizer``: "adamw" (torch's default
-    implementation, as the trainer builds it) or "adamw-fused" (``fused=True``). ``warm_up`` runs
+    ``loss_fn`` closes over the model and its inputs. AdamW comes from the trainer's builder
+    (parameter groups with weight decay 0.05, betas (0.9, 0.95)); ``optimizer``: "auto" (the
+    trainer's default, ``optim.fused=auto``: fused where torch has the kernels for ``device``),
+    "adamw" (torch's default implementation) or "adamw-fused" (``fused=True``). ``warm_up`` runs
     the first steps (compilation with ``torch.compile``); ``run_timed`` times one more step.
     Several configurations are timed in alternation (``time_interleaved``), so that a busy moment
     on a shared machine hits all of them alike.
@@ -226,14 +233,14 @@ class TrainingStep:
         device: torch.device,
         precision: str,
         batch_size: int,
-        optimizer: str = "adamw",
+        optimizer: str = "auto",
     ) -> None:
-        if optimizer not in ("adamw", "adamw-fused"):
-            raise ValueError(f"unknown optimizer {optimizer!r}")
-        params = [p for p in model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), fused=True if optimizer == "adamw-fused" else None)
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {optimizer!r}; one of {list(OPTIMIZERS)}")
+        self.opt = build_optimizer(param_groups(model, 0.05), lr=1e-4, betas=(0.9, 0.95), fused=OPTIMIZERS[optimizer], devices=[device])
         self.loss_fn, self.device, self.precision = loss_fn, device, precision
-        self.batch_size, self.optimizer = batch_size, optimizer
+        self.batch_size = batch_size
+        self.optimizer = "adamw-fused" if self.opt.defaults["fused"] else "adamw"  # what "auto" resolved to
         self.first: Optional[float] = None
         self.times: List[float] = []
 
@@ -294,7 +301,7 @@ def measure_training_step(
     warmup: int,
     count_flops: bool = True,
     peak: Optional[float] = None,
-    optimizer: str = "adamw",
+    optimizer: str = "auto",
 ) -> Dict[str, Any]:
     """Warm up and time one configuration on its own (see ``TrainingStep``)."""
     run = TrainingStep(model, loss_fn, device=device, precision=precision, batch_size=batch_size, optimizer=optimizer)
@@ -323,7 +330,7 @@ class ModelRun:
         fused: bool = True,
         compile: bool = False,
         seed: int = 0,
-        optimizer: str = "adamw",
+        optimizer: str = "auto",
     ) -> None:
         torch.manual_seed(seed)
         kwargs = {"decoder": decoder} if decoder else {}
@@ -519,13 +526,13 @@ def format_table(result: Dict[str, Any]) -> str:
     runs = result.get("model_step", {})
     if runs:
         lines.append("")
-        lines.append(f"{'model step':34s} {'prec':5s} {'B':>4s} {'best s':>8s} {'median s':>9s} {'samples/s':>10s} {'TFLOP/s':>8s} {'of peak':>8s} {'mem MB':>9s}")
+        lines.append(f"{'model step':34s} {'prec':5s} {'AdamW':11s} {'B':>4s} {'best s':>8s} {'median s':>9s} {'samples/s':>10s} {'TFLOP/s':>8s} {'of peak':>8s} {'mem MB':>9s}")
         for key, r in runs.items():
             if not isinstance(r, dict) or "step_s_best" not in r:
                 continue
             label = f"{key}: {r['model']}/{r['decoder'] or '-'} {'compiled' if r['compile'] else ''}".strip()
             lines.append(
-                f"{label[:34]:34s} {r['precision']:5s} {r['batch_size']:4d} {r['step_s_best']:8.3f} {r['step_s_median']:9.3f} "
+                f"{label[:34]:34s} {r['precision']:5s} {r['optimizer']:11s} {r['batch_size']:4d} {r['step_s_best']:8.3f} {r['step_s_median']:9.3f} "
                 f"{r['samples_per_s']:10.2f} {r.get('tflops_achieved', float('nan')):8.3f} "
                 f"{r.get('peak_fraction', float('nan')):8.1%} {r['memory']['delta_mb']:9.0f}"
             )
@@ -557,7 +564,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         default="auto",
         help="autocast dtype of the main run; auto: bf16 on CUDA, on CPU whichever of bf16/fp32 has the higher measured matmul peak",
     )
-    p.add_argument("--optimizer", choices=["adamw", "adamw-fused"], default="adamw", help="adamw: torch's default (as the trainer)")
+    p.add_argument(
+        "--optimizer",
+        choices=list(OPTIMIZERS),
+        default="auto",
+        help="auto: as the trainer's default (optim.fused=auto: fused AdamW where torch has it for the device); adamw: torch's default implementation; adamw-fused: fused",
+    )
     p.add_argument("--steps", type=int, default=5, help="timed steps")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--compile", action="store_true", help="torch.compile the model of the main run")
@@ -567,6 +579,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--no-model", action="store_true", help="skip the model step")
     p.add_argument("--no-baseline", action="store_true", help="skip the fp32 plain-math baseline")
     p.add_argument("--baseline-steps", type=int, default=None, help="timed steps of the baseline (default --steps)")
+    p.add_argument("--baseline-optimizer", choices=list(OPTIMIZERS), default="adamw", help="AdamW of the baseline (default: torch's default implementation)")
     p.add_argument("--also-precision", choices=sorted(PRECISIONS), default=None, help="also time the fused model in this precision")
     p.add_argument("--no-data", action="store_true", help="skip the data pipeline")
     p.add_argument("--manifest", type=Path, default=None, help="AudioMAE JSON manifest (default: demo train.json)")
@@ -603,12 +616,12 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                 args.precision = "bf16" if peaks["bf16"] > peaks["fp32"] else "fp32"
             result["precision_auto"] = args.precision
         runs: Dict[str, Any] = {}
-        common = dict(decoder=args.decoder or None, batch_size=args.batch_size, warmup=args.warmup, device=device, optimizer=args.optimizer)
-        configs = {"ours": dict(precision=args.precision, fused=True, compile=args.compile)}
+        common = dict(decoder=args.decoder or None, batch_size=args.batch_size, warmup=args.warmup, device=device)
+        configs = {"ours": dict(precision=args.precision, fused=True, compile=args.compile, optimizer=args.optimizer)}
         if args.also_precision and args.also_precision != args.precision:
-            configs[f"ours_{args.also_precision}"] = dict(precision=args.also_precision, fused=True)
+            configs[f"ours_{args.also_precision}"] = dict(precision=args.also_precision, fused=True, optimizer=args.optimizer)
         if not args.no_baseline:
-            configs["baseline"] = dict(precision="fp32", fused=False)
+            configs["baseline"] = dict(precision="fp32", fused=False, optimizer=args.baseline_optimizer)
         built = {}
         for key, cfg in configs.items():
             built[key] = ModelRun(args.model, **cfg, **common)
