@@ -34,7 +34,7 @@ through the "cav-mae" checkpoint format registered here.
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -335,9 +335,69 @@ def _check_size(size: str) -> None:
         raise ValueError(f"unknown CAV-MAE size {size!r}; valid: {', '.join(CAV_MAE_SIZES)}")
 
 
-def cav_mae(size: str = "base", **overrides: Any) -> CAVMAE:
-    """CAV-MAE pretraining model of a named size (``CAV_MAE_SIZES``); keyword overrides go to ``CAVMAE``."""
+def _check_one_frame(num_frames: int) -> None:
+    if num_frames != 1:
+        raise ValueError(f"CAV-MAE takes one video frame per clip; got num_frames={num_frames} (leave model.params.num_frames out, or 1)")
+
+
+def _audio_length(target_length: Optional[int], overrides: Dict[str, Any]) -> None:
+    """``target_length`` (fbank frames, ``data.target_length``) as ``audio_length`` in ``overrides``."""
+    if target_length is None:
+        return
+    if overrides.get("audio_length", target_length) != target_length:
+        raise ValueError(
+            f"target_length={target_length} (data.target_length) and audio_length={overrides['audio_length']} "
+            "(model.params.audio_length) disagree; give one"
+        )
+    overrides["audio_length"] = target_length
+
+
+def _mask_ratios(mask_ratio: Union[float, Mapping[str, float], None], overrides: Dict[str, Any]) -> None:
+    """``mask_ratio`` (a float for both modalities, or {"audio": r, "video": r}) as CAVMAE's
+    ``mask_ratio_a`` / ``mask_ratio_v`` in ``overrides``; None keeps the defaults (0.75 each)."""
+    if mask_ratio is None:
+        return
+    if isinstance(mask_ratio, Mapping):
+        unknown = sorted(set(mask_ratio) - set(MODALITY_KEYS))
+        if unknown:
+            raise ValueError(f"mask_ratio names {unknown}, not modalities of CAV-MAE ({list(MODALITY_KEYS)})")
+        ratios = {m: float(r) for m, r in mask_ratio.items()}
+    else:
+        ratios = {m: float(mask_ratio) for m in MODALITY_KEYS}
+    for m, r in ratios.items():
+        if not 0.0 <= r < 1.0:
+            raise ValueError(f"mask_ratio for {m!r} must be in [0, 1), got {r} (masking.mask_ratio)")
+        key = f"mask_ratio_{m[0]}"
+        if key in overrides and float(overrides[key]) != r:
+            raise ValueError(
+                f"mask_ratio={r} (masking.mask_ratio / masking.per_modality) and {key}={overrides[key]} "
+                f"(model.params.{key}) disagree for {m!r}; give one"
+            )
+        overrides[key] = r
+
+
+def cav_mae(
+    size: str = "base",
+    *,
+    target_length: Optional[int] = None,
+    mask_ratio: Union[float, Mapping[str, float], None] = None,
+    num_frames: int = 1,
+    **overrides: Any,
+) -> CAVMAE:
+    """CAV-MAE pretraining model of a named size (``CAV_MAE_SIZES``); keyword overrides go to ``CAVMAE``.
+
+    Takes the keywords the trainer's pretraining task passes, as avmae's own presets do:
+    ``target_length`` (fbank frames, ``data.target_length``) is ``audio_length``; ``mask_ratio``
+    (``masking.mask_ratio``: a float for audio and video, or {modality: ratio}) sets
+    ``mask_ratio_a`` / ``mask_ratio_v`` (the release masks both at 0.75, the default when it is
+    None; the trainer's default ``masking.mask_ratio`` is AudioMAE's 0.8). ``num_frames`` is
+    accepted for the audio-visual dataset, which reads the clip length from ``model.params``;
+    CAV-MAE pretrains on one frame per clip, so it must be 1.
+    """
     _check_size(size)
+    _check_one_frame(num_frames)
+    _audio_length(target_length, overrides)
+    _mask_ratios(mask_ratio, overrides)
     return CAVMAE(**{**CAV_MAE_SIZES[size], **overrides})
 
 
@@ -347,24 +407,24 @@ def cav_mae_classifier(
     target_length: Optional[int] = None,
     mask_t_prob: float = 0.0,
     mask_f_prob: float = 0.0,
+    num_frames: int = 1,
     **overrides: Any,
 ) -> CAVMAEClassifier:
     """CAV-MAE fine-tuning classifier of a named size; overrides go to ``CAVMAEClassifier``.
 
     Takes the keywords the trainer's fine-tuning task passes: ``target_length`` (fbank frames,
     ``data.target_length``) is ``audio_length``; ``mask_t_prob`` / ``mask_f_prob`` (AudioMAE's
-    structured token masking) must stay 0, since CAV-MAE fine-tunes without it.
+    structured token masking) must stay 0, since CAV-MAE fine-tunes without it; ``num_frames``
+    (one frame per view, as in pretraining) must be 1.
     """
     _check_size(size)
+    _check_one_frame(num_frames)
     if mask_t_prob or mask_f_prob:
         raise ValueError(
             f"CAV-MAE fine-tuning has no structured time/frequency token masking; got mask_t_prob={mask_t_prob}, "
             f"mask_f_prob={mask_f_prob} (leave masking.mask_t_prob / masking.mask_f_prob at 0)"
         )
-    if target_length is not None:
-        if overrides.get("audio_length", target_length) != target_length:
-            raise ValueError(f"target_length={target_length} and audio_length={overrides['audio_length']} disagree; give one")
-        overrides["audio_length"] = target_length
+    _audio_length(target_length, overrides)
     kw = {k: v for k, v in CAV_MAE_SIZES[size].items() if k not in _DECODER_KEYS}
     return CAVMAEClassifier(**{**kw, **overrides})
 

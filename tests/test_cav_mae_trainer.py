@@ -1,0 +1,132 @@
+"""CAV-MAE through the trainer: ``cav_mae_*`` pretraining takes the pretraining task's keywords
+(``target_length``, ``mask_ratio``) as avmae's own audio-visual presets do, and its checkpoints
+reload; a linear probe of ``cav_mae_*_ft`` trains its ``mlp_head`` alone."""
+
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import avmae
+from avmae.config import ConfigError, load_config
+from avmae.hub import load_pretrained
+from avmae.models.cav_mae import CAVMAE
+from avmae.train import Trainer, list_checkpoints
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    from avmae.data import ensure_demo_av
+
+    return ensure_demo_av(tmp_path_factory.mktemp("demo") / "av", num_train_per_class=1, num_eval_per_class=1)
+
+
+def av_config(demo, out, *extra):
+    return load_config(
+        [],
+        [
+            "task=pretrain", "modality=av", "model.name=cav_mae_tiny",
+            f"data.train_manifest={demo / 'train.json'}", f"data.eval_manifest={demo / 'eval.json'}",
+            f"data.label_csv={demo / 'class_labels_indices.csv'}", "data.target_length=64", "data.num_workers=0",
+            "schedule.max_steps=3", "schedule.warmup_epochs=0", "optim.lr=1e-3", "train.batch_size=3",
+            "train.cpu=true", "train.mixed_precision=no", "eval.every_n_epochs=0",
+            "logging.every_n_steps=1", "logging.progress=false", "logging.tensorboard=false",
+            "checkpoint.every_n_epochs=0", "checkpoint.keep_last=1", f"output_dir={out}",
+            *extra,
+        ],
+    )
+
+
+def _weights(run):
+    return list_checkpoints(run)[-1] / "model.safetensors"
+
+
+@pytest.fixture(scope="module")
+def pretrained(demo, tmp_path_factory):
+    """A 3-step cav_mae_tiny pretraining run at mask ratio 0.5 (not the model's 0.75 nor the
+    config's default 0.8): (run folder, TrainResult)."""
+    run = tmp_path_factory.mktemp("cav") / "pre"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run, Trainer(av_config(demo, run, "masking.mask_ratio=0.5")).fit()
+    finally:
+        torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------------------ the factory
+def test_factory_takes_the_pretraining_keywords():
+    model = avmae.create_model("cav_mae_tiny", target_length=128, num_mel_bins=128, mask_ratio=0.6)
+    assert model.modalities["audio"].input_shape == (1, 128, 128)
+    assert model.mask_ratio == {"audio": 0.6, "video": 0.6}
+    # the release's defaults when the ratio is not given; per modality by name
+    assert avmae.create_model("cav_mae_tiny").mask_ratio == {"audio": 0.75, "video": 0.75}
+    assert avmae.create_model("cav_mae_tiny", mask_ratio={"video": 0.9}).mask_ratio == {"audio": 0.75, "video": 0.9}
+    assert avmae.create_model("cav_mae_tiny", mask_ratio=0.5, mask_ratio_v=0.5).mask_ratio == {"audio": 0.5, "video": 0.5}
+    with pytest.raises(ValueError, match="mask_ratio_a=0.75.*disagree"):
+        avmae.create_model("cav_mae_tiny", mask_ratio=0.8, mask_ratio_a=0.75)
+    with pytest.raises(ValueError, match=r"\['image'\], not modalities"):
+        avmae.create_model("cav_mae_tiny", mask_ratio={"image": 0.5})
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        avmae.create_model("cav_mae_tiny", mask_ratio=1.0)
+    with pytest.raises(ValueError, match="audio_length=32.*disagree"):
+        avmae.create_model("cav_mae_tiny", target_length=64, audio_length=32)
+    with pytest.raises(ValueError, match="one video frame"):
+        avmae.create_model("cav_mae_tiny", num_frames=4)
+    assert avmae.create_model("cav_mae_tiny_ft", num_frames=1, num_classes=2).num_classes == 2
+    with pytest.raises(ValueError, match="one video frame"):
+        avmae.create_model("cav_mae_tiny_ft", num_frames=2)
+
+
+# ------------------------------------------------------------------------------ the trainer
+def test_pretraining_runs_through_the_trainer_and_reloads(demo, pretrained):
+    run, result = pretrained
+    assert result.steps == 3 and math.isfinite(result.last_loss)
+    assert {"loss", "mae_audio", "mae_video", "contrastive", "retrieval/a2v_r1", "retrieval/v2a_r1"} <= set(result.eval)
+    assert all(math.isfinite(result.eval[k]) for k in ("loss", "mae_audio", "mae_video", "contrastive"))
+
+    saved = load_file(str(_weights(run)))
+    assert not any(k.startswith("mlp_head.") for k in saved) and any(k.startswith("decoder.") for k in saved)
+    # load_checkpoint into a model built as the run's config says
+    model = avmae.create_model("cav_mae_tiny", target_length=64, mask_ratio=0.5)
+    report = avmae.load_checkpoint(model, _weights(run))
+    assert report.format == "avmae" and not report.missing and not report.unexpected and report.loaded == len(saved)
+    # load_pretrained rebuilds it from the run alone, masking ratio included
+    again, info = load_pretrained(run)
+    assert isinstance(again, CAVMAE) and info.model_name == "cav_mae_tiny"
+    assert again.mask_ratio == {"audio": 0.5, "video": 0.5}
+    own = again.state_dict()
+    assert set(own) == set(saved) and all(torch.equal(own[k], saved[k]) for k in saved)
+
+    # the reloaded model computes the same losses as the trained weights, and masks half of each modality
+    inputs = {"audio": torch.randn(2, 1, 64, 128), "video": torch.randn(2, 1, 3, 64, 64)}
+    noise = {"audio": torch.rand(2, 32), "video": torch.rand(2, 16)}
+    with torch.no_grad():
+        a, b = model.eval()(inputs, noise=noise), again.eval()(inputs, noise=noise)
+    assert torch.isfinite(a.loss) and torch.equal(a.loss, b.loss)
+    assert a.mask["audio"].sum(1).tolist() == [16.0, 16.0] and a.mask["video"].sum(1).tolist() == [8.0, 8.0]
+
+
+def test_per_modality_ratios_and_option_errors(demo, tmp_path):
+    trainer = Trainer(av_config(demo, tmp_path / "per", "masking.per_modality={video: 0.25}"))
+    model = trainer.task.build_model(None)
+    assert model.mask_ratio == {"audio": 0.8, "video": 0.8}  # masking.mask_ratio's default
+    assert trainer.task.mask_ratio == {"audio": 0.8, "video": 0.25}  # passed at every forward
+    inputs = {"audio": torch.randn(1, 1, 64, 128), "video": torch.randn(1, 1, 3, 64, 64)}
+    out = trainer.task.compute_loss(model, inputs, inputs)
+    assert math.isfinite(out[0].item())
+
+    bad = {
+        "model.params.num_frames=4": "one video frame",
+        "model.params.audio_length=32": "audio_length=32.*disagree",
+        "model.params.mask_ratio_v=0.75": "mask_ratio_v=0.75.*disagree",
+    }
+    for i, (option, message) in enumerate(bad.items()):
+        with pytest.raises(ConfigError, match=f"model.params.*{message}"):
+            Trainer(av_config(demo, tmp_path / f"bad{i}", option)).fit()
+        assert not list_checkpoints(tmp_path / f"bad{i}")
+    with pytest.raises(ConfigError, match="masking.per_modality.*'image'"):
+        Trainer(av_config(demo, tmp_path / "badm", "masking.per_modality={image: 0.5}")).fit()
