@@ -10,10 +10,11 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+import avmae
 from avmae.config import ConfigError, load_config
 from avmae.data import save_audio
 from avmae.train import Trainer, list_checkpoints
-from avmae.train.finetune import FinetuneTask, classification_loss, resolve_loss
+from avmae.train.finetune import FinetuneTask, classification_loss, classifier_head, resolve_loss
 from avmae.train.logging_utils import read_metrics
 from avmae.train.samplers import BalancedSampler
 
@@ -149,6 +150,26 @@ def test_linear_probe_trains_only_the_head(easy, tmp_path):
         assert torch.equal(lp[k], pre[k]), k
     assert torch.equal(lp["fc_norm.weight"], torch.ones(64)) and torch.equal(lp["fc_norm.bias"], torch.zeros(64))
     assert lp["head.weight"].abs().max() > 1e-3  # moved from its 2e-5-std init
+
+
+@pytest.mark.parametrize("name, head", [("audiomae_tiny_cls", "head"), ("ast_tiny", "head"), ("cav_mae_tiny_ft", "mlp_head")])
+def test_every_classifier_names_its_head(name, head):
+    """``classifier_head`` (what the linear probe trains) is the module mapping the pooled features to the logits."""
+    model = avmae.create_model(name, num_classes=3, target_length=64).eval()
+    found, module = classifier_head(model)
+    assert found == head and module is getattr(model, head) and sum(p.numel() for p in module.parameters()) > 0
+    inputs = {m: torch.randn(2, *mod.input_shape) for m, mod in model.modalities.items()}
+    with torch.no_grad():
+        torch.testing.assert_close(module(model.forward_features(inputs)), model(inputs))
+
+
+def test_classifier_head_errors():
+    with pytest.raises(AttributeError, match="does not name its classifier head"):
+        classifier_head(torch.nn.Linear(2, 2))
+    model = avmae.create_model("audiomae_tiny_cls", num_classes=2)
+    model.head_name = "classifier"
+    with pytest.raises(AttributeError, match="'classifier', which is not one of its submodules"):
+        classifier_head(model)
 
 
 def test_multilabel_data_uses_bce_and_map(tmp_path):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -237,9 +237,12 @@ class ASTClassifier(nn.Module):
         mask_t_prob, mask_f_prob: accepted for the fine-tuning trainer, which passes AudioMAE's
             token masking to every classifier; AST masks the spectrogram instead
             (``data.augment.freqm`` / ``timem``), so they must be 0.
+
+    ``head_name`` names the classifier head among the submodules (the part a linear probe trains).
     """
 
     key = "audio"
+    head_name: ClassVar[str] = "head"
 
     def __init__(
         self,

@@ -34,7 +34,7 @@ through the "cav-mae" checkpoint format registered here.
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -230,7 +230,10 @@ class CAVMAEClassifier(nn.Module):
       release's names): the average of the joint-norm and the modality-norm pooled features.
 
     Positional tables are trainable by default (the release's fine-tuning ``tr_pos=True``).
+    ``head_name`` names the classifier head among the submodules (the part a linear probe trains).
     """
+
+    head_name: ClassVar[str] = "mlp_head"
 
     def __init__(
         self,

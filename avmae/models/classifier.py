@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Any, ClassVar, Mapping, Optional
 
 import torch
 import torch.nn as nn
@@ -29,7 +29,11 @@ class EncoderClassifier(nn.Module):
         drop_path: stochastic depth.
         head_init_std: std of the head's normal init (AudioMAE: 2e-5).
         global_pool: "avg" (mean over patch tokens, cls excluded) or "cls".
+
+    ``head_name`` names the classifier head among the submodules (the part a linear probe trains).
     """
+
+    head_name: ClassVar[str] = "head"
 
     def __init__(
         self,

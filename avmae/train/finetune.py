@@ -22,11 +22,13 @@ multi-label data, softmax otherwise), as CAV-MAE's multi-frame evaluation does. 
 ``metrics.jsonl``; per-class results go to ``<output_dir>/eval/per_class_last.json`` and
 ``per_class_best.json``.
 
-Linear probe: the same model with everything but the ``head`` frozen, so the features are the
+Linear probe: the same model with everything but the classifier head frozen (the submodule the
+model's ``head_name`` names: ``head``, or CAV-MAE's ``mlp_head``), so the features are the
 encoder's mean-pooled tokens through ``fc_norm``. MAE's linear probe puts a
 ``BatchNorm1d(affine=False)`` before the head and trains with LARS; here there is no BatchNorm:
 ``fc_norm`` (a LayerNorm, fresh at weight 1 / bias 0 when initialised from a pretraining
 checkpoint, then frozen) already standardises each feature vector, and the head trains with AdamW.
+CAV-MAE's ``mlp_head`` (LayerNorm, Linear) is trained whole, its LayerNorm included.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ _logger = logging.getLogger(__name__)
 __all__ = [
     "FinetuneTask",
     "LinearProbeTask",
+    "classifier_head",
     "collect_predictions",
     "ensemble_logits",
     "predict_views",
@@ -254,10 +257,22 @@ class FinetuneTask(Task):
                 self._best = float(v)
 
 
+def classifier_head(model: nn.Module) -> Tuple[str, nn.Module]:
+    """``(name, module)`` of a classifier's head: the submodule its ``head_name`` names (``head``
+    for AudioMAE's and AST's classifiers, ``mlp_head`` for CAV-MAE's)."""
+    name = getattr(model, "head_name", None)
+    if not isinstance(name, str) or not name:
+        raise AttributeError(f"{type(model).__name__} does not name its classifier head (no `head_name`)")
+    try:
+        return name, model.get_submodule(name)
+    except AttributeError:
+        raise AttributeError(f"{type(model).__name__}.head_name is {name!r}, which is not one of its submodules") from None
+
+
 @register_task("linprobe")
 class LinearProbeTask(FinetuneTask):
-    """Linear probe: every parameter but the ``head`` frozen (no drop path unless set; the
-    structured masking applies only when ``masking.mask_*_prob`` are set)."""
+    """Linear probe: every parameter but the classifier head's (``classifier_head``) frozen (no
+    drop path unless set; the structured masking applies only when ``masking.mask_*_prob`` are set)."""
 
     def model_params(self, train_set: Dataset) -> Dict[str, Any]:
         params = super().model_params(train_set)
@@ -268,9 +283,14 @@ class LinearProbeTask(FinetuneTask):
         model = super().build_model(train_set)
         if not self.cfg.checkpoint.init_from:
             _logger.warning("linprobe without checkpoint.init_from: probing a randomly initialised encoder")
-        trainable = [name for name, p in model.named_parameters() if name.startswith("head.")]
+        try:
+            name, head = classifier_head(model)
+        except AttributeError as exc:
+            raise ConfigError("model.name", f"task 'linprobe' trains a classifier's head alone: {exc}") from None
+        trainable = {id(p) for p in head.parameters()}
         if not trainable:
-            raise ConfigError("model.name", f"{self.cfg.model.name} has no `head` to probe")
-        for name, p in model.named_parameters():
-            p.requires_grad_(name.startswith("head."))
+            raise ConfigError("model.name", f"{self.cfg.model.name}'s head `{name}` has no parameters to probe (num_classes=0?)")
+        for p in model.parameters():
+            p.requires_grad_(id(p) in trainable)
+        _logger.info("linprobe: training `%s` (%d parameters), the rest frozen", name, sum(p.numel() for p in head.parameters()))
         return model
