@@ -130,3 +130,28 @@ def test_per_modality_ratios_and_option_errors(demo, tmp_path):
         assert not list_checkpoints(tmp_path / f"bad{i}")
     with pytest.raises(ConfigError, match="masking.per_modality.*'image'"):
         Trainer(av_config(demo, tmp_path / "badm", "masking.per_modality={image: 0.5}")).fit()
+
+
+# ------------------------------------------------------------------------------ linear probe
+def test_linear_probe_trains_only_the_mlp_head(demo, pretrained, tmp_path):
+    """cav_mae_tiny_ft probed on the pretraining run's encoder: after training, the ``mlp_head``
+    (LayerNorm and Linear) moved and every other tensor is the initial one."""
+    run, _ = pretrained
+    start = avmae.create_model("cav_mae_tiny_ft", num_classes=6)
+    report = avmae.load_checkpoint(start, _weights(run), reset_head=True)
+    assert sorted(report.reinitialized) == ["mlp_head.0.bias", "mlp_head.0.weight", "mlp_head.1.bias", "mlp_head.1.weight"]
+    init = {k: v.contiguous() for k, v in start.state_dict().items()}
+    save_file(init, str(tmp_path / "init.safetensors"))
+
+    cfg = av_config(
+        demo, tmp_path / "lp", "task=linprobe", "model.name=cav_mae_tiny_ft", f"checkpoint.init_from={tmp_path / 'init.safetensors'}",
+        "optim.lr=1e-2", "optim.weight_decay=0",
+    )
+    result = Trainer(cfg).fit()
+    assert result.steps == 3 and math.isfinite(result.last_loss) and "acc" in result.eval
+
+    probed = load_file(str(_weights(tmp_path / "lp")))
+    assert set(probed) == set(init)
+    head = sorted(k for k in init if k.startswith("mlp_head."))
+    assert len(head) == 4
+    assert [k for k in init if not torch.equal(probed[k], init[k])] == [k for k in init if k in head]
