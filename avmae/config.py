@@ -132,10 +132,12 @@ class DataConfig:
 
 @dataclass
 class MaskingConfig:
-    """Pretraining: ``mask_ratio`` (``per_modality`` overrides it by name, e.g. {video: 0.9}).
+    """Pretraining: ``mask_ratio`` for every modality (None: each model's own default: 0.8 for
+    AudioMAE, 0.75 for CAV-MAE's audio and video, the video modality's 0.75 for frames / 0.9 for
+    tubelets); ``per_modality`` overrides it by name, e.g. {video: 0.9}.
     Fine-tuning: AudioMAE's structured time/frequency masking probabilities."""
 
-    mask_ratio: float = 0.8
+    mask_ratio: Optional[float] = None
     per_modality: Dict[str, float] = field(default_factory=dict)
     mask_t_prob: float = 0.0
     mask_f_prob: float = 0.0
@@ -481,7 +483,7 @@ def validate(cfg: Config) -> Config:
 
     # masking
     m = cfg.masking
-    _check(0.0 <= m.mask_ratio < 1.0, "masking.mask_ratio", f"must be in [0, 1), got {m.mask_ratio}")
+    _check(m.mask_ratio is None or 0.0 <= m.mask_ratio < 1.0, "masking.mask_ratio", f"must be in [0, 1) (or null: the model's default), got {m.mask_ratio}")
     for name, r in m.per_modality.items():
         _check(0.0 <= r < 1.0, f"masking.per_modality.{name}", f"must be in [0, 1), got {r}")
     for key in ("mask_t_prob", "mask_f_prob"):

@@ -113,8 +113,8 @@ def test_pretraining_runs_through_the_trainer_and_reloads(demo, pretrained):
 def test_per_modality_ratios_and_option_errors(demo, tmp_path):
     trainer = Trainer(av_config(demo, tmp_path / "per", "masking.per_modality={video: 0.25}"))
     model = trainer.task.build_model(None)
-    assert model.mask_ratio == {"audio": 0.8, "video": 0.8}  # masking.mask_ratio's default
-    assert trainer.task.mask_ratio == {"audio": 0.8, "video": 0.25}  # passed at every forward
+    assert model.mask_ratio == {"audio": 0.75, "video": 0.75}  # masking.mask_ratio unset: CAV-MAE's own
+    assert trainer.task.mask_ratio == {"audio": 0.75, "video": 0.25}  # passed at every forward
     inputs = {"audio": torch.randn(1, 1, 64, 128), "video": torch.randn(1, 1, 3, 64, 64)}
     out = trainer.task.compute_loss(model, inputs, inputs)
     assert math.isfinite(out[0].item())
@@ -126,7 +126,7 @@ def test_per_modality_ratios_and_option_errors(demo, tmp_path):
     }
     for i, (option, message) in enumerate(bad.items()):
         with pytest.raises(ConfigError, match=f"model.params.*{message}"):
-            Trainer(av_config(demo, tmp_path / f"bad{i}", option)).fit()
+            Trainer(av_config(demo, tmp_path / f"bad{i}", option, "masking.mask_ratio=0.6")).fit()
         assert not list_checkpoints(tmp_path / f"bad{i}")
     with pytest.raises(ConfigError, match="masking.per_modality.*'image'"):
         Trainer(av_config(demo, tmp_path / "badm", "masking.per_modality={image: 0.5}")).fit()

@@ -260,7 +260,10 @@ class PretrainTask(Task):
     model_needs_data = False
 
     def model_params(self, train_set: Dataset) -> Dict[str, Any]:
-        return {**super().model_params(train_set), "mask_ratio": self.cfg.masking.mask_ratio}
+        params = super().model_params(train_set)
+        if self.cfg.masking.mask_ratio is not None:  # None: the model's own default
+            params["mask_ratio"] = self.cfg.masking.mask_ratio
+        return params
 
     def build_model(self, train_set: Dataset) -> nn.Module:
         model = super().build_model(train_set)
@@ -269,7 +272,12 @@ class PretrainTask(Task):
         if unknown:
             raise ConfigError("masking.per_modality", f"names {sorted(unknown)}, not modalities of {self.cfg.model.name} ({list(model.modalities)})")
         # ratio per modality, passed at every forward (None: the model's default from mask_ratio)
-        self.mask_ratio = {m: per.get(m, self.cfg.masking.mask_ratio) for m in model.modalities} if per else None
+        if per:
+            base = self.cfg.masking.mask_ratio
+            defaults = getattr(model, "mask_ratio", {})
+            self.mask_ratio = {m: per[m] if m in per else (base if base is not None else defaults[m]) for m in model.modalities}
+        else:
+            self.mask_ratio = None
         return model
 
     def compute_loss(self, model, inputs, batch):
