@@ -39,3 +39,30 @@ def load_tool():
         return mod
 
     return load
+
+
+@pytest.fixture(scope="session")
+def tiny_av_demo(tmp_path_factory):
+    """The generated audio-visual demo clips, one per class in each split."""
+    from avmae.data import ensure_demo_av
+
+    return ensure_demo_av(tmp_path_factory.mktemp("demo") / "av", num_train_per_class=1, num_eval_per_class=1)
+
+
+def tiny_av_config(demo: Path, out: Path, task: str, model: str, *extra: str):
+    """A few-step CPU run of a tiny audio-visual model on ``demo`` (64-frame audio), ``extra`` overrides last."""
+    from avmae.config import load_config
+
+    return load_config(
+        [],
+        [
+            f"task={task}", "modality=av", f"model.name={model}",
+            f"data.train_manifest={demo / 'train.json'}", f"data.eval_manifest={demo / 'eval.json'}",
+            f"data.label_csv={demo / 'class_labels_indices.csv'}", "data.target_length=64", "data.num_workers=0",
+            "schedule.max_steps=3", "schedule.warmup_epochs=0", "optim.lr=1e-3", "train.batch_size=3",
+            "train.cpu=true", "train.mixed_precision=no", "eval.every_n_epochs=0",
+            "logging.every_n_steps=1", "logging.progress=false", "logging.tensorboard=false",
+            "checkpoint.every_n_epochs=0", "checkpoint.keep_last=1", f"output_dir={out}",
+            *extra,
+        ],
+    )

@@ -21,18 +21,14 @@ from avmae.data.video import extract_frame_folder, load_frames
 from avmae.hub import load_pretrained
 from avmae.train import DATASET_BUILDERS, Trainer, list_checkpoints
 from avmae.train.finetune import classification_loss, collect_predictions, ensemble_logits, predict_views
+from conftest import tiny_av_config
 
 SR = 16000
 FRONTEND = AudioFrontend(target_length=64)  # cav_mae_tiny: 64 x 128 spectrograms, 64 x 64 frames
 CLASSES = [("/m/a", "Alpha"), ("/m/b", "Beta"), ("/m/c", "Gamma")]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Local:
@@ -155,26 +151,12 @@ def test_predict_views_checks_the_layout():
 
 # ------------------------------------------------------------------------------ the trainer
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    from avmae.data import ensure_demo_av
-
-    return ensure_demo_av(tmp_path_factory.mktemp("demo") / "av", num_train_per_class=1, num_eval_per_class=1)
+def demo(tiny_av_demo):
+    return tiny_av_demo
 
 
 def av_config(demo, out, *extra):
-    return load_config(
-        [],
-        [
-            "task=finetune", "modality=av", "model.name=cav_mae_tiny_ft",
-            f"data.train_manifest={demo / 'train.json'}", f"data.eval_manifest={demo / 'eval.json'}",
-            f"data.label_csv={demo / 'class_labels_indices.csv'}", "data.target_length=64", "data.num_workers=0",
-            "schedule.max_steps=2", "schedule.warmup_epochs=0", "optim.lr=1e-3", "train.batch_size=3",
-            "train.cpu=true", "train.mixed_precision=no", "eval.every_n_epochs=0", "eval.video_views=2",
-            "logging.every_n_steps=1", "logging.progress=false", "logging.tensorboard=false",
-            "checkpoint.every_n_epochs=0", "checkpoint.keep_last=1", f"output_dir={out}",
-            *extra,
-        ],
-    )
+    return tiny_av_config(demo, out, "finetune", "cav_mae_tiny_ft", "schedule.max_steps=2", "eval.video_views=2", *extra)
 
 
 def _branch(sd, modality):

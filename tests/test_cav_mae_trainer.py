@@ -9,35 +9,22 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import avmae
-from avmae.config import ConfigError, load_config
+from avmae.config import ConfigError
 from avmae.hub import load_pretrained
 from avmae.models.cav_mae import CAVMAE
 from avmae.train import Trainer, list_checkpoints
+from conftest import tiny_av_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    from avmae.data import ensure_demo_av
-
-    return ensure_demo_av(tmp_path_factory.mktemp("demo") / "av", num_train_per_class=1, num_eval_per_class=1)
+def demo(tiny_av_demo):
+    return tiny_av_demo
 
 
 def av_config(demo, out, *extra):
-    return load_config(
-        [],
-        [
-            "task=pretrain", "modality=av", "model.name=cav_mae_tiny",
-            f"data.train_manifest={demo / 'train.json'}", f"data.eval_manifest={demo / 'eval.json'}",
-            f"data.label_csv={demo / 'class_labels_indices.csv'}", "data.target_length=64", "data.num_workers=0",
-            "schedule.max_steps=3", "schedule.warmup_epochs=0", "optim.lr=1e-3", "train.batch_size=3",
-            "train.cpu=true", "train.mixed_precision=no", "eval.every_n_epochs=0",
-            "logging.every_n_steps=1", "logging.progress=false", "logging.tensorboard=false",
-            "checkpoint.every_n_epochs=0", "checkpoint.keep_last=1", f"output_dir={out}",
-            *extra,
-        ],
-    )
+    return tiny_av_config(demo, out, "pretrain", "cav_mae_tiny", *extra)
 
 
 def _weights(run):
@@ -46,8 +33,7 @@ def _weights(run):
 
 @pytest.fixture(scope="module")
 def pretrained(demo, tmp_path_factory):
-    """A 3-step cav_mae_tiny pretraining run at mask ratio 0.5 (not the model's 0.75 nor the
-    config's default 0.8): (run folder, TrainResult)."""
+    """A 3-step cav_mae_tiny pretraining run at mask ratio 0.5 (not the model's 0.75): (run folder, TrainResult)."""
     run = tmp_path_factory.mktemp("cav") / "pre"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
