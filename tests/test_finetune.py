@@ -216,6 +216,35 @@ def test_demo_configs_load(name, task):
     assert cfg.task == task and cfg.model.name == "audiomae_demo_cls" and cfg.data.train_manifest is None
 
 
+def test_demo_chain_pretrain_then_finetune_linprobe_and_ast(tmp_path):
+    """The README's demo commands, each for two steps on a small copy of the demo data: pretraining,
+    then fine-tuning and linear probing initialised from it, and AST from scratch."""
+    from avmae.data import ensure_demo_audio
+
+    demo = ensure_demo_audio(tmp_path / "demo", num_train_per_class=1, num_eval_per_class=1, seconds=1.0)
+    data = [f"data.train_manifest={demo / 'train.json'}", f"data.eval_manifest={demo / 'eval.json'}",
+            f"data.label_csv={demo / 'class_labels_indices.csv'}", "train.batch_size=3", "schedule.max_steps=2",
+            "logging.progress=false", "logging.tensorboard=false", "train.cpu=true"]
+    pre = Trainer(load_config(["configs/demo_audio.yaml"], [*data, f"output_dir={tmp_path / 'pre'}"])).fit()
+    assert pre.steps == 2 and list_checkpoints(tmp_path / "pre")
+    encoder = {k: v for k, v in load_file(str(list_checkpoints(tmp_path / "pre")[-1] / "model.safetensors")).items() if k.startswith("blocks.0.")}
+
+    for name in ("demo_finetune", "demo_linprobe"):
+        out = tmp_path / name
+        result = Trainer(load_config([f"configs/{name}.yaml"], [*data, f"checkpoint.init_from={tmp_path / 'pre'}", f"output_dir={out}"])).fit()
+        assert result.steps == 2 and 0.0 <= result.eval["acc"] <= 1.0
+        tuned = load_file(str(list_checkpoints(out)[-1] / "model.safetensors"))
+        moved = [k for k, v in encoder.items() if not torch.equal(tuned[k], v)]
+        # the linear probe keeps the pretrained encoder as loaded; fine-tuning moves it
+        assert (moved == []) if name == "demo_linprobe" else (moved != [] and all(torch.allclose(tuned[k], encoder[k], atol=0.05) for k in encoder))
+
+    ast = Trainer(load_config(["configs/demo_ast.yaml"], [*data, f"output_dir={tmp_path / 'ast'}"]))
+    result = ast.fit()
+    weights = load_file(str(list_checkpoints(tmp_path / "ast")[-1] / "model.safetensors"))
+    assert weights["encoder.pos_embed"].shape == (1, 8 * 16 + 2, 192) and len({k.split(".")[2] for k in weights if k.startswith("encoder.blocks.")}) == 4
+    assert result.steps == 2 and 0.0 <= result.eval["acc"] <= 1.0
+
+
 def test_init_from_an_official_audiomae_checkpoint(easy, tmp_path):
     """An official-layout pretraining .pth ({"model": state_dict}) initialises the classifier's encoder."""
     import avmae
