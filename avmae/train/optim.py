@@ -10,6 +10,9 @@
 - ``resolve_fused`` / ``build_optimizer(fused=...)`` / ``set_fused``: torch's fused AdamW kernels
   (one kernel over all tensors of a device; ~12 % of a ViT-B step on one CPU core) where torch
   has them for the training device (``optim.fused``).
+- ``skips_on_found_inf`` / ``step_unless``: the fused kernels take GradScaler's ``found_inf`` flag
+  and leave parameters, moments and step counts untouched where it is 1, so a step can be skipped
+  on a device flag without the host reading it.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ __all__ = [
     "resolve_fused",
     "build_optimizer",
     "set_fused",
+    "skips_on_found_inf",
+    "step_unless",
     "lr_at",
     "set_lr",
 ]
@@ -199,6 +204,34 @@ def set_fused(optimizer: torch.optim.Optimizer, fused: bool) -> None:
                 state["step"] = step.to(dtype=torch.float32, device=p.device)
             elif not group.get("capturable", False):
                 state["step"] = step.to(device="cpu")
+
+
+def skips_on_found_inf(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer`` (also inside accelerate's wrapper) is a fused Adam / AdamW: its
+    ``step`` reads a ``found_inf`` attribute (the flag ``GradScaler`` hands to optimizers with
+    ``_step_supports_amp_scaling``) and skips the whole update where it is 1."""
+    inner = getattr(optimizer, "optimizer", optimizer)
+    return (
+        isinstance(inner, (torch.optim.Adam, torch.optim.AdamW))
+        and bool(getattr(inner, "_step_supports_amp_scaling", False))
+        and bool(inner.param_groups)
+        and all(g.get("fused") for g in inner.param_groups)
+    )
+
+
+def step_unless(optimizer: torch.optim.Optimizer, found_inf: torch.Tensor) -> None:
+    """``optimizer.step()``, a no-op where ``found_inf`` is 1: parameters, moments and step counts
+    stay as they were, as if ``step`` had not been called (besides creating the zero state of
+    parameters never stepped). ``found_inf``: a 0-dim float32 tensor holding exactly 0.0 or 1.0
+    (the kernels compare it with 1 and subtract it from the step counts), on the parameters'
+    device; it is decided there, nothing is read on the host. Only for optimizers where
+    ``skips_on_found_inf`` holds."""
+    inner = getattr(optimizer, "optimizer", optimizer)
+    inner.found_inf = found_inf
+    try:
+        optimizer.step()
+    finally:
+        del inner.found_inf
 
 
 def lr_at(step: float, *, base_lr: float, min_lr: float, warmup_steps: float, total_steps: float) -> float:
