@@ -25,8 +25,12 @@ from avmae.train import (
     register_dataset_builder,
 )
 from avmae.train.logging_utils import read_metrics
+from avmae.train.optim import fused_adamw_devices
 
 REPO = Path(__file__).resolve().parent.parent
+needs_fused_cpu = pytest.mark.skipif("cpu" not in fused_adamw_devices(), reason=f"torch {torch.__version__} has no fused AdamW for the CPU")
+# fused AdamW skips a non-finite step on the device (found_inf); the default one after reading the flags
+BOTH_ADAMWS = pytest.mark.parametrize("fused", [pytest.param("true", marks=needs_fused_cpu), "false"])
 
 
 @pytest.fixture(autouse=True)
@@ -195,21 +199,70 @@ class NaNTask(PretrainTask):
         return loss, parts
 
 
-def test_nonfinite_step_is_skipped_and_counted(clips, tmp_path):
-    cfg = tiny_config(clips, tmp_path / "nan", "schedule.max_steps=4", "eval.every_n_epochs=-1")
+@BOTH_ADAMWS
+def test_nonfinite_step_is_skipped_and_counted(clips, tmp_path, fused):
+    # logged at steps 1, 3 and 4: the count read at step 3 includes step 2
+    cfg = tiny_config(clips, tmp_path / "nan", "schedule.max_steps=4", "eval.every_n_epochs=-1", "logging.every_n_steps=3", f"optim.fused={fused}")
     result = Trainer(cfg, task=NaNTask(cfg, bad_calls={2})).fit()
     assert result.steps == 4 and result.skipped_steps == 1
     assert all(torch.isfinite(v).all() for v in weights(tmp_path / "nan").values())
     records = read_metrics(tmp_path / "nan" / "metrics.jsonl", "train/")
-    assert records[-1]["train/skipped_steps"] == 1
+    assert [(r["step"], r["train/skipped_steps"]) for r in records] == [(1, 0), (3, 1), (4, 1)]
+    assert json.loads((list_checkpoints(tmp_path / "nan")[-1] / "trainer_state.json").read_text())["skipped_steps"] == 1
 
 
-def test_too_many_nonfinite_steps_stop_with_a_clear_error(clips, tmp_path):
-    cfg = tiny_config(clips, tmp_path / "nan2", "schedule.max_steps=6", "train.max_nonfinite=2", "checkpoint.every_n_steps=1", "eval.every_n_epochs=-1")
+@BOTH_ADAMWS
+@pytest.mark.parametrize("reads", ["every step", "sparse"])
+def test_too_many_nonfinite_steps_stop_with_a_clear_error(clips, tmp_path, fused, reads):
+    # every step a non-finite loss from step 2: the streak reaches 2 at step 3. "sparse": checkpoints
+    # at steps 2 and 4, logs at 1 and 5, so the device-side skip reads the streak at step 4 only,
+    # and names the same step and checkpoint (and saves none after the streak)
+    when = ["checkpoint.every_n_steps=1"] if reads == "every step" else ["checkpoint.every_n_steps=2", "logging.every_n_steps=5"]
+    cfg = tiny_config(clips, tmp_path / "nan2", "schedule.max_steps=6", "train.max_nonfinite=2", "eval.every_n_epochs=-1", f"optim.fused={fused}", *when)
     with pytest.raises(NonFiniteLossError) as info:
         Trainer(cfg, task=NaNTask(cfg, bad_calls=range(2, 100))).fit()
     msg = str(info.value)
-    assert "step 3" in msg and "step_0000002" in msg and "max_nonfinite" in msg
+    assert msg.startswith("2 consecutive non-finite loss steps, the last at step 3 ")
+    assert "step_0000002" in msg and "max_nonfinite" in msg
+    assert list_checkpoints(tmp_path / "nan2")[-1].name == "step_0000002"
+
+
+@needs_fused_cpu
+def test_device_side_skip_matches_the_read_path_bit_for_bit_and_resumes_exactly(clips, tmp_path):
+    """Fused AdamW skipping a NaN step through found_inf, read only at log steps and checkpoints,
+    ends with the weights, optimizer state and counts of the former path (flags read, step not
+    taken); a run stopped by SIGTERM after the skipped step resumes to them too."""
+
+    class ReadEveryStep(Trainer):
+        device_skip = False
+
+    extra = ("optim.fused=true", "schedule.epochs=2", "schedule.max_steps=8", "logging.every_n_steps=3", "eval.every_n_epochs=-1", "model.params.drop_path=0.1")
+    runs = {}
+    for name, cls in (("read", ReadEveryStep), ("device", Trainer), ("part", StopAt)):
+        cfg = tiny_config(clips, tmp_path / name, *extra)
+        trainer = cls(cfg, task=NaNTask(cfg, bad_calls={2}))
+        trainer.stop_step = 4
+        runs[name] = trainer.fit()
+    assert runs["part"].interrupted and runs["part"].steps == 4 and runs["part"].skipped_steps == 1
+    cfg = tiny_config(clips, tmp_path / "part", *extra, "resume=true")
+    runs["resumed"] = Trainer(cfg, task=NaNTask(cfg, bad_calls=())).fit()
+    assert runs["resumed"].start_step == 4
+
+    ref = list_checkpoints(tmp_path / "read")[-1]
+    for name in ("device", "part"):
+        assert runs[name if name != "part" else "resumed"].steps == 8
+        assert (runs["resumed"] if name == "part" else runs[name]).skipped_steps == runs["read"].skipped_steps == 1
+        ckpt = list_checkpoints(tmp_path / name)[-1]
+        assert ckpt.name == ref.name == "step_0000008"
+        a, b = weights(tmp_path / "read"), weights(tmp_path / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+        opt_a = torch.load(ref / "optimizer.bin", weights_only=True)["state"]
+        opt_b = torch.load(ckpt / "optimizer.bin", weights_only=True)["state"]
+        assert opt_a.keys() == opt_b.keys()
+        for i in opt_a:
+            assert float(opt_a[i]["step"]) == float(opt_b[i]["step"]) == 7  # the skipped step was not counted
+            assert torch.equal(opt_a[i]["exp_avg"], opt_b[i]["exp_avg"]) and torch.equal(opt_a[i]["exp_avg_sq"], opt_b[i]["exp_avg_sq"])
+        assert json.loads((ref / "trainer_state.json").read_text()) == json.loads((ckpt / "trainer_state.json").read_text())
 
 
 @pytest.mark.parametrize("multilabel", [False, True])
@@ -334,6 +387,26 @@ def test_two_processes_hold_identical_weights(clips, tmp_path):
     # the checkpoint written by the main process holds the replicas' weights
     saved = weights(out / "run")
     assert reports[0]["weights_hash"] == hash_state(saved)
+
+
+@pytest.mark.slow
+@needs_fused_cpu
+def test_two_processes_agree_on_device_side_skips_and_on_a_stop(clips, tmp_path):
+    """A NaN loss on one process skips the step on both; SIGTERM to one process after step 3
+    stops both at step STOP_CHECK_EVERY (the first agreed read), with identical weights."""
+    from avmae.train.trainer import STOP_CHECK_EVERY
+
+    out = tmp_path / "dist"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(30500 + os.getpid() % 1000),
+           str(REPO / "tests" / "dist_nonfinite_check.py"), str(clips), str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    reports = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert reports[0] == reports[1]
+    assert reports[0]["steps"] == STOP_CHECK_EVERY == 10 and reports[0]["interrupted"] and reports[0]["skipped_steps"] == 1
+    state = json.loads((list_checkpoints(out / "run")[-1] / "trainer_state.json").read_text())
+    assert state["step"] == 10 and state["skipped_steps"] == 1
 
 
 def hash_state(sd):

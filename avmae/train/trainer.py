@@ -28,6 +28,16 @@ Unreadable clips (``data.on_error=skip``): the datasets log them under ``output_
 the end of every epoch (and of the run) they are merged into ``output_dir/skipped.tsv``
 (``path<TAB>reason``), and the run stops when the training set's skipped fraction, over all
 processes and workers, passes ``data.max_skip_fraction``.
+
+Non-finite steps: a step whose loss (on any process) or gradient norm is not finite is skipped and
+counted; ``train.max_nonfinite`` of them in a row stop the run with ``NonFiniteLossError``. With
+fused AdamW (and no fp16 loss scaler) the skip is decided on the device, through the kernels'
+``found_inf`` flag, and the counts stay there (``_NonFiniteSteps``): the host reads them only where
+it waits for the device anyway (log steps, checkpoints, the end of an epoch, the end of the run),
+so the error comes at the first such read after the streak, naming the step where the streak
+reached the limit and the checkpoint saved before it. Other optimizers read the flags every step.
+A stop request (SIGTERM) is a host flag in a single process, checked every step; several processes
+must agree on it, which takes a read: every ``STOP_CHECK_EVERY`` steps and at log steps.
 """
 
 from __future__ import annotations
@@ -54,7 +64,7 @@ import avmae
 from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..config import Config, ConfigError, diff, load_config, save_config, to_dict, validate
 from .logging_utils import MetricsWriter
-from .optim import build_optimizer, lr_at, param_groups, resolve_fused, scaled_lr, set_fused, set_lr
+from .optim import build_optimizer, lr_at, param_groups, resolve_fused, scaled_lr, set_fused, set_lr, skips_on_found_inf, step_unless
 
 _logger = logging.getLogger(__name__)
 
@@ -85,6 +95,9 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
 SKIP_DIR = "skipped"  # the datasets' per-process skip logs, one folder per split
 SKIPPED_FILE = "skipped.tsv"  # all skipped clips of the run: path<TAB>reason
+# with several processes and the device-side skip, the agreed stop flag (SIGTERM on any process) is
+# read every this many steps (and at log steps): a preempted job's grace period is tens of seconds
+STOP_CHECK_EVERY = 10
 
 
 class NonFiniteLossError(RuntimeError):
@@ -621,7 +634,11 @@ class Trainer:
 
     ``task`` and ``datasets`` (train, eval) may be passed in to replace the registered ones
     (tests, notebooks). ``after_step(step)`` is a no-op hook a subclass may use.
+    ``device_skip = False`` (class attribute) reads the non-finite flags every step even where
+    the optimizer could skip on the device.
     """
+
+    device_skip: bool = True
 
     def __init__(self, cfg: Config, *, task: Optional[Task] = None, datasets: Optional[Tuple[Dataset, Optional[Dataset]]] = None) -> None:
         from accelerate import Accelerator, PartialState
@@ -653,6 +670,7 @@ class Trainer:
             step_scheduler_with_optimizer=False,
         )
         self._stop_signal: Optional[str] = None
+        self._nonfinite: Optional[_NonFiniteSteps] = None
 
     @staticmethod
     def _output_dir(cfg: Config, state) -> Path:
@@ -722,6 +740,12 @@ class Trainer:
         interrupted = False
         last_saved = state.step if state.last_checkpoint else -1
         clip = cfg.optim.clip_grad if cfg.optim.clip_grad is not None else math.inf
+        multi = acc.num_processes > 1
+        # fused AdamW skips a non-finite step on the device; with fp16 the loss scaler sets found_inf itself
+        if self.device_skip and acc.scaler is None and skips_on_found_inf(optimizer):
+            self._nonfinite = _NonFiniteSteps(state, acc.device, cfg.train.max_nonfinite)
+        _logger.info("non-finite steps: skipped %s", "on the device" if self._nonfinite is not None else "after reading the flags every step")
+        stop = False
         self._install_signal_handler()
         try:
             while state.step < plan.total_steps and not interrupted:
@@ -737,38 +761,50 @@ class Trainer:
                         lr = lr_at(state.step, base_lr=plan.lr, min_lr=plan.min_lr, warmup_steps=plan.warmup_steps, total_steps=plan.total_steps)
                         set_lr(optimizer, lr)
                         grad_norm = acc.clip_grad_norm_(params, clip)
-                        bad_loss, bad_grad, stop = self._flags(window, grad_norm)
-                        # with fp16 the scaler skips overflowing steps itself; only a bad loss counts
-                        if bad_loss or (bad_grad and acc.scaler is None):
+                        flags = self._flags(window, grad_norm)
+                        if self._nonfinite is not None:  # skipped on the device: nothing is read
+                            step_unless(optimizer, self._nonfinite.update(flags, state.step + 1))
                             optimizer.zero_grad(set_to_none=True)
-                            if acc.scaler is not None:
-                                acc.scaler.update()
-                            state.skipped_steps += 1
-                            state.nonfinite_streak += 1
                         else:
-                            optimizer.step()
-                            optimizer.zero_grad(set_to_none=True)
-                            state.nonfinite_streak = 0
+                            bad_loss, bad_grad, stop = (bool(v > 0) for v in flags.tolist())
+                            # with fp16 the scaler skips overflowing steps itself; only a bad loss counts
+                            if bad_loss or (bad_grad and acc.scaler is None):
+                                optimizer.zero_grad(set_to_none=True)
+                                if acc.scaler is not None:
+                                    acc.scaler.update()
+                                state.skipped_steps += 1
+                                state.nonfinite_streak += 1
+                            else:
+                                optimizer.step()
+                                optimizer.zero_grad(set_to_none=True)
+                                state.nonfinite_streak = 0
                     state.step += 1
                     state.epoch_step += 1
                     bar.update(1)
-                    if state.nonfinite_streak:
-                        self._on_nonfinite(state, bad_loss)
-                    if state.step == 1 or state.step % cfg.logging.every_n_steps == 0 or state.step == plan.total_steps:
+                    log_due = state.step == 1 or state.step % cfg.logging.every_n_steps == 0 or state.step == plan.total_steps
+                    save_due = bool(cfg.checkpoint.every_n_steps) and state.step % cfg.checkpoint.every_n_steps == 0
+                    if self._nonfinite is None:
+                        if state.nonfinite_streak:
+                            self._on_nonfinite(state, bad_loss)
+                    elif log_due or save_due or (multi and state.step % STOP_CHECK_EVERY == 0):
+                        stop = self._read_nonfinite(state)
+                    if log_due:
                         record = self._log_train(metrics, window, state, plan, lr, grad_norm)
                         if "train/loss" in record and isinstance(record["train/loss"], float):
                             history.append((state.step, record["train/loss"]))
                             bar.set_postfix(loss=f"{record['train/loss']:.4f}", lr=f"{lr:.2e}")
-                    if cfg.checkpoint.every_n_steps and state.step % cfg.checkpoint.every_n_steps == 0:
+                    if save_due:
                         self._save(state)
                         last_saved = state.step
                     self.after_step(state.step)
-                    if stop or self._stop_signal or (stop_after is not None and state.step >= stop_after):
+                    # several processes stop on the agreed flag only, so they stop at the same step
+                    if (stop if multi else self._stop_signal) or (stop_after is not None and state.step >= stop_after):
                         interrupted = True
                         break
                     if state.step >= plan.total_steps:
                         break
                 if state.epoch_step >= plan.steps_per_epoch:  # a full epoch ended
+                    self._read_nonfinite(state)
                     state.epoch += 1
                     state.epoch_step = 0
                     done = state.step >= plan.total_steps
@@ -779,11 +815,13 @@ class Trainer:
                     if cfg.checkpoint.every_n_epochs and state.epoch % cfg.checkpoint.every_n_epochs == 0 and last_saved != state.step:
                         self._save(state)
                         last_saved = state.step
+            self._read_nonfinite(state)
             if not interrupted and eval_loader is not None and evaluated_at != state.step:
                 eval_metrics = self._evaluate(model, eval_loader, metrics, state.step)  # a run that ended mid-epoch
             if last_saved != state.step:
                 self._save(state)
         finally:
+            self._nonfinite = None
             self._restore_signal_handler()
             bar.close()
             _stop_workers(train_loader, eval_loader)
@@ -883,19 +921,20 @@ class Trainer:
                 )
         return len(found)
 
-    def _flags(self, window: "_Window", grad_norm: torch.Tensor) -> Tuple[bool, bool, bool]:
-        """(non-finite loss, non-finite grad, stop requested), agreed across processes."""
+    def _flags(self, window: "_Window", grad_norm: torch.Tensor) -> torch.Tensor:
+        """[non-finite losses, non-finite grad norm, stop requested], summed over processes, on the
+        device (nothing is read; the all-reduce is only enqueued on an accelerator)."""
+        device = self.accelerator.device
         flags = torch.stack(
             [
                 window.take_nonfinite(),
                 (~torch.isfinite(grad_norm.detach().float())).float().reshape(()),
-                torch.tensor(1.0 if self._stop_signal else 0.0, device=self.accelerator.device),
+                torch.full((), 1.0 if self._stop_signal else 0.0, device=device),  # a fill, not a host-to-device copy
             ]
         )
         if self.accelerator.num_processes > 1:
             flags = self.accelerator.reduce(flags, "sum")
-        bad_loss, bad_grad, stop = (bool(v > 0) for v in flags.tolist())
-        return bad_loss, bad_grad, stop
+        return flags
 
     def _on_nonfinite(self, state: TrainState, bad_loss: bool) -> None:
         what = "loss" if bad_loss else "gradient"
@@ -903,11 +942,35 @@ class Trainer:
             "non-finite %s at step %d: optimizer step skipped (%d in a row, %d in all)", what, state.step, state.nonfinite_streak, state.skipped_steps
         )
         if state.nonfinite_streak >= self.cfg.train.max_nonfinite:
-            raise NonFiniteLossError(
-                f"{state.nonfinite_streak} consecutive non-finite {what} steps, the last at step {state.step} "
-                f"(train.max_nonfinite={self.cfg.train.max_nonfinite}); last good checkpoint: {state.last_checkpoint or 'none'}. "
-                "Lower optim.blr, set optim.clip_grad, use train.mixed_precision=bf16/no, or check the data."
+            raise self._too_many_nonfinite(state.nonfinite_streak, what, state.step, state)
+
+    def _too_many_nonfinite(self, count: int, what: str, step: int, state: TrainState) -> NonFiniteLossError:
+        return NonFiniteLossError(
+            f"{count} consecutive non-finite {what} steps, the last at step {step} "
+            f"(train.max_nonfinite={self.cfg.train.max_nonfinite}); last good checkpoint: {state.last_checkpoint or 'none'}. "
+            "Lower optim.blr, set optim.clip_grad, use train.mixed_precision=bf16/no, or check the data."
+        )
+
+    def _read_nonfinite(self, state: TrainState) -> bool:
+        """Where the skip is decided on the device: read its counts into ``state``, warn about the
+        steps skipped since the last read, raise ``NonFiniteLossError`` if a streak reached
+        ``train.max_nonfinite`` -> the stop flag agreed across processes. A no-op (-> False) where
+        the flags are read every step. Called before every checkpoint, so the saved state holds
+        exact counts and the checkpoint named by the error is the one saved before the streak."""
+        tracker = self._nonfinite
+        if tracker is None:
+            return False
+        seen = tracker.read()
+        new = seen.skipped - state.skipped_steps
+        state.skipped_steps, state.nonfinite_streak = seen.skipped, seen.streak
+        if new > 0:
+            _logger.warning(
+                "%d optimizer step(s) skipped for a non-finite loss or gradient up to step %d, the last at step %d (non-finite %s; %d in a row now, %d in all)",
+                new, state.step, seen.last, "loss" if seen.last_loss else "gradient", seen.streak, seen.skipped,
             )
+        if seen.tripped:
+            raise self._too_many_nonfinite(seen.tripped_streak, "loss" if seen.tripped_loss else "gradient", seen.tripped, state)
+        return seen.stop
 
     def _log_train(self, metrics: MetricsWriter, window: "_Window", state: TrainState, plan: RunPlan, lr: float, grad_norm: torch.Tensor) -> Dict[str, Any]:
         means, samples, seconds = window.flush(self.accelerator)
@@ -1016,6 +1079,7 @@ class Trainer:
     def _save(self, state: TrainState) -> Path:
         """Checkpoint of ``state.step``: temp folder, complete, then renamed; old ones rotated."""
         acc = self.accelerator
+        self._read_nonfinite(state)  # exact counts in trainer_state.json; no checkpoint after a failed streak
         root = self.output_dir / CHECKPOINT_DIR
         final = root / f"step_{state.step:07d}"
         tmp = root / f".tmp-step_{state.step:07d}"
@@ -1091,6 +1155,65 @@ def _stop_workers(*loaders: Optional[DataLoader]) -> None:
             except Exception as exc:  # never mask the run's own outcome
                 _logger.debug("stopping DataLoader workers: %s", exc)
             loader._iterator = None
+
+
+@dataclass
+class _NonFiniteRead:
+    """What ``_NonFiniteSteps.read`` found."""
+
+    streak: int  # non-finite steps in a row now
+    skipped: int  # skipped steps in all (the run's, a resumed run's earlier ones included)
+    last: int  # the last skipped step (0: none this session)
+    last_loss: bool  # whether its loss (else only its gradient) was non-finite
+    tripped: int  # the step where the streak first reached the limit (0: never)
+    tripped_streak: int  # the streak then
+    tripped_loss: bool
+    stop: bool  # a stop requested on some process, as of the last step
+
+
+class _NonFiniteSteps:
+    """Non-finite step bookkeeping kept on the device, so that a step needs no read: ``update``
+    turns a step's summed flags into fused AdamW's ``found_inf`` and counts with tensor ops
+    (``streak = (streak + 1) * bad``, ``skipped += bad``); ``read`` is the one host read (none
+    again until the next ``update``)."""
+
+    def __init__(self, state: TrainState, device: torch.device, limit: int) -> None:
+        def scalar(value: int) -> torch.Tensor:
+            return torch.full((), value, dtype=torch.long, device=device)
+
+        self.limit = limit
+        self.streak = scalar(state.nonfinite_streak)
+        self.skipped = scalar(state.skipped_steps)
+        self.last, self.last_loss = scalar(0), scalar(0)
+        self.tripped, self.tripped_streak, self.tripped_loss = scalar(0), scalar(0), scalar(0)
+        self.stop = scalar(0)
+        self._seen: Optional[_NonFiniteRead] = None
+
+    def update(self, flags: torch.Tensor, step: int) -> torch.Tensor:
+        """Count optimizer step ``step`` (1-based) from ``Trainer._flags``' summed flags -> its
+        ``found_inf``: float32 1.0 where the step is to be skipped, else 0.0."""
+        loss = flags[0] > 0
+        bad = loss | (flags[1] > 0)
+        b = bad.long()
+        self.streak = (self.streak + 1) * b
+        self.skipped = self.skipped + b
+        self.last = torch.where(bad, step, self.last)
+        self.last_loss = torch.where(bad, loss.long(), self.last_loss)
+        trip = (self.streak >= self.limit) & (self.tripped == 0)  # streak > 0 here: limit >= 1
+        self.tripped = torch.where(trip, step, self.tripped)
+        self.tripped_streak = torch.where(trip, self.streak, self.tripped_streak)
+        self.tripped_loss = torch.where(trip, loss.long(), self.tripped_loss)
+        self.stop = (flags[2] > 0).long()
+        self._seen = None
+        return b.to(torch.float32)
+
+    def read(self) -> _NonFiniteRead:
+        """The counts, in one read of the device."""
+        if self._seen is None:
+            values = [self.streak, self.skipped, self.last, self.last_loss, self.tripped, self.tripped_streak, self.tripped_loss, self.stop]
+            streak, skipped, last, last_loss, tripped, tripped_streak, tripped_loss, stop = torch.stack(values).tolist()
+            self._seen = _NonFiniteRead(streak, skipped, last, bool(last_loss), tripped, tripped_streak, bool(tripped_loss), bool(stop))
+        return self._seen
 
 
 class _Window:
