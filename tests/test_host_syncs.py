@@ -1,6 +1,8 @@
 """The training hot path (masking, forward, losses, backward) has no data-dependent op that makes
 the host wait for the device: no ``.item()``/``bool(tensor)``, ``nonzero``, ``masked_select`` or
-boolean indexing. On CPU nothing waits, so the ops are recorded at the dispatcher instead."""
+boolean indexing. On CPU nothing waits, so the ops are recorded at the dispatcher instead. The
+trainer's loop with fused AdamW reads no tensor value (``.tolist()``, ``.item()``, recorded as torch
+functions) outside its log and checkpoint steps."""
 
 from typing import Any, Callable, List, Tuple
 
