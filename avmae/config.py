@@ -86,7 +86,7 @@ class ModelConfig:
 
 @dataclass
 class AugmentConfig:
-    """Training-time augmentation of the dataset (``train=True`` only); see avmae.data.AUGMENT_DEFAULTS."""
+    """Training-time augmentation of the dataset (``train=True`` only); see avmae.data.datasets.AUGMENT_DEFAULTS."""
 
     freqm: int = 0  # max SpecAugment frequency-mask width (bins)
     timem: int = 0  # max SpecAugment time-mask width (frames)
@@ -94,7 +94,7 @@ class AugmentConfig:
     mixup_alpha: float = 10.0  # lambda ~ Beta(alpha, alpha)
     gain: bool = False  # random waveform gain (AudioMAE's "roll_mag_aug")
     roll: bool = False  # random circular time shift of the waveform
-    noise: bool = False  # official fbank noise + small roll (off in every official recipe)
+    noise: bool = False  # official fbank noise + small roll (AST's Speech Commands recipe; off in AudioMAE's)
 
 
 @dataclass

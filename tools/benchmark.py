@@ -16,7 +16,7 @@ Sections (each can be switched off):
   ``WindowAttention.fused=False``) in fp32 with torch's default AdamW (``--baseline-optimizer``),
   and the speed-up of ``model`` over it.
 * ``data``: compressed audio from a manifest (default: the demo data) to model-ready normalised
-  fbank batches, with 0..N DataLoader workers, for three paths: ``dataset`` (AudioDataset: PyAV
+  fbank batches, with 0..N DataLoader workers, for four paths: ``dataset`` (AudioDataset: PyAV
   decode + Kaldi fbank per item in the workers), ``batched-worker`` (decode + batched fbank in the
   workers), ``batched-main`` (workers only decode; the batched fbank runs in the main process on
   the device) and ``decode-only`` (the workers' share of ``batched-main``: what one core delivers

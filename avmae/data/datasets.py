@@ -52,7 +52,7 @@ AUGMENT_DEFAULTS: Dict[str, Any] = {
     "mixup_alpha": 10.0,  # lambda ~ Beta(alpha, alpha)
     "gain": False,  # waveform * (Beta(10, 10) + 0.5)
     "roll": False,  # circular time shift of the waveform by a uniform offset
-    "noise": False,  # official fbank noise + small time roll (off in every official recipe)
+    "noise": False,  # official fbank noise + small time roll (AST's Speech Commands recipe; off in AudioMAE's)
 }
 
 

@@ -393,7 +393,7 @@ def cav_mae(
     ``target_length`` (fbank frames, ``data.target_length``) is ``audio_length``; ``mask_ratio``
     (``masking.mask_ratio``: a float for audio and video, or {modality: ratio}) sets
     ``mask_ratio_a`` / ``mask_ratio_v`` (the release masks both at 0.75, the default when it is
-    None; the trainer's default ``masking.mask_ratio`` is AudioMAE's 0.8). ``num_frames`` is
+    None, which is what the trainer passes when ``masking.mask_ratio`` is unset). ``num_frames`` is
     accepted for the audio-visual dataset, which reads the clip length from ``model.params``;
     CAV-MAE pretrains on one frame per clip, so it must be 1.
     """
