@@ -9,12 +9,7 @@ from avmae import cli
 from avmae.data import save_audio, synthesize_clip
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_help_lists_every_command(capsys):
@@ -61,3 +56,15 @@ def test_missing_tool_and_scripts_without_main(tmp_path, monkeypatch, capsys):
     (tmp_path / "benchmark.py").write_text("import sys\nif __name__ == '__main__':\n    print('bench', sys.argv[1:])\n    sys.exit(0)\n")
     assert cli.main(["benchmark", "--steps", "2"]) == 0
     assert "bench ['--steps', '2']" in capsys.readouterr().out
+
+
+def test_key_value_overrides_and_sources_may_follow_options(load_tool):
+    """``train.py --config c.yaml a=1 --output-dir o b=2``: the overrides on both sides of an option
+    are all kept (argparse's plain parse stops collecting positionals at the first option)."""
+    train = load_tool("train")
+    cfg = train.build_config(train.parse_args(["schedule.epochs=3", "--output-dir", "out", "optim.blr=0.002", "--modality", "audio"]))
+    assert cfg.schedule.epochs == 3 and cfg.optim.blr == 0.002 and str(cfg.output_dir) == "out"
+    folds = load_tool("esc50_folds").build_parser().parse_intermixed_args(["--esc50", "d", "a=1", "--output-dir", "o", "b=2"])
+    assert folds.overrides == ["a=1", "b=2"]
+    extract = load_tool("extract").build_parser().parse_intermixed_args(["a.wav", "--checkpoint", "ck", "b.wav", "--out", "e.npz"])
+    assert extract.sources == ["a.wav", "b.wav"] and extract.checkpoint == "ck"

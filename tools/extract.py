@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)  # sources before and after options
     from avmae.extract import EmbeddingExtractor, default_contextual_from, extract, find_media, output_names, write_archive, write_npy
     from avmae.hub import frontend_for, load_pretrained
 

@@ -40,7 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --output-dir")
     p.add_argument("--print-config", action="store_true", help="print the merged config and exit")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.blr=1e-3 train.batch_size=4")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)  # key=value overrides before and after options
 
 
 def build_config(args: argparse.Namespace):
