@@ -22,7 +22,7 @@ from avmae.config import load_config
 from avmae.train import PretrainTask, Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dist_train_check import weights_hash  # noqa: E402
+from dist_train_check import tiny_run, weights_hash  # noqa: E402
 
 
 class NaNOnProcess1(PretrainTask):
@@ -49,27 +49,12 @@ def main(clips: Path, out: Path) -> None:
     torch.set_num_threads(1)
     cfg = load_config(
         [],
-        [
-            "model.name=audiomae_tiny",
-            f"data.train_manifest={clips / 'train.json'}",
-            f"data.label_csv={clips / 'class_labels_indices.csv'}",
-            "data.target_length=64",
-            "data.num_mel_bins=64",
-            "data.num_workers=0",
-            "data.cache=true",
-            "train.batch_size=2",
-            "train.cpu=true",
-            "train.mixed_precision=no",
-            "optim.fused=true",
-            "schedule.epochs=5",  # 12 clips / (2 x 2 processes) = 3 steps per epoch, 15 in all
-            "schedule.warmup_epochs=0",
-            "eval.every_n_epochs=-1",
-            "logging.every_n_steps=100",  # logs at steps 1 and 15 only
-            "logging.progress=false",
-            "logging.tensorboard=false",
+        tiny_run(
+            clips, out, "train.mixed_precision=no", "optim.fused=true",
+            "schedule.epochs=5",  # 3 steps per epoch, 15 in all
+            "eval.every_n_epochs=-1", "logging.every_n_steps=100",  # logs at steps 1 and 15 only
             "checkpoint.every_n_epochs=0",
-            f"output_dir={out / 'run'}",
-        ],
+        ),
     )
     task = NaNOnProcess1(cfg)
     trainer = SigtermOnProcess1(cfg, task=task)

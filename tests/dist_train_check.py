@@ -41,31 +41,35 @@ def weights_hash(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def tiny_run(clips: Path, out: Path, *extra: str) -> list:
+    """Overrides of a small ``audiomae_tiny`` pretraining run on ``clips``, batch 2 per process
+    (12 clips / (2 x 2 processes) = 3 steps per epoch); ``extra`` last, so it wins."""
+    return [
+        "model.name=audiomae_tiny",
+        f"data.train_manifest={clips / 'train.json'}",
+        f"data.label_csv={clips / 'class_labels_indices.csv'}",
+        "data.target_length=64",
+        "data.num_mel_bins=64",
+        "data.num_workers=0",
+        "data.cache=true",
+        "train.batch_size=2",
+        "train.cpu=true",
+        "schedule.warmup_epochs=0",
+        "logging.progress=false",
+        "logging.tensorboard=false",
+        f"output_dir={out / 'run'}",
+        *extra,
+    ]
+
+
 def main(clips: Path, out: Path) -> None:
     torch.set_num_threads(1)
     cfg = load_config(
         [],
-        [
-            "model.name=audiomae_tiny",
-            f"data.train_manifest={clips / 'train.json'}",
-            f"data.label_csv={clips / 'class_labels_indices.csv'}",
-            "data.target_length=64",
-            "data.num_mel_bins=64",
-            "data.num_workers=0",
-            "data.cache=true",
-            "train.batch_size=2",
-            "train.cpu=true",
-            "train.mixed_precision=bf16",
-            "model.params.drop_path=0.1",
-            "optim.lr=2e-3",
-            "schedule.epochs=1",  # 12 clips / (2 x 2 processes) = 3 steps
-            "schedule.warmup_epochs=0",
-            "logging.every_n_steps=1",
-            "logging.progress=false",
-            "logging.tensorboard=false",
-            "checkpoint.every_n_epochs=1",
-            f"output_dir={out / 'run'}",
-        ],
+        tiny_run(
+            clips, out, "train.mixed_precision=bf16", "model.params.drop_path=0.1", "optim.lr=2e-3",
+            "schedule.epochs=1", "logging.every_n_steps=1", "checkpoint.every_n_epochs=1",
+        ),
     )
     task = RecordingTask(cfg)
     trainer = Trainer(cfg, task=task)

@@ -369,16 +369,21 @@ def test_epoch_sampler_order_depends_on_seed_and_epoch_only():
     assert [i for _, i in s] != order
 
 
+def torchrun_two(script: str, clips, out, *, port: int):
+    """``torchrun --nproc_per_node 2 tests/<script> clips out`` on CPU -> the two ranks' JSON reports."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port + os.getpid() % 1000),
+           str(REPO / "tests" / script), str(clips), str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
 @pytest.mark.slow
 def test_two_processes_hold_identical_weights(clips, tmp_path):
     """torchrun with 2 CPU processes (gloo): replicas agree and see disjoint data."""
     out = tmp_path / "dist"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000),
-           str(REPO / "tests" / "dist_train_check.py"), str(clips), str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    reports = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    reports = torchrun_two("dist_train_check.py", clips, out, port=29500)
     assert reports[0]["world"] == reports[1]["world"] == 2
     assert reports[0]["weights_hash"] == reports[1]["weights_hash"]
     assert reports[0]["steps"] == reports[1]["steps"] == 3
@@ -397,12 +402,7 @@ def test_two_processes_agree_on_device_side_skips_and_on_a_stop(clips, tmp_path)
     from avmae.train.trainer import STOP_CHECK_EVERY
 
     out = tmp_path / "dist"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(30500 + os.getpid() % 1000),
-           str(REPO / "tests" / "dist_nonfinite_check.py"), str(clips), str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    reports = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    reports = torchrun_two("dist_nonfinite_check.py", clips, out, port=30500)
     assert reports[0] == reports[1]
     assert reports[0]["steps"] == STOP_CHECK_EVERY == 10 and reports[0]["interrupted"] and reports[0]["skipped_steps"] == 1
     state = json.loads((list_checkpoints(out / "run")[-1] / "trainer_state.json").read_text())
