@@ -143,7 +143,7 @@ def _spec_from_config(cfg: Mapping[str, Any], meta: Mapping[str, str], sd: Mappi
                 params[k] = data[k]
     task = cfg.get("task")
     masking = cfg.get("masking") if isinstance(cfg.get("masking"), Mapping) else {}
-    if task == "pretrain" and "mask_ratio" in masking:
+    if task == "pretrain" and masking.get("mask_ratio") is not None:  # null: the trainer passed none
         params.setdefault("mask_ratio", masking["mask_ratio"])
     if task in ("finetune", "linprobe"):
         for k in ("mask_t_prob", "mask_f_prob"):

@@ -141,3 +141,27 @@ def test_linear_probe_trains_only_the_mlp_head(demo, pretrained, tmp_path):
     head = sorted(k for k in init if k.startswith("mlp_head."))
     assert len(head) == 4
     assert [k for k in init if not torch.equal(probed[k], init[k])] == [k for k in init if k in head]
+
+
+def test_reload_of_a_run_with_mask_ratio_unset_passes_no_ratio(tmp_path):
+    """masking.mask_ratio: null (the default) reaches the factory as no keyword, as in the trainer,
+    so a factory whose ratio is a float with its own default rebuilds the run's model."""
+    import yaml
+
+    from avmae.registry import register_model
+
+    name = "test_float_ratio_audiomae"
+    if name not in avmae.list_models():
+
+        @register_model(name)
+        def _float_ratio(mask_ratio: float = 0.6, **kw):
+            return avmae.create_model("audiomae_tiny", mask_ratio=float(mask_ratio), **kw)
+
+    run = tmp_path / "run"
+    run.mkdir()
+    model = avmae.create_model(name, target_length=64)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(run / "model.safetensors"))
+    cfg = {"task": "pretrain", "model": {"name": name, "params": {}}, "data": {"target_length": 64, "num_mel_bins": 128}, "masking": {"mask_ratio": None}}
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    again, info = load_pretrained(run)
+    assert "mask_ratio" not in info.model_params and again.mask_ratio == {"audio": 0.6}
