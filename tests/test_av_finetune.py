@@ -140,6 +140,38 @@ def test_multi_frame_evaluation_averages_the_per_frame_predictions(folders, mult
     assert not torch.allclose(got, probs[5], atol=1e-4)
 
 
+@pytest.mark.parametrize("loss", ["bce", "ce"])
+def test_finetune_evaluation_averages_views_as_its_loss_reads_the_logits(loss):
+    """Single-label data trained with BCE (AST's Speech Commands recipe): the views' sigmoids are
+    averaged, so the eval loss is the BCE of the averaged probabilities; with CE, the softmaxes."""
+    from avmae.train.finetune import FinetuneTask
+
+    class Views(torch.utils.data.Dataset):
+        input_views = {"video": 3}
+
+    class PerView(torch.nn.Module):
+        modalities = {"video": None}
+
+        def forward(self, inputs):
+            return inputs["video"]  # [B, C]: the view's logits
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 3, 5, generator=g) * 3  # [B, V, C]
+    target = F.one_hot(torch.tensor([0, 4, 2, 2]), 5).float()
+    loader = [{"video": x, "label": target}]
+    loader = type("Loader", (list,), {"dataset": Views()})(loader)
+    task = FinetuneTask(load_config([], ["task=finetune", f"train.loss={loss}"]))
+    task.loss, task.multilabel = loss, False
+    got = task.evaluate(PerView(), loader, type("Main", (Local,), {"is_main_process": True})())
+    if loss == "bce":
+        q = torch.sigmoid(x).mean(1).double()
+        expected = -(target * q.log() + (1 - target) * (1 - q).log()).mean()
+    else:
+        p = x.softmax(-1).mean(1).double()
+        expected = -(target * p.log()).sum(1).mean()
+    assert got["loss"] == pytest.approx(expected.item(), rel=1e-5)
+
+
 def test_predict_views_checks_the_layout():
     model = avmae.create_model("cav_mae_tiny_ft", num_classes=3).eval()
     inputs = {"audio": torch.randn(2, 1, 64, 128), "video": torch.randn(2, 1, 3, 64, 64)}

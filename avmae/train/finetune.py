@@ -16,8 +16,8 @@ than one label), or from ``data.multilabel`` when set.
 Evaluation: logits and labels of the eval split are gathered with ``gather_for_metrics`` (no
 item dropped or counted twice across processes). An eval set whose items hold several views of an
 input (its ``input_views``, e.g. the frames of a video evaluated one at a time: ``eval.video_views``
-of the "av" modality set) is scored by the average of the views' class probabilities (sigmoid for
-multi-label data, softmax otherwise), as CAV-MAE's multi-frame evaluation does. Multi-label: ``mAP`` (``avmae.train.metrics``),
+of the "av" modality set) is scored by the average of the views' class probabilities (sigmoid
+with the BCE loss, softmax with cross-entropy), as CAV-MAE's multi-frame evaluation does. Multi-label: ``mAP`` (``avmae.train.metrics``),
 ``mAUC``; single-label: ``acc`` (top-1), ``acc5``. ``best_<metric>`` joins every eval record in
 ``metrics.jsonl``; per-class results go to ``<output_dir>/eval/per_class_last.json`` and
 ``per_class_best.json``.
@@ -214,7 +214,8 @@ class FinetuneTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model, loader, accelerator) -> Dict[str, float]:
-        logits, labels = collect_predictions(model, loader, accelerator, multilabel=self.multilabel)
+        # views are averaged as the loss reads the logits: sigmoids under BCE, softmaxes under CE
+        logits, labels = collect_predictions(model, loader, accelerator, multilabel=self.loss == "bce")
         if logits.numel() == 0:
             return {}
         summary, per_class = classification_report(logits, labels, multilabel=self.multilabel, class_names=self.class_names or None, class_ids=self.class_ids or None)
