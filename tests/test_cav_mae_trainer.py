@@ -165,3 +165,32 @@ def test_reload_of_a_run_with_mask_ratio_unset_passes_no_ratio(tmp_path):
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     again, info = load_pretrained(run)
     assert "mask_ratio" not in info.model_params and again.mask_ratio == {"audio": 0.6}
+
+
+def test_per_modality_ratios_of_a_model_without_default_ratios_need_every_modality():
+    """A registered pretraining model with no ``mask_ratio`` mapping: masking.per_modality naming
+    one modality, masking.mask_ratio unset, is a ConfigError naming the keys (not a KeyError)."""
+    from avmae.config import load_config
+    from avmae.registry import register_model
+    from avmae.train.trainer import PretrainTask
+
+    name = "test_no_default_ratios"
+    if name not in avmae.list_models():
+
+        @register_model(name)
+        def _no_default_ratios(**kw):
+            model = torch.nn.Module()
+            model.modalities = torch.nn.ModuleDict({"audio": torch.nn.Identity(), "video": torch.nn.Identity()})
+            return model
+
+    def task(*extra):
+        return PretrainTask(load_config([], [f"model.name={name}", "masking.per_modality={video: 0.5}", *extra]))
+
+    with pytest.raises(ConfigError, match=r"masking.per_modality.*\['audio'\].*masking.mask_ratio"):
+        task().build_model(None)
+    t = task("masking.per_modality={video: 0.5, audio: 0.6}")
+    t.build_model(None)
+    assert t.mask_ratio == {"audio": 0.6, "video": 0.5}
+    t = task("masking.mask_ratio=0.7")
+    t.build_model(None)
+    assert t.mask_ratio == {"audio": 0.7, "video": 0.5}

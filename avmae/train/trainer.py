@@ -287,7 +287,15 @@ class PretrainTask(Task):
         # ratio per modality, passed at every forward (None: the model's default from mask_ratio)
         if per:
             base = self.cfg.masking.mask_ratio
-            defaults = getattr(model, "mask_ratio", {})
+            defaults = getattr(model, "mask_ratio", None)
+            defaults = defaults if isinstance(defaults, Mapping) else {}
+            unset = [m for m in model.modalities if m not in per and base is None and m not in defaults]
+            if unset:
+                raise ConfigError(
+                    "masking.per_modality",
+                    f"gives no ratio for {unset} and {self.cfg.model.name} has no default ratio per modality (a `mask_ratio` mapping); "
+                    "name every modality here or set masking.mask_ratio",
+                )
             self.mask_ratio = {m: per[m] if m in per else (base if base is not None else defaults[m]) for m in model.modalities}
         else:
             self.mask_ratio = None
