@@ -259,3 +259,21 @@ def test_evaluate_tool_video_views(demo, tmp_path, load_tool):
     assert json.loads(out.read_text())["video_views"] == 2
     with pytest.raises(SystemExit, match="retrieval"):
         evaluate.main(args + ["--task", "retrieval", "--video-views", "2"])
+
+
+def test_evaluate_tool_averages_sigmoids_for_a_bce_run(demo, tmp_path, load_tool):
+    """Single-label data, but a run trained with train.loss=bce: the tool averages the views'
+    sigmoids, as the run's own evaluation does."""
+    cfg = av_config(demo, tmp_path / "run", "schedule.max_steps=1", "train.loss=bce")
+    Trainer(cfg).fit()
+    evaluate = load_tool("evaluate")
+    saved = tmp_path / "logits.pt"
+    assert evaluate.main(["-c", str(tmp_path / "run"), "--num-workers", "0", "--cpu", "--save-logits", str(saved), "--video-views", "2"]) == 0
+    logits = torch.load(saved)["logits"]
+    model, report = load_pretrained(tmp_path / "run")
+    ds = evaluate.build_dataset(model, report.config, Path(cfg.data.eval_manifest), Path(cfg.data.label_csv), evaluate.build_parser().parse_args(["-c", "x", "--video-views", "2"]))
+    assert not ds.multilabel
+    batch = next(iter(DataLoader(ds, batch_size=len(ds))))
+    with torch.no_grad():
+        p = torch.stack([model({"audio": batch["audio"], "video": batch["video"][:, k]}).sigmoid() for k in range(2)]).mean(0)
+    torch.testing.assert_close(logits.sigmoid(), p, rtol=1e-4, atol=1e-6)

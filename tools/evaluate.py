@@ -119,14 +119,22 @@ def build_dataset(model, config, manifest: Path, label_csv: Optional[Path], args
     return AudioDataset(manifest, label_csv, **common)
 
 
-def classify(model, dataset, loader, accelerator, args) -> Dict[str, Any]:
+def sigmoid_outputs(config: Optional[Dict[str, Any]], multilabel: bool) -> bool:
+    """Whether the model's outputs are read as sigmoids (multi-label data, or a run trained with
+    ``train.loss: bce``) rather than softmaxes; decides how several views are averaged."""
+    section = (config or {}).get("train")
+    return bool(multilabel) or (isinstance(section, dict) and section.get("loss") == "bce")
+
+
+def classify(model, dataset, loader, accelerator, args, config=None) -> Dict[str, Any]:
     from avmae.train.finetune import collect_predictions
     from avmae.train.metrics import classification_report
 
     expected = getattr(accelerator.unwrap_model(model), "num_classes", None)
     if expected is not None and expected != dataset.num_classes:
         raise SystemExit(f"evaluate: the model predicts {expected} classes, the label CSV has {dataset.num_classes}")
-    logits, labels = collect_predictions(model, loader, accelerator, multilabel=dataset.multilabel)
+    # views are averaged as the run's loss read the logits (sigmoids under BCE, also on single-label data)
+    logits, labels = collect_predictions(model, loader, accelerator, multilabel=sigmoid_outputs(config, dataset.multilabel))
     if logits.shape[0] != len(dataset):
         raise RuntimeError(f"gathered {logits.shape[0]} predictions for {len(dataset)} items")
     summary, per_class = classification_report(logits, labels, multilabel=dataset.multilabel, class_names=dataset.class_names, class_ids=dataset.class_ids)
@@ -176,7 +184,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     model, loader = accelerator.prepare(model, loader)
     model.eval()
     with torch.no_grad():
-        result = (classify if args.task == "classify" else retrieval)(model, dataset, loader, accelerator, args)
+        if args.task == "classify":
+            result = classify(model, dataset, loader, accelerator, args, config)
+        else:
+            result = retrieval(model, dataset, loader, accelerator, args)
 
     if accelerator.is_main_process:
         out = {
