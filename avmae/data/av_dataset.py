@@ -185,8 +185,8 @@ class AVDataset(AudioDataset):
         self.eval_views = int(eval_views)
         if self.eval_views > 1 and self.num_frames * self.eval_views > self.num_total_frames and any("video_path" in it for it in self.items):
             raise ValueError(
-                f"eval_views={self.eval_views} of num_frames={self.num_frames} need {self.num_frames * self.eval_views} frames; "
-                f"the manifest's frame folders hold num_total_frames={self.num_total_frames}"
+                f"{self.manifest_path}: eval_views={self.eval_views} (eval.video_views / --video-views) of num_frames={self.num_frames} "
+                f"need {self.num_frames * self.eval_views} frames; the manifest's frame folders hold num_total_frames={self.num_total_frames}"
             )
         self.seek_threshold = float(seek_threshold)
 
