@@ -500,6 +500,8 @@ def validate(cfg: Config) -> Config:
     _check(o.eps > 0, "optim.eps", f"must be > 0, got {o.eps}")
     _check(o.clip_grad is None or o.clip_grad > 0, "optim.clip_grad", f"must be > 0 (or null for no clipping), got {o.clip_grad}")
     _check(0.0 < o.layer_decay <= 1.0, "optim.layer_decay", f"must be in (0, 1] (1 = off), got {o.layer_decay}")
+    if isinstance(o.fused, bool):  # OptimConfig(fused=True) built in Python
+        o.fused = "true" if o.fused else "false"
     _in("optim.fused", o.fused, ["auto", "true", "false"])
 
     # schedule

@@ -131,3 +131,13 @@ def test_auto_precision_uses_bf16_only_on_cpus_with_amx(monkeypatch):
         assert trainer.resolve_mixed_precision("auto", cpu) == "bf16"
     assert trainer.resolve_mixed_precision("bf16", cpu) == "bf16"
     assert trainer.resolve_mixed_precision("no", cpu) == "no"
+
+
+def test_fused_accepts_python_booleans():
+    from avmae.config import Config, validate
+
+    cfg = Config()
+    cfg.optim.fused = True
+    validate(cfg)
+    assert cfg.optim.fused == "true"
+    assert load_config([], ["optim.fused=false"]).optim.fused == "false"
