@@ -134,7 +134,7 @@ def test_auto_precision_uses_bf16_only_on_cpus_with_amx(monkeypatch):
 
 
 def test_fused_accepts_python_booleans():
-    from avmae.config import Config, validate
+    from avmae.config import validate
 
     cfg = Config()
     cfg.optim.fused = True
