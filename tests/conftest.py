@@ -27,18 +27,19 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+def import_tool(name: str):
+    """Import ``tools/<name>.py`` as module ``tool_<name>``."""
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", ROOT / "tools" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
 @pytest.fixture
 def load_tool():
-    """``load_tool(name)`` imports ``tools/<name>.py`` as module ``tool_<name>``."""
-
-    def load(name):
-        spec = importlib.util.spec_from_file_location(f"tool_{name}", ROOT / "tools" / f"{name}.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = mod  # dataclasses look their module up
-        spec.loader.exec_module(mod)
-        return mod
-
-    return load
+    """``load_tool(name)``: ``import_tool`` as a fixture."""
+    return import_tool
 
 
 @pytest.fixture(scope="session")

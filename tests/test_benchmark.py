@@ -1,9 +1,6 @@
 """tools/benchmark.py end to end on a tiny model and a tiny manifest; speed paths keep outputs equal."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,16 +9,7 @@ import avmae
 from avmae.data import save_audio, synthesize_clip
 from avmae.data.datasets import item_generator
 from avmae.layers import SwinBlock
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_tool():
-    spec = importlib.util.spec_from_file_location("avmae_benchmark_tool", ROOT / "tools" / "benchmark.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+from conftest import import_tool
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +24,7 @@ def manifest(tmp_path_factory):
 
 
 def test_benchmark_runs_end_to_end_and_writes_json(tmp_path, manifest):
-    tool = load_tool()
+    tool = import_tool("benchmark")
     out = tmp_path / "bench.json"
     threads = torch.get_num_threads()
     try:
@@ -70,7 +58,7 @@ def test_benchmark_runs_end_to_end_and_writes_json(tmp_path, manifest):
 
 
 def test_fused_switch_reaches_every_attention():
-    tool = load_tool()
+    tool = import_tool("benchmark")
     model = avmae.create_model("audiomae_tiny")
     n = tool.set_fused_attention(model, False)
     assert n == len(model.blocks) + len(model.decoder.blocks)

@@ -1,9 +1,6 @@
 """Checkpoint conversion: official AudioMAE <-> avmae is lossless, avmae -> timm ViT computes the same."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,26 +10,17 @@ from timm.models.vision_transformer import VisionTransformer
 import avmae
 from avmae.checkpoint import read_state_dict, to_audiomae_official
 from avmae.hub import describe_checkpoint, load_pretrained
+from conftest import import_tool
 
 T = 64
-ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def tool():
-    spec = importlib.util.spec_from_file_location("tool_convert_checkpoint", ROOT / "tools" / "convert_checkpoint.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return import_tool("convert_checkpoint")
 
 
 def _randomised(name, **kw):

@@ -2,7 +2,6 @@
 once), tools/esc50_folds.py on a fake ESC-50 folder, and the fine-tuning recipe configs."""
 
 import csv
-import importlib.util
 import json
 import math
 import os
@@ -16,25 +15,13 @@ import torch
 from avmae.config import load_config
 from avmae.data import save_audio
 from avmae.train import Trainer
+from conftest import import_tool
 from test_finetune import ft_config, write_clips
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", ROOT / "tools" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +40,7 @@ def finetuned(tmp_path_factory):
 def test_evaluate_reproduces_the_runs_eval(finetuned, tmp_path):
     (train, evals, labels), run, result = finetuned
     out = tmp_path / "eval.json"
-    assert _tool("evaluate").main(["--checkpoint", str(run), "--output", str(out), "--num-workers", "0", "--cpu", "--batch-size", "4"]) == 0
+    assert import_tool("evaluate").main(["--checkpoint", str(run), "--output", str(out), "--num-workers", "0", "--cpu", "--batch-size", "4"]) == 0
     got = json.loads(out.read_text())
     assert got["data"] == str(evals) and got["multilabel"] is False  # the run's own eval split and labels
     assert got["metrics"]["num_items"] == 9
@@ -61,7 +48,7 @@ def test_evaluate_reproduces_the_runs_eval(finetuned, tmp_path):
     assert [c["name"] for c in got["classes"]] == ["Low tone", "High noise"] and sum(c["count"] for c in got["classes"]) == 9
     # forced multi-label scoring, explicit data, logits saved
     out2 = tmp_path / "ml.json"
-    assert _tool("evaluate").main(["-c", str(run), "--data", str(evals), "--label-csv", str(labels), "--multilabel", "-o", str(out2),
+    assert import_tool("evaluate").main(["-c", str(run), "--data", str(evals), "--label-csv", str(labels), "--multilabel", "-o", str(out2),
                                    "--num-workers", "0", "--cpu", "--save-logits", str(tmp_path / "logits.pt")]) == 0
     got = json.loads(out2.read_text())
     assert got["multilabel"] is True and 0.0 <= got["metrics"]["mAP"] <= 1.0 and "ap" in got["classes"][0]
@@ -72,11 +59,11 @@ def test_evaluate_reproduces_the_runs_eval(finetuned, tmp_path):
 def test_evaluate_errors_are_clear(finetuned, tmp_path):
     _, run, _ = finetuned
     with pytest.raises(SystemExit, match="audio-visual"):
-        _tool("evaluate").main(["-c", str(run), "--task", "retrieval", "--num-workers", "0", "--cpu"])
+        import_tool("evaluate").main(["-c", str(run), "--task", "retrieval", "--num-workers", "0", "--cpu"])
     bad = tmp_path / "labels.csv"
     bad.write_text("index,mid,display_name\n0,/t/low,Low\n1,/t/high,High\n2,/t/x,X\n")
     with pytest.raises(SystemExit, match="2 classes"):
-        _tool("evaluate").main(["-c", str(run), "--label-csv", str(bad), "--num-workers", "0", "--cpu"])
+        import_tool("evaluate").main(["-c", str(run), "--label-csv", str(bad), "--num-workers", "0", "--cpu"])
 
 
 @pytest.mark.slow
@@ -85,7 +72,7 @@ def test_evaluate_two_processes_count_every_clip_once(finetuned, tmp_path):
     _, run, _ = finetuned
     single, double = tmp_path / "one.json", tmp_path / "two.json"
     args = ["--checkpoint", str(run), "--num-workers", "0", "--cpu", "--batch-size", "2", "--save-logits"]
-    assert _tool("evaluate").main(args + [str(tmp_path / "one.pt"), "-o", str(single)]) == 0
+    assert import_tool("evaluate").main(args + [str(tmp_path / "one.pt"), "-o", str(single)]) == 0
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(29600 + os.getpid() % 1000),
            str(ROOT / "tools" / "evaluate.py"), *args, str(tmp_path / "two.pt"), "-o", str(double)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -131,7 +118,7 @@ def test_esc50_folds_on_a_fake_dataset(tmp_path, capsys):
     tiny = ["model.name=audiomae_tiny_cls", "data.target_length=64", "data.num_mel_bins=64", "data.num_workers=0", "train.batch_size=4",
             "train.cpu=true", "train.mixed_precision=no", "schedule.epochs=1", "schedule.warmup_epochs=0", "eval.every_n_epochs=1",
             "logging.progress=false", "logging.tensorboard=false", "checkpoint.every_n_epochs=0", "data.augment.freqm=8", "data.augment.timem=8"]
-    assert _tool("esc50_folds").main(["--esc50", str(esc), "--output-dir", str(out), *tiny]) == 0
+    assert import_tool("esc50_folds").main(["--esc50", str(esc), "--output-dir", str(out), *tiny]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["folds"]) == {"1", "2"}
     accs = [summary["folds"][k]["acc"] for k in ("1", "2")]
@@ -145,9 +132,9 @@ def test_esc50_folds_on_a_fake_dataset(tmp_path, capsys):
     # the ESC recipe's settings reached the runs; the folds that finished are not run again
     cfg = load_config([out / "fold1" / "config.yaml"])
     assert cfg.data.norm == "esc50" and cfg.train.label_smoothing == 0.1 and cfg.train.loss == "ce"
-    assert _tool("esc50_folds").main(["--esc50", str(esc), "--output-dir", str(out), "--folds", "2", *tiny]) == 0
+    assert import_tool("esc50_folds").main(["--esc50", str(esc), "--output-dir", str(out), "--folds", "2", *tiny]) == 0
     with pytest.raises(SystemExit, match="not in the metadata"):
-        _tool("esc50_folds").main(["--esc50", str(esc), "--output-dir", str(out), "--folds", "3", "--prepare-only"])
+        import_tool("esc50_folds").main(["--esc50", str(esc), "--output-dir", str(out), "--folds", "3", "--prepare-only"])
 
 
 @pytest.mark.parametrize(
@@ -193,7 +180,7 @@ def test_evaluate_retrieval_of_an_audio_visual_run(tmp_path, monkeypatch):
     )
     Trainer(cfg).fit()
     out = tmp_path / "r.json"
-    assert _tool("evaluate").main(["-c", str(tmp_path / "run"), "--task", "retrieval", "--num-workers", "0", "--cpu", "-o", str(out)]) == 0
+    assert import_tool("evaluate").main(["-c", str(tmp_path / "run"), "--task", "retrieval", "--num-workers", "0", "--cpu", "-o", str(out)]) == 0
     got = json.loads(out.read_text())
     assert got["num_items"] == 12 and got["data"] == str(demo / "eval.json")
     recall = {f"{d}_r{k}" for d in ("a2v", "v2a") for k in (1, 5, 10)}

@@ -21,12 +21,7 @@ from avmae.train.samplers import BalancedSampler
 SR = 16000
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_clips(root, per_class, *, seconds=0.7, seed=0, multilabel=False):

@@ -23,12 +23,7 @@ SIZE = 16  # model frame size in these tests
 LIMIT = 10.0  # decode time limit per call (s): a stuck decoder becomes a MediaError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def av_clip(path, k=0, n=10):

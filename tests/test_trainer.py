@@ -33,13 +33,7 @@ needs_fused_cpu = pytest.mark.skipif("cpu" not in fused_adamw_devices(), reason=
 BOTH_ADAMWS = pytest.mark.parametrize("fused", [pytest.param("true", marks=needs_fused_cpu), "false"])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and stay fast when other work shares the CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
