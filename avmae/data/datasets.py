@@ -357,13 +357,17 @@ class AudioDataset(Dataset):
                 "Check the data (or raise max_skip_fraction)."
             )
 
+    def _read_wave(self, path: str) -> torch.Tensor:
+        """Waveform ``[1, N]`` of ``path`` at ``sample_rate`` (raises ``MediaError``)."""
+        return load_audio(path, self.sample_rate, max_seconds=self.max_seconds)
+
     def _try_load(self, index: int) -> Optional[torch.Tensor]:
         """Waveform ``[1, N]`` with its mean removed, or None when skipped."""
         path = self.items[index]["wav"]
         if path in self.skipped:
             return None
         try:
-            wave = load_audio(path, self.sample_rate, max_seconds=self.max_seconds)
+            wave = self._read_wave(path)
         except MediaError as err:
             if self.on_error == "raise":
                 raise

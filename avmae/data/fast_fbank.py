@@ -37,7 +37,7 @@ from torchaudio.compliance import kaldi
 from .audio import FRAME_LENGTH_MS, FRAME_SHIFT_MS, NORM_STATS, AudioFrontend
 from .augment import mixup_waveforms
 from .datasets import AudioDataset, item_generator
-from .io import MediaError, load_audio
+from .io import load_audio
 
 __all__ = [
     "BatchedFbank",
@@ -353,18 +353,9 @@ class WaveformDataset(AudioDataset):
         if self.train and (self.augment["freqm"] or self.augment["timem"] or self.augment["noise"]):
             raise ValueError("WaveformDataset applies waveform augmentations only; freqm/timem/noise act on the fbank")
 
-    def _try_load(self, index: int) -> Optional[torch.Tensor]:
-        path = self.items[index]["wav"]
-        if path in self.skipped:
-            return None
-        try:
-            wave = decode_audio(path, self.sample_rate, max_seconds=self.max_seconds)
-        except MediaError as err:
-            if self.on_error == "raise":
-                raise
-            self._record_skip(err, path)
-            return None
-        return wave - wave.mean()
+    def _read_wave(self, path: str) -> torch.Tensor:
+        """``AudioDataset``'s reader, through the faster ``decode_audio`` (same result)."""
+        return decode_audio(path, self.sample_rate, max_seconds=self.max_seconds)
 
     def __getitem__(self, index: int) -> Dict[str, Any]:
         index = int(index)

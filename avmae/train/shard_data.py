@@ -16,14 +16,12 @@ as a JSON manifest is read by the "audio" builder.
 
 from __future__ import annotations
 
-import dataclasses
-from pathlib import Path
 from typing import Optional
 
 from torch.utils.data import Dataset
 
 from ..config import Config, ConfigError
-from .trainer import SKIP_DIR, audio_frontend, build_audio_dataset, register_dataset_builder
+from .trainer import audio_frontend, build_audio_dataset, dataset_options, register_dataset_builder
 
 __all__ = ["build_audio_shard_dataset"]
 
@@ -40,21 +38,8 @@ def build_audio_shard_dataset(cfg: Config, split: str) -> Optional[Dataset]:
         return None
     if not is_shard_spec(spec):
         return build_audio_dataset(cfg, split)
-    frontend = audio_frontend(cfg)
     try:
-        return IndexedShardDataset(
-            spec,
-            d.label_csv,
-            frontend=frontend,
-            sample_rate=d.sample_rate,
-            train=split == "train",
-            augment=dataclasses.asdict(d.augment),
-            on_error=d.on_error,
-            max_skip_fraction=d.max_skip_fraction,
-            seed=cfg.train.seed,
-            multilabel=d.multilabel,
-            skip_log_dir=None if cfg.output_dir is None else Path(cfg.output_dir) / SKIP_DIR / split,
-        )
+        return IndexedShardDataset(spec, d.label_csv, frontend=audio_frontend(cfg), **dataset_options(cfg, split))
     except ValueError as exc:
         key = "data.train_manifest" if split == "train" else "data.eval_manifest"
         raise ConfigError(key, str(exc)) from exc
