@@ -45,10 +45,15 @@ __all__ = [
 
 
 def create_model(name: str, **overrides: Any) -> nn.Module:
-    """Build a registered model by name, e.g. ``create_model("audiomae_vit_base", decoder="global")``."""
+    """Build a registered model by name, e.g. ``create_model("audiomae_vit_base", decoder="global")``.
+
+    The call is recorded on the model as ``model.avmae_spec = {"name": ..., "params": ...}``;
+    ``save_checkpoint`` stores it with the weights, so ``avmae.hub.load_pretrained`` rebuilds the
+    same model (plugins included) from the file alone."""
     model = MODELS.get(name)(**overrides)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model factory {name!r} ({MODELS.source(name)}) returned {type(model).__name__}, not an nn.Module")
+    model.avmae_spec = {"name": name, "params": dict(overrides)}
     return model
 
 

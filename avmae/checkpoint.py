@@ -286,6 +286,7 @@ def load_checkpoint(
     *,
     strict: bool = True,
     reset_head: bool = False,
+    state_dict: Optional[Mapping[str, torch.Tensor]] = None,
 ) -> LoadReport:
     """Load weights from ``path`` into ``model`` and report what was done.
 
@@ -297,9 +298,11 @@ def load_checkpoint(
             design, such as a decoder when fine-tuning, are reported instead).
         reset_head: drop a classifier head whose shape does not fit (a new label set); otherwise a
             shape mismatch is an error.
+        state_dict: the tensors of ``path`` when the caller has read them already
+            (``read_state_dict``); the file is then not read again.
     """
     path = Path(path)
-    sd, _ = read_state_dict(path)
+    sd = dict(state_dict) if state_dict is not None else read_state_dict(path)[0]
     try:
         fmt, mapped, ignored, fresh = convert_state_dict(sd, model)
     except CheckpointError as exc:
@@ -355,7 +358,9 @@ def save_checkpoint(
 ) -> Path:
     """Write ``model``'s weights to safetensors (atomically: temp file, then rename).
 
-    The model name and config (JSON) go into the file's metadata so the file describes itself.
+    The file's metadata describes the model: ``model`` (its registered name: ``model_name``, else
+    the one ``avmae.create_model`` recorded in ``model.avmae_spec``), ``model_params`` (JSON: the
+    factory params of that call) and ``config`` (JSON: the run config, when given).
     """
     from safetensors.torch import save_file
 
@@ -363,6 +368,13 @@ def save_checkpoint(
     path.parent.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     meta = {"format": "avmae"}
+    spec = getattr(model, "avmae_spec", None)
+    if isinstance(spec, Mapping) and (model_name is None or model_name == spec.get("name")):
+        model_name = spec.get("name")
+        try:
+            meta["model_params"] = json.dumps(spec.get("params") or {})
+        except (TypeError, ValueError) as exc:  # a param JSON cannot hold: the config must describe the model
+            _logger.warning("%s: the model's params are not JSON (%s); the file names its model only", path, exc)
     if model_name:
         meta["model"] = model_name
     if config is not None:

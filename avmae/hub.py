@@ -2,12 +2,13 @@
 
 Where the model description comes from, in order:
 
-1. this project's safetensors metadata: ``model`` (registered name) and ``config`` (JSON). The
-   trainer stores its whole resolved run config there; ``model.params`` plus the input size
-   (``data.target_length``, ``data.num_mel_bins``) and the task's own params (``mask_ratio`` for
-   pretraining; ``num_classes``, ``mask_t_prob``, ``mask_f_prob`` for fine-tuning) rebuild it
-   exactly as the trainer built it. A bare ``{"model": {"name": ..., "params": {...}}}`` works too.
-2. a ``config.yaml`` beside the weights (a trainer checkpoint folder), when the metadata has none.
+1. this project's safetensors metadata: ``model`` (registered name) and ``model_params`` (JSON),
+   the ``avmae.create_model`` call that built the saved model (``save_checkpoint`` stores
+   ``model.avmae_spec``), so any registered model, plugins included, is rebuilt exactly as it was
+   built, whatever task trained it.
+2. files without ``model_params``: the name, and ``model.params`` plus the input size of a run
+   config (metadata ``config``, or a ``config.yaml`` beside the weights); a bare
+   ``{"model": {"name": ..., "params": {...}}}`` works too.
 3. the tensors of a foreign file: first the detectors added with ``register_spec_detector``, then
    AudioMAE's layouts (official ``.pth``, timm-format encoder): the size is read from the shapes
    (embedding width, depth, input length from ``pos_embed``), the decoder from the block keys
@@ -30,7 +31,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
@@ -39,6 +39,7 @@ import torch
 import torch.nn as nn
 
 from .checkpoint import _HEAD_PREFIXES, CheckpointError, LoadReport, load_checkpoint, read_state_dict
+from .run_folder import CONFIG_FILE, WEIGHTS_FILE, resolve_weights
 
 _logger = logging.getLogger(__name__)
 
@@ -60,10 +61,6 @@ __all__ = [
 
 PathLike = Union[str, os.PathLike]
 
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.yaml"
-CHECKPOINT_DIR = "checkpoints"
-_STEP = re.compile(r"^step_(\d+)$")
 
 
 @dataclass
@@ -90,24 +87,6 @@ def _fmt_params(params: Mapping[str, Any]) -> str:
 # ------------------------------------------------------------------------------ locating files
 
 
-def resolve_weights(path: PathLike) -> Path:
-    """A weights file from a file, a checkpoint folder, or a run folder (newest ``step_*``)."""
-    p = Path(path).expanduser()
-    if p.is_file():
-        return p
-    if not p.exists():
-        raise CheckpointError(f"{p}: no such checkpoint file or folder")
-    if (p / WEIGHTS_FILE).is_file():
-        return p / WEIGHTS_FILE
-    root = p / CHECKPOINT_DIR if (p / CHECKPOINT_DIR).is_dir() else p
-    steps = sorted(
-        (int(m.group(1)), d) for d in root.iterdir() if d.is_dir() and (m := _STEP.match(d.name)) and (d / WEIGHTS_FILE).is_file()
-    )
-    if not steps:
-        raise CheckpointError(f"{p}: a folder with neither {WEIGHTS_FILE} nor {CHECKPOINT_DIR}/step_*/{WEIGHTS_FILE}")
-    return steps[-1][1] / WEIGHTS_FILE
-
-
 def _read_config(weights: Path, meta: Mapping[str, str]) -> Tuple[Optional[Dict[str, Any]], str]:
     if meta.get("config"):
         try:
@@ -130,35 +109,26 @@ def _read_config(weights: Path, meta: Mapping[str, str]) -> Tuple[Optional[Dict[
 
 
 def _spec_from_config(cfg: Mapping[str, Any], meta: Mapping[str, str], sd: Mapping[str, torch.Tensor]) -> Tuple[str, Dict[str, Any]]:
-    """(model name, factory params) as the trainer built the model."""
+    """(model name, factory params) of a file that names its model but stores no ``model_params``
+    (a bare ``{"model": {"name", "params"}}`` config, or a run config): ``model.params``, the input
+    size from ``data.*`` (else from the positional table) and the class count from the head."""
     model_cfg = cfg.get("model") if isinstance(cfg.get("model"), Mapping) else {}
     name = meta.get("model") or model_cfg.get("name") or (cfg["model"] if isinstance(cfg.get("model"), str) else None)
     if not name:
         raise CheckpointError("the checkpoint's config names no model (model.name)")
     params: Dict[str, Any] = dict(model_cfg.get("params") or {})
     data = cfg.get("data") if isinstance(cfg.get("data"), Mapping) else None
-    if data is not None:  # the trainer's full config: it injects the input size
-        for k in ("target_length", "num_mel_bins"):
-            if k in data and k not in params:
-                params[k] = data[k]
-    task = cfg.get("task")
-    masking = cfg.get("masking") if isinstance(cfg.get("masking"), Mapping) else {}
-    if task == "pretrain" and masking.get("mask_ratio") is not None:  # null: the trainer passed none
-        params.setdefault("mask_ratio", masking["mask_ratio"])
-    if task in ("finetune", "linprobe"):
-        for k in ("mask_t_prob", "mask_f_prob"):
-            if k in masking:
-                params.setdefault(k, masking[k])
-    if task == "linprobe":
-        params.setdefault("drop_path", 0.0)
+    for k in ("target_length", "num_mel_bins"):
+        if data is not None and k in data:
+            params.setdefault(k, data[k])
     pos = sd.get("modalities.audio.pos_embed")
-    if data is None and pos is not None and "target_length" not in params:  # saved without the run config
+    if pos is not None and "target_length" not in params:
         per_row = int(params.get("num_mel_bins", 128)) // 16
         if pos.shape[1] % per_row == 0:
             params["target_length"] = int(pos.shape[1]) // per_row * 16
     classes = _head_classes(sd)
     if classes is not None and "num_classes" not in params and not any(k.startswith("decoder.") for k in sd):
-        params["num_classes"] = classes  # the trainer takes it from the label file
+        params["num_classes"] = classes
     return str(name), params
 
 
@@ -239,6 +209,14 @@ def describe_checkpoint(path: PathLike, *, num_mel_bins: int = 128) -> Pretraine
 
 def _describe(weights: Path, sd, meta, num_mel_bins: int) -> PretrainedReport:
     cfg, source = _read_config(weights, meta)
+    if meta.get("model") and meta.get("model_params") is not None:
+        try:
+            params = json.loads(meta["model_params"])
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{weights}: metadata 'model_params' is not valid JSON ({exc})") from None
+        if not isinstance(params, dict):
+            raise CheckpointError(f"{weights}: metadata 'model_params' is not a mapping of factory params")
+        return PretrainedReport(path=str(weights), format="avmae", model_name=meta["model"], model_params=params, config=cfg, source="metadata")
     if cfg is not None or meta.get("model"):
         source = source or "metadata"
         name, params = _spec_from_config(cfg or {}, meta, sd)
@@ -312,7 +290,7 @@ def load_pretrained(
     except (TypeError, ValueError, KeyError) as exc:
         raise CheckpointError(f"{weights}: cannot build {info.model_name}({_fmt_params(params)}): {exc}") from exc
     encoder_only = info.source == "detected" and info.format == "timm-vit" and hasattr(model, "decoder")
-    report = load_checkpoint(model, weights, strict=strict and not encoder_only)
+    report = load_checkpoint(model, weights, strict=strict and not encoder_only, state_dict=sd)
     if encoder_only:
         bad = [k for k in report.missing if not k.startswith("decoder.")]
         if strict and (bad or report.unexpected):
@@ -324,7 +302,7 @@ def load_pretrained(
     model.eval()
     if map_location is not None:
         model.to(map_location)
-    _logger.info("%s", out.summary())
+    _logger.info("built %s(%s) as described by its %s", info.model_name, _fmt_params(params), info.source)
     return model, out
 
 

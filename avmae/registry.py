@@ -1,7 +1,19 @@
-"""Name -> class/factory registries for models, decoders and modalities.
+"""Name -> class/factory registries: the extension surface of avmae.
 
-Built-ins register by decorator when their module is imported. Third-party packages add entries
-through entry points (groups ``avmae.models``, ``avmae.decoders``, ``avmae.modalities``); those are
+=====================  =====================  ==================================================
+registry               entry-point group      what an entry decides
+=====================  =====================  ==================================================
+``MODELS``             ``avmae.models``       how the parts are assembled (a factory)
+``MODALITIES``         ``avmae.modalities``   the input side of a branch (grid, patchify, embed)
+``DECODERS``           ``avmae.decoders``     how masked tokens are predicted
+``MASKERS``            ``avmae.maskers``      which tokens are hidden (``avmae.masking.Masker``)
+``OBJECTIVES``         ``avmae.objectives``   what a pretraining step optimises (``avmae.objectives``)
+``TASKS``              ``avmae.tasks``        what a run does (``avmae.train.Task``: pretrain, finetune)
+``DATASETS``           ``avmae.datasets``     how items reach the loader (``cfg.modality``: audio, av)
+=====================  =====================  ==================================================
+
+Built-ins register by decorator when their module is imported (tasks and datasets with
+``avmae.train``). Third-party packages add entries through the entry-point groups; those are
 discovered once, lazily, on the first lookup or listing. Set ``AVMAE_DISABLE_PLUGINS=1`` to turn
 discovery off.
 """
@@ -19,7 +31,25 @@ _logger = logging.getLogger(__name__)
 
 PLUGINS_ENV = "AVMAE_DISABLE_PLUGINS"
 
-__all__ = ["Registry", "RegistryError", "PluginError", "MODELS", "DECODERS", "MODALITIES"]
+__all__ = [
+    "Registry",
+    "RegistryError",
+    "PluginError",
+    "MODELS",
+    "DECODERS",
+    "MODALITIES",
+    "MASKERS",
+    "OBJECTIVES",
+    "TASKS",
+    "DATASETS",
+    "register_model",
+    "register_decoder",
+    "register_modality",
+    "register_masker",
+    "register_objective",
+    "register_task",
+    "register_dataset",
+]
 
 
 class RegistryError(KeyError):
@@ -179,9 +209,25 @@ def _check_module_class(base_name: str) -> Callable[[Any], Optional[str]]:
     return check
 
 
+def _check_class_with(*methods: str) -> Callable[[Any], Optional[str]]:
+    """A class defining ``methods`` (a task, a masker)."""
+
+    def check(obj: Any) -> Optional[str]:
+        if not inspect.isclass(obj):
+            return f"expected a class, got {type(obj).__name__}"
+        lacking = [m for m in methods if not callable(getattr(obj, m, None))]
+        return f"{obj.__name__} lacks {', '.join(lacking)}" if lacking else None
+
+    return check
+
+
 MODELS = Registry("model", "avmae.models", check=_check_callable)
 DECODERS = Registry("decoder", "avmae.decoders", check=_check_module_class("Decoder"))
 MODALITIES = Registry("modality", "avmae.modalities", check=_check_module_class("Modality"))
+MASKERS = Registry("masker", "avmae.maskers", check=_check_class_with("noise"))
+OBJECTIVES = Registry("objective", "avmae.objectives", check=_check_module_class("Objective"))
+TASKS = Registry("task", "avmae.tasks", check=_check_class_with("build_model", "compute_loss", "evaluate"))
+DATASETS = Registry("dataset", "avmae.datasets", check=_check_callable)
 
 
 def _decorator(reg: Registry, name: Any):
@@ -204,3 +250,33 @@ def register_decoder(name: Any = None):
 def register_modality(name: Any = None):
     """Register a modality class (an ``avmae.modalities.Modality`` subclass)."""
     return _decorator(MODALITIES, name)
+
+
+def register_masker(name: Any = None):
+    """Register a masker class (an ``avmae.masking.Masker`` subclass: ``noise(...)``)."""
+    return _decorator(MASKERS, name)
+
+
+def register_objective(name: Any = None):
+    """Register an objective class (an ``avmae.objectives.Objective`` subclass)."""
+    return _decorator(OBJECTIVES, name)
+
+
+def register_task(name: Any = None):
+    """Register a task class (an ``avmae.train.Task`` subclass), selected by ``task: <name>``."""
+
+    def deco(cls: Any) -> Any:
+        if inspect.isclass(cls):
+            cls.name = name if isinstance(name, str) else cls.__name__
+        return _decorator(TASKS, name)(cls)
+
+    if callable(name) and not isinstance(name, str):
+        cls, name = name, None
+        return deco(cls)
+    return deco
+
+
+def register_dataset(name: Any = None):
+    """Register a dataset builder ``builder(cfg, split) -> Dataset | None``, selected by
+    ``modality: <name>`` (``split`` is "train" or "eval"; None: no such split)."""
+    return _decorator(DATASETS, name)

@@ -39,7 +39,7 @@ def main() -> int:
             if step == args.pause_at:
                 (out / "paused").write_text(str(step))
                 deadline = time.monotonic() + 120
-                while self._stop_signal is None and time.monotonic() < deadline:
+                while self.stop.signal is None and time.monotonic() < deadline:
                     time.sleep(0.02)
 
         Trainer.after_step = after_step

@@ -178,8 +178,9 @@ def test_argument_checks(corpus):
 # ---------------------------------------------------------------------------- trainer integration
 def test_av_dataset_builder_and_retrieval_metrics(corpus):
     from avmae.config import load_config
-    from avmae.train import DATASET_BUILDERS
-    from avmae.train.av_data import retrieval_metrics, video_input_size
+    from avmae.train import DATASETS
+    from avmae.train.datasets import video_input_size
+    from avmae.train.retrieval import retrieval_metrics
 
     root, manifest, csv = corpus
     overrides = [
@@ -189,7 +190,7 @@ def test_av_dataset_builder_and_retrieval_metrics(corpus):
     cfg = load_config([], overrides)
     assert video_input_size(cfg) == (4, 64)  # the preset's own video input
     assert video_input_size(load_config([], overrides + ["model.params={num_frames: 2, image_size: 32}"])) == (2, 32)
-    train, evals = DATASET_BUILDERS["av"](cfg, "train"), DATASET_BUILDERS["av"](cfg, "eval")
+    train, evals = DATASETS.get("av")(cfg, "train"), DATASETS.get("av")(cfg, "eval")
     assert isinstance(train, AVDataset) and train.train and not evals.train
     item = evals[0]
     assert item["audio"].shape == (1, 64, 128) and item["video"].shape == (4, 3, 64, 64)

@@ -19,7 +19,7 @@ from avmae.data.av_dataset import AVDataset
 from avmae.data.av_demo import write_av_clip
 from avmae.data.video import extract_frame_folder, load_frames
 from avmae.hub import load_pretrained
-from avmae.train import DATASET_BUILDERS, Trainer, list_checkpoints
+from avmae.train import DATASETS, Trainer, list_checkpoints
 from avmae.train.finetune import classification_loss, collect_predictions, ensemble_logits, predict_views
 from conftest import tiny_av_config
 
@@ -214,7 +214,7 @@ def test_fine_tuning_modes_end_to_end(demo, tmp_path, mode):
     # the run's eval loss is that of the two views' averaged softmax, computed here by hand
     model = avmae.create_model("cav_mae_tiny_ft", num_classes=6, mode=mode).eval()
     model.load_state_dict(trained)
-    evals = DATASET_BUILDERS["av"](cfg, "eval")
+    evals = DATASETS.get("av")(cfg, "eval")
     assert evals.input_views == {"video": 2}
     batch = next(iter(DataLoader(evals, batch_size=len(evals))))
     with torch.no_grad():

@@ -14,9 +14,7 @@ import pytest
 from avmae.config import load_config
 from avmae.data import ManifestError, ensure_demo_audio, read_manifest
 from avmae.data.av_dataset import read_av_manifest
-from avmae.train import Trainer
-from avmae.train.av_data import build_av_dataset
-from avmae.train.trainer import build_audio_dataset
+from avmae.train import Trainer, build_audio_dataset, build_av_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 

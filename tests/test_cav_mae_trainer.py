@@ -172,7 +172,7 @@ def test_per_modality_ratios_of_a_model_without_default_ratios_need_every_modali
     one modality, masking.mask_ratio unset, is a ConfigError naming the keys (not a KeyError)."""
     from avmae.config import load_config
     from avmae.registry import register_model
-    from avmae.train.trainer import PretrainTask
+    from avmae.train import PretrainTask
 
     name = "test_no_default_ratios"
     if name not in avmae.list_models():

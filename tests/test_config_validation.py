@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from avmae.config import ConfigError, load_config
-from avmae.train import DATASET_BUILDERS, Trainer, register_dataset_builder
+from avmae.train import DATASETS, Trainer, register_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -60,13 +60,13 @@ def spy_builder():
     """A dataset builder that records whether any data work started."""
     calls = []
 
-    @register_dataset_builder("spy")
+    @register_dataset("spy")
     def build(cfg, split):
         calls.append(split)
         return None
 
     yield calls
-    DATASET_BUILDERS.pop("spy")
+    DATASETS.remove("spy")
 
 
 def test_model_params_the_model_rejects_fail_before_any_dataset_is_built(spy_builder, tmp_path):

@@ -169,7 +169,7 @@ def test_evaluate_retrieval_of_an_audio_visual_run(tmp_path, monkeypatch):
     import avmae.data
     from avmae.data import ensure_demo_av
     from avmae.hub import load_pretrained
-    from avmae.train.av_data import pooled_embeddings
+    from avmae.train.retrieval import pooled_embeddings
 
     demo = ensure_demo_av(tmp_path / "av", num_train_per_class=1, num_eval_per_class=2)  # 12 eval clips
     monkeypatch.setattr(avmae.data, "ensure_demo_av", lambda *a, **kw: demo)

@@ -91,7 +91,7 @@ def _manual_windows(wave, hop=T):
 def test_load_pretrained_reads_the_trainer_metadata(checkpoints):
     model, rep = load_pretrained(checkpoints["run"])  # a run folder: its newest checkpoint
     assert rep.model_name == "audiomae_tiny" and rep.source == "metadata"
-    assert rep.model_params == {"target_length": T, "num_mel_bins": 128, "mask_ratio": 0.8}
+    assert rep.model_params == {"target_length": T}  # the create_model call that built the saved model
     assert rep.path.endswith("step_0000010/model.safetensors")
     for a, b in zip(model.state_dict().values(), checkpoints["mae"].state_dict().values()):
         assert torch.equal(a, b)

@@ -106,7 +106,7 @@ def test_audio_visual_model_draws_a_row_per_modality():
 
 
 def test_visualize_tool(tmp_path, capsys, load_tool):
-    model = _mae()
+    model = _mae(mask_ratio=0.5)  # as the trainer builds it from masking.mask_ratio
     ckpt = avmae.save_checkpoint(
         model, tmp_path / "ckpt" / "model.safetensors", model_name="audiomae_tiny",
         config={"task": "pretrain", "model": {"name": "audiomae_tiny", "params": {}}, "data": {"target_length": T, "num_mel_bins": 128, "norm": "esc50"}, "masking": {"mask_ratio": 0.5}},
@@ -116,7 +116,7 @@ def test_visualize_tool(tmp_path, capsys, load_tool):
     tool = load_tool("visualize")
     assert tool.main([str(wav), "--checkpoint", str(ckpt.parent), "--out", str(out), "--seed", "4"]) == 0
     assert out.read_bytes()[:4] == b"\x89PNG"
-    assert "audio mask ratio 0.50" in capsys.readouterr().out  # the trainer's masking.mask_ratio
+    assert "audio mask ratio 0.50" in capsys.readouterr().out  # the saved model's mask_ratio
     # a classifier checkpoint is refused with a clear message
     clf = avmae.save_checkpoint(avmae.create_model("audiomae_tiny_cls", target_length=T, num_classes=2), tmp_path / "clf.safetensors", model_name="audiomae_tiny_cls")
     assert tool.main([str(wav), "-c", str(clf), "-o", str(tmp_path / "x.png")]) == 2

@@ -148,9 +148,9 @@ def classify(model, dataset, loader, accelerator, args, config=None) -> Dict[str
 
 def retrieval(model, dataset, loader, accelerator, args) -> Dict[str, Any]:
     try:
-        from avmae.train.av_data import retrieval_metrics, supports_retrieval
+        from avmae.train.retrieval import retrieval_metrics, supports_retrieval
     except ImportError as exc:
-        raise SystemExit(f"evaluate --task retrieval needs the audio-visual training pieces (avmae.train.av_data), which this install lacks: {exc}")
+        raise SystemExit(f"evaluate --task retrieval needs the audio-visual training pieces (avmae.train.retrieval), which this install lacks: {exc}")
     if not supports_retrieval(accelerator.unwrap_model(model)):
         raise SystemExit("evaluate --task retrieval needs an audio-visual pretraining model (e.g. cav_mae_*), not a classifier")
     found = retrieval_metrics(model, loader, accelerator)

@@ -42,7 +42,7 @@ from timm.layers import DropPath, Mlp
 from timm.models.vision_transformer import Attention
 
 from ..checkpoint import CheckpointError, register_format
-from ..layers import init_mae_weights, make_block
+from ..layers import drop_path_rates, init_mae_weights, make_block
 from ..registry import register_model
 from .mae import MaskedAutoencoder, build_modalities
 
@@ -187,7 +187,7 @@ class CAVMAE(MaskedAutoencoder):
             drop_path=drop_path,
             norm_eps=LN_EPS,
         )
-        dpr = torch.linspace(0, drop_path, depth).tolist()
+        dpr = drop_path_rates(drop_path, depth)
         self.blocks = _shared_blocks(embed_dim, num_heads, mlp_ratio, dpr[modality_specific_depth:])
         self.modality_norm = nn.ModuleDict({m: nn.LayerNorm(embed_dim, eps=LN_EPS) for m in MODALITY_KEYS})
         # the rest was initialised by MaskedAutoencoder (MAE / CAV-MAE init); the new parts alike
@@ -261,7 +261,7 @@ class CAVMAEClassifier(nn.Module):
         self.embed_dim = embed_dim
         self.modalities = build_modalities(_modality_configs(audio_length, num_mel_bins, image_size, patch_size, pos_trainable), embed_dim)
         self.modality_embed = nn.ParameterDict({m: nn.Parameter(torch.zeros(1, 1, embed_dim)) for m in MODALITY_KEYS})
-        dpr = torch.linspace(0, drop_path, depth).tolist()
+        dpr = drop_path_rates(drop_path, depth)
         norm = partial(nn.LayerNorm, eps=LN_EPS)
         self.modality_blocks = nn.ModuleDict(
             {

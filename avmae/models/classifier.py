@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Mapping, Optional
 import torch
 import torch.nn as nn
 
-from ..layers import init_mae_weights, make_block
+from ..layers import drop_path_rates, init_mae_weights, make_block
 from ..masking import structured_time_freq_mask
 from .mae import build_modalities
 
@@ -74,7 +74,7 @@ class EncoderClassifier(nn.Module):
         if cls_token:
             self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
             self.cls_pos_embed = nn.Parameter(torch.zeros(1, 1, embed_dim), requires_grad=False)
-        dpr = torch.linspace(0, drop_path, depth).tolist()
+        dpr = drop_path_rates(drop_path, depth)
         self.blocks = nn.ModuleList([make_block(embed_dim, num_heads, mlp_ratio=mlp_ratio, drop_path=dpr[i], norm_eps=norm_eps) for i in range(depth)])
         self.fc_norm = nn.LayerNorm(embed_dim, eps=norm_eps)
         self.head_drop = nn.Dropout(head_drop)

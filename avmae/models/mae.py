@@ -15,7 +15,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
-from ..layers import init_mae_weights, make_block
+from ..layers import drop_path_rates, init_mae_weights, make_block
 from ..losses import accuracy_from_logits, contrastive_logits, info_nce_from_logits, masked_mse
 from ..masking import random_masking
 from ..registry import DECODERS, MODALITIES
@@ -113,7 +113,7 @@ class MaskedAutoencoder(nn.Module):
         if not 0 <= joint_depth <= depth:
             raise ValueError(f"joint_depth={joint_depth} must be within [0, depth={depth}]")
         specific = depth - joint_depth
-        dpr = torch.linspace(0, drop_path, depth).tolist()
+        dpr = drop_path_rates(drop_path, depth)
         self.embed_dim = embed_dim
         self.norm_pix_loss = norm_pix_loss
         self.mask_ratio = self._ratios(mask_ratio)

@@ -1,33 +1,33 @@
-"""Training: one accelerate loop for every task and modality set (``Trainer``), its task and
-dataset-builder registries, and the optimizer pieces (param groups, layer decay, lr schedule)."""
+"""Training: one accelerate loop for every task and modality set (``Trainer``), the built-in tasks
+(pretrain, finetune, linprobe) and dataset builders (audio, av, audio_shards), and the optimizer
+pieces (param groups, layer decay, lr schedule).
 
+Module map (one concern each): ``trainer`` (the loop), ``task`` (the ``Task`` contract),
+``pretrain`` / ``finetune`` (the built-in tasks), ``datasets`` (the built-in dataset builders),
+``samplers`` (the order of an epoch), ``plan`` / ``precision`` (derived values), ``guard`` (the
+non-finite guard), ``checkpointing`` (resume and saves, over ``avmae.run_folder``),
+``logging_utils`` (metrics and progress), ``loaders`` (DataLoaders, SIGTERM), ``optim``,
+``metrics``, ``retrieval``.
+"""
+
+from ..registry import DATASETS, TASKS, register_dataset, register_task
+from ..run_folder import find_latest_checkpoint, list_checkpoints
+from .checkpointing import TrainState
+from .datasets import build_audio_dataset, build_audio_shard_dataset, build_av_dataset
+from .finetune import FinetuneTask, LinearProbeTask
+from .guard import NonFiniteLossError
 from .optim import build_optimizer, layer_id, lr_at, param_groups, scaled_lr, set_lr
-from .trainer import (
-    DATASET_BUILDERS,
-    TASKS,
-    EpochSampler,
-    FinetuneTask,
-    LinearProbeTask,
-    NonFiniteLossError,
-    PretrainTask,
-    RunPlan,
-    Task,
-    Trainer,
-    TrainResult,
-    find_latest_checkpoint,
-    list_checkpoints,
-    plan_run,
-    register_dataset_builder,
-    register_task,
-    resolve_mixed_precision,
-    train,
-)
-from . import av_data  # noqa: F401  registers the "av" dataset builder
-from . import shard_data  # noqa: F401  registers the "audio_shards" dataset builder
+from .plan import RunPlan, plan_run
+from .precision import resolve_mixed_precision
+from .pretrain import PretrainTask
+from .samplers import EpochSampler
+from .task import Task, model_inputs
+from .trainer import Trainer, TrainResult, train
 
 __all__ = [
     "Trainer",
     "TrainResult",
+    "TrainState",
     "RunPlan",
     "plan_run",
     "train",
@@ -37,8 +37,12 @@ __all__ = [
     "LinearProbeTask",
     "TASKS",
     "register_task",
-    "DATASET_BUILDERS",
-    "register_dataset_builder",
+    "DATASETS",
+    "register_dataset",
+    "build_audio_dataset",
+    "build_av_dataset",
+    "build_audio_shard_dataset",
+    "model_inputs",
     "EpochSampler",
     "NonFiniteLossError",
     "find_latest_checkpoint",

@@ -46,8 +46,9 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..config import Config, ConfigError
+from ..registry import register_task
 from .metrics import classification_report
-from .trainer import Task, model_inputs, register_task
+from .task import Task, model_inputs
 
 _logger = logging.getLogger(__name__)
 

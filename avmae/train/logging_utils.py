@@ -1,8 +1,12 @@
-"""Metric records: one JSON object per line in ``metrics.jsonl``, mirrored to accelerate's trackers.
+"""What a run reports: metric records, the loss window between log lines, the progress bar.
 
-Only the main process writes. A record is ``{"step": int, "time": float, <name>: number, ...}``
-with names such as ``train/loss``, ``train/lr``, ``eval/loss``. On resume the records after the
-resumed step are dropped, so the file always describes one consistent run.
+``MetricsWriter``: one JSON object per line in ``metrics.jsonl``, mirrored to accelerate's
+trackers (TensorBoard). Only the main process writes. A record is ``{"step": int, "time": float,
+<name>: number, ...}`` with names such as ``train/loss``, ``train/lr``, ``eval/loss``. On resume
+the records after the resumed step are dropped, so the file always describes one consistent run.
+
+``LossWindow``: running sums of the loss and its parts between two log lines, on the device.
+``TrainLog``: the trainer's view of both, with the progress bar and the loss history.
 """
 
 from __future__ import annotations
@@ -13,9 +17,11 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
-__all__ = ["MetricsWriter", "read_metrics"]
+import torch
+
+__all__ = ["MetricsWriter", "LossWindow", "read_metrics"]
 
 _logger = logging.getLogger(__name__)
 
@@ -59,6 +65,111 @@ class MetricsWriter:
             numeric = {k: v for k, v in record.items() if k not in ("step", "time") and isinstance(v, (int, float))}
             self.accelerator.log(numeric, step=int(step))
         return record
+
+
+class LossWindow:
+    """Running sums of the loss and its parts between two log lines (on device, no syncs)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.nonfinite = torch.zeros((), device=device)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.sums: Dict[str, torch.Tensor] = {}
+        self.count = torch.zeros((), device=self.device)
+        self.samples = 0
+        self.started = time.time()
+
+    def add(self, loss: torch.Tensor, parts: Mapping[str, torch.Tensor], items: int) -> None:
+        loss = loss.detach().float()
+        ok = torch.isfinite(loss)
+        self.nonfinite = self.nonfinite + (~ok).float()
+        for k, v in {"loss": loss, **parts}.items():
+            v = v.detach().float()
+            self.sums[k] = self.sums.get(k, 0.0) + torch.where(ok & torch.isfinite(v), v, torch.zeros_like(v))
+        self.count = self.count + ok.float()
+        self.samples += items
+
+    def take_nonfinite(self) -> torch.Tensor:
+        out, self.nonfinite = self.nonfinite, torch.zeros((), device=self.device)
+        return out
+
+    def flush(self, accelerator) -> Tuple[Dict[str, float], int, float]:
+        """(means across processes, items seen by this process, seconds) since the last flush."""
+        keys = sorted(self.sums)
+        seconds = time.time() - self.started
+        micro = self.samples
+        if keys:
+            totals = torch.stack([torch.as_tensor(self.sums[k], device=self.device) for k in keys] + [self.count])
+            if accelerator.num_processes > 1:
+                totals = accelerator.reduce(totals, "sum")
+            totals = totals.tolist()
+            means = {k: (totals[i] / totals[-1] if totals[-1] else float("nan")) for i, k in enumerate(keys)}
+        else:
+            means = {}
+        self._reset()
+        return means, micro, seconds
+
+
+class TrainLog:
+    """The trainer's reporting: ``add`` every batch's loss, ``advance`` every step, ``train`` at
+    log steps (``due``), ``eval`` after an evaluation, ``close`` at the end."""
+
+    def __init__(self, output_dir: PathLike, accelerator, cfg, plan, state) -> None:
+        from tqdm.auto import tqdm
+
+        self.acc = accelerator
+        self.cfg = cfg
+        self.plan = plan
+        self.every = cfg.logging.every_n_steps
+        self.metrics = MetricsWriter(Path(output_dir) / "metrics.jsonl", accelerator if cfg.logging.tensorboard else None, enabled=accelerator.is_main_process)
+        if cfg.logging.tensorboard:
+            accelerator.init_trackers("tensorboard")
+        if state.step and accelerator.is_main_process:
+            self.metrics.truncate_after(state.step)
+        show = accelerator.is_local_main_process and cfg.logging.progress
+        self.bar = tqdm(total=plan.total_steps, initial=state.step, disable=not show, dynamic_ncols=True)
+        self.window = LossWindow(accelerator.device)
+        self.history: List[Tuple[int, float]] = []
+
+    def add(self, loss: torch.Tensor, parts: Mapping[str, torch.Tensor], items: int) -> None:
+        self.window.add(loss, parts, items)
+
+    def take_nonfinite(self) -> torch.Tensor:
+        return self.window.take_nonfinite()
+
+    def advance(self) -> None:
+        self.bar.update(1)
+
+    def due(self, step: int) -> bool:
+        return step == 1 or step % self.every == 0 or step == self.plan.total_steps
+
+    def train(self, state, lr: float, grad_norm: torch.Tensor) -> Dict[str, Any]:
+        means, samples, seconds = self.window.flush(self.acc)
+        record = {f"train/{k}": v for k, v in means.items()}
+        record.update(
+            {
+                "epoch": state.epoch + state.epoch_step / self.plan.steps_per_epoch,
+                "train/lr": lr,
+                "train/grad_norm": grad_norm.item(),
+                "train/samples_per_s": samples * self.acc.num_processes / max(seconds, 1e-9),  # items, all processes
+                "train/skipped_steps": state.skipped_steps,
+            }
+        )
+        record = self.metrics.write(state.step, record)
+        if isinstance(record.get("train/loss"), float):
+            self.history.append((state.step, record["train/loss"]))
+            self.bar.set_postfix(loss=f"{record['train/loss']:.4f}", lr=f"{lr:.2e}")
+        return record
+
+    def eval(self, step: int, result: Mapping[str, float]) -> None:
+        if result:
+            self.metrics.write(step, {f"eval/{k}": v for k, v in result.items()})
+            _logger.info("eval at step %d: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in result.items()))
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _step_of(line: str) -> float:

@@ -1,4 +1,8 @@
-"""Balanced (weighted) sampling for AudioSet-style fine-tuning.
+"""The order of each epoch: ``EpochSampler`` (a seeded permutation) and balanced (weighted) sampling
+for AudioSet-style fine-tuning, plus the dataset wrappers the trainer's loader uses
+(``EpochIndexed``: items indexed by ``(epoch, index)``; ``MemoryCached``).
+
+Balanced sampling:
 
 AudioMAE's AS-2M recipe draws every "epoch" ``epoch_len = 200,000`` clips from the full set with
 ``WeightedRandomSampler(weights, epoch_len, replacement=False)`` seeded by ``seed + epoch``, and
@@ -23,14 +27,101 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Iterator, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import Dataset, Sampler
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["BalancedSampler", "balanced_sampler"]
+__all__ = ["EpochSampler", "EpochIndexed", "MemoryCached", "BalancedSampler", "balanced_sampler"]
+
+
+class EpochSampler(Sampler):
+    """The global order of one epoch, as ``(epoch, index)`` pairs.
+
+    The order is ``torch.randperm`` from a generator seeded by (seed, epoch), cut to a whole
+    number of ``global_batch`` items (batch x accumulation x processes, so every process gets the
+    same number of full optimizer steps and no item twice). accelerate hands batch i of this order
+    to process ``i % num_processes``. ``set_position(epoch, start)`` picks the epoch and skips
+    the ``start`` items already consumed (resume). The epoch travels with the index, so datasets
+    in persistent DataLoader workers see it.
+    """
+
+    def __init__(self, num_items: int, *, global_batch: int, seed: int = 0, shuffle: bool = True) -> None:
+        if num_items < global_batch:
+            raise ValueError(f"{num_items} items are fewer than one global batch of {global_batch}")
+        self.num_items = num_items
+        self.global_batch = global_batch
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+        self.start = 0
+
+    @property
+    def items_per_epoch(self) -> int:
+        return self.num_items // self.global_batch * self.global_batch
+
+    def set_position(self, epoch: int, start: int = 0) -> None:
+        if not 0 <= start <= self.items_per_epoch:
+            raise ValueError(f"start {start} outside the epoch's {self.items_per_epoch} items")
+        self.epoch, self.start = int(epoch), int(start)
+
+    def order(self, epoch: int) -> torch.Tensor:
+        if not self.shuffle:
+            return torch.arange(self.num_items)[: self.items_per_epoch]
+        g = torch.Generator()
+        g.manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.num_items, generator=g)[: self.items_per_epoch]
+
+    def __iter__(self) -> Iterator[Tuple[int, int]]:
+        epoch = self.epoch
+        for i in self.order(epoch)[self.start :].tolist():
+            yield (epoch, i)
+
+    def __len__(self) -> int:
+        return self.items_per_epoch - self.start
+
+
+class MemoryCached(Dataset):
+    """Items of ``dataset`` kept after their first load (each DataLoader worker keeps its own).
+    Only for datasets whose items do not change between epochs."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+        self._items: Dict[int, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> Any:  # num_classes, multilabel, ...
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, index: int):
+        if index not in self._items:
+            self._items[index] = self.dataset[index]
+        return self._items[index]
+
+
+class EpochIndexed(Dataset):
+    """``dataset`` indexed by ``(epoch, index)``: calls ``dataset.set_epoch`` when the epoch changes."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+        self._epoch: Optional[int] = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: Tuple[int, int]):
+        epoch, index = key
+        if epoch != self._epoch:
+            if hasattr(self.dataset, "set_epoch"):
+                self.dataset.set_epoch(epoch)
+            self._epoch = epoch
+        return self.dataset[index]
 
 
 class BalancedSampler(Sampler):

@@ -1,0 +1,89 @@
+"""The trainer's DataLoaders, their workers, and the stop request (SIGTERM).
+
+Workers are seeded (``avmae.data.seed_worker``) and ignore SIGTERM: a preempted job's SIGTERM
+often reaches every process of the group, and a worker killed by it made the main process fail
+(DataLoader's SIGCHLD check) in the middle of the final checkpoint. The main process saves, then
+stops its workers (``stop_workers``).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import Optional
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+_logger = logging.getLogger(__name__)
+
+__all__ = ["build_loader", "stop_workers", "StopRequest"]
+
+
+def _init_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: ``seed_worker``, and SIGTERM ignored."""
+    from ..data import seed_worker
+
+    seed_worker(worker_id)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def build_loader(dataset: Dataset, batch_size: int, *, num_workers: int, seed: int, pin_memory: bool, sampler: Optional[Sampler] = None) -> DataLoader:
+    """A loader of ``dataset``: in ``sampler``'s order with whole batches (training), else in
+    order with every item (evaluation); persistent, seeded workers."""
+    g = torch.Generator()
+    g.manual_seed(seed)  # worker seeds; keeps the global RNG untouched
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        shuffle=False,
+        drop_last=sampler is not None,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+        worker_init_fn=_init_worker,
+        generator=g,
+    )
+
+
+def stop_workers(*loaders: Optional[DataLoader]) -> None:
+    """Shut the persistent DataLoader workers down now. Left to interpreter exit, they would
+    outlive ``fit`` (notebooks) and, as they ignore SIGTERM, hang the exit of a preempted run."""
+    for loader in loaders:
+        it = getattr(loader, "_iterator", None)
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            try:
+                it._shutdown_workers()
+            except Exception as exc:  # never mask the run's own outcome
+                _logger.debug("stopping DataLoader workers: %s", exc)
+            loader._iterator = None
+
+
+class StopRequest:
+    """SIGTERM as a flag: ``with StopRequest() as stop:`` ... ``stop.signal`` names the signal once
+    received (the run then saves a checkpoint at the end of the step and returns). Outside the main
+    thread no handler can be installed and the flag stays unset."""
+
+    def __init__(self) -> None:
+        self.signal: Optional[str] = None
+        self._previous = None
+
+    def requested(self) -> bool:
+        return self.signal is not None
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+
+            def handler(signum, frame):
+                self.signal = signal.Signals(signum).name
+                _logger.warning("%s received: saving a checkpoint at the end of this step", self.signal)
+
+            self._previous = signal.signal(signal.SIGTERM, handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
