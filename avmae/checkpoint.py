@@ -399,7 +399,7 @@ def to_audiomae_official(model: nn.Module) -> Dict[str, torch.Tensor]:
     sd = model.state_dict()
     out: Dict[str, torch.Tensor] = {}
     for k, v in sd.items():
-        if k == "cls_pos_embed":
+        if k == "cls_pos_embed" or k.startswith("objectives."):  # an objective's own state (a teacher) has no official place
             continue
         if k == f"modalities.{key}.pos_embed":
             out["pos_embed"] = torch.cat([sd["cls_pos_embed"], v], dim=1)

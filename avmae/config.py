@@ -4,8 +4,10 @@
 
 ``load_config(["configs/demo_audio.yaml"], ["optim.blr=1e-3", "train.batch_size=4"])`` merges the
 three layers with OmegaConf's structured configs, so an unknown key or a value of the wrong type is
-an error that names the key; ``validate`` then rejects impossible values (a mask ratio of 1, a
-``target_length`` that is not a multiple of 16, ...) before any work starts, again naming the key.
+an error that names the key; ``validate`` then rejects impossible values (a mask ratio of 1, an
+unregistered masker, ...) before any work starts, again naming the key. What only the model can
+judge (a ``target_length`` its patches do not tile) fails when the model is built, before any
+data work for pretraining, naming the config key that set the param (``DATA_KEYS_IN_MODEL``).
 
 A YAML delta is a nested mapping (``optim: {blr: 1e-3}``); flat dotted keys (``optim.blr: 1e-3``)
 are accepted too. ``model`` is the plugin-style section: ``name`` picks a registered model and
@@ -47,6 +49,7 @@ __all__ = [
     "save_config",
     "CONFIG_DIR",
     "DATA_KEYS_IN_MODEL",
+    "param_source",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -59,10 +62,24 @@ DATA_KEYS_IN_MODEL: Dict[str, str] = {
     "target_length": "data.target_length",
     "num_mel_bins": "data.num_mel_bins",
     "mask_ratio": "masking.mask_ratio",
+    "maskers": "masking.maskers",
+    "objectives": "objectives",
     "mask_t_prob": "masking.mask_t_prob",
     "mask_f_prob": "masking.mask_f_prob",
     "num_classes": "data.label_csv (the number of classes comes from the label file)",
 }
+
+
+def param_source(message: str) -> Optional[str]:
+    """The config key that sets the model param an error message starts with (``"target_length=100
+    must be ..."`` -> ``"data.target_length"``), or None (also for a message that names config
+    keys itself, as a factory comparing two of them does)."""
+    if "model.params" in message or "data." in message:
+        return None
+    for name, source in DATA_KEYS_IN_MODEL.items():
+        if message.startswith((f"{name}=", f"{name} ", f"{name}:")):
+            return source.split()[0]
+    return None
 
 
 class ConfigError(ValueError):
@@ -134,11 +151,15 @@ class DataConfig:
 class MaskingConfig:
     """Pretraining: ``mask_ratio`` for every modality (None: each model's own default: 0.8 for
     AudioMAE, 0.75 for CAV-MAE's audio and video, the video modality's 0.75 for frames / 0.9 for
-    tubelets); ``per_modality`` overrides it by name, e.g. {video: 0.9}.
+    tubelets); ``per_modality`` overrides it by name, e.g. {video: 0.9}. ``maskers``: which tokens
+    are hidden, per modality, a registered masker (``avmae.masking``: random, tube, inverse_block,
+    time_freq, or a plugin's) by name or as {name: ..., <param>: ...}, e.g.
+    {audio: {name: inverse_block, block: 5}}; unset: each model's own.
     Fine-tuning: AudioMAE's structured time/frequency masking probabilities."""
 
     mask_ratio: Optional[float] = None
     per_modality: Dict[str, float] = field(default_factory=dict)
+    maskers: Dict[str, Any] = field(default_factory=dict)
     mask_t_prob: float = 0.0
     mask_f_prob: float = 0.0
 
@@ -173,6 +194,7 @@ class ScheduleConfig:
 
     epochs: int = 33
     warmup_epochs: float = 3.0
+    warmup_steps: Optional[int] = None  # when set, the warm-up in optimizer steps (instead of warmup_epochs)
     min_lr: float = 0.0
     max_steps: Optional[int] = None
 
@@ -236,6 +258,10 @@ class CheckpointConfig:
 
 @dataclass
 class Config:
+    """A run. ``objectives`` (pretraining): what the model optimises, a list of registered
+    objectives (``avmae.objectives``: mae_mse, info_nce, or a plugin's) as {name: ..., weight: ...,
+    <param>: ...}; empty: the model's own (masked-patch MSE, plus InfoNCE for audio-visual models)."""
+
     task: str = "pretrain"  # "pretrain" | "finetune" | "linprobe" (or a registered task)
     modality: str = "audio"  # "audio" | "av" (a registered dataset builder)
     output_dir: Optional[str] = None
@@ -249,6 +275,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    objectives: List[Any] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------ merging
@@ -429,6 +456,13 @@ def _in(key: str, value: Any, allowed: Sequence[Any]) -> None:
     _check(value in allowed, key, f"must be one of {list(allowed)}, got {value!r}")
 
 
+def _check_plugin_spec(key: str, spec: Any, registry) -> None:
+    """A registered name, or a mapping with a registered ``name`` (its params are checked when built)."""
+    name = spec.get("name") if isinstance(spec, Mapping) else spec
+    _check(isinstance(name, str) and bool(name), key, f"must be a registered {registry.kind} name or {{name: ..., <params>}}, got {spec!r}")
+    _check(name in registry, key, f"unknown {registry.kind} {name!r}; registered: {', '.join(registry.names())}")
+
+
 def validate(cfg: Config) -> Config:
     """Reject impossible values before any work; the error names the key. Returns ``cfg``.
 
@@ -449,8 +483,9 @@ def validate(cfg: Config) -> Config:
     # data
     d = cfg.data
     _check(d.sample_rate > 0, "data.sample_rate", f"must be > 0, got {d.sample_rate}")
-    _check(d.target_length > 0 and d.target_length % 16 == 0, "data.target_length", f"must be a positive multiple of 16 (the patch size), got {d.target_length}")
-    _check(d.num_mel_bins > 0 and d.num_mel_bins % 16 == 0, "data.num_mel_bins", f"must be a positive multiple of 16 (the patch size), got {d.num_mel_bins}")
+    # whether the model's patches tile the input is the model's to say (its error names these keys)
+    _check(d.target_length > 0, "data.target_length", f"must be > 0 frames, got {d.target_length}")
+    _check(d.num_mel_bins > 0, "data.num_mel_bins", f"must be > 0, got {d.num_mel_bins}")
     if d.mean is None and d.std is None:
         from avmae.data import NORM_STATS
 
@@ -489,6 +524,13 @@ def validate(cfg: Config) -> Config:
     for key in ("mask_t_prob", "mask_f_prob"):
         p = getattr(m, key)
         _check(0.0 <= p < 1.0, f"masking.{key}", f"must be in [0, 1), got {p}")
+    from avmae.registry import MASKERS, OBJECTIVES
+
+    for name, spec in m.maskers.items():
+        _check_plugin_spec(f"masking.maskers.{name}", spec, MASKERS)
+    for i, spec in enumerate(cfg.objectives):
+        _check_plugin_spec(f"objectives[{i}]", spec, OBJECTIVES)
+    _check(not cfg.objectives or cfg.task not in ("finetune", "linprobe"), "objectives", f"are pretraining losses; task {cfg.task!r} trains a classifier")
 
     # optim
     o = cfg.optim
@@ -508,7 +550,8 @@ def validate(cfg: Config) -> Config:
     s = cfg.schedule
     _check(s.epochs >= 1, "schedule.epochs", f"must be >= 1, got {s.epochs}")
     _check(s.warmup_epochs >= 0, "schedule.warmup_epochs", f"must be >= 0, got {s.warmup_epochs}")
-    _check(s.max_steps is not None or s.warmup_epochs <= s.epochs, "schedule.warmup_epochs", f"({s.warmup_epochs}) exceeds schedule.epochs ({s.epochs})")
+    _check(s.max_steps is not None or s.warmup_steps is not None or s.warmup_epochs <= s.epochs, "schedule.warmup_epochs", f"({s.warmup_epochs}) exceeds schedule.epochs ({s.epochs})")
+    _check(s.warmup_steps is None or s.warmup_steps >= 0, "schedule.warmup_steps", f"must be >= 0 (or null: schedule.warmup_epochs), got {s.warmup_steps}")
     _check(s.min_lr >= 0, "schedule.min_lr", f"must be >= 0, got {s.min_lr}")
     base_lr = o.lr if o.lr is not None else None
     if base_lr is not None:

@@ -149,6 +149,7 @@ def _count(sd: Mapping[str, torch.Tensor], prefix: str) -> int:
 def _detect_spec(sd: Mapping[str, torch.Tensor], fmt: str, num_mel_bins: int = 128) -> Tuple[str, Dict[str, Any]]:
     """(model name, params) of an official AudioMAE / timm-format file, from tensor shapes."""
     from .models.presets import SIZES
+    from .registry import DECODERS
 
     embed_dim = int(sd["patch_embed.proj.weight"].shape[0])
     patch = int(sd["patch_embed.proj.weight"].shape[-1])
@@ -165,19 +166,20 @@ def _detect_spec(sd: Mapping[str, torch.Tensor], fmt: str, num_mel_bins: int = 1
     params["target_length"] = tokens // per_row * patch
     params["num_mel_bins"] = num_mel_bins
     if fmt == "audiomae-pretrain":
-        dec_depth = _count(sd, "decoder_blocks.")
         dec_dim = int(sd["decoder_embed.weight"].shape[0])
-        if "decoder_blocks.0.attn.tau" in sd or "decoder_blocks.0.attn.meta_mlp.fc1.weight" in sd:
-            decoder = "swin"
-            heads = int(sd["decoder_blocks.0.attn.tau"].shape[0]) if "decoder_blocks.0.attn.tau" in sd else None
-        else:
-            decoder, heads = "global", None
+        # the registered decoder that recognises the blocks (``Decoder.official_params``)
+        found = [(name, p) for name in DECODERS.names() if (p := getattr(DECODERS.get(name), "official_params", lambda _: None)(sd)) is not None]
+        if len(found) != 1:
+            raise CheckpointError(
+                f"the decoder blocks fit {'none' if not found else ', '.join(n for n, _ in found)} of the registered decoders "
+                f"({', '.join(DECODERS.names())}); pass model_name= and decoder="
+            )
+        decoder, dparams = found[0]
+        dparams = {k: v for k, v in dparams.items() if v is not None}
+        dparams["embed_dim"] = dec_dim
+        if "num_heads" not in dparams and dec_dim != SIZES[size]["decoder_dim"]:
+            dparams["num_heads"] = max(1, dec_dim // 32)  # not in the keys: heads of 32 dims
         params["decoder"] = decoder
-        dparams: Dict[str, Any] = {"depth": dec_depth, "embed_dim": dec_dim}
-        if heads is not None:
-            dparams["num_heads"] = heads
-        elif dec_dim != SIZES[size]["decoder_dim"]:
-            dparams["num_heads"] = max(1, dec_dim // 32)
         params["decoder_params"] = dparams
         return f"audiomae_{size}", params
     if "head.weight" in sd or "fc_norm.weight" in sd:

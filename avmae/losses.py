@@ -22,7 +22,6 @@ __all__ = [
     "info_nce",
     "info_nce_from_logits",
     "contrastive_logits",
-    "contrastive_accuracy",
     "accuracy_from_logits",
     "gather_with_grad",
 ]
@@ -106,9 +105,3 @@ def info_nce(
     docstring).
     """
     return info_nce_from_logits(contrastive_logits(a, b, temperature, gather), bidirectional)
-
-
-def contrastive_accuracy(a: torch.Tensor, b: torch.Tensor, bidirectional: bool = False, gather: bool = False) -> torch.Tensor:
-    """``accuracy_from_logits`` of the rows of a [N, D] and b [N, D]."""
-    with torch.no_grad():
-        return accuracy_from_logits(contrastive_logits(a, b, 1.0, gather), bidirectional)

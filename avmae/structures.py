@@ -63,13 +63,19 @@ class MaskInfo:
 class MAEOutput:
     """What a pretraining model returns.
 
-    loss: scalar total; losses: named scalar parts; pred: {modality: [B, L, patch_dim]};
-    mask: {modality: [B, L]} with 1 = masked; latent: encoder output [B, N, D] (visible tokens).
+    loss: scalar total of its objectives (weighted); losses: their named terms (unweighted);
+    pred: {modality: [B', L, P]} (P: patch_dim, or the decoder's ``out_dim``); mask: {modality:
+    [B', L]} with 1 = masked; latent: encoder output [B', N, D] ([cls] + visible tokens);
+    tokens: {modality: [B', K_m, D]} visible tokens after the modality's own blocks, before the
+    joint blocks; extras: named metrics. B' = B * num_clones: with masked clones every clip is
+    encoded ``num_clones`` times with different masks (clone j of clip i is row i * num_clones + j).
     """
 
-    loss: torch.Tensor
+    loss: Optional[torch.Tensor]
     losses: Dict[str, torch.Tensor]
     pred: Dict[str, torch.Tensor]
     mask: Dict[str, torch.Tensor]
     latent: Optional[torch.Tensor] = None
     extras: Dict[str, torch.Tensor] = field(default_factory=dict)
+    tokens: Dict[str, torch.Tensor] = field(default_factory=dict)
+    num_clones: int = 1

@@ -51,10 +51,16 @@ def denormalize_patches(pred: torch.Tensor, target: torch.Tensor, eps: float = 1
     return pred.float() * (var + eps) ** 0.5 + mean
 
 
-def mask_noise(model: nn.Module, seed: int, batch: int = 1) -> Dict[str, torch.Tensor]:
-    """Masking noise ``{modality: [B, L]}`` drawn from ``seed`` with each modality's default masking."""
+def mask_noise(model: nn.Module, seed: int, batch: int = 1, mask_ratio=None) -> Dict[str, torch.Tensor]:
+    """Masking noise ``{modality: [B, L]}`` drawn from ``seed`` by each modality's masker (at the
+    model's ratios, or ``mask_ratio``: a float or {modality: ratio})."""
     g = torch.Generator().manual_seed(int(seed))
-    return {m: mod.mask_noise(batch, generator=g) for m, mod in model.modalities.items()}
+    ratios = dict(model.mask_ratio)
+    if isinstance(mask_ratio, Mapping):
+        ratios.update(mask_ratio)
+    elif mask_ratio is not None:
+        ratios = {m: float(mask_ratio) for m in ratios}
+    return {m: model.maskers[m].noise(batch, mod.grid, ratios[m], generator=g) for m, mod in model.modalities.items()}
 
 
 def _batch_of_one(model: nn.Module, inputs: Inputs) -> Dict[str, torch.Tensor]:
@@ -109,7 +115,7 @@ def reconstruct(
         raise TypeError(f"{type(model).__name__} is not a pretraining model (it has no decoder): reconstruction needs one")
     inputs = _batch_of_one(model, fbank)
     if noise is None and seed is not None:
-        noise = mask_noise(model, seed)
+        noise = mask_noise(model, seed, mask_ratio=mask_ratio)
     device = next(model.parameters()).device
     inputs = {m: x.to(device) for m, x in inputs.items()}
     if noise is not None:
@@ -120,6 +126,12 @@ def reconstruct(
         out = model(inputs, mask_ratio=mask_ratio, noise=noise)
     finally:
         model.train(was_training)
+    for m, mod in model.modalities.items():
+        if out.pred[m].shape[-1] != mod.patch_dim or out.pred[m].shape[0] != 1:
+            raise TypeError(
+                f"{type(model).__name__} predicts {out.pred[m].shape[-1]} values for {out.pred[m].shape[0]} masked view(s) of each "
+                f"{m} patch, not the patch itself ({mod.patch_dim} values, one view): there is no reconstruction to show"
+            )
     norm_pix = bool(getattr(model, "norm_pix_loss", False))
     result: Dict[str, np.ndarray] = {"loss": np.asarray(float(out.loss)), "norm_pix": np.asarray(norm_pix)}
     for i, (m, mod) in enumerate(model.modalities.items()):

@@ -12,6 +12,36 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _in_tree_plugin_entry_points() -> str:
+    """The ``[project.entry-points."avmae.*"]`` tables of pyproject.toml, as an entry_points.txt."""
+    import tomllib
+
+    eps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"].get("entry-points", {})
+    return "".join(f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in table.items()) + "\n" for group, table in eps.items() if group.startswith("avmae."))
+
+
+def _register_in_tree_plugins() -> None:
+    """A checkout installed before the in-tree plugins (plugins/) existed lacks their entry points:
+    make them visible here as ``pip install -e .`` would (a dist-info on sys.path), so the tests
+    check the code and not the age of the install."""
+    from importlib import metadata
+
+    if any(ep.name == "eat_vit_base" for ep in metadata.entry_points(group="avmae.models")):
+        return
+    import tempfile
+
+    site = Path(tempfile.mkdtemp(prefix="avmae-intree-"))
+    dist = site / "avmae_intree_plugins-0.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: avmae-intree-plugins\nVersion: 0.0\n")
+    (dist / "entry_points.txt").write_text(_in_tree_plugin_entry_points())
+    sys.path[:0] = [str(site), str(ROOT / "plugins")]
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(site), str(ROOT / "plugins"), os.environ.get("PYTHONPATH", "")])
+
+
+_register_in_tree_plugins()
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -63,8 +63,10 @@ def test_unknown_key_in_yaml_names_key_and_file(tmp_path):
     [
         ("masking.mask_ratio=1.0", "masking.mask_ratio"),
         ("masking.mask_ratio=-0.1", "masking.mask_ratio"),
-        ("data.target_length=1000", "data.target_length"),
-        ("data.num_mel_bins=100", "data.num_mel_bins"),
+        ("data.target_length=0", "data.target_length"),
+        ("data.num_mel_bins=-16", "data.num_mel_bins"),
+        ("masking.maskers.audio=no_such_masker", "masking.maskers.audio"),
+        ("objectives=[{name: no_such_objective}]", "objectives[0]"),
         ("train.batch_size=0", "train.batch_size"),
         ("train.grad_accum=0", "train.grad_accum"),
         ("train.mixed_precision=fp8", "train.mixed_precision"),
@@ -141,3 +143,15 @@ def test_fused_accepts_python_booleans():
     validate(cfg)
     assert cfg.optim.fused == "true"
     assert load_config([], ["optim.fused=false"]).optim.fused == "false"
+
+
+@pytest.mark.parametrize("override, key", [("data.target_length=1000", "data.target_length"), ("data.num_mel_bins=100", "data.num_mel_bins")])
+def test_an_input_the_patches_do_not_tile_names_the_data_key_when_the_model_is_built(override, key):
+    """The patch size is the model's: the config cannot judge divisibility, the model can, and its
+    error names the config key that set the param."""
+    from avmae.train import PretrainTask
+
+    cfg = load_config([], ["model.name=audiomae_tiny", override])  # a valid config: lengths are > 0
+    with pytest.raises(ConfigError) as info:
+        PretrainTask(cfg).build_model(None)
+    assert info.value.key == key and "multiple of patch_size=16" in str(info.value)

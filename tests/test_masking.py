@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from avmae.masking import num_kept, random_masking, structured_time_freq_mask, tube_noise
+from avmae.masking import TubeMasker, num_kept, random_masking, structured_time_freq_mask
 
 
 def test_random_masking_follows_mae_semantics():
@@ -56,7 +56,7 @@ def test_structured_masking_keeps_whole_rows_and_columns():
 
 
 def test_tube_noise_masks_whole_tubes():
-    noise = tube_noise(2, (4, 3, 3))
+    noise = TubeMasker().noise(2, (4, 3, 3), 0.0)
     x = torch.zeros(2, 36, 1)
     _, mask, _, _ = random_masking(x, 1 - 4 * 2 / 36, noise)  # keep 8 = 2 tubes of 4 frames
     m = mask.reshape(2, 4, 9)

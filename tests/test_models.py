@@ -5,7 +5,6 @@ import torch
 
 import avmae
 from avmae.layers import SwinBlock, shift_region_mask
-from avmae.models.presets import DECODER_DEFAULTS
 
 T = 64  # 4 x 8 token grid keeps the tests fast
 
@@ -65,7 +64,7 @@ def test_vit_base_parameter_counts_match_the_release():
     enc = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and not n.startswith("decoder."))
     dec = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and n.startswith("decoder."))
     assert (enc, dec) == (85_254_144, 51_081_984)
-    assert len(model.decoder.blocks) == DECODER_DEFAULTS["swin"]["depth"] == 16
+    assert len(model.decoder.blocks) == 16
     shifts = [blk.shift for blk in model.decoder.blocks]
     assert shifts[0] == (0, 0) and shifts[1] == (2, 0) and shifts[15] == (2, 0)
     cls = avmae.create_model("audiomae_vit_base_cls")

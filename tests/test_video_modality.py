@@ -5,7 +5,7 @@ import torch
 
 import avmae
 from avmae.layers.pos_embed import sincos_2d, sincos_3d
-from avmae.masking import random_masking
+from avmae.masking import build_masker, random_masking
 from avmae.modalities import VideoModality
 
 
@@ -80,26 +80,27 @@ def test_positional_tables():
 def test_tube_masking_keeps_whole_tubes():
     mod = VideoModality(embed_dim=16, num_frames=8, image_size=64, tubelet=2)
     assert mod.default_masking == "tube" and mod.default_mask_ratio == 0.9
+    masker = build_masker(mod.default_masking)
     T, n = 4, 16
-    noise = mod.mask_noise(5, generator=torch.Generator().manual_seed(3))
-    ratio = mod.snap_mask_ratio(mod.default_mask_ratio)
-    _, mask, _, ids_keep = random_masking(torch.zeros(5, T * n, 1), ratio, noise)
+    noise = masker.noise(5, mod.grid, 0.9, generator=torch.Generator().manual_seed(3))
+    _, mask, _, ids_keep = masker(torch.zeros(5, T * n, 1), mod.grid, 0.9, noise)
     m = mask.reshape(5, T, n)
     assert torch.equal(m, m[:, :1].expand_as(m))  # the same spatial positions in every time step
     assert (m[:, 0] == 0).sum(1).tolist() == [n - int(0.9 * n)] * 5  # VideoMAE's count per step
-    # the snapped ratio gives the keep count of whole tubes for the ViT-B geometry as well
+    # whole tubes for the ViT-B geometry as well (MAE's int(L * (1 - r)) alone would split one)
     big = VideoModality(embed_dim=16, num_frames=16, image_size=224, tubelet=2)
-    r = big.snap_mask_ratio(0.9)
-    assert int(8 * 196 * (1 - r)) == 8 * (196 - int(0.9 * 196)) == 160
-    assert big.snap_mask_ratio(0.0) == 0.0
-    # random masking of frames is left alone
-    assert VideoModality(embed_dim=16).snap_mask_ratio(0.75) == 0.75
+    assert masker.keep_count(big.grid, 0.9) == 8 * (196 - int(0.9 * 196)) == 160
+    assert masker.keep_count(big.grid, 0.0) == 8 * 196
+    # a one-step (frames) grid is masked at random, MAE's count
+    frames = VideoModality(embed_dim=16)
+    assert masker.keep_count(frames.grid, 0.75) == int(196 * 0.25) and build_masker(frames.default_masking).__class__.__name__ == "RandomMasker"
 
 
 def test_tube_noise_differs_per_sample_and_is_reproducible():
     mod = VideoModality(embed_dim=16, num_frames=4, image_size=64, tubelet=2)
-    a = mod.mask_noise(3, generator=torch.Generator().manual_seed(1))
-    b = mod.mask_noise(3, generator=torch.Generator().manual_seed(1))
+    masker = build_masker("tube")
+    a = masker.noise(3, mod.grid, 0.9, generator=torch.Generator().manual_seed(1))
+    b = masker.noise(3, mod.grid, 0.9, generator=torch.Generator().manual_seed(1))
     assert torch.equal(a, b) and not torch.equal(a[0], a[1])
     assert a.shape == (3, 32) and a.min() >= 0 and a.max() < 1
 
@@ -109,7 +110,7 @@ def test_bad_configs_and_inputs_fail_clearly():
         VideoModality(embed_dim=16, num_frames=3, tubelet=2)
     with pytest.raises(ValueError, match="multiple of patch_size"):
         VideoModality(embed_dim=16, image_size=100)
-    with pytest.raises(ValueError, match="masking"):
+    with pytest.raises(ValueError, match="registered masker"):
         VideoModality(embed_dim=16, masking="block")
     mod = VideoModality(embed_dim=16, num_frames=2, image_size=32)
     with pytest.raises(ValueError, match=r"video input must be \[B, 2, 3, 32, 32\]"):

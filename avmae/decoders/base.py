@@ -10,7 +10,7 @@ modality) embeddings. A subclass implements ``forward_blocks``; ``forward`` retu
 
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -30,6 +30,16 @@ class Decoder(nn.Module):
         has_cls: whether ``latent`` starts with a cls token.
         embed_dim: decoder width.
         norm_eps: LayerNorm epsilon.
+        out_dim: values predicted per token (default: each modality's ``patch_dim``, the pixels of
+            its patch; a latent-target objective asks for the encoder width instead).
+
+    Class hooks a subclass may define, so the model presets and the checkpoint import need no
+    list of decoders:
+
+    - ``preset_params(size) -> dict``: its params at a named model size ("tiny", "demo",
+      "vit_base", ...), e.g. fewer blocks for the small sizes (default: none, its own defaults);
+    - ``official_params(sd) -> dict | None``: when a released AudioMAE pretraining state dict
+      (``decoder_blocks.N.*`` keys) holds this decoder, its params (depth, heads, ...), else None.
     """
 
     def __init__(
@@ -40,6 +50,7 @@ class Decoder(nn.Module):
         has_cls: bool,
         embed_dim: int = 512,
         norm_eps: float = 1e-6,
+        out_dim: Optional[int] = None,
     ) -> None:
         super().__init__()
         self.specs = dict(specs)
@@ -55,7 +66,17 @@ class Decoder(nn.Module):
         if len(self.specs) > 1:
             self.modality_embed = nn.ParameterDict({m: nn.Parameter(torch.zeros(1, 1, embed_dim)) for m in self.specs})
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
-        self.pred = nn.ModuleDict({m: nn.Linear(embed_dim, s.patch_dim) for m, s in self.specs.items()})
+        self.pred = nn.ModuleDict({m: nn.Linear(embed_dim, out_dim or s.patch_dim) for m, s in self.specs.items()})
+
+    @classmethod
+    def preset_params(cls, size: str) -> Dict[str, Any]:
+        """Params at a named model size (default: none)."""
+        return {}
+
+    @classmethod
+    def official_params(cls, sd: Mapping[str, torch.Tensor]) -> Optional[Dict[str, Any]]:
+        """Params of this decoder in a released AudioMAE state dict, or None (default: never)."""
+        return None
 
     def init_extra(self) -> None:
         """Normal(0.02) for the learned tokens, as MAE. Call after any module-wide init."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -19,6 +19,25 @@ def swin_shift(index: int, window: Sequence[int], shift: Optional[Sequence[int]]
     if index % 2 == 0:
         return (0, 0)
     return tuple(shift) if shift is not None else (window[0] // 2, 0)
+
+
+# block counts at the small model sizes (the full sizes keep each class's defaults: the paper's)
+_SMALL_DEPTHS = {"tiny": {"global": 2, "swin": 2, "hybrid": 3}, "demo": {"global": 2, "swin": 4, "hybrid": 4}}
+
+
+def _small(size: str, kind: str, **extra: Any) -> Dict[str, Any]:
+    depth = _SMALL_DEPTHS.get(size, {}).get(kind)
+    return {} if depth is None else {"depth": depth, **extra}
+
+
+def _official_blocks(sd: Mapping[str, torch.Tensor]) -> Tuple[int, List[int], Optional[int]]:
+    """(blocks, indices of the shifted-window blocks, their heads) of a released AudioMAE
+    pretraining state dict: a window block carries ``attn.tau`` (one per head) or the log-CPB MLP."""
+    idx = {int(k.split(".")[1]) for k in sd if k.startswith("decoder_blocks.") and k.split(".")[1].isdigit()}
+    depth = max(idx) + 1 if idx else 0
+    local = [i for i in range(depth) if f"decoder_blocks.{i}.attn.tau" in sd or f"decoder_blocks.{i}.attn.meta_mlp.fc1.weight" in sd]
+    tau = sd.get(f"decoder_blocks.{local[0]}.attn.tau") if local else None
+    return depth, local, None if tau is None else int(tau.shape[0])
 
 
 def _split(x: torch.Tensor, tokens: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -39,6 +58,15 @@ class GlobalDecoder(Decoder):
     def __init__(self, *, depth: int = 8, num_heads: int = 16, mlp_ratio: float = 4.0, **kw) -> None:
         super().__init__(**kw)
         self.blocks = nn.ModuleList([make_block(self.embed_dim, num_heads, mlp_ratio=mlp_ratio) for _ in range(depth)])
+
+    @classmethod
+    def preset_params(cls, size):
+        return _small(size, "global")
+
+    @classmethod
+    def official_params(cls, sd):
+        depth, local, _ = _official_blocks(sd)
+        return {"depth": depth} if depth and not local else None
 
     def forward_blocks(self, cls, tokens):
         x = torch.cat(([cls] if cls is not None else []) + list(tokens.values()), dim=1)
@@ -99,6 +127,15 @@ class SwinDecoder(_LocalMixin, Decoder):
             ]
         )
 
+    @classmethod
+    def preset_params(cls, size):
+        return _small(size, "swin")
+
+    @classmethod
+    def official_params(cls, sd):
+        depth, local, heads = _official_blocks(sd)
+        return {"depth": depth, "num_heads": heads} if depth and len(local) == depth else None
+
     def forward_blocks(self, cls, tokens):
         (m, x), = tokens.items()
         for blk in self.blocks:
@@ -144,6 +181,17 @@ class HybridDecoder(_LocalMixin, Decoder):
         ]
         top = [make_block(self.embed_dim, num_heads, mlp_ratio=mlp_ratio) for _ in range(global_depth)]
         self.blocks = nn.ModuleList(local + top)
+
+    @classmethod
+    def preset_params(cls, size):
+        return _small(size, "hybrid", global_depth=1)
+
+    @classmethod
+    def official_params(cls, sd):
+        depth, local, heads = _official_blocks(sd)
+        if not local or len(local) == depth or local != list(range(len(local))):
+            return None  # window blocks below, global ones on top
+        return {"depth": depth, "global_depth": depth - len(local), "num_heads": heads}
 
     def forward_blocks(self, cls, tokens):
         (m, x), = tokens.items()

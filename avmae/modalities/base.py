@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 import torch.nn as nn
@@ -18,7 +18,7 @@ class Modality(nn.Module):
 
     A subclass knows, from its input shape, its token ``grid``; it ``patchify``s an input into
     ``[B, L, patch_dim]`` targets and back (``unpatchify``), embeds an input into ``[B, L, D]``
-    tokens (patch embedding plus its fixed positional table), and names its default masking.
+    tokens (patch embedding plus its fixed positional table), and names its default masker.
     The model code only talks to this interface, so a new modality needs no model change.
     """
 
@@ -26,7 +26,7 @@ class Modality(nn.Module):
     key: str = ""
     #: default pretraining mask ratio
     default_mask_ratio: float = 0.75
-    #: default masking kind: "random" or "tube"
+    #: the registered masker (``avmae.masking``) a model uses for this modality unless told otherwise
     default_masking: str = "random"
 
     grid: Tuple[int, ...]
@@ -51,7 +51,3 @@ class Modality(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - overridden
         raise NotImplementedError
-
-    def mask_noise(self, batch: int, device=None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Noise for ``masking.random_masking`` implementing the default masking. [B, L]."""
-        return torch.rand(batch, self.num_tokens, device=device, generator=generator)

@@ -10,10 +10,10 @@ so CAV-MAE's visual targets line up.
 
 - ``tubelet=1``: each frame is cut into 16x16 patches by a Conv2d applied frame by frame (CAV-MAE).
 - ``tubelet=2`` (or more): 2x16x16 tubelets by a Conv3d (VideoMAE). Default masking is then tube
-  masking (the same spatial positions are removed in every time step) at ratio 0.9. The model
-  rounds the ratio through ``snap_mask_ratio`` so that, as in VideoMAE, ``int(ratio * H'W')``
-  positions are removed per time step and only whole tubes are kept (MAE's ``int(L * (1 - r))``
-  alone would keep 156 of 1568 tokens at 0.9, splitting a tube).
+  masking (the ``tube`` masker of ``avmae.masking``: the same spatial positions are removed in
+  every time step) at ratio 0.9; as in VideoMAE, ``int(ratio * H'W')`` positions are removed per
+  time step, so only whole tubes are kept (MAE's ``int(L * (1 - r))`` alone would keep 156 of 1568
+  tokens at 0.9, splitting a tube).
 
 Grid: ``(H', W')`` when there is a single time step (a 2-D sin-cos table, CAV-MAE's
 ``pos_embed_v``), else ``(T', H', W')`` with a 3-D sin-cos table.
@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 from einops import rearrange
 
-from ..registry import register_modality
+from ..registry import MASKERS, register_modality
 from ..structures import pos_table
 from .audio import PatchEmbed2d
 from .base import Modality
@@ -69,7 +69,7 @@ class VideoModality(Modality):
         in_chans: colour channels (3).
         pos_embed: "sincos" (fixed MAE sin-cos: 2-D for one time step, 3-D otherwise).
         pos_trainable: learn the positional table instead of keeping it fixed.
-        masking: "random" or "tube"; default "random" for tubelet 1, "tube" otherwise.
+        masking: the default masker, a registered name; "random" for tubelet 1, "tube" otherwise.
         mask_ratio: default pretraining ratio; 0.75 for tubelet 1, 0.9 otherwise.
     """
 
@@ -99,8 +99,8 @@ class VideoModality(Modality):
         if pos_embed != "sincos":
             raise ValueError(f"video pos_embed must be 'sincos', got {pos_embed!r}")
         masking = masking or ("random" if tubelet == 1 else "tube")
-        if masking not in ("random", "tube"):
-            raise ValueError(f"video masking must be 'random' or 'tube', got {masking!r}")
+        if masking not in MASKERS:
+            raise ValueError(f"video masking must name a registered masker ({', '.join(MASKERS.names())}), got {masking!r}")
         self.num_frames = num_frames
         self.tubelet = tubelet
         self.patch_size = patch_size
@@ -162,29 +162,3 @@ class VideoModality(Modality):
         else:
             tokens = self.patch_embed(rearrange(x, "b t c h w -> b c t h w"))
         return tokens + self.pos_embed.to(x.dtype)
-
-    def mask_noise(self, batch: int, device=None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """[B, L] noise for ``random_masking``. Tube masking: every time step gets the same
-        spatial order; the noise is the spatial rank plus t / T' (< 1), so the sort visits whole
-        tubes one after another with no chance of two tubes interleaving."""
-        if self.default_masking == "random":
-            return super().mask_noise(batch, device=device, generator=generator)
-        gh, gw = self.spatial_grid
-        n, steps = gh * gw, self.time_steps
-        rank = torch.rand(batch, n, generator=generator, device=device).argsort(1).argsort(1).float()
-        offset = torch.arange(steps, device=device, dtype=torch.float32) / steps
-        return ((rank[:, None, :] + offset[None, :, None]) / n).reshape(batch, steps * n)
-
-    def snap_mask_ratio(self, ratio: float) -> float:
-        """With tube masking, the ratio that keeps whole tubes: VideoMAE removes
-        ``int(ratio * H'W')`` positions per time step; returns a ratio whose MAE keep count
-        ``int(L * (1 - r))`` equals the kept tubes times T'. Other masking: ``ratio`` unchanged."""
-        if self.default_masking != "tube" or self.time_steps == 1:
-            return ratio
-        gh, gw = self.spatial_grid
-        n = gh * gw
-        keep = self.time_steps * (n - int(ratio * n))
-        if keep >= self.time_steps * n:
-            return 0.0
-        # half a token of slack makes int(L * (1 - r)) land exactly on ``keep``
-        return 1.0 - (keep + 0.5) / (self.time_steps * n)

@@ -1,23 +1,26 @@
 """MaskedAutoencoder: MAE pretraining over any set of registered modalities.
 
-    inputs {m: x_m} --embed--> tokens --mask--> visible --modality blocks--> [cls] + concat
-        --joint blocks--> norm --decoder (registry)--> {m: pred} --masked MSE--> loss
+    inputs {m: x_m} --embed--> tokens --(clones)--> masker (registry) --> visible --modality blocks-->
+        [cls] + concat --joint blocks--> norm --decoder (registry)--> {m: pred} --objectives (registry)--> loss
 
-With one modality every encoder block is a joint block and the model is AudioMAE's
-``MaskedAutoencoderViT``; parameter names then follow it (``blocks.N``, ``norm``, ``cls_token``).
+Each part is chosen by name: modalities, the decoder, a masker per modality (``avmae.masking``)
+and the objectives (``avmae.objectives``: by default masked-patch MSE, plus InfoNCE when
+``contrastive_weight > 0``). With one modality every encoder block is a joint block and the model
+is AudioMAE's ``MaskedAutoencoderViT``; parameter names then follow it (``blocks.N``, ``norm``,
+``cls_token``).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 
 from ..layers import drop_path_rates, init_mae_weights, make_block
-from ..losses import accuracy_from_logits, contrastive_logits, info_nce_from_logits, masked_mse
-from ..masking import random_masking
+from ..masking import Masker, MaskerSpec, build_masker
+from ..objectives import ObjectiveSpec, build_objectives
 from ..registry import DECODERS, MODALITIES
 from ..structures import MAEOutput, MaskInfo
 
@@ -69,8 +72,15 @@ class MaskedAutoencoder(nn.Module):
         cls_token: prepend a learned cls token to the joint sequence (AudioMAE does).
         decoder: registered decoder name, or {"name": ..., params}.
         decoder_params: decoder constructor params (embed_dim, depth, num_heads, ...).
-        norm_pix_loss: per-patch normalised targets.
         mask_ratio: default ratio, a float for all or {modality: ratio}.
+        maskers: {modality: masker} (a registered name or {"name": ..., <params>}); default: each
+            modality's ``default_masking`` ("random"; "tube" for video tubelets).
+        num_clones: encode each clip this many times per step, each clone with its own mask
+            (EAT's multi-mask; the targets and any teacher pass are shared by the clones).
+        objectives: the losses, a list of registered names or {"name", "weight", <params>}; when
+            None, built from the arguments below: ``mae_mse`` (``norm_pix_loss``,
+            ``loss_weights``) and, with ``contrastive_weight > 0``, ``info_nce``.
+        norm_pix_loss: per-patch normalised targets.
         loss_weights: {modality: weight} for the reconstruction terms (default 1 each).
         contrastive_weight: weight of InfoNCE between the first two modalities' pooled
             single-modality representations (0 = off).
@@ -78,9 +88,6 @@ class MaskedAutoencoder(nn.Module):
         contrastive_gather: take negatives from every process when ``torch.distributed`` is
             initialised (see ``avmae.losses``); the loss then equals the global-batch loss.
         drop_path: stochastic depth of the encoder.
-
-    A modality may define ``snap_mask_ratio(ratio) -> ratio`` to round a ratio to its masking
-    structure (the video modality keeps whole tubes with tube masking).
     """
 
     def __init__(
@@ -95,8 +102,11 @@ class MaskedAutoencoder(nn.Module):
         cls_token: bool = True,
         decoder: Union[str, Mapping[str, Any]] = "swin",
         decoder_params: Optional[Mapping[str, Any]] = None,
-        norm_pix_loss: bool = True,
         mask_ratio: Union[float, Mapping[str, float], None] = None,
+        maskers: Optional[Mapping[str, MaskerSpec]] = None,
+        num_clones: int = 1,
+        objectives: Optional[Sequence[ObjectiveSpec]] = None,
+        norm_pix_loss: bool = True,
         loss_weights: Optional[Mapping[str, float]] = None,
         contrastive_weight: float = 0.0,
         contrastive_temperature: float = 0.05,
@@ -115,15 +125,25 @@ class MaskedAutoencoder(nn.Module):
         specific = depth - joint_depth
         dpr = drop_path_rates(drop_path, depth)
         self.embed_dim = embed_dim
-        self.norm_pix_loss = norm_pix_loss
         self.mask_ratio = self._ratios(mask_ratio)
-        self.loss_weights = {m: float((loss_weights or {}).get(m, 1.0)) for m in names}
-        self.contrastive_weight = float(contrastive_weight)
-        self.contrastive_temperature = contrastive_temperature
-        self.contrastive_bidirectional = contrastive_bidirectional
-        self.contrastive_gather = contrastive_gather
-        if self.contrastive_weight > 0 and len(names) < 2:
-            raise ValueError("contrastive_weight > 0 needs two modalities")
+        self.maskers = self._maskers(maskers)
+        if int(num_clones) < 1:
+            raise ValueError(f"num_clones must be >= 1, got {num_clones}")
+        self.num_clones = int(num_clones)
+        if objectives is None:
+            if contrastive_weight > 0 and len(names) < 2:
+                raise ValueError("contrastive_weight > 0 needs two modalities")
+            objectives = [{"name": "mae_mse", "norm_pix": norm_pix_loss, "modality_weights": dict(loss_weights or {})}]
+            if contrastive_weight > 0:
+                objectives.append(
+                    {"name": "info_nce", "weight": contrastive_weight, "temperature": contrastive_temperature,
+                     "bidirectional": contrastive_bidirectional, "gather": contrastive_gather}
+                )
+        objective_list = build_objectives(objectives)
+        if not objective_list:
+            raise ValueError("a pretraining model needs at least one objective")
+        # predictions are per-patch normalised when the reconstruction objective says so (viz restores them)
+        self.norm_pix_loss = any(getattr(o, "norm_pix", False) for o in objective_list)
 
         # ---- encoder ----
         self.has_cls = cls_token
@@ -150,6 +170,11 @@ class MaskedAutoencoder(nn.Module):
         self.decoder = build_decoder(decoder, decoder_params, encoder_dim=embed_dim, specs=specs, has_cls=cls_token)
         self.initialize_weights()
 
+        # ---- objectives: attached last, to the finished model (a teacher copies it here) ----
+        for objective in objective_list:
+            objective.attach(self)
+        self.objectives = nn.ModuleList(objective_list)
+
     def _ratios(self, ratio: Union[float, Mapping[str, float], None]) -> Dict[str, float]:
         out = {m: mod.default_mask_ratio for m, mod in self.modalities.items()}
         if isinstance(ratio, Mapping):
@@ -163,6 +188,13 @@ class MaskedAutoencoder(nn.Module):
             if not 0.0 <= r < 1.0:
                 raise ValueError(f"mask_ratio for {m!r} must be in [0, 1), got {r}")
         return out
+
+    def _maskers(self, specs: Optional[Mapping[str, MaskerSpec]]) -> Dict[str, Masker]:
+        specs = dict(specs or {})
+        unknown = set(specs) - set(self.modalities)
+        if unknown:
+            raise ValueError(f"maskers names unknown modalities {sorted(unknown)}; model has {list(self.modalities)}")
+        return {m: build_masker(specs.get(m, mod.default_masking)) for m, mod in self.modalities.items()}
 
     def initialize_weights(self) -> None:
         # fixed tables were filled at construction; the rest follows MAE
@@ -188,9 +220,10 @@ class MaskedAutoencoder(nn.Module):
             raise KeyError(f"inputs lack modalities {missing}; this model expects {list(self.modalities)}, got {list(inputs)}")
 
     def embed_and_mask(
-        self, inputs: Mapping[str, torch.Tensor], mask_ratio=None, noise=None
+        self, inputs: Mapping[str, torch.Tensor], mask_ratio=None, noise=None, *, num_clones: int = 1
     ) -> Tuple[Dict[str, torch.Tensor], Dict[str, MaskInfo]]:
-        """Embed each modality, mask it and run its own blocks. -> ({m: [B, K_m, D]}, {m: MaskInfo})."""
+        """Embed each modality, repeat it ``num_clones`` times, mask it (its masker; ``noise[m]``
+        [B * num_clones, L_m] when given) and run its own blocks. -> ({m: [B', K_m, D]}, {m: MaskInfo})."""
         self._check_inputs(inputs)
         ratios = self.mask_ratio if mask_ratio is None else self._ratios(mask_ratio)
         tokens, masks = {}, {}
@@ -198,11 +231,9 @@ class MaskedAutoencoder(nn.Module):
             x = mod.embed(inputs[m])
             if hasattr(self, "modality_embed"):
                 x = x + self.modality_embed[m].to(x.dtype)
-            nz = None if noise is None else noise.get(m)
-            if nz is None and mod.default_masking != "random":
-                nz = mod.mask_noise(x.shape[0], device=x.device)
-            ratio = mod.snap_mask_ratio(ratios[m]) if hasattr(mod, "snap_mask_ratio") else ratios[m]
-            x, mask, ids_restore, _ = random_masking(x, ratio, nz)
+            if num_clones > 1:
+                x = x.repeat_interleave(num_clones, dim=0)
+            x, mask, ids_restore, _ = self.maskers[m](x, mod.grid, ratios[m], None if noise is None else noise.get(m))
             for blk in self.modality_blocks[m] if m in self.modality_blocks else ():
                 x = blk(x)
             tokens[m] = x
@@ -222,19 +253,24 @@ class MaskedAutoencoder(nn.Module):
         return self.norm(x)
 
     def forward_encoder(self, inputs, mask_ratio=None, noise=None) -> Tuple[torch.Tensor, Dict[str, MaskInfo], Dict[str, torch.Tensor]]:
-        """-> latent [B, (1+) sum K_m, D], masks, per-modality tokens before the joint blocks."""
-        tokens, masks = self.embed_and_mask(inputs, mask_ratio, noise)
+        """-> latent [B', (1+) sum K_m, D], masks, per-modality tokens before the joint blocks."""
+        tokens, masks = self.embed_and_mask(inputs, mask_ratio, noise, num_clones=self.num_clones)
         return self.joint(tokens), masks, tokens
 
     def forward_decoder(self, latent: torch.Tensor, masks: Mapping[str, MaskInfo]) -> Dict[str, torch.Tensor]:
         return self.decoder(latent, masks)
 
-    def forward_loss(self, inputs, pred, masks) -> Dict[str, torch.Tensor]:
-        losses = {}
-        for m, mod in self.modalities.items():
-            target = mod.patchify(inputs[m])
-            losses[f"mae_{m}"] = masked_mse(pred[m], target, masks[m].mask, self.norm_pix_loss)
-        return losses
+    def forward_loss(self, inputs: Mapping[str, torch.Tensor], out: MAEOutput) -> MAEOutput:
+        """Apply the objectives: ``out.loss`` = sum of weight x loss, their terms into
+        ``out.losses``, their metrics into ``out.extras``."""
+        loss = 0
+        for objective in self.objectives:
+            result = objective(self, inputs, out)
+            out.losses.update(result.terms)
+            out.extras.update(result.metrics)
+            loss = loss + objective.weight * result.loss
+        out.loss = loss
+        return out
 
     def single_modality(self, m: str, x: torch.Tensor) -> torch.Tensor:
         """One modality's tokens alone through the joint blocks and the final norm. -> [B, K, D]."""
@@ -242,31 +278,34 @@ class MaskedAutoencoder(nn.Module):
             x = blk(x)
         return self.norm(x)
 
-    def contrastive_logits(self, tokens: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """[N, N] similarities / temperature of the mean-pooled single-modality passes of the first
-        two modalities (N = global batch with ``contrastive_gather`` under torch.distributed)."""
-        a, b = list(tokens)[:2]
-        pa, pb = (self.single_modality(m, tokens[m]).mean(dim=1) for m in (a, b))
-        return contrastive_logits(pa, pb, self.contrastive_temperature, self.contrastive_gather)
-
-    def forward_contrastive(self, tokens: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """InfoNCE between mean-pooled single-modality passes of the first two modalities."""
-        return info_nce_from_logits(self.contrastive_logits(tokens), self.contrastive_bidirectional)
-
     def forward(self, inputs: Mapping[str, torch.Tensor], mask_ratio=None, noise=None) -> MAEOutput:
         latent, masks, tokens = self.forward_encoder(inputs, mask_ratio, noise)
         pred = self.forward_decoder(latent, masks)
-        losses = self.forward_loss(inputs, pred, masks)
-        loss = sum(self.loss_weights[m] * losses[f"mae_{m}"] for m in self.modalities)
-        extras: Dict[str, torch.Tensor] = {}
-        if self.contrastive_weight > 0:
-            logits = self.contrastive_logits(tokens)
-            losses["contrastive"] = info_nce_from_logits(logits, self.contrastive_bidirectional)
-            extras["contrastive_acc"] = accuracy_from_logits(logits, self.contrastive_bidirectional)
-            loss = loss + self.contrastive_weight * losses["contrastive"]
-        return MAEOutput(loss=loss, losses=losses, pred=pred, mask={m: i.mask for m, i in masks.items()}, latent=latent, extras=extras)
+        out = MAEOutput(
+            loss=None, losses={}, pred=pred, mask={m: i.mask for m, i in masks.items()}, latent=latent, tokens=tokens, num_clones=self.num_clones
+        )
+        return self.forward_loss(inputs, out)
 
     # ------------------------------------------------------------------ features
+    def _unmasked_tokens(self, inputs: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        zero = {m: 0.0 for m in self.modalities}
+        noise = {m: self._identity_noise(inputs[m], mod) for m, mod in self.modalities.items()}
+        return self.embed_and_mask(inputs, mask_ratio=zero, noise=noise)[0]
+
+    def block_outputs(self, inputs: Mapping[str, torch.Tensor]) -> List[torch.Tensor]:
+        """Every token, nothing masked: the output of each joint block, before the final norm.
+        -> list of ``len(self.blocks)`` tensors [B, (1+) L, D] (what a teacher's targets are made of)."""
+        parts = list(self._unmasked_tokens(inputs).values())
+        if self.has_cls:
+            cls = (self.cls_token + self.cls_pos_embed).to(parts[0].dtype).expand(parts[0].shape[0], -1, -1)
+            parts = [cls] + parts
+        x = torch.cat(parts, dim=1)
+        outs = []
+        for blk in self.blocks:
+            x = blk(x)
+            outs.append(x)
+        return outs
+
     @torch.no_grad()
     def forward_features(self, inputs: Mapping[str, torch.Tensor], contextual_from: Optional[int] = None) -> torch.Tensor:
         """Encoder on all tokens (no masking). -> [B, N, D] after the final norm.
@@ -274,20 +313,9 @@ class MaskedAutoencoder(nn.Module):
         contextual_from: when given, average the normed outputs of every joint block with index
         > contextual_from (AudioMAE's "contextual" features use 8 for ViT-B: blocks 9-11).
         """
-        zero = {m: 0.0 for m in self.modalities}
-        tokens, _ = self.embed_and_mask(inputs, mask_ratio=zero, noise={m: self._identity_noise(inputs[m], mod) for m, mod in self.modalities.items()})
         if contextual_from is None:
-            return self.joint(tokens)
-        parts = list(tokens.values())
-        if self.has_cls:
-            cls = (self.cls_token + self.cls_pos_embed).to(parts[0].dtype).expand(parts[0].shape[0], -1, -1)
-            parts = [cls] + parts
-        x = torch.cat(parts, dim=1)
-        outs = []
-        for i, blk in enumerate(self.blocks):
-            x = blk(x)
-            if i > contextual_from:
-                outs.append(self.norm(x))
+            return self.joint(self._unmasked_tokens(inputs))
+        outs = [self.norm(x) for i, x in enumerate(self.block_outputs(inputs)) if i > contextual_from]
         if not outs:
             raise ValueError(f"contextual_from={contextual_from} leaves no block of {len(self.blocks)}")
         return torch.stack(outs).mean(0)

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from typing import Any, Dict, Mapping, Optional, Union
 
-from ..registry import register_model
+from ..registry import DECODERS, register_model
 from .classifier import EncoderClassifier
 from .mae import MaskedAutoencoder
 
-__all__ = ["SIZES", "DECODER_DEFAULTS", "audiomae", "audiomae_cls"]
+__all__ = ["SIZES", "audiomae", "audiomae_cls"]
 
 SIZES: Dict[str, Dict[str, Any]] = {
     "tiny": dict(embed_dim=64, depth=2, num_heads=4, decoder_dim=64, decoder_heads=4),
@@ -27,23 +27,14 @@ SIZES: Dict[str, Dict[str, Any]] = {
     "vit_large": dict(embed_dim=1024, depth=24, num_heads=16, decoder_dim=512, decoder_heads=16),
 }
 
-# per-decoder depths of the full-size models; small sizes scale them down
-DECODER_DEFAULTS: Dict[str, Dict[str, Any]] = {
-    "global": dict(depth=8),
-    "swin": dict(depth=16),
-    "hybrid": dict(depth=16, global_depth=4),
-}
-_SMALL_DECODER_DEPTH = {"tiny": {"global": 2, "swin": 2, "hybrid": 3}, "demo": {"global": 2, "swin": 4, "hybrid": 4}}
-
-
 def _decoder_params(size: str, decoder: str, params: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+    """The decoder's width and heads at ``size``, its own params at that size
+    (``Decoder.preset_params``: fewer blocks at the small sizes), then ``params``."""
     s = SIZES[size]
     out: Dict[str, Any] = dict(embed_dim=s["decoder_dim"], num_heads=s["decoder_heads"])
-    out.update(DECODER_DEFAULTS.get(decoder, {}))
-    if size in _SMALL_DECODER_DEPTH and decoder in _SMALL_DECODER_DEPTH[size]:
-        out["depth"] = _SMALL_DECODER_DEPTH[size][decoder]
-        if decoder == "hybrid":
-            out["global_depth"] = 1
+    preset = getattr(DECODERS.get(decoder), "preset_params", None)
+    if callable(preset):
+        out.update(preset(size))
     out.update(dict(params or {}))
     return out
 

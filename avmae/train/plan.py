@@ -59,7 +59,7 @@ def plan_run(cfg: Config, train_items: int, num_processes: int, *, mixed_precisi
             "train.batch_size", f"the effective batch ({effective} = batch_size x grad_accum x processes) exceeds the {train_items} training items"
         )
     total = s.max_steps if s.max_steps is not None else s.epochs * steps_per_epoch
-    warmup = min(int(round(s.warmup_epochs * steps_per_epoch)), total)
+    warmup = min(s.warmup_steps if s.warmup_steps is not None else int(round(s.warmup_epochs * steps_per_epoch)), total)
     if s.min_lr > lr:
         raise ConfigError("schedule.min_lr", f"({s.min_lr}) exceeds the lr ({lr:.3g}, {rule})")
     return RunPlan(

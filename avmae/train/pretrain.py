@@ -2,10 +2,13 @@
 
     inputs --model(mask_ratio)--> MAEOutput(loss, losses, pred, mask, ...) -> loss
 
-The model's objectives (``avmae.objectives``: masked-patch MSE, InfoNCE, a plugin's) are part of
-the model and chosen by its params; ``masking.mask_ratio`` / ``masking.per_modality`` set the
-ratios. Evaluation: the mean losses over the eval split and, for an audio-visual model, audio <->
-video retrieval recall@1/5/10 (``avmae.train.retrieval``).
+The objectives (``avmae.objectives``: masked-patch MSE, InfoNCE, a plugin's) and the maskers
+(``avmae.masking``) are parts of the model, so they are chosen through its params: the config's
+``objectives`` and ``masking.maskers`` (when set) and ``masking.mask_ratio`` become the model's
+``objectives``, ``maskers`` and ``mask_ratio``; ``masking.per_modality`` sets ratios per forward.
+After every optimizer step each objective's ``after_step`` runs (an EMA teacher's update).
+Evaluation: the mean losses over the eval split and, for an audio-visual model, audio <-> video
+retrieval recall@1/5/10 (``avmae.train.retrieval``).
 """
 
 from __future__ import annotations
@@ -36,8 +39,13 @@ class PretrainTask(Task):
 
     def model_params(self, train_set: Optional[Dataset]) -> Dict[str, Any]:
         params = super().model_params(train_set)
-        if self.cfg.masking.mask_ratio is not None:  # None: the model's own default
-            params["mask_ratio"] = self.cfg.masking.mask_ratio
+        m = self.cfg.masking
+        if m.mask_ratio is not None:  # None: the model's own default
+            params["mask_ratio"] = m.mask_ratio
+        if m.maskers:
+            params["maskers"] = dict(m.maskers)
+        if self.cfg.objectives:
+            params["objectives"] = list(self.cfg.objectives)
         return params
 
     def build_model(self, train_set: Optional[Dataset]) -> nn.Module:
@@ -69,6 +77,10 @@ class PretrainTask(Task):
     def compute_loss(self, model, inputs, batch):
         out = model(inputs, mask_ratio=self.mask_ratio)
         return out.loss, dict(out.losses)
+
+    def after_step(self, model: nn.Module, step: int, total_steps: int) -> None:
+        for objective in getattr(model, "objectives", ()):
+            objective.after_step(model, step, total_steps)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader, accelerator) -> Dict[str, float]:

@@ -28,7 +28,7 @@ from torch.utils.data import Dataset, Sampler
 import avmae
 
 from ..checkpoint import CheckpointError, load_checkpoint
-from ..config import Config, ConfigError
+from ..config import Config, ConfigError, param_source
 from ..run_folder import resolve_weights
 from .optim import param_groups
 
@@ -48,7 +48,8 @@ def build_model(name: str, params: Mapping[str, Any]) -> nn.Module:
     try:
         return avmae.create_model(name, **params)
     except (TypeError, ValueError, KeyError) as exc:
-        raise ConfigError("model.params", f"model {name!r} rejected its params {dict(params)}: {exc}") from exc
+        key = param_source(str(exc)) or "model.params"
+        raise ConfigError(key, f"model {name!r} rejected its params {dict(params)}: {exc}") from exc
 
 
 def input_shapes(model: nn.Module) -> Dict[str, Tuple[int, ...]]:
