@@ -26,7 +26,7 @@ COMMANDS: Dict[str, Tuple[Optional[str], str]] = {
     "prepare": ("prepare_data.py", "dataset preparation: manifest, stats, weights, frames, shards"),
     "convert": ("convert_checkpoint.py", "convert checkpoints: official AudioMAE / timm <-> avmae"),
     "benchmark": ("benchmark.py", "throughput and memory of models (tools/benchmark.py)"),
-    "models": (None, "list the registered models, decoders and modalities"),
+    "models": (None, "list what is registered: models, decoders, modalities, maskers, objectives, tasks, datasets"),
 }
 
 
@@ -92,10 +92,16 @@ def _code(status) -> int:
 
 
 def list_all(pattern: str = "") -> str:
-    import avmae
+    """Every registry's names (built-ins and plugins), one section each."""
+    import avmae.train  # noqa: F401  (registers the built-in tasks and dataset builders)
+    from avmae.registry import DATASETS, DECODERS, MASKERS, MODALITIES, MODELS, OBJECTIVES, TASKS
 
     lines = []
-    for title, names in (("models", avmae.list_models(pattern)), ("decoders", avmae.list_decoders(pattern)), ("modalities", avmae.list_modalities(pattern))):
+    for title, reg in (
+        ("models", MODELS), ("decoders", DECODERS), ("modalities", MODALITIES), ("maskers", MASKERS),
+        ("objectives", OBJECTIVES), ("tasks", TASKS), ("datasets (modality: ...)", DATASETS),
+    ):
+        names = reg.names(pattern)
         lines.append(f"{title} ({len(names)}):")
         lines += [f"  {n}" for n in names]
     return "\n".join(lines)
@@ -128,7 +134,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     if command == "models":
         if rest and rest[0] in ("-h", "--help"):
-            print("usage: avmae models [PATTERN]\n\nList the registered models, decoders and modalities (fnmatch PATTERN filters them).")
+            print("usage: avmae models [PATTERN]\n\nList what is registered, built in or by plugins: models, decoders, modalities, maskers,\nobjectives, tasks and datasets (fnmatch PATTERN filters them).")
             return 0
         print(list_all(rest[0] if rest else ""))
         return 0
