@@ -50,6 +50,8 @@ __all__ = [
     "CONFIG_DIR",
     "DATA_KEYS_IN_MODEL",
     "param_source",
+    "DEMO_DATA",
+    "require_training_data",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -80,6 +82,10 @@ def param_source(message: str) -> Optional[str]:
         if message.startswith((f"{name}=", f"{name} ", f"{name}:")):
             return source.split()[0]
     return None
+
+
+# values of data.demo: the generated demo clips, each read by the dataset builder of the same name
+DEMO_DATA: Tuple[str, ...] = ("audio", "av")
 
 
 class ConfigError(ValueError):
@@ -118,11 +124,14 @@ class AugmentConfig:
 class DataConfig:
     """Where the clips are and how they become model inputs.
 
-    ``train_manifest=None`` uses the embedded demo data (generated once, cached; its eval split and
-    label file come with it). Normalisation: ``norm`` names a key of ``avmae.data.NORM_STATS``,
-    unless ``mean`` and ``std`` are both given.
+    A run names its training data: ``train_manifest`` (with ``eval_manifest`` and ``label_csv``),
+    or ``demo``, the generated demo clips of the modality set (``audio`` | ``av``: generated once,
+    cached, with their own eval split and label file; the ``configs/demo_*.yaml`` set it). A given
+    ``train_manifest`` is read instead of the demo clips. Normalisation: ``norm`` names a key of
+    ``avmae.data.NORM_STATS``, unless ``mean`` and ``std`` are both given.
     """
 
+    demo: Optional[str] = None  # "audio" | "av": the generated demo clips, read when train_manifest is None
     train_manifest: Optional[str] = None
     eval_manifest: Optional[str] = None
     label_csv: Optional[str] = None
@@ -447,6 +456,19 @@ def diff(a: Config, b: Config) -> List[str]:
 # ------------------------------------------------------------------------------------ checks
 
 
+def require_training_data(cfg: Config) -> Config:
+    """A run reads its training data from ``data.train_manifest`` or, in the demo configs, from
+    ``data.demo``; neither is a ``ConfigError`` on ``data.train_manifest``. Kept out of ``validate``
+    so that a recipe without its manifests still loads (to print or inspect it). Returns ``cfg``."""
+    d = cfg.data
+    _check(
+        d.train_manifest is not None or d.demo is not None,
+        "data.train_manifest",
+        f"not set: give data.train_manifest=<train.json> (with data.eval_manifest and data.label_csv), or data.demo={cfg.modality if cfg.modality in DEMO_DATA else 'audio'} for the generated demo clips",
+    )
+    return cfg
+
+
 def _check(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(key, message)
@@ -500,8 +522,12 @@ def validate(cfg: Config) -> Config:
         value = getattr(d, key)
         if value is not None:
             _check(Path(value).expanduser().is_file(), f"data.{key}", f"no such file: {value}")
+    _check(d.demo is None or d.demo in DEMO_DATA, "data.demo", f"must be one of {list(DEMO_DATA)} (the generated demo clips) or null, got {d.demo!r}")
     if d.train_manifest is None:
-        _check(d.eval_manifest is None and d.label_csv is None, "data.train_manifest", "is None (the embedded demo data), so eval_manifest and label_csv must be None too")
+        given = [f"data.{k}" for k in ("eval_manifest", "label_csv") if getattr(d, k) is not None]
+        _check(not given, "data.train_manifest", f"is not set while {' and '.join(given)} {'is' if len(given) == 1 else 'are'}; give the training manifest too")
+        if d.demo is not None:
+            _check(d.demo == cfg.modality, "data.demo", f"the {d.demo!r} demo clips are read by modality {d.demo!r}, not {cfg.modality!r}; set data.demo={cfg.modality} or give data.train_manifest")
     a = d.augment
     _check(a.freqm >= 0, "data.augment.freqm", f"must be >= 0, got {a.freqm}")
     _check(a.timem >= 0, "data.augment.timem", f"must be >= 0, got {a.timem}")

@@ -1,6 +1,7 @@
 """Configs that cannot run fail before any work, naming the key: the values test_config.py does not
 cover, model params the model rejects (a window that does not tile the token grid) before any
-dataset is built, a batch larger than the data, and the CLI's clean error and exit status."""
+dataset is built, a batch larger than the data, the training data a run must name (manifests, or
+the demo clips of the demo configs), and the CLI's clean error and exit status."""
 
 import os
 import subprocess
@@ -70,9 +71,11 @@ def spy_builder():
 
 
 def test_model_params_the_model_rejects_fail_before_any_dataset_is_built(spy_builder, tmp_path):
+    manifest = tmp_path / "train.json"  # the run names its data; the spy builder never reads it
+    manifest.write_text('{"data": []}')
     cfg = load_config(
         [],
-        ["modality=spy", "model.name=audiomae_tiny", "model.params.decoder=swin", "model.params.decoder_params.window=[3,3]",
+        ["modality=spy", f"data.train_manifest={manifest}", "model.name=audiomae_tiny", "model.params.decoder=swin", "model.params.decoder_params.window=[3,3]",
          "data.target_length=64", "data.num_mel_bins=64", "train.cpu=true", "train.mixed_precision=no", "logging.tensorboard=false",
          f"output_dir={tmp_path / 'run'}"],
     )
@@ -106,6 +109,8 @@ def test_cli_prints_one_clean_line_and_exits_2_before_any_work(tmp_path):
     cache = tmp_path / "cache"  # where the demo data would be generated
     env = {**os.environ, "AVMAE_CACHE": str(cache), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     cases = [
+        # a recipe without its manifests stops before any work (it used to train ViT-B on the demo clips)
+        (["--config", "configs/audiomae/pretrain_as2m.yaml"], "data.train_manifest"),
         (["optim.blrr=1e-3"], "optim.blrr"),
         (["model.name=audiomae_tiny", "data.target_length=64", "model.params.decoder_params.window=[3,3]", "train.cpu=true"], "model.params"),
     ]
@@ -119,3 +124,52 @@ def test_cli_prints_one_clean_line_and_exits_2_before_any_work(tmp_path):
         assert len(errors) == 1 and errors[0].startswith(f"config error: {key}:"), proc.stderr[-3000:]
         assert "Traceback" not in proc.stderr
     assert not cache.exists() or not any(cache.iterdir())  # no demo data was generated
+    assert not (tmp_path / "run0").exists()  # nor a run folder for the recipe without data
+
+
+# ---------------------------------------------------------------------- training data: manifest or demo
+
+
+def test_a_config_without_manifest_or_demo_names_the_missing_key(tmp_path):
+    cfg = load_config(["configs/audiomae/pretrain_as2m.yaml"], [f"output_dir={tmp_path / 'run'}"])  # loads: it can be printed
+    assert cfg.data.train_manifest is None and cfg.data.demo is None
+    with pytest.raises(ConfigError) as info:
+        Trainer(cfg)
+    assert info.value.key == "data.train_manifest" and "data.demo=audio" in str(info.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_demo_configs_name_their_demo_data():
+    for name, demo in (("demo_audio", "audio"), ("demo_finetune", "audio"), ("demo_linprobe", "audio"), ("demo_ast", "audio"), ("demo_av", "av")):
+        cfg = load_config([f"configs/{name}.yaml"])
+        assert cfg.data.demo == demo and cfg.data.demo == cfg.modality and cfg.data.train_manifest is None, name
+
+
+@pytest.mark.parametrize(
+    "overrides, key, words",
+    [
+        (["data.demo=video"], "data.demo", "['audio', 'av']"),
+        (["data.demo=audio", "modality=av"], "data.demo", "data.demo=av"),  # the audio clips have no video
+        (["data.demo=audio", "data.label_csv=configs/demo_audio.yaml"], "data.train_manifest", "data.label_csv is"),
+    ],
+)
+def test_demo_values_that_cannot_run_name_the_key(overrides, key, words):
+    with pytest.raises(ConfigError) as info:
+        load_config([], overrides)
+    assert info.value.key == key and words in str(info.value), str(info.value)
+
+
+def test_a_manifest_is_read_instead_of_the_demo_clips_of_a_demo_config(tmp_path, monkeypatch):
+    from avmae.data import ensure_demo_audio
+    from avmae.train.datasets import build_audio_dataset
+
+    clips = ensure_demo_audio(tmp_path / "mine", num_train_per_class=1, num_eval_per_class=1, seconds=0.5)
+    monkeypatch.setenv("AVMAE_CACHE", str(tmp_path / "cache"))
+    cfg = load_config(["configs/demo_finetune.yaml"], [f"data.train_manifest={clips / 'train.json'}", f"data.label_csv={clips / 'class_labels_indices.csv'}"])
+    train = build_audio_dataset(cfg, "train")
+    assert len(train) == 6 and build_audio_dataset(cfg, "eval") is None  # the given manifests only
+    assert not (tmp_path / "cache").exists()  # the demo clips were not generated
+    demo = load_config(["configs/demo_finetune.yaml"])
+    monkeypatch.setattr("avmae.data.ensure_demo_audio", lambda: clips)  # where the demo clips would be
+    assert len(build_audio_dataset(demo, "train")) == 6 and len(build_audio_dataset(demo, "eval")) == 6
+

@@ -56,6 +56,24 @@ def test_evaluate_reproduces_the_runs_eval(finetuned, tmp_path):
     assert saved["logits"].shape == (9, 2) and len(saved["files"]) == 9
 
 
+def test_evaluate_finds_the_demo_eval_split_of_demo_runs_only(tmp_path, monkeypatch):
+    import avmae.data
+
+    evaluate = import_tool("evaluate")
+    args = evaluate.build_parser().parse_args(["-c", "run"])
+    monkeypatch.setattr(avmae.data, "ensure_demo_audio", lambda: tmp_path / "audio_demo")
+    monkeypatch.setattr(avmae.data, "ensure_demo_av", lambda: tmp_path / "av_demo")
+    demo = {"modality": "audio", "data": {"demo": "audio", "train_manifest": None, "eval_manifest": None, "label_csv": None}}
+    assert evaluate.resolve_data(args, demo) == (tmp_path / "audio_demo" / "eval.json", tmp_path / "audio_demo" / "class_labels_indices.csv")
+    av = {"modality": "av", "data": {"demo": "av", "train_manifest": None}}
+    assert evaluate.resolve_data(args, av)[0] == tmp_path / "av_demo" / "eval.json"
+    older = {"modality": "av", "data": {"train_manifest": None}}  # saved before data.demo existed: a demo run
+    assert evaluate.resolve_data(args, older)[0] == tmp_path / "av_demo" / "eval.json"
+    for config in ({"modality": "audio", "data": {"demo": None, "train_manifest": None}}, {"modality": "audio", "data": {"demo": "audio", "train_manifest": "t.json"}}):
+        with pytest.raises(SystemExit, match="pass --data"):
+            evaluate.resolve_data(args, config)  # a run that names no demo, or its own manifest without an eval split
+
+
 def test_evaluate_errors_are_clear(finetuned, tmp_path):
     _, run, _ = finetuned
     with pytest.raises(SystemExit, match="audio-visual"):

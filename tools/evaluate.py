@@ -37,7 +37,7 @@ if __package__ in (None, "") and __name__ == "__main__":  # run as a script from
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="avmae evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", "-c", required=True, help="run folder, checkpoint folder, weights file or official .pth")
-    p.add_argument("--data", "-d", default=None, help="manifest to evaluate on (default: the run's data.eval_manifest, or the demo eval split)")
+    p.add_argument("--data", "-d", default=None, help="manifest to evaluate on (default: the run's data.eval_manifest, or the demo eval split of a demo run)")
     p.add_argument("--label-csv", default=None, help="index,mid,display_name CSV (default: the run's data.label_csv)")
     p.add_argument("--output", "-o", default=None, help="write the results as JSON here")
     p.add_argument("--task", choices=("classify", "retrieval"), default="classify")
@@ -71,11 +71,13 @@ def resolve_data(args: argparse.Namespace, config: Optional[Dict[str, Any]]):
     manifest, label_csv = args.data, args.label_csv
     if manifest is None:
         manifest = data.get("eval_manifest")
-        if manifest is None and config is not None and data.get("train_manifest") is None:
+        # a run folder saved before data.demo existed trained on the demo clips when it named no manifest
+        demo = data.get("demo", config.get("modality") if config is not None and "demo" not in data else None)
+        if manifest is None and config is not None and data.get("train_manifest") is None and demo is not None:
             from avmae.data import ensure_demo_audio, ensure_demo_av
 
-            # the run trained on the embedded demo data (the audio-visual clips for modality av)
-            root = ensure_demo_av() if config.get("modality") == "av" else ensure_demo_audio()
+            # the run trained on the generated demo clips: their eval split
+            root = ensure_demo_av() if demo == "av" else ensure_demo_audio()
             manifest, label_csv = root / "eval.json", label_csv or root / "class_labels_indices.csv"
         if manifest is None:
             raise SystemExit("evaluate: pass --data (the checkpoint's config names no eval manifest)")

@@ -10,9 +10,9 @@ may have ``set_epoch(epoch)``, which the trainer calls in every DataLoader worke
 Built in:
 
 - ``audio``: an ``AudioDataset`` of an AudioMAE JSON manifest (``data.train_manifest`` /
-  ``data.eval_manifest``, ``data.label_csv``), or of the embedded demo clips when no manifest is given;
-- ``av``: an ``AVDataset`` (video files or CAV-MAE frame folders with their sound), or the generated
-  audio-visual demo clips; its frames are the model's video input (``video_input_size``);
+  ``data.eval_manifest``, ``data.label_csv``), or of the generated demo clips (``data.demo: audio``);
+- ``av``: an ``AVDataset`` (video files or CAV-MAE frame folders with their sound), or of the generated
+  audio-visual demo clips (``data.demo: av``); its frames are the model's video input (``video_input_size``);
 - ``audio_shards``: tar shards written by ``avmae.data.write_shards``, given by their ``index.json``
   (``data.*_manifest``), read as an ``IndexedShardDataset`` (a split given as a JSON manifest is
   read by the "audio" builder).
@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 
 import avmae
 
-from ..config import Config, ConfigError
+from ..config import Config, ConfigError, require_training_data
 from ..registry import register_dataset
 from ..run_folder import SKIP_DIR
 from .task import base_model_params, input_shapes
@@ -46,10 +46,12 @@ __all__ = [
 
 
 def split_manifest(cfg: Config, split: str, demo_root: Callable[[], Path]):
-    """(manifest, label_csv) of ``split``, from ``demo_root()`` when ``data.train_manifest`` is None;
-    None when the run has no manifest for this split."""
+    """(manifest, label_csv) of ``split``: the run's manifests, or, when ``data.train_manifest`` is
+    None and ``data.demo`` names the demo clips, ``demo_root()``'s; None when the run has no
+    manifest for this split. Neither manifest nor demo: a ``ConfigError`` on ``data.train_manifest``."""
     d = cfg.data
     if d.train_manifest is None:
+        require_training_data(cfg)
         root = demo_root()
         return root / f"{split}.json", root / "class_labels_indices.csv"
     manifest = d.train_manifest if split == "train" else d.eval_manifest
@@ -84,7 +86,7 @@ def dataset_options(cfg: Config, split: str) -> Dict[str, Any]:
 
 @register_dataset("audio")
 def build_audio_dataset(cfg: Config, split: str) -> Optional[Dataset]:
-    """``AudioDataset`` of ``split``; the embedded demo data when ``data.train_manifest`` is None."""
+    """``AudioDataset`` of ``split``: the manifests, or the generated demo clips (``data.demo: audio``)."""
     from ..data import AudioDataset, ensure_demo_audio
 
     found = split_manifest(cfg, split, ensure_demo_audio)
@@ -118,7 +120,7 @@ def video_input_size(cfg: Config) -> Tuple[int, int]:
 
 @register_dataset("av")
 def build_av_dataset(cfg: Config, split: str) -> Optional[Dataset]:
-    """``AVDataset`` of ``split``; the generated audio-visual demo clips when ``data.train_manifest`` is None."""
+    """``AVDataset`` of ``split``: the manifests, or the generated audio-visual demo clips (``data.demo: av``)."""
     from ..data import AVDataset, ensure_demo_av
 
     found = split_manifest(cfg, split, ensure_demo_av)
