@@ -576,7 +576,12 @@ def validate(cfg: Config) -> Config:
     s = cfg.schedule
     _check(s.epochs >= 1, "schedule.epochs", f"must be >= 1, got {s.epochs}")
     _check(s.warmup_epochs >= 0, "schedule.warmup_epochs", f"must be >= 0, got {s.warmup_epochs}")
-    _check(s.max_steps is not None or s.warmup_steps is not None or s.warmup_epochs <= s.epochs, "schedule.warmup_epochs", f"({s.warmup_epochs}) exceeds schedule.epochs ({s.epochs})")
+    # an error rather than a quietly shortened warm-up: the schedule that runs is the one the config says
+    _check(
+        s.max_steps is not None or s.warmup_steps is not None or s.warmup_epochs <= s.epochs,
+        "schedule.warmup_epochs",
+        f"({s.warmup_epochs:g}) exceeds schedule.epochs ({s.epochs}); shorten the warm-up too, e.g. schedule.warmup_epochs={s.epochs / 10:g} (a tenth of the run)",
+    )
     _check(s.warmup_steps is None or s.warmup_steps >= 0, "schedule.warmup_steps", f"must be >= 0 (or null: schedule.warmup_epochs), got {s.warmup_steps}")
     _check(s.min_lr >= 0, "schedule.min_lr", f"must be >= 0, got {s.min_lr}")
     base_lr = o.lr if o.lr is not None else None

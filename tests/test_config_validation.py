@@ -1,7 +1,8 @@
 """Configs that cannot run fail before any work, naming the key: the values test_config.py does not
 cover, model params the model rejects (a window that does not tile the token grid) before any
 dataset is built, a batch larger than the data, the training data a run must name (manifests, or
-the demo clips of the demo configs), and the CLI's clean error and exit status."""
+the demo clips of the demo configs), a warm-up longer than the run (the error says how to fix it),
+and the CLI's clean error and exit status."""
 
 import os
 import subprocess
@@ -172,4 +173,13 @@ def test_a_manifest_is_read_instead_of_the_demo_clips_of_a_demo_config(tmp_path,
     demo = load_config(["configs/demo_finetune.yaml"])
     monkeypatch.setattr("avmae.data.ensure_demo_audio", lambda: clips)  # where the demo clips would be
     assert len(build_audio_dataset(demo, "train")) == 6 and len(build_audio_dataset(demo, "eval")) == 6
+
+
+def test_a_warm_up_longer_than_the_run_says_how_to_fix_it():
+    with pytest.raises(ConfigError) as info:
+        load_config(["configs/demo_audio.yaml"], ["schedule.epochs=2"])
+    message = str(info.value)
+    assert info.value.key == "schedule.warmup_epochs" and "schedule.warmup_epochs=0.2" in message
+    fixed = load_config(["configs/demo_audio.yaml"], ["schedule.epochs=2", "schedule.warmup_epochs=0.2"])  # the suggestion works
+    assert fixed.schedule.warmup_epochs == 0.2
 
