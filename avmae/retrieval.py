@@ -8,7 +8,7 @@ embedding scores 0, not 100); recall@k is the fraction of queries with rank < k.
 
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Dict, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -35,19 +35,19 @@ def partner_ranks(query: torch.Tensor, gallery: torch.Tensor, *, chunk_size: int
 
 def retrieval_recall(
     audio_emb: torch.Tensor, video_emb: torch.Tensor, ks: Sequence[int] = (1, 5, 10)
-) -> Dict[str, float]:
+) -> Dict[str, Union[int, float]]:
     """Recall@k both ways for paired ``audio_emb, video_emb: [N, D]`` ->
     ``{"a2v_r1": ..., "v2a_r1": ..., ..., "a2v_medr": ..., "v2a_medr": ...}``.
 
     Recalls are fractions in [0, 1] (multiply by 100 for the percentages papers report);
-    ``*_medr`` is the median one-based rank of the partner. ``a2v``: audio queries, video gallery.
+    ``*_medr`` is the median one-based rank of the partner (an int: the lower middle for even N). ``a2v``: audio queries, video gallery.
     """
     if len(ks) == 0 or any(int(k) < 1 for k in ks):
         raise ValueError(f"ks must be positive integers, got {list(ks)}")
-    out: Dict[str, float] = {}
+    out: Dict[str, Union[int, float]] = {}
     for name, query, gallery in (("a2v", audio_emb, video_emb), ("v2a", video_emb, audio_emb)):
         ranks = partner_ranks(query, gallery)
         for k in ks:
             out[f"{name}_r{int(k)}"] = float((ranks < int(k)).double().mean())
-        out[f"{name}_medr"] = float((ranks + 1).double().median())
+        out[f"{name}_medr"] = int((ranks + 1).median())  # torch's median is an element: a whole rank
     return out

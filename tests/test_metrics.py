@@ -115,8 +115,17 @@ def test_classification_report_rows():
     summary, rows = classification_report(scores, targets, multilabel=True, class_names=[f"c{j}" for j in range(7)])
     assert summary["mAP"] == pytest.approx(mean_average_precision(scores, targets)[0])
     assert summary["classes_with_positives"] == 6 and rows[5]["ap"] is None and rows[2]["name"] == "c2"
+    assert type(summary["num_items"]) is int and type(summary["classes_with_positives"]) is int  # counts stay integers
     logits = torch.randn(20, 3)
     y = torch.arange(20) % 3
     summary, rows = classification_report(logits, y, multilabel=False)
     assert summary["acc"] == pytest.approx((logits.argmax(1) == y).float().mean().item())
     assert sum(r["count"] for r in rows) == 20
+
+
+def test_format_metrics_prints_counts_as_integers():
+    from avmae.train.logging_utils import format_metrics
+
+    line = format_metrics({"acc": 0.98333, "num_items": 60, "loss": torch.tensor(0.25), "a2v_medr": 7, "mAP": float("nan"), "note": None})
+    assert line == "acc 0.9833, num_items 60, loss 0.2500, a2v_medr 7, mAP nan, note None"
+    assert format_metrics({"acc": 1.0}) == "acc 1.0000"  # a float stays a float, whatever its value

@@ -189,6 +189,8 @@ def test_shards_dispatch_and_clear_error(tool, tmp_path, monkeypatch, capsys):
     assert tool.main(["shards", "m.json", "--out", str(tmp_path), "--shard-size", "7", "--with-fbank", "--target-length", "64", "--norm", "esc50"]) == 0
     assert calls["shard_size"] == 7 and calls["with_fbank"] and calls["frontend"].target_length == 64
     assert calls["frontend"].std == pytest.approx(5.358466)
+    printed = capsys.readouterr().out
+    assert "PosixPath" not in printed and "1 shard(s)" in printed and "shard-000000.tar" in printed
     monkeypatch.setitem(sys.modules, "avmae.data.shards", None)  # not installed: import fails
     assert tool.main(["shards", "m.json", "--out", str(tmp_path)]) == 2
     assert "avmae.data.shards" in capsys.readouterr().err

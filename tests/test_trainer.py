@@ -439,3 +439,27 @@ def test_cli_reports_config_errors_by_key(capsys):
     assert "optim.blr" in capsys.readouterr().err
     assert cli.main(["--print-config", "train.batch_size=3"]) == 0
     assert "batch_size: 3" in capsys.readouterr().out
+
+
+def test_log_lines_are_written_above_the_progress_bar_not_into_it(clips, tmp_path, capsys):
+    """With the bar shown and a console log handler (as tools/train.py sets up), every log line,
+    the evaluation's among them, starts a line of its own; the handlers are restored after fit."""
+    import logging
+    import sys
+
+    root = logging.getLogger()
+    handler = logging.StreamHandler(sys.stderr)  # the stream capsys captures
+    handler.setFormatter(logging.Formatter("LOG %(message)s"))
+    before_level, before_handlers = root.level, list(root.handlers)
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        Trainer(tiny_config(clips, tmp_path / "run", "schedule.max_steps=3", "logging.progress=true", "logging.tensorboard=false", "train.mixed_precision=no")).fit()
+        assert root.handlers == before_handlers + [handler]  # the redirection ended with the run
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(before_level)
+    err = capsys.readouterr().err
+    segments = [s for s in err.replace("\r", "\n").split("\n") if "eval at step 3" in s]
+    assert len(segments) == 1 and segments[0].startswith("LOG eval at step 3: loss "), err[-2000:]
+    assert "it/s" in err or "s/it" in err  # the bar was shown

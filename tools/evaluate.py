@@ -203,7 +203,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         }
         metrics = out["metrics"]
         shown = {k: v for k, v in metrics.items() if k in ("mAP", "mAUC", "acc", "acc5", "num_items") or args.task == "retrieval"}
-        print(f"{report.model_name} on {manifest} ({len(dataset)} items): " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items() if isinstance(v, float)))
+        from avmae.train.logging_utils import format_metrics
+
+        print(f"{report.model_name} on {manifest} ({len(dataset)} items): " + format_metrics({k: v for k, v in shown.items() if isinstance(v, (int, float))}))
         if args.output:
             from avmae.train.finetune import write_json
 

@@ -343,7 +343,10 @@ def cmd_shards(args: argparse.Namespace) -> int:
         mean, std = (args.mean, args.std) if args.mean is not None and args.std is not None else NORM_STATS[args.norm]
         frontend = AudioFrontend(sample_rate=args.sample_rate, num_mel_bins=args.num_mel_bins, target_length=args.target_length, mean=mean, std=std)
     result = write_shards(args.manifest, args.out, shard_size=args.shard_size, with_fbank=args.with_fbank, frontend=frontend, label_csv=args.label_csv)
-    print(f"wrote shards to {args.out}" + ("" if result is None else f": {result}"))
+    shards = [Path(x) for x in (result or [])]
+    names = ", ".join(x.name for x in shards) if len(shards) <= 3 else f"{shards[0].name} ... {shards[-1].name}"
+    index = Path(args.out) / "index.json"
+    print(f"wrote {len(shards)} shard(s) to {args.out}: {names}" + (f"; train from them with modality=audio_shards data.train_manifest={index}" if index.is_file() else ""))
     return 0
 
 

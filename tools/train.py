@@ -28,6 +28,7 @@ from avmae.checkpoint import CheckpointError
 from avmae.config import CONFIG_DIR, ConfigError, load_config, resolve_config_path
 from avmae.data import ManifestError, TooManySkippedError
 from avmae.train import NonFiniteLossError, Trainer
+from avmae.train.logging_utils import format_metrics
 
 TERMINATED = 143  # 128 + SIGTERM: the run stopped early and saved a checkpoint to resume from
 
@@ -100,13 +101,13 @@ def main(argv=None) -> int:
             (s0, first), (s1, last) = result.loss_history[0], result.loss_history[-1]
             print(f"train loss:   {first:.4f} (step {s0}) -> {last:.4f} (step {s1})")
         if result.eval:
-            print("eval:         " + ", ".join(f"{k} {v:.4f}" for k, v in result.eval.items()))
+            print("eval:         " + format_metrics(result.eval))
         if result.skipped_steps:
             print(f"skipped:      {result.skipped_steps} non-finite step(s)")
         if result.skipped_items:
             print(f"unreadable:   {result.skipped_items} clip(s) skipped, listed in {out / 'skipped.tsv'}")
         resumed = f", resumed at step {result.start_step}" if result.start_step else ""
-        print(f"time:         {result.seconds:.0f} s for {result.steps - result.start_step} steps{resumed} on {result.plan.device} ({result.plan.mixed_precision})")
+        print(f"time:         {result.seconds:.0f} s for {result.steps - result.start_step} steps{resumed} on {result.plan.device} ({'fp32' if result.plan.mixed_precision == 'no' else result.plan.mixed_precision})")
         if result.interrupted:
             print(f"interrupted:  resume with  python tools/train.py --output-dir {out} --resume")
     return TERMINATED if result.interrupted else 0

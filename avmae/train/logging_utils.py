@@ -6,22 +6,26 @@ trackers (TensorBoard). Only the main process writes. A record is ``{"step": int
 the records after the resumed step are dropped, so the file always describes one consistent run.
 
 ``LossWindow``: running sums of the loss and its parts between two log lines, on the device.
-``TrainLog``: the trainer's view of both, with the progress bar and the loss history.
+``TrainLog``: the trainer's view of both, with the progress bar and the loss history. While the
+bar is shown, console log records are written through ``tqdm.write`` (above the bar, never into
+its line). ``format_metrics``: ``"loss 0.1234, num_items 60"`` for log lines and tools.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 
-__all__ = ["MetricsWriter", "LossWindow", "read_metrics"]
+__all__ = ["MetricsWriter", "LossWindow", "read_metrics", "format_metrics"]
 
 _logger = logging.getLogger(__name__)
 
@@ -34,6 +38,23 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)  # JSON has no NaN/inf; keep them readable
     return value
+
+
+def format_metrics(metrics: Mapping[str, Any], digits: int = 4) -> str:
+    """``{"loss": 0.12345, "num_items": 60}`` -> ``"loss 0.1235, num_items 60"``: integers as
+    integers, other numbers to ``digits`` decimals, anything else as its ``str``."""
+
+    def one(v: Any) -> str:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return str(v)
+        return str(v) if isinstance(v, int) else f"{v:.{digits}f}"
+
+    return ", ".join(f"{k} {one(_plain(v))}" for k, v in metrics.items())
+
+
+def _console_handlers(logger: logging.Logger) -> bool:
+    """Whether ``logger`` writes to the terminal (a stream handler on stdout or stderr)."""
+    return any(isinstance(h, logging.StreamHandler) and h.stream in (sys.stdout, sys.stderr) for h in logger.handlers)
 
 
 class MetricsWriter:
@@ -130,6 +151,12 @@ class TrainLog:
             self.metrics.truncate_after(state.step)
         show = accelerator.is_local_main_process and cfg.logging.progress
         self.bar = tqdm(total=plan.total_steps, initial=state.step, disable=not show, dynamic_ncols=True)
+        self._redirect = contextlib.ExitStack()
+        if show and _console_handlers(logging.getLogger()):
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            # log lines (eval results, checkpoints) go above the bar instead of into its line
+            self._redirect.enter_context(logging_redirect_tqdm(tqdm_class=type(self.bar)))
         self.window = LossWindow(accelerator.device)
         self.history: List[Tuple[int, float]] = []
 
@@ -166,10 +193,11 @@ class TrainLog:
     def eval(self, step: int, result: Mapping[str, float]) -> None:
         if result:
             self.metrics.write(step, {f"eval/{k}": v for k, v in result.items()})
-            _logger.info("eval at step %d: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in result.items()))
+            _logger.info("eval at step %d: %s", step, format_metrics(result))
 
     def close(self) -> None:
         self.bar.close()
+        self._redirect.close()  # the console handlers as they were
 
 
 def _step_of(line: str) -> float:

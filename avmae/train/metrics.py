@@ -25,7 +25,7 @@ positives.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -168,7 +168,7 @@ def classification_report(
     class_names: Optional[Sequence[str]] = None,
     class_ids: Optional[Sequence[str]] = None,
     topk: Sequence[int] = (1, 5),
-) -> Tuple[Dict[str, float], List[Dict[str, Any]]]:
+) -> Tuple[Dict[str, Union[int, float]], List[Dict[str, Any]]]:
     """The evaluation of a classifier -> ``(summary, per_class)``.
 
     Multi-label: summary ``mAP`` and ``mAUC`` (rules above), ``acc`` of the top class against the
@@ -182,12 +182,12 @@ def classification_report(
     n, c = logits.shape
     onehot = targets if targets.dim() == 2 else torch.nn.functional.one_hot(targets.long(), c).float()
     mean_ap, ap = mean_average_precision(logits, onehot)
-    summary: Dict[str, float] = {"num_items": float(n)}
+    summary: Dict[str, Union[int, float]] = {"num_items": int(n)}  # counts stay integers
     per_class: List[Dict[str, Any]] = []
     if multilabel:
         mean_auc, auc = mean_roc_auc(logits, onehot)
         positives = (onehot >= 0.5).sum(0)
-        summary.update({"mAP": mean_ap, "mAUC": mean_auc, "classes_with_positives": float((positives > 0).sum())})
+        summary.update({"mAP": mean_ap, "mAUC": mean_auc, "classes_with_positives": int((positives > 0).sum())})
         summary["acc"] = accuracy(logits, onehot, (1,))["acc1"]
         for j in range(c):
             per_class.append({"index": j, "ap": _finite(float(ap[j])), "auc": _finite(float(auc[j])), "positives": int(positives[j])})
