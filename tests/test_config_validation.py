@@ -1,8 +1,8 @@
 """Configs that cannot run fail before any work, naming the key: the values test_config.py does not
 cover, model params the model rejects (a window that does not tile the token grid) before any
 dataset is built, a batch larger than the data, the training data a run must name (manifests, or
-the demo clips of the demo configs), a warm-up longer than the run (the error says how to fix it),
-and the CLI's clean error and exit status."""
+the demo clips of the demo configs), a warm-up longer than the run, and the CLI's clean error and
+exit status (an unknown --modality lists the valid ones)."""
 
 import os
 import subprocess
@@ -183,3 +183,16 @@ def test_a_warm_up_longer_than_the_run_says_how_to_fix_it():
     fixed = load_config(["configs/demo_audio.yaml"], ["schedule.epochs=2", "schedule.warmup_epochs=0.2"])  # the suggestion works
     assert fixed.schedule.warmup_epochs == 0.2
 
+
+def test_the_cli_lists_the_valid_modalities_in_one_line(load_tool, capsys):
+    train = load_tool("train")
+    assert train.main(["--modality", "video"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("config error: --modality: unknown modality 'video'")
+    assert all(name in err[0] for name in ("audio", "av", "audio_shards"))
+    assert train.main(["--modality", "audio_shards"]) == 2  # a registered builder without a demo config
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no demo config" in err[0] and "--config" in err[0]
+    assert train.main(["--modality", "audio", "schedule.epochs=2", "--print-config"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "schedule.warmup_epochs=0.2" in err[0]

@@ -35,7 +35,7 @@ TERMINATED = 143  # 128 + SIGTERM: the run stopped early and saved a checkpoint 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--modality", default=None, help="audio | av (default: the config's, else audio)")
+    p.add_argument("--modality", default=None, help="the dataset builder: audio | av | audio_shards (or a plugin's); without --config, the demo of audio or av (default: the config's, else audio)")
     p.add_argument("--config", action="append", default=[], metavar="YAML", help="config delta(s), merged in order (default: configs/demo_<modality>.yaml)")
     p.add_argument("--output-dir", default=None, help="run folder (default: runs/<modality>-<task>-<timestamp>)")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --output-dir")
@@ -44,16 +44,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_intermixed_args(argv)  # key=value overrides before and after options
 
 
+def check_modality(modality: str, *, demo_needed: bool) -> None:
+    """``--modality`` names a registered dataset builder, and one with a demo config when no
+    ``--config`` is given; else a ``ConfigError`` listing the valid values."""
+    from avmae.config import DEMO_DATA
+    from avmae.registry import DATASETS
+
+    valid = DATASETS.names()
+    if modality not in valid:
+        raise ConfigError("--modality", f"unknown modality {modality!r}; valid: {', '.join(valid)} (demo data: {', '.join(DEMO_DATA)})")
+    if demo_needed and not (CONFIG_DIR / f"demo_{modality}.yaml").is_file():
+        raise ConfigError("--modality", f"{modality!r} has no demo config (demos: {', '.join(DEMO_DATA)}); pass --config with its data.train_manifest")
+
+
 def build_config(args: argparse.Namespace):
     files = list(args.config)
     saved = Path(args.output_dir or "", "config.yaml")
     if not files and args.resume and args.output_dir and saved.is_file():
         files = [saved]  # continue the run as it was configured
+    if args.modality is not None:
+        check_modality(args.modality, demo_needed=not files)
     if not files:
-        demo = CONFIG_DIR / f"demo_{args.modality or 'audio'}.yaml"
-        if not demo.is_file():
-            raise ConfigError("--config", f"no demo config for --modality {args.modality!r} ({demo}); pass --config")
-        files = [demo]
+        files = [CONFIG_DIR / f"demo_{args.modality or 'audio'}.yaml"]
     overrides = list(args.overrides)
     if args.modality:
         overrides.append(f"modality={args.modality}")
