@@ -1,14 +1,16 @@
 #!/usr/bin/env python
 """Train a model from a config: pretraining or fine-tuning, audio or audio-visual, CPU or GPUs.
 
-    python tools/train.py --modality audio                                   # the CPU demo, ~2 min
+    python tools/train.py --modality audio                                   # the CPU demo (README, step 2)
     python tools/train.py --config configs/audiomae/pretrain_as2m.yaml \\
         data.train_manifest=/data/as2m/train.json train.batch_size=8
     accelerate launch --multi_gpu --num_processes 8 tools/train.py --config ... # same code, 8 GPUs
     python tools/train.py --output-dir runs/x --resume                         # continue a run exactly
 
-Trailing ``key=value`` arguments override the config (``optim.blr=1e-3``, ``schedule.epochs=5``).
-Without ``--config``, ``--modality`` picks its demo config (``configs/demo_<modality>.yaml``).
+Trailing ``key=value`` arguments override the config (``optim.blr=1e-3``, ``schedule.max_steps=100``).
+Without ``--config``, ``--modality`` picks its demo config (``configs/demo_<modality>.yaml``: audio, av),
+the only configs that read the generated demo clips (``data.demo``); any other config names its
+manifests (``data.train_manifest``, ...) or stops with a config error.
 """
 
 from __future__ import annotations
