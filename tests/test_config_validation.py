@@ -72,11 +72,9 @@ def spy_builder():
 
 
 def test_model_params_the_model_rejects_fail_before_any_dataset_is_built(spy_builder, tmp_path):
-    manifest = tmp_path / "train.json"  # the run names its data; the spy builder never reads it
-    manifest.write_text('{"data": []}')
     cfg = load_config(
         [],
-        ["modality=spy", f"data.train_manifest={manifest}", "model.name=audiomae_tiny", "model.params.decoder=swin", "model.params.decoder_params.window=[3,3]",
+        ["modality=spy", "model.name=audiomae_tiny", "model.params.decoder=swin", "model.params.decoder_params.window=[3,3]",
          "data.target_length=64", "data.num_mel_bins=64", "train.cpu=true", "train.mixed_precision=no", "logging.tensorboard=false",
          f"output_dir={tmp_path / 'run'}"],
     )
@@ -138,6 +136,10 @@ def test_a_config_without_manifest_or_demo_names_the_missing_key(tmp_path):
         Trainer(cfg)
     assert info.value.key == "data.train_manifest" and "data.demo=audio" in str(info.value)
     assert not (tmp_path / "run").exists()
+    for modality in ("av", "audio_shards"):  # every built-in builder checks before any work
+        with pytest.raises(ConfigError) as info:
+            Trainer(load_config([], [f"modality={modality}", "model.name=avmae_tiny", f"output_dir={tmp_path / modality}"]))
+        assert info.value.key == "data.train_manifest" and not (tmp_path / modality).exists()
 
 
 def test_the_demo_configs_name_their_demo_data():

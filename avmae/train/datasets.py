@@ -6,6 +6,9 @@ and "eval"; it returns a ``Dataset`` or None (no such split). Items are dicts of
 modality name (``"audio"``, ``"video"``) plus ``"label"`` ([C] float) and ``"index"``; a dataset
 may have ``set_epoch(epoch)``, which the trainer calls in every DataLoader worker, and
 ``num_classes`` / ``multilabel`` / ``class_ids`` / ``class_names`` for classification tasks.
+A builder may carry ``check(cfg)``: the trainer calls it before any work (run folder, model, data)
+so that a config the builder cannot read stops at once with a ``ConfigError``; the built-in
+builders check that the run names its training data.
 
 Built in:
 
@@ -156,7 +159,7 @@ def build_audio_shard_dataset(cfg: Config, split: str) -> Optional[Dataset]:
     spec = d.train_manifest if split == "train" else d.eval_manifest
     if spec is None:
         if split == "train":
-            raise ConfigError("data.train_manifest", "modality audio_shards needs the training shards (their index.json)")
+            _require_shards(cfg)
         return None
     if not is_shard_spec(spec):
         return build_audio_dataset(cfg, split)
@@ -165,3 +168,14 @@ def build_audio_shard_dataset(cfg: Config, split: str) -> Optional[Dataset]:
     except ValueError as exc:
         key = "data.train_manifest" if split == "train" else "data.eval_manifest"
         raise ConfigError(key, str(exc)) from exc
+
+
+def _require_shards(cfg: Config) -> None:
+    if cfg.data.train_manifest is None:
+        raise ConfigError("data.train_manifest", "modality audio_shards needs the training shards (their index.json)")
+
+
+# checked by the trainer before any work (see the module docstring)
+build_audio_dataset.check = require_training_data
+build_av_dataset.check = require_training_data
+build_audio_shard_dataset.check = _require_shards

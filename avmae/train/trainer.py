@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Dataset, Sampler
 
-from ..config import Config, ConfigError, require_training_data, validate
+from ..config import Config, ConfigError, validate
 from ..registry import DATASETS, TASKS, RegistryError
 from ..run_folder import SKIP_DIR, SKIPPED_FILE
 from .checkpointing import RunCheckpoints, TrainState
@@ -116,10 +116,10 @@ class Trainer:
         from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
         validate(cfg)
-        if datasets is None:
-            require_training_data(cfg)  # before any work: a recipe without its manifests stops here
         task_cls = _lookup(TASKS, cfg.task, "task") if task is None else None
         self._builder = _lookup(DATASETS, cfg.modality, "modality") if datasets is None else None
+        if hasattr(self._builder, "check"):
+            self._builder.check(cfg)  # before any work: e.g. a recipe without its manifests stops here
         state = PartialState(cpu=cfg.train.cpu)
         cfg = dataclasses.replace(cfg, output_dir=str(self._output_dir(cfg, state)))
         self.cfg = cfg
