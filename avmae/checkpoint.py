@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
@@ -40,6 +41,9 @@ __all__ = [
     "register_format",
     "FORMATS",
     "to_audiomae_official",
+    "write_safetensors",
+    "unpickling_reason",
+    "fsync_dir",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -85,25 +89,45 @@ class LoadReport:
 # reading
 
 
+def unpickling_reason(exc: BaseException) -> Tuple[str, bool]:
+    """(one-line reason, whether the file asks to import code) of torch's ``weights_only``
+    refusal. torch's own text runs over several lines and suggests turning the safety off; this
+    keeps only what the file holds."""
+    text = str(exc)
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found:
+        return f"it asks to import {found.group(1)}", True
+    what = next((line.strip() for line in text.splitlines() if line.strip().startswith("Unsupported")), None)
+    return (f"not a torch checkpoint: {what}" if what else "not a torch checkpoint"), False
+
+
 def _torch_load(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
+    """``torch.load(weights_only=True)``, also allowing the plain-value classes of
+    ``_HARMLESS_GLOBALS`` (learnt from torch's refusals, so that the zip and the legacy formats
+    are read the same way). Anything else is refused with a ``CheckpointError``."""
+    allowed: List[Any] = []
+    for _ in range(len(_HARMLESS_GLOBALS) + 1):
         try:
-            found = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-        except Exception:
-            raise CheckpointError(f"{path}: not a readable torch checkpoint ({exc})") from exc
-        bad = [g for g in found if g not in _HARMLESS_GLOBALS]
-        if bad:
+            with torch.serialization.safe_globals(allowed):
+                return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            reason, code = unpickling_reason(exc)
+            name = reason.rpartition(" ")[2] if code else None
+            obj = _resolve_global(name) if name in _HARMLESS_GLOBALS else None
+            if obj is None or obj in allowed:
+                if code:
+                    raise CheckpointError(
+                        f"{path}: refusing to unpickle it: {reason}; a checkpoint must hold only tensors and plain values. "
+                        "Convert it to safetensors in a trusted environment."
+                    ) from None
+                raise CheckpointError(f"{path}: {reason}; the file is damaged or not a checkpoint") from None
+            allowed.append(obj)
+        except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise CheckpointError(
-                f"{path}: refusing to unpickle objects of {bad}: a checkpoint must hold only tensors and plain "
-                "values (weights_only=True). Convert it to safetensors in a trusted environment."
+                f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {first}); the file is damaged, truncated or not a checkpoint"
             ) from None
-        allowed = [_resolve_global(g) for g in found]
-        with torch.serialization.safe_globals([a for a in allowed if a is not None]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from exc
+    raise CheckpointError(f"{path}: not a readable torch checkpoint")
 
 
 def _resolve_global(name: str) -> Any:
@@ -135,7 +159,8 @@ def read_state_dict(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str, 
                 meta = dict(f.metadata() or {})
                 sd = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as exc:
-            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"{path}: not a readable safetensors file ({first}); it is damaged or truncated: copy or export it again") from None
         return sd, meta
     obj = _torch_load(path)
     for key in ("model", "state_dict", "module", "model_state"):
@@ -362,10 +387,7 @@ def save_checkpoint(
     the one ``avmae.create_model`` recorded in ``model.avmae_spec``), ``model_params`` (JSON: the
     factory params of that call) and ``config`` (JSON: the run config, when given).
     """
-    from safetensors.torch import save_file
-
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     meta = {"format": "avmae"}
     spec = getattr(model, "avmae_spec", None)
@@ -379,9 +401,50 @@ def save_checkpoint(
         meta["model"] = model_name
     if config is not None:
         meta["config"] = json.dumps(config, default=str)
+    return write_safetensors(sd, path, metadata=meta)
+
+
+def _umask() -> int:
+    try:  # Linux: read it without changing it (os.umask sets it, for all threads)
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def fsync_dir(path: PathLike) -> None:
+    """Flush a folder's entries (a rename or a new file in it) to disk, where the OS allows it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on a folder
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_safetensors(tensors: Mapping[str, torch.Tensor], path: PathLike, *, metadata: Optional[Mapping[str, str]] = None) -> Path:
+    """Write ``tensors`` to a safetensors file, atomically (temp file, fsync, rename), with the
+    mode the process umask gives every other file (the writer alone would give 0600)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(sd, str(tmp), metadata=meta)
+    save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp), metadata=dict(metadata) if metadata else None)
+    os.chmod(tmp, 0o666 & ~_umask())
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    fsync_dir(path.parent)
     return path
 
 
