@@ -7,29 +7,43 @@ One owner for what the trainer writes and what ``avmae.hub`` / the tools read ba
       run.json               the derived run plan
       metrics.jsonl          one JSON record per log step
       skipped.tsv            unreadable clips (path<TAB>reason), merged from skipped/
+      run.lock               held by the trainer writing the folder (host, pid, start time)
       checkpoints/step_0000120/
         model.safetensors    the exported weights (``avmae.load_checkpoint`` reads them)
         trainer_state.json   progress (step, epoch, counts)
         config.yaml          the config of the run that wrote it
         optimizer.bin, random_states_<rank>.pkl, ...   accelerate's state
+        manifest.json        size and sha256 of every other file, written last
 
-``list_checkpoints`` / ``find_latest_checkpoint`` list complete checkpoint folders (a folder is
-written under a temporary name and renamed when complete); ``resolve_weights`` turns a weights
-file, a checkpoint folder or a run folder into the weights file to load; ``check_pickled_states``
-refuses a checkpoint whose pickled states hold more than tensors and plain values.
+A checkpoint folder is written under a temporary name (``.tmp-step_*``), its manifest last, every
+file and the folder flushed to disk (fsync), and only then renamed to ``step_*``; a folder leaving
+the list is first renamed to ``.trash-step_*``, then deleted. So a ``step_*`` folder is complete
+unless the disk lost data, which its manifest reveals.
+
+``list_checkpoints`` / ``find_latest_checkpoint`` list complete checkpoint folders: a manifest,
+and every file it lists present with its recorded size (``checkpoint_problem`` says what is
+wrong with a folder; ``deep=True`` also compares the hashes). ``write_manifest`` writes the
+manifest of a folder. ``resolve_weights`` turns a weights file, a checkpoint folder or a run folder
+into the weights file to load; ``check_pickled_states`` refuses a checkpoint whose pickled states
+hold more than tensors and plain values.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
 import pickle
 import re
 from pathlib import Path
-from typing import Any, List, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 import torch
 
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, fsync_dir, unpickling_reason
+
+_logger = logging.getLogger(__name__)
 
 __all__ = [
     "CHECKPOINT_DIR",
@@ -40,7 +54,13 @@ __all__ = [
     "RUN_INFO_FILE",
     "SKIP_DIR",
     "SKIPPED_FILE",
+    "MANIFEST_FILE",
+    "LOCK_FILE",
     "checkpoint_dir",
+    "step_folders",
+    "checkpoint_problem",
+    "write_manifest",
+    "file_sha256",
     "list_checkpoints",
     "find_latest_checkpoint",
     "resolve_weights",
@@ -57,10 +77,13 @@ METRICS_FILE = "metrics.jsonl"
 RUN_INFO_FILE = "run.json"
 SKIP_DIR = "skipped"  # the datasets' per-process skip logs, one folder per split
 SKIPPED_FILE = "skipped.tsv"  # all skipped clips of the run: path<TAB>reason
+MANIFEST_FILE = "manifest.json"  # in a checkpoint folder: {"files": {name: {"size", "sha256"}}}
+LOCK_FILE = "run.lock"
 
 _STEP = re.compile(r"^step_(\d+)$")
 # what a complete checkpoint folder holds whatever wrote it (accelerate adds its own files)
 _REQUIRED = (STATE_FILE, WEIGHTS_FILE)
+_CHUNK = 1 << 22
 
 
 def checkpoint_dir(run_dir: PathLike, step: int) -> Path:
@@ -79,9 +102,78 @@ def _step_folders(root: Path) -> List[tuple]:
     return sorted(found)
 
 
+def step_folders(run_dir: PathLike) -> List[Path]:
+    """Every ``checkpoints/step_*`` folder of a run, complete or not, oldest first."""
+    return [p for _, p in _step_folders(Path(run_dir) / CHECKPOINT_DIR)]
+
+
+def file_sha256(path: PathLike) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_manifest(folder: PathLike) -> Dict[str, Any]:
+    """Write ``folder/manifest.json``: size and sha256 of every other file in ``folder`` (flat).
+    Every file, the manifest and the folder are flushed to disk (fsync) before it returns, so a
+    rename of the folder afterwards publishes only data that is on the disk. -> the manifest."""
+    folder = Path(folder)
+    files: Dict[str, Dict[str, Any]] = {}
+    for f in sorted(folder.iterdir()):
+        if f.name == MANIFEST_FILE or not f.is_file():
+            continue
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(_CHUNK), b""):
+                h.update(chunk)
+            os.fsync(fh.fileno())  # files written by other processes too (same host or shared filesystem)
+        files[f.name] = {"size": f.stat().st_size, "sha256": h.hexdigest()}
+    manifest = {"format": 1, "files": files}
+    with open(folder / MANIFEST_FILE, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(manifest, indent=1))
+        fh.flush()
+        os.fsync(fh.fileno())
+    fsync_dir(folder)
+    return manifest
+
+
+def checkpoint_problem(folder: PathLike, *, deep: bool = False) -> Optional[str]:
+    """What makes checkpoint ``folder`` incomplete or damaged, or None when it is complete: its
+    manifest, and every file the manifest lists with the recorded size (``deep``: and sha256)."""
+    folder = Path(folder)
+    try:
+        raw = (folder / MANIFEST_FILE).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return f"no {MANIFEST_FILE} (an interrupted save, or written by avmae 0.1)"
+    except OSError as exc:
+        return f"{MANIFEST_FILE} unreadable ({exc.strerror or exc})"
+    try:
+        files = json.loads(raw)["files"]
+        entries = {str(k): (int(v["size"]), str(v["sha256"])) for k, v in files.items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        return f"{MANIFEST_FILE} damaged ({type(exc).__name__})"
+    for name in _REQUIRED:
+        if name not in entries:
+            return f"{MANIFEST_FILE} lists no {name}"
+    for name, (size, digest) in entries.items():
+        try:
+            found = (folder / name).stat().st_size
+        except OSError:
+            return f"{name} is missing"
+        if found != size:
+            return f"{name} has {found} bytes, {size} were written (truncated or damaged)"
+        if deep and file_sha256(folder / name) != digest:
+            return f"{name} does not match the sha256 recorded when it was written (damaged)"
+    return None
+
+
 def list_checkpoints(run_dir: PathLike) -> List[Path]:
-    """Complete checkpoint folders of a run (holding its state and its weights), oldest first."""
-    return [p for _, p in _step_folders(Path(run_dir) / CHECKPOINT_DIR) if all((p / f).is_file() for f in _REQUIRED)]
+    """Complete checkpoint folders of a run, oldest first: a manifest, and every file it lists
+    present with its recorded size (``checkpoint_problem``)."""
+    return [p for p in step_folders(run_dir) if checkpoint_problem(p) is None]
 
 
 def find_latest_checkpoint(run_dir: PathLike) -> Optional[Path]:
@@ -91,21 +183,38 @@ def find_latest_checkpoint(run_dir: PathLike) -> Optional[Path]:
 
 
 def resolve_weights(path: PathLike) -> Path:
-    """The weights file of a weights file, a checkpoint folder, or a run folder (the newest of its
-    checkpoints that holds weights; also a bare folder of ``step_*`` checkpoints)."""
+    """The weights file of a weights file, a checkpoint folder, or a run folder (also a bare
+    folder of ``step_*`` checkpoints): the newest complete checkpoint's; a newer damaged one is
+    named in a warning. A folder of checkpoints without manifests (avmae 0.1) gives its newest
+    weights file."""
     p = Path(path).expanduser()
     if p.is_file():
         return p
     if not p.exists():
         raise CheckpointError(f"{p}: no such checkpoint file or folder")
     if (p / WEIGHTS_FILE).is_file():
+        problem = checkpoint_problem(p) if (p / MANIFEST_FILE).exists() else None
+        if problem is not None:
+            raise CheckpointError(f"{p}: damaged checkpoint: {problem}; use another checkpoint of the run")
         return p / WEIGHTS_FILE
     root = p / CHECKPOINT_DIR if (p / CHECKPOINT_DIR).is_dir() else p
-    with_weights = [d for _, d in _step_folders(root) if (d / WEIGHTS_FILE).is_file()]
-    latest = with_weights[-1] if with_weights else None
-    if latest is None:
-        raise CheckpointError(f"{p}: a folder with neither {WEIGHTS_FILE} nor {CHECKPOINT_DIR}/step_*/{WEIGHTS_FILE}")
-    return latest / WEIGHTS_FILE
+    folders = [d for _, d in _step_folders(root)]
+    damaged = []
+    for d in reversed(folders):
+        if not (d / MANIFEST_FILE).exists():
+            continue
+        problem = checkpoint_problem(d)
+        if problem is None:
+            for bad, why in damaged:
+                _logger.warning("skipping checkpoint %s (%s); using the previous complete one, %s", bad, why, d.name)
+            return d / WEIGHTS_FILE
+        damaged.append((d, problem))
+    legacy = [d for d in folders if not (d / MANIFEST_FILE).exists() and (d / WEIGHTS_FILE).is_file()]
+    if legacy and not damaged:
+        return legacy[-1] / WEIGHTS_FILE
+    if damaged:
+        raise CheckpointError(f"{p}: no complete checkpoint; " + "; ".join(f"{d.name}: {why}" for d, why in damaged))
+    raise CheckpointError(f"{p}: a folder with neither {WEIGHTS_FILE} nor {CHECKPOINT_DIR}/step_*/{WEIGHTS_FILE}")
 
 
 def _state_safe_globals() -> List[Any]:
@@ -141,14 +250,13 @@ def check_pickled_states(ckpt: PathLike) -> None:
                         raise
                     torch.load(f, map_location="cpu", weights_only=True)  # a legacy (non-zip) file
         except pickle.UnpicklingError as exc:
-            lines = str(exc).strip().splitlines()
-            detail = next((line.strip() for line in lines if "GLOBAL" in line), None)
-            if detail is None:  # not a pickle of known objects: corrupt
-                what = next((line.strip() for line in lines if line.startswith("Unsupported")), "not a torch pickle")
-                raise CheckpointError(f"{f}: unreadable ({what})") from None
+            detail, code = unpickling_reason(exc)
+            if not code:  # not a pickle of known objects: corrupt
+                raise CheckpointError(f"{f}: unreadable ({detail})") from None
             raise CheckpointError(
                 f"{f}: refusing to resume from it: it holds more than tensors and plain values ({detail}). "
                 "Only resume from checkpoints you trust."
             ) from None
         except Exception as exc:
-            raise CheckpointError(f"{f}: unreadable ({type(exc).__name__}: {exc})") from exc
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise CheckpointError(f"{f}: unreadable ({type(exc).__name__}: {first})") from exc

@@ -5,41 +5,17 @@ a checkpoint save, or stopped by SIGTERM, resumes to the weights of an uninterru
 import os
 import shutil
 import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from avmae.checkpoint import CheckpointError
 from avmae.config import ConfigError, load_config
-from avmae.data import ensure_demo_audio
+from avmae.run_folder import write_manifest
 from avmae.train import NonFiniteLossError, PretrainTask, Trainer, find_latest_checkpoint, list_checkpoints
 from avmae.train.optim import fused_adamw_devices
 
-REPO = Path(__file__).resolve().parent.parent
-
-# 6 clips, batch 2: 3 steps per epoch, 6 steps in two epochs; a checkpoint every 2 steps
-RUN_YAML = """\
-model:
-  name: audiomae_tiny
-  params: {{decoder: global, drop_path: 0.1}}
-data:
-  train_manifest: {clips}/train.json
-  target_length: 32
-  num_mel_bins: 32
-  num_workers: 0
-  cache: true
-train: {{batch_size: 2, cpu: true, mixed_precision: "no"}}
-optim: {{lr: 2.0e-3}}
-schedule: {{epochs: 2, warmup_epochs: 0}}
-eval: {{every_n_epochs: -1}}
-logging: {{every_n_steps: 1, progress: false, tensorboard: false}}
-checkpoint: {{every_n_epochs: 0, every_n_steps: 2, keep_last: 2}}
-"""
+from cli_runs import assert_same_weights, child, clips, finish, run_yaml, uninterrupted, wait_for, weights  # noqa: F401 - fixtures
 
 
 @pytest.fixture(autouse=True)
@@ -48,61 +24,6 @@ def one_thread():
     torch.set_num_threads(1)  # as the child processes: the same arithmetic
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def clips(tmp_path_factory):
-    return ensure_demo_audio(tmp_path_factory.mktemp("clips") / "demo", num_train_per_class=1, num_eval_per_class=1, seconds=0.5)
-
-
-@pytest.fixture(scope="module")
-def run_yaml(clips, tmp_path_factory):
-    path = tmp_path_factory.mktemp("cfg") / "run.yaml"
-    path.write_text(RUN_YAML.format(clips=clips))
-    return path
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(run_yaml, tmp_path_factory):
-    """The reference: the same run, never stopped, in this process."""
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("full") / "run"
-    result = Trainer(load_config([run_yaml], [f"output_dir={out}"])).fit()
-    assert result.steps == 6 and not result.interrupted
-    return out
-
-
-def weights(run_dir):
-    return load_file(str(find_latest_checkpoint(run_dir) / "model.safetensors"))
-
-
-def child(out, *hooks, resume=False, config=None, overrides=()):
-    """tools/train.py (via crash_child.py) in its own process group, as a job on a cluster."""
-    cmd = [sys.executable, str(REPO / "tests" / "crash_child.py"), *hooks, "--", "--output-dir", str(out)]
-    cmd += ["--resume"] if resume else ["--config", str(config)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    return subprocess.Popen(cmd + list(overrides), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-
-
-def wait_for(path, proc, timeout=240):
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if proc.poll() is not None:
-            pytest.fail(f"child exited with {proc.returncode} before {path.name}:\n{proc.stdout.read()[-3000:]}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"no {path.name} after {timeout} s")
-        time.sleep(0.05)
-
-
-def finish(proc, timeout=240):
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
-        pytest.fail(f"child did not finish:\n{out[-3000:]}")
-    return proc.returncode, out
 
 
 def test_sigterm_then_sigkill_mid_save_then_resume_is_bit_identical(run_yaml, uninterrupted, tmp_path):
@@ -137,10 +58,7 @@ def test_sigterm_then_sigkill_mid_save_then_resume_is_bit_identical(run_yaml, un
     assert not partial.exists()  # the crash's leftover was cleared
     assert ckpts() == ["step_0000004", "step_0000006"]  # keep_last=2
 
-    a, b = weights(uninterrupted), weights(out)
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    assert_same_weights(uninterrupted, out)
     opt_a = torch.load(find_latest_checkpoint(uninterrupted) / "optimizer.bin", weights_only=True)
     opt_b = torch.load(find_latest_checkpoint(out) / "optimizer.bin", weights_only=True)
     for i, st in opt_a["state"].items():
@@ -157,7 +75,9 @@ def test_resume_refuses_pickled_code(run_yaml, uninterrupted, tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "run"
     shutil.copytree(uninterrupted, out)
-    torch.save({"state": {}, "x": _Payload()}, find_latest_checkpoint(out) / victim)
+    newest = find_latest_checkpoint(out)
+    torch.save({"state": {}, "x": _Payload()}, newest / victim)
+    write_manifest(newest)  # a checkpoint made so: complete, verified, and still refused
     trainer = Trainer(load_config([run_yaml], [f"output_dir={out}", "resume=true", "schedule.epochs=3"]))
     with pytest.raises(CheckpointError, match=f"{victim}.*refusing"):
         trainer.fit()

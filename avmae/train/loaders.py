@@ -1,15 +1,25 @@
-"""The trainer's DataLoaders, their workers, and the stop request (SIGTERM).
+"""The trainer's DataLoaders, their workers, the stop request (SIGTERM), and processes that die
+with their parent.
 
 Workers are seeded (``avmae.data.seed_worker``) and ignore SIGTERM: a preempted job's SIGTERM
 often reaches every process of the group, and a worker killed by it made the main process fail
 (DataLoader's SIGCHLD check) in the middle of the final checkpoint. The main process saves, then
 stops its workers (``stop_workers``).
+
+``die_with_parent`` (Linux): the kernel kills the calling process when its parent dies. A
+DataLoader worker calls it (its parent is the training process), and so does each training
+process started by a launcher (torchrun, ``accelerate launch``, ``python -m avmae.launch``): a
+launcher killed with SIGKILL leaves no worker behind. A training process started from a shell is
+left alone (``nohup`` keeps working).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import signal
+import sys
 import threading
 from typing import Optional
 
@@ -18,13 +28,46 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["build_loader", "stop_workers", "StopRequest"]
+__all__ = ["build_loader", "stop_workers", "StopRequest", "die_with_parent", "die_with_launcher"]
+
+_PR_SET_PDEATHSIG = 1
 
 
-def _init_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: ``seed_worker``, and SIGTERM ignored."""
+def die_with_parent(parent: Optional[int] = None) -> bool:
+    """Ask the kernel to SIGKILL this process when its parent dies (Linux ``PR_SET_PDEATHSIG``).
+    ``parent``: the parent's pid as seen earlier; if it is already gone, exit now. -> whether set.
+
+    The signal follows the parent *thread*: call it in processes started from a thread that
+    lives as long as they should (the launcher's main thread, the training loop's thread)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            return False
+    except (OSError, AttributeError):
+        return False
+    if parent is not None and os.getppid() != parent:  # it died before the call
+        os.kill(os.getpid(), signal.SIGKILL)
+    return True
+
+
+def die_with_launcher() -> bool:
+    """``die_with_parent`` in a training process started by a launcher (torchrun's elastic agent,
+    which ``accelerate launch`` and ``python -m avmae.launch`` run too), else nothing."""
+    if not os.environ.get("TORCHELASTIC_RUN_ID"):
+        return False
+    return die_with_parent()
+
+
+def _init_worker(worker_id: int, parent: Optional[int] = None) -> None:
+    """DataLoader ``worker_init_fn``: gone with the training process (pid ``parent``),
+    ``seed_worker``, SIGTERM ignored."""
     from ..data import seed_worker
 
+    die_with_parent(parent)
     seed_worker(worker_id)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
@@ -43,7 +86,7 @@ def build_loader(dataset: Dataset, batch_size: int, *, num_workers: int, seed: i
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
-        worker_init_fn=_init_worker,
+        worker_init_fn=functools.partial(_init_worker, parent=os.getpid()),
         generator=g,
     )
 

@@ -42,7 +42,7 @@ from ..registry import DATASETS, TASKS, RegistryError
 from ..run_folder import SKIP_DIR, SKIPPED_FILE
 from .checkpointing import RunCheckpoints, TrainState
 from .guard import NonFiniteGuard
-from .loaders import StopRequest, build_loader, stop_workers
+from .loaders import StopRequest, build_loader, die_with_launcher, stop_workers
 from .logging_utils import TrainLog
 from .optim import build_optimizer, lr_at, resolve_fused, set_fused, set_lr
 from .plan import RunPlan, plan_run
@@ -115,6 +115,7 @@ class Trainer:
         from accelerate import Accelerator, PartialState
         from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
+        die_with_launcher()  # a training process started by torchrun / accelerate goes when its launcher goes
         validate(cfg)
         task_cls = _lookup(TASKS, cfg.task, "task") if task is None else None
         self._builder = _lookup(DATASETS, cfg.modality, "modality") if datasets is None else None
@@ -160,45 +161,46 @@ class Trainer:
         """Train to the end of the schedule (or until ``stop_after`` steps, or SIGTERM: then save
         a checkpoint and return ``interrupted=True``, as a preempted run does)."""
         cfg, acc, task, t_start = self.cfg, self.accelerator, self.task, time.time()
-        run = self._setup()
-        plan, state, model, optimizer = run.plan, run.state, run.model, run.optimizer
-        start_step, interrupted = state.step, False
-        log = TrainLog(self.output_dir, acc, cfg, plan, state)
-        params = [p for p in model.parameters() if p.requires_grad]
-        clip = cfg.optim.clip_grad if cfg.optim.clip_grad is not None else math.inf
-        guard = NonFiniteGuard(acc, optimizer, state, limit=cfg.train.max_nonfinite, stop_requested=self.stop.requested, on_device=self.device_skip)
-        try:
-            with self.stop:
-                while state.step < plan.total_steps and not interrupted:
-                    run.sampler.set_position(state.epoch, start=state.epoch_step * plan.effective_batch)
-                    model.train()
-                    for batch in run.train_loader:
-                        with acc.accumulate(model):
-                            loss, parts = task.compute_loss(model, model_inputs(model, batch, acc), batch)
-                            acc.backward(loss)
-                            log.add(loss, parts, cfg.train.batch_size)
-                            if not acc.sync_gradients:
-                                continue
-                            lr = lr_at(state.step, base_lr=plan.lr, min_lr=plan.min_lr, warmup_steps=plan.warmup_steps, total_steps=plan.total_steps)
-                            set_lr(optimizer, lr)
-                            grad_norm = acc.clip_grad_norm_(params, clip)
-                            guard.step(state.step + 1, log.take_nonfinite(), grad_norm)
-                        state.step += 1
-                        state.epoch_step += 1
-                        task.after_step(acc.unwrap_model(model, keep_torch_compile=False), state.step, plan.total_steps)
-                        if self._after_step(run, log, guard, lr, grad_norm, stop_after):
-                            interrupted = True
-                            break
-                        if state.step >= plan.total_steps:
-                            break
-                    if state.epoch_step >= plan.steps_per_epoch:
-                        interrupted = self._end_epoch(run, log, guard) or interrupted
-                self._end_run(run, log, guard, interrupted)
-        finally:
-            log.close()
-            stop_workers(run.train_loader, run.eval_loader)
-            acc.end_training()
-            skipped_items = self._skip_report(run.train_set, check=False, final=True)
+        with self.checkpoints.locked():  # one trainer per run folder, released however fit ends
+            run = self._setup()
+            plan, state, model, optimizer = run.plan, run.state, run.model, run.optimizer
+            start_step, interrupted = state.step, False
+            log = TrainLog(self.output_dir, acc, cfg, plan, state)
+            params = [p for p in model.parameters() if p.requires_grad]
+            clip = cfg.optim.clip_grad if cfg.optim.clip_grad is not None else math.inf
+            guard = NonFiniteGuard(acc, optimizer, state, limit=cfg.train.max_nonfinite, stop_requested=self.stop.requested, on_device=self.device_skip)
+            try:
+                with self.stop:
+                    while state.step < plan.total_steps and not interrupted:
+                        run.sampler.set_position(state.epoch, start=state.epoch_step * plan.effective_batch)
+                        model.train()
+                        for batch in run.train_loader:
+                            with acc.accumulate(model):
+                                loss, parts = task.compute_loss(model, model_inputs(model, batch, acc), batch)
+                                acc.backward(loss)
+                                log.add(loss, parts, cfg.train.batch_size)
+                                if not acc.sync_gradients:
+                                    continue
+                                lr = lr_at(state.step, base_lr=plan.lr, min_lr=plan.min_lr, warmup_steps=plan.warmup_steps, total_steps=plan.total_steps)
+                                set_lr(optimizer, lr)
+                                grad_norm = acc.clip_grad_norm_(params, clip)
+                                guard.step(state.step + 1, log.take_nonfinite(), grad_norm)
+                            state.step += 1
+                            state.epoch_step += 1
+                            task.after_step(acc.unwrap_model(model, keep_torch_compile=False), state.step, plan.total_steps)
+                            if self._after_step(run, log, guard, lr, grad_norm, stop_after):
+                                interrupted = True
+                                break
+                            if state.step >= plan.total_steps:
+                                break
+                        if state.epoch_step >= plan.steps_per_epoch:
+                            interrupted = self._end_epoch(run, log, guard) or interrupted
+                    self._end_run(run, log, guard, interrupted)
+            finally:
+                log.close()
+                stop_workers(run.train_loader, run.eval_loader)
+                acc.end_training()
+                skipped_items = self._skip_report(run.train_set, check=False, final=True)
         if interrupted:
             _logger.info("stopped at step %d (%s); resume with resume=true", state.step, self.stop.signal or "stop requested")
         return TrainResult(
