@@ -44,6 +44,7 @@ __all__ = [
     "write_safetensors",
     "unpickling_reason",
     "fsync_dir",
+    "give_umask_mode",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -417,6 +418,12 @@ def _umask() -> int:
     return mask
 
 
+def give_umask_mode(path: PathLike) -> None:
+    """Set a file's mode to what the process umask gives a new file (the safetensors writer
+    creates its files 0600, unreadable for the colleagues of a shared cluster)."""
+    os.chmod(path, 0o666 & ~_umask())
+
+
 def fsync_dir(path: PathLike) -> None:
     """Flush a folder's entries (a rename or a new file in it) to disk, where the OS allows it."""
     try:
@@ -440,7 +447,7 @@ def write_safetensors(tensors: Mapping[str, torch.Tensor], path: PathLike, *, me
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp), metadata=dict(metadata) if metadata else None)
-    os.chmod(tmp, 0o666 & ~_umask())
+    give_umask_mode(tmp)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)

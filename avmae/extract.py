@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .checkpoint import give_umask_mode
 from .data import AudioFrontend, MediaError, load_audio, read_manifest
 from .data.datasets import ManifestError
 from .hub import input_size
@@ -487,6 +488,7 @@ def write_archive(
         from safetensors.numpy import save_file
 
         save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(path), metadata={k: json.dumps(v) for k, v in info.items()})
+        give_umask_mode(path)
     elif path.suffix == ".npz":
         np.savez(
             path,

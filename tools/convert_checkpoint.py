@@ -32,6 +32,8 @@ if __package__ in (None, "") and __name__ == "__main__":  # run as a script from
 
 import torch
 
+from avmae.errors import tool_main, writable_output
+
 
 def _parse_sets(items: List[str]) -> Dict[str, Any]:
     out: Dict[str, Any] = {}
@@ -47,14 +49,13 @@ def _parse_sets(items: List[str]) -> Dict[str, Any]:
 
 
 def _save_tensors(sd: Dict[str, torch.Tensor], path: Path, meta: Optional[Dict[str, str]] = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sd = {k: v.detach().cpu().contiguous() for k, v in sd.items()}
     if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
+        from avmae.checkpoint import write_safetensors
 
-        save_file(sd, str(path), metadata=meta)
+        write_safetensors(sd, path, metadata=meta)  # the umask's mode, not the writer's 0600
     else:
-        torch.save(sd, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({k: v.detach().cpu().contiguous() for k, v in sd.items()}, path)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,18 +68,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@tool_main()
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     import avmae
     from avmae.checkpoint import to_audiomae_official
     from avmae.hub import load_pretrained, to_timm
 
+    out = Path(args.out)
+    if args.to == "avmae" and out.suffix != ".safetensors":
+        out = out.with_suffix(".safetensors") if out.suffix else out / "model.safetensors"
+    writable_output(out)
     model, report = load_pretrained(args.source, model_name=args.model, **_parse_sets(args.set))
     print(report.summary(), file=sys.stderr)
-    out = Path(args.out)
     if args.to == "avmae":
-        if out.suffix != ".safetensors":
-            out = out.with_suffix(".safetensors") if out.suffix else out / "model.safetensors"
         config = {"model": {"name": report.model_name, "params": report.model_params}, "converted_from": {"path": report.path, "format": report.format}}
         if report.config and isinstance(report.config.get("data"), dict):
             config["data"] = report.config["data"]  # keeps the normalisation stats

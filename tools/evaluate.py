@@ -33,6 +33,8 @@ from typing import Any, Dict, List, Optional
 if __package__ in (None, "") and __name__ == "__main__":  # run as a script from a source checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from avmae.errors import tool_main, writable_output  # noqa: E402
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="avmae evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -159,8 +161,12 @@ def retrieval(model, dataset, loader, accelerator, args) -> Dict[str, Any]:
     return {"metrics": {k.split("/", 1)[-1]: v for k, v in found.items()}, "num_items": len(dataset)}
 
 
+@tool_main()
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    for out in (args.output, args.save_logits):
+        if out:
+            writable_output(out)  # before any work
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("accelerate", "avmae.checkpoint", "avmae.hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -171,14 +177,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     from accelerate import Accelerator
     from torch.utils.data import DataLoader
 
-    from avmae.checkpoint import CheckpointError
     from avmae.hub import load_pretrained
 
     accelerator = Accelerator(cpu=args.cpu, mixed_precision=args.precision)
-    try:
-        model, report = load_pretrained(args.checkpoint, model_name=args.model_name)
-    except (CheckpointError, OSError) as exc:
-        raise SystemExit(f"evaluate: {exc}")
+    model, report = load_pretrained(args.checkpoint, model_name=args.model_name)  # errors: one line (tool_main)
     config = report.config if isinstance(report.config, dict) else None
     manifest, label_csv = resolve_data(args, config)
     dataset = build_dataset(model, config, manifest, label_csv, args)

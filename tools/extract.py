@@ -28,6 +28,8 @@ import torch
 if __package__ in (None, "") and __name__ == "__main__":  # run as a script from a source checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from avmae.errors import tool_main, writable_output  # noqa: E402
+
 
 def build_parser() -> argparse.ArgumentParser:
     from avmae.extract import MEDIA_EXTENSIONS
@@ -62,8 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@tool_main()
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_intermixed_args(argv)  # sources before and after options
+    out = writable_output(args.out, folder=Path(args.out).suffix not in (".npz", ".safetensors"))
     from avmae.extract import EmbeddingExtractor, default_contextual_from, extract, find_media, output_names, write_archive, write_npy
     from avmae.hub import frontend_for, load_pretrained
 
@@ -95,7 +99,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"no media files found in {args.sources}", file=sys.stderr)
         return 1
 
-    out = Path(args.out)
     archive = out.suffix in (".npz", ".safetensors")
     meta = {"checkpoint": str(report.path), "model": report.model_name, **extractor.settings()}
     results, skipped = [], []

@@ -43,6 +43,8 @@ if __package__ in (None, "") and __name__ == "__main__":  # run as a script from
 
 import torch
 
+from avmae.errors import tool_main, writable_output
+
 _KEY_COLUMNS = ("file", "filename", "file_name", "name", "path", "wav", "stem", "video_id", "ytid", "id", "clip", "clip_id")
 _LABEL_COLUMNS = ("labels", "label", "positive_labels", "mids", "mid", "classes", "class")
 
@@ -413,8 +415,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# subcommand -> whether its --out is a folder
+_OUT_IS_FOLDER = {"manifest": False, "stats": False, "weights": False, "frames": True, "shards": True}
+
+
+@tool_main()
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "out", None):
+        writable_output(args.out, folder=_OUT_IS_FOLDER.get(args.command, False))  # before any work
     return int(args.func(args) or 0)
 
 

@@ -24,6 +24,8 @@ from typing import List, Optional
 if __package__ in (None, "") and __name__ == "__main__":  # run as a script from a source checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from avmae.errors import tool_main, writable_output  # noqa: E402
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="avmae visualize", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -42,8 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@tool_main()
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    out = writable_output(args.out if args.out else f"{Path(args.audio).stem}_reconstruction.png")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -92,8 +96,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         except MediaError as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
-    out = Path(args.out) if args.out else Path(f"{Path(args.audio).stem}_reconstruction.png")
-    out.parent.mkdir(parents=True, exist_ok=True)
     title = f"{Path(args.audio).name} from {args.start:g}s, {report.model_name} ({Path(report.path).name}), seed {args.seed}"
     rec = reconstruct(model, inputs, mask_ratio=args.mask_ratio, seed=args.seed)
     plot_arrays(rec, title=title, path=out, dpi=args.dpi)
