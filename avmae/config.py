@@ -495,6 +495,7 @@ def validate(cfg: Config) -> Config:
 
     _check(bool(cfg.task), "task", "must name a task (pretrain, finetune, linprobe)")
     _check(bool(cfg.modality), "modality", "must name a modality set (audio, av)")
+    _check(not cfg.resume or bool(cfg.output_dir), "resume", "needs output_dir (--output-dir): the run folder to continue")
 
     # model
     names = avmae.list_models()

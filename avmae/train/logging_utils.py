@@ -5,6 +5,9 @@ trackers (TensorBoard). Only the main process writes. A record is ``{"step": int
 <name>: number, ...}`` with names such as ``train/loss``, ``train/lr``, ``eval/loss``. On resume
 the records after the resumed step are dropped, so the file always describes one consistent run.
 
+The file is rewritten when a run starts: records after the step it starts from (0 for a fresh
+start) are dropped, so every step appears once however often the run was killed and resumed.
+
 ``LossWindow``: running sums of the loss and its parts between two log lines, on the device.
 ``TrainLog``: the trainer's view of both, with the progress bar and the loss history. While the
 bar is shown, console log records are written through ``tqdm.write`` (above the bar, never into
@@ -147,7 +150,7 @@ class TrainLog:
         self.metrics = MetricsWriter(Path(output_dir) / "metrics.jsonl", accelerator if cfg.logging.tensorboard else None, enabled=accelerator.is_main_process)
         if cfg.logging.tensorboard:
             accelerator.init_trackers("tensorboard")
-        if state.step and accelerator.is_main_process:
+        if accelerator.is_main_process:  # a resumed run (or one restarted before its first checkpoint) repeats these steps
             self.metrics.truncate_after(state.step)
         show = accelerator.is_local_main_process and cfg.logging.progress
         self.bar = tqdm(total=plan.total_steps, initial=state.step, disable=not show, dynamic_ncols=True)
@@ -185,9 +188,9 @@ class TrainLog:
             }
         )
         record = self.metrics.write(state.step, record)
-        if isinstance(record.get("train/loss"), float):
-            self.history.append((state.step, record["train/loss"]))
-            self.bar.set_postfix(loss=f"{record['train/loss']:.4f}", lr=f"{lr:.2e}")
+        if "loss" in means:  # NaN too: the history ends with the last loss as it was
+            self.history.append((state.step, float(means["loss"])))
+            self.bar.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{lr:.2e}")
         return record
 
     def eval(self, step: int, result: Mapping[str, float]) -> None:
