@@ -1,17 +1,27 @@
 """tools/train.py with two test hooks, run as a subprocess by tests/test_crash_safety.py.
 
-    python tests/crash_child.py [--pause-at STEP] [--hang-in-save STEP] -- <tools/train.py arguments>
+    python tests/crash_child.py [--pause-at STEP] [--hang-in-save STEP] [--die-at-fsync STEP:K]
+        [--die-in-rotation STEP] -- <tools/train.py arguments>
 
 ``--pause-at STEP``: after optimizer step STEP, write ``<output_dir>/paused`` and wait (up to
 120 s) for a signal, so that a SIGTERM sent by the test arrives at a known step.
 ``--hang-in-save STEP``: while saving the checkpoint of STEP, once every file of it is written and
 before its temporary folder is renamed into place, write ``<output_dir>/saving`` and sleep, so
 that the test can SIGKILL the process in the middle of the save.
+``--die-at-fsync STEP:K``: SIGKILL itself just before the K-th ``os.fsync`` of the checkpoint save
+of STEP: after the weights file (K=1, 2), between the files the manifest flushes, before the
+manifest, after the rename, after a rotated folder became ``.trash-*`` (the last ones).
+``--die-in-rotation STEP``: SIGKILL itself in the middle of deleting the folder that the save of
+STEP rotates out (one of its files deleted).
+
+Run by ``torchrun`` / ``python -m avmae.launch`` too (each process runs the hooks).
 """
 
 import argparse
 import importlib.util
 import os
+import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -28,6 +38,8 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--pause-at", type=int, default=None)
     p.add_argument("--hang-in-save", type=int, default=None)
+    p.add_argument("--die-at-fsync", default=None, metavar="STEP:K")
+    p.add_argument("--die-in-rotation", type=int, default=None, metavar="STEP")
     p.add_argument("train_args", nargs=argparse.REMAINDER)
     args = p.parse_args()
     train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
@@ -55,6 +67,50 @@ def main() -> int:
             return real_replace(src, dst, *a, **k)
 
         os.replace = replace
+
+    if args.die_at_fsync is not None or args.die_in_rotation is not None:
+        from avmae.train import checkpointing
+
+        saving = {"step": None, "fsyncs": 0}
+        real_save = checkpointing.RunCheckpoints.save
+
+        def save(self, state):
+            saving["step"], saving["fsyncs"] = state.step, 0
+            try:
+                return real_save(self, state)
+            finally:
+                saving["step"] = None
+
+        checkpointing.RunCheckpoints.save = save
+
+        def die():
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        if args.die_at_fsync is not None:
+            step, k = (int(x) for x in args.die_at_fsync.split(":"))
+            real_fsync = os.fsync
+
+            def fsync(fd):
+                if saving["step"] == step:
+                    saving["fsyncs"] += 1
+                    if saving["fsyncs"] == k:
+                        die()
+                return real_fsync(fd)
+
+            os.fsync = fsync
+
+        if args.die_in_rotation is not None:
+            real_rmtree = shutil.rmtree
+
+            def rmtree(path, *a, **k):
+                name = Path(path).name
+                if saving["step"] == args.die_in_rotation and (name.startswith((".trash-step_", "step_"))):
+                    files = sorted(p for p in Path(path).iterdir() if p.is_file())
+                    files[len(files) // 2].unlink()
+                    die()
+                return real_rmtree(path, *a, **k)
+
+            shutil.rmtree = rmtree
 
     spec = importlib.util.spec_from_file_location("train_tool", REPO / "tools" / "train.py")
     tool = importlib.util.module_from_spec(spec)
