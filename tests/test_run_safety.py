@@ -131,6 +131,23 @@ def test_loading_weights_skips_a_damaged_newest_checkpoint_and_names_a_damaged_f
     assert "model.safetensors" in msg and "truncated" in msg and "\n" not in msg
 
 
+def test_init_from_a_damaged_checkpoint_is_one_line_naming_it(run_yaml, uninterrupted, tmp_path):
+    from avmae.config import ConfigError
+
+    run = shutil.copytree(uninterrupted, tmp_path / "src")
+    newest = run / "checkpoints" / "step_0000006"
+    (newest / "model.safetensors").write_bytes((newest / "model.safetensors").read_bytes()[:500])
+    for init, error in ((newest, ConfigError), (newest / "model.safetensors", CheckpointError)):
+        cfg = load_config([run_yaml], [f"output_dir={tmp_path / 'new'}", f"checkpoint.init_from={init}"])
+        with pytest.raises(error) as info:
+            Trainer(cfg).fit()
+        msg = str(info.value)
+        assert str(newest) in msg and ("500 bytes" in msg or "truncated" in msg) and "\n" not in msg, msg
+    # the run folder: its newest complete checkpoint, step 4 (the damaged one is named in a warning)
+    result = Trainer(load_config([run_yaml], [f"output_dir={tmp_path / 'ok'}", f"checkpoint.init_from={run}", "schedule.max_steps=1"])).fit()
+    assert result.steps == 1
+
+
 # ------------------------------------------------------------------------------ metrics after a kill
 def test_metrics_hold_each_step_once_after_a_kill_before_the_first_checkpoint(run_yaml, uninterrupted, tmp_path):
     out = tmp_path / "run"
