@@ -104,13 +104,17 @@ class RunCheckpoints:
         if lock is not None:
             try:
                 lock.acquire()
-            except Exception as exc:  # noqa: BLE001 - shared with the other processes, then raised
+            except Exception as exc:  # noqa: BLE001 - told to the other processes, then raised
                 error = exc
-        message = self._share(None if error is None else str(error))
+        if isinstance(error, OSError):
+            shared = ("os", error.errno, error.strerror, error.filename)
+        else:
+            shared = None if error is None else ("lock", str(error))
+        shared = self._share(shared)
         if error is not None:
             raise error
-        if message is not None:
-            raise RunLockError(message)
+        if shared is not None:  # the same error on every process
+            raise OSError(*shared[1:]) if shared[0] == "os" else RunLockError(shared[1])
         try:
             yield
         finally:

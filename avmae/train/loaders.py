@@ -54,10 +54,22 @@ def die_with_parent(parent: Optional[int] = None) -> bool:
     return True
 
 
+def _parent_is_accelerate_launch() -> bool:
+    """Whether the parent process is ``accelerate launch`` (its one-process launcher runs the
+    script as a plain child, without torchrun's agent)."""
+    try:
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
+            args = f.read().decode(errors="replace").split("\0")
+    except OSError:
+        return False
+    return "launch" in args and any(os.path.basename(a).startswith("accelerate") for a in args[:2])
+
+
 def die_with_launcher() -> bool:
-    """``die_with_parent`` in a training process started by a launcher (torchrun's elastic agent,
-    which ``accelerate launch`` and ``python -m avmae.launch`` run too), else nothing."""
-    if not os.environ.get("TORCHELASTIC_RUN_ID"):
+    """``die_with_parent`` in a training process started by a launcher: torchrun's elastic agent
+    (which ``python -m avmae.launch`` and a multi-process ``accelerate launch`` run too; it sets
+    ``TORCHELASTIC_RUN_ID``) or a one-process ``accelerate launch``; else nothing."""
+    if not (os.environ.get("TORCHELASTIC_RUN_ID") or (os.environ.get("ACCELERATE_USE_CPU") is not None and _parent_is_accelerate_launch())):
         return False
     return die_with_parent()
 
