@@ -201,19 +201,17 @@ def resolve_weights(path: PathLike) -> Path:
     folders = [d for _, d in _step_folders(root)]
     damaged = []
     for d in reversed(folders):
-        if not (d / MANIFEST_FILE).exists():
-            continue
         problem = checkpoint_problem(d)
         if problem is None:
             for bad, why in damaged:
                 _logger.warning("skipping checkpoint %s (%s); using the previous complete one, %s", bad, why, d.name)
             return d / WEIGHTS_FILE
         damaged.append((d, problem))
-    legacy = [d for d in folders if not (d / MANIFEST_FILE).exists() and (d / WEIGHTS_FILE).is_file()]
-    if legacy and not damaged:
+    legacy = [d for d in folders if (d / WEIGHTS_FILE).is_file()]
+    if legacy and not any((d / MANIFEST_FILE).exists() for d in folders):  # a run of avmae 0.1: nothing to verify
         return legacy[-1] / WEIGHTS_FILE
     if damaged:
-        raise CheckpointError(f"{p}: no complete checkpoint; " + "; ".join(f"{d.name}: {why}" for d, why in damaged))
+        raise CheckpointError(f"{p}: no complete checkpoint (" + "; ".join(f"{d.name}: {why}" for d, why in damaged) + ")")
     raise CheckpointError(f"{p}: a folder with neither {WEIGHTS_FILE} nor {CHECKPOINT_DIR}/step_*/{WEIGHTS_FILE}")
 
 

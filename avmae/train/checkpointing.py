@@ -229,6 +229,8 @@ class RunCheckpoints:
                     + "; ".join(f"{d.name}: {why}" for d, why in damaged)
                     + f"). Move these folders out of {self.output_dir / CHECKPOINT_DIR} to start the run over, or choose another --output-dir"
                 )
+                if any(why.startswith("no manifest") for _, why in damaged):
+                    error += "; a checkpoint of avmae 0.1 that you trust can be accepted with avmae.run_folder.write_manifest(<its folder>)"
             for folder, why in damaged if chosen is not None else ():
                 aside = _set_aside(folder)
                 _logger.warning(
@@ -260,7 +262,7 @@ class RunCheckpoints:
         acc.wait_for_everyone()  # every process's files are written
         if acc.is_main_process:
             write_manifest(tmp)  # last, with every file flushed to disk
-            if final.exists():  # a checkpoint of this step moved aside at resume, or from a run that went on
+            if final.exists():  # a folder of this step left by an earlier life of the run
                 _discard(final)
             os.replace(tmp, final)
             fsync_dir(final.parent)
