@@ -147,7 +147,7 @@ def checkpoint_problem(folder: PathLike, *, deep: bool = False) -> Optional[str]
     try:
         raw = (folder / MANIFEST_FILE).read_text(encoding="utf-8")
     except FileNotFoundError:
-        return f"no {MANIFEST_FILE} (an interrupted save, or written by avmae 0.1)"
+        return f"no {MANIFEST_FILE} (an interrupted save, or written before checkpoints had manifests)"
     except OSError as exc:
         return f"{MANIFEST_FILE} unreadable ({exc.strerror or exc})"
     try:
@@ -185,7 +185,7 @@ def find_latest_checkpoint(run_dir: PathLike) -> Optional[Path]:
 def resolve_weights(path: PathLike) -> Path:
     """The weights file of a weights file, a checkpoint folder, or a run folder (also a bare
     folder of ``step_*`` checkpoints): the newest complete checkpoint's; a newer damaged one is
-    named in a warning. A folder of checkpoints without manifests (avmae 0.1) gives its newest
+    named in a warning. A folder of checkpoints written before manifests existed gives its newest
     weights file."""
     p = Path(path).expanduser()
     if p.is_file():
@@ -208,7 +208,7 @@ def resolve_weights(path: PathLike) -> Path:
             return d / WEIGHTS_FILE
         damaged.append((d, problem))
     legacy = [d for d in folders if (d / WEIGHTS_FILE).is_file()]
-    if legacy and not any((d / MANIFEST_FILE).exists() for d in folders):  # a run of avmae 0.1: nothing to verify
+    if legacy and not any((d / MANIFEST_FILE).exists() for d in folders):  # written before manifests existed: nothing to verify
         return legacy[-1] / WEIGHTS_FILE
     if damaged:
         raise CheckpointError(f"{p}: no complete checkpoint (" + "; ".join(f"{d.name}: {why}" for d, why in damaged) + ")")

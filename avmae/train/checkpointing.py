@@ -230,7 +230,7 @@ class RunCheckpoints:
                     + f"). Move these folders out of {self.output_dir / CHECKPOINT_DIR} to start the run over, or choose another --output-dir"
                 )
                 if any(why.startswith("no manifest") for _, why in damaged):
-                    error += "; a checkpoint of avmae 0.1 that you trust can be accepted with avmae.run_folder.write_manifest(<its folder>)"
+                    error += "; a checkpoint written before manifests existed that you trust can be accepted with avmae.run_folder.write_manifest(<its folder>)"
             for folder, why in damaged if chosen is not None else ():
                 aside = _set_aside(folder)
                 _logger.warning(
