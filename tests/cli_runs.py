@@ -4,6 +4,7 @@ anywhere, run folder safety, launchers): the tiny run, its reference, and child 
 Fixtures here are imported by the test modules that use them (``from cli_runs import ...``).
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -91,6 +92,64 @@ def child(out, *hooks, resume=False, config=None, overrides=(), launcher=()):
     cmd = [*(launcher or [sys.executable]), str(REPO / "tests" / "crash_child.py"), *hooks, "--", "--output-dir", str(out)]
     cmd += ["--resume"] if resume else ["--config", str(config)]
     return subprocess.Popen(cmd + list(overrides), env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+class ForkedChild:
+    """A run started by ``ForkServer``: ``pid`` (also its process group), ``poll()``,
+    ``returncode``, ``communicate(timeout)`` and ``stdout.read()``, as a ``Popen``'s."""
+
+    def __init__(self, pid, log):
+        self.pid, self.log, self.returncode = pid, Path(log), None
+        self.stdout = self
+
+    def read(self):
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def poll(self):
+        rc = Path(f"{self.log}.rc")
+        if self.returncode is None and rc.exists():
+            self.returncode = int(rc.read_text())
+        return self.returncode
+
+    def communicate(self, timeout=None):
+        deadline = time.monotonic() + (timeout or 1e9)
+        while self.poll() is None:
+            if time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout)
+            time.sleep(0.02)
+        return self.read(), None
+
+
+class ForkServer:
+    """``tests/crash_child.py --serve``: tools/train.py runs forked from one process that imported
+    everything once (a child costs its run, not an interpreter start and the imports)."""
+
+    def __init__(self, logs):
+        self.logs, self.n = Path(logs), 0
+        self.proc = subprocess.Popen(
+            [sys.executable, str(REPO / "tests" / "crash_child.py"), "--serve"],
+            env=child_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+
+    def child(self, out, *hooks, resume=False, config=None, overrides=()):
+        """As ``child`` (same arguments), forked."""
+        argv = [*hooks, "--", "--output-dir", str(out), *(["--resume"] if resume else ["--config", str(config)]), *overrides]
+        self.n += 1
+        log = self.logs / f"child{self.n}.log"
+        self.proc.stdin.write(json.dumps({"argv": argv, "log": str(log)}) + "\n")
+        self.proc.stdin.flush()
+        return ForkedChild(int(self.proc.stdout.readline()), log)
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def fork_server(tmp_path_factory):
+    server = ForkServer(tmp_path_factory.mktemp("forked"))
+    yield server
+    server.close()
 
 
 def train_cli(*args, cwd=None, timeout=300):

@@ -15,15 +15,27 @@ manifest, after the rename, after a rotated folder became ``.trash-*`` (the last
 STEP rotates out (one of its files deleted).
 
 Run by ``torchrun`` / ``python -m avmae.launch`` too (each process runs the hooks).
+
+    python tests/crash_child.py --serve
+
+A fork server for tests that start many short runs: it imports torch, avmae and tools/train.py
+once, then for each JSON line ``{"argv": [...], "log": PATH}`` on stdin forks a child that starts a
+new session (its own process group), sends its output to PATH and runs the arguments above; the
+server prints the child's pid and, when the child ends, writes its exit status (negative: killed
+by that signal) to ``PATH.rc``. A child is a real process running tools/train.py's ``main``; it
+only skips the interpreter start and the imports (seconds each on a 2-core machine).
 """
 
 import argparse
 import importlib.util
+import json
 import os
 import shutil
 import signal
 import sys
+import threading
 import time
+import traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,14 +46,22 @@ import torch  # noqa: E402
 from avmae.train import Trainer  # noqa: E402
 
 
-def main() -> int:
+def load_tool():
+    spec = importlib.util.spec_from_file_location("train_tool", REPO / "tools" / "train.py")
+    tool = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = tool
+    spec.loader.exec_module(tool)
+    return tool
+
+
+def main(argv=None, tool=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--pause-at", type=int, default=None)
     p.add_argument("--hang-in-save", type=int, default=None)
     p.add_argument("--die-at-fsync", default=None, metavar="STEP:K")
     p.add_argument("--die-in-rotation", type=int, default=None, metavar="STEP")
     p.add_argument("train_args", nargs=argparse.REMAINDER)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
     out = Path(train_args[train_args.index("--output-dir") + 1])
     torch.set_num_threads(1)  # the same arithmetic as the uninterrupted run it is compared with
@@ -112,12 +132,41 @@ def main() -> int:
 
             shutil.rmtree = rmtree
 
-    spec = importlib.util.spec_from_file_location("train_tool", REPO / "tools" / "train.py")
-    tool = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = tool
-    spec.loader.exec_module(tool)
-    return tool.main(train_args)
+    return (tool or load_tool()).main(train_args)
+
+
+def _reap(pid: int, log: str) -> None:
+    _, status = os.waitpid(pid, 0)
+    Path(log + ".rc.tmp").write_text(str(os.waitstatus_to_exitcode(status)))
+    os.replace(log + ".rc.tmp", log + ".rc")
+
+
+def serve() -> int:
+    tool = load_tool()
+    for line in sys.stdin:
+        request = json.loads(line)
+        pid = os.fork()
+        if pid == 0:  # the child: a job of its own
+            os.setsid()
+            fd = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            try:
+                rc = main(request["argv"], tool)
+            except SystemExit as exc:
+                rc = exc.code if isinstance(exc.code, int) else 1
+            except BaseException:
+                traceback.print_exc()
+                rc = 1
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(rc or 0)
+        threading.Thread(target=_reap, args=(pid, request["log"]), daemon=True).start()
+        print(pid, flush=True)
+    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(serve() if sys.argv[1:] == ["--serve"] else main())

@@ -1,4 +1,5 @@
-"""Kill anywhere: tools/train.py, run as a real process, is SIGKILLed at random points (during
+"""Kill anywhere: tools/train.py, run as a real process (forked from a server that imported
+everything once, ``crash_child.py --serve``: each life costs its run, not the imports), is SIGKILLed at random points (during
 start-up, between steps, inside a checkpoint write, between its files and its manifest, after the
 rename, in the middle of rotating an old checkpoint out), and every time resumed with
 ``--resume``. After each kill every ``step_*`` folder is complete (its manifest matches, hashes
@@ -17,7 +18,7 @@ import torch
 
 from avmae.run_folder import checkpoint_problem, find_latest_checkpoint, list_checkpoints, step_folders
 
-from cli_runs import assert_same_weights, child, clips, finish, run_yaml, uninterrupted  # noqa: F401 - fixtures
+from cli_runs import assert_same_weights, clips, finish, fork_server, run_yaml  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
@@ -57,13 +58,12 @@ def _assert_only_complete_folders(out, where):
     assert list_checkpoints(out) == step_folders(out)
 
 
-def test_sigkill_anywhere_then_resume_ends_bit_identical(run_yaml, uninterrupted, tmp_path):
+def test_sigkill_anywhere_then_resume_ends_bit_identical(run_yaml, fork_server, tmp_path):
     from avmae.config import load_config
     from avmae.train import Trainer
 
     reference = tmp_path / "reference"
     Trainer(load_config([run_yaml], [f"output_dir={reference}", *EVERY_STEP])).fit()
-    assert_same_weights(uninterrupted, reference)  # a checkpoint every step changes nothing
 
     rng = random.Random(15)
     out = tmp_path / "run"
@@ -82,9 +82,9 @@ def test_sigkill_anywhere_then_resume_ends_bit_identical(run_yaml, uninterrupted
             step = max(step, 3)
             hooks = ["--die-in-rotation", str(step)]
             kind = f"rotation at step {step}"
-        proc = child(out, *hooks, overrides=EVERY_STEP, **launch)
+        proc = fork_server.child(out, *hooks, overrides=EVERY_STEP, **launch)
         if kind == "start-up":
-            time.sleep(rng.uniform(0.5, 6.0))
+            time.sleep(rng.uniform(0.0, 1.0))
             os.killpg(proc.pid, signal.SIGKILL)
         elif kind == "between steps":
             _kill_after(proc, out, step, rng.uniform(0.0, 0.05))
@@ -93,7 +93,7 @@ def test_sigkill_anywhere_then_resume_ends_bit_identical(run_yaml, uninterrupted
         assert rc == -signal.SIGKILL, f"life {i} ({kind}) ended with {rc}:\n{output[-3000:]}"
         _assert_only_complete_folders(out, kind)
 
-    rc, output = finish(child(out, overrides=EVERY_STEP, resume=True))
+    rc, output = finish(fork_server.child(out, overrides=EVERY_STEP, resume=True))
     assert rc == 0, "\n".join(log) + "\n" + output[-3000:]
     _assert_only_complete_folders(out, "the last life")
     assert [f.name for f in step_folders(out)] == ["step_0000005", "step_0000006"]
