@@ -83,7 +83,7 @@ def assert_same_weights(a_run, b_run):
 
 
 def child_env():
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 
 
 def child(out, *hooks, resume=False, config=None, overrides=(), launcher=()):
