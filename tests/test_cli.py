@@ -46,9 +46,9 @@ def test_dispatch_to_a_tool_and_its_help(tmp_path, capsys):
 def test_a_mistyped_checkpoint_is_one_line_not_a_traceback(tmp_path, capsys):
     wav = save_audio(tmp_path / "a.wav", synthesize_clip("tone", torch.Generator().manual_seed(0), seconds=0.3).unsqueeze(0), 16000)
     for command in (["visualize", str(wav), "--out", str(tmp_path / "r.png")], ["extract", str(wav), "-o", str(tmp_path / "e.npz")]):
-        assert cli.main([*command, "--checkpoint", str(tmp_path / "runs" / "demo-pr")]) == 2
+        assert cli.main([*command, "--checkpoint", str(tmp_path / "runs" / "demo-pr")]) == 1
         err = capsys.readouterr().err.strip().splitlines()
-        assert err == [f"error: {tmp_path / 'runs' / 'demo-pr'}: no such checkpoint file or folder"], (command[0], err)
+        assert err == [f"checkpoint error: {tmp_path / 'runs' / 'demo-pr'}: no such checkpoint file or folder"], (command[0], err)
 
 
 def test_missing_tool_and_scripts_without_main(tmp_path, monkeypatch, capsys):

@@ -72,13 +72,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from avmae.hub import frontend_for, load_pretrained
 
     overrides = {} if args.target_length is None else {"target_length": args.target_length}
-    from avmae.checkpoint import CheckpointError
-
-    try:
-        model, report = load_pretrained(args.checkpoint, map_location=args.device, **overrides)
-    except (CheckpointError, OSError) as err:  # a mistyped run folder: one line, no traceback
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    model, report = load_pretrained(args.checkpoint, map_location=args.device, **overrides)  # a mistyped folder: one line (tool_main)
     print(report.summary(), file=sys.stderr)
     frontend = frontend_for(model, report.config, norm=args.norm, mean=args.mean, std=args.std)
     contextual = args.contextual

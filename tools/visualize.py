@@ -59,13 +59,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     overrides = {} if args.target_length is None else {"target_length": args.target_length}
-    from avmae.checkpoint import CheckpointError
-
-    try:
-        model, report = load_pretrained(args.checkpoint, map_location=device, **overrides)
-    except (CheckpointError, OSError) as err:  # a mistyped run folder: one line, no traceback
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    model, report = load_pretrained(args.checkpoint, map_location=device, **overrides)  # a mistyped folder: one line (tool_main)
     print(report.summary(), file=sys.stderr)
     if not hasattr(model, "decoder"):
         print(f"error: {args.checkpoint} holds a {report.model_name} (no decoder); a reconstruction needs a pretraining checkpoint", file=sys.stderr)
