@@ -21,22 +21,25 @@ def _in_tree_plugin_entry_points() -> str:
 
 
 def _register_in_tree_plugins() -> None:
-    """A checkout installed before the in-tree plugins (plugins/) existed lacks their entry points:
-    make them visible here as ``pip install -e .`` would (a dist-info on sys.path), so the tests
-    check the code and not the age of the install."""
+    """The tests check this tree's in-tree plugins (plugins/), whatever was installed: their folder
+    goes first on sys.path (and PYTHONPATH, for child processes), so an install made from another
+    checkout, or one that has since moved, does not decide which code runs. An install made before
+    the plugins existed lacks their entry points: they are then made visible as ``pip install -e .``
+    would (a dist-info on sys.path)."""
     from importlib import metadata
 
-    if any(ep.name == "eat_vit_base" for ep in metadata.entry_points(group="avmae.models")):
-        return
-    import tempfile
+    paths = [str(ROOT / "plugins")]
+    if not any(ep.name == "eat_vit_base" for ep in metadata.entry_points(group="avmae.models")):
+        import tempfile
 
-    site = Path(tempfile.mkdtemp(prefix="avmae-intree-"))
-    dist = site / "avmae_intree_plugins-0.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: avmae-intree-plugins\nVersion: 0.0\n")
-    (dist / "entry_points.txt").write_text(_in_tree_plugin_entry_points())
-    sys.path[:0] = [str(site), str(ROOT / "plugins")]
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(site), str(ROOT / "plugins"), os.environ.get("PYTHONPATH", "")])
+        site = Path(tempfile.mkdtemp(prefix="avmae-intree-"))
+        dist = site / "avmae_intree_plugins-0.0.dist-info"
+        dist.mkdir()
+        (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: avmae-intree-plugins\nVersion: 0.0\n")
+        (dist / "entry_points.txt").write_text(_in_tree_plugin_entry_points())
+        paths.insert(0, str(site))
+    sys.path[:0] = paths
+    os.environ["PYTHONPATH"] = os.pathsep.join([*paths, os.environ.get("PYTHONPATH", "")])
 
 
 _register_in_tree_plugins()
