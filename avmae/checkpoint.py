@@ -45,6 +45,7 @@ __all__ = [
     "unpickling_reason",
     "fsync_dir",
     "give_umask_mode",
+    "group_keys",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -75,15 +76,37 @@ class LoadReport:
     ignored: List[str] = field(default_factory=list)  # in the file, not used by design (e.g. a decoder)
     reinitialized: List[str] = field(default_factory=list)  # model keys left fresh by design (e.g. a new head)
     regenerated: List[str] = field(default_factory=list)  # fixed tables kept from the model (other grid)
+    resized: List[str] = field(default_factory=list)  # audio positional tables of another input length, cut or continued
 
     def summary(self) -> str:
-        parts = [f"{self.path}: format {self.format}, {self.loaded} tensors loaded"]
-        for name in ("missing", "unexpected", "ignored", "reinitialized", "regenerated"):
+        """A few short lines: the file and format, then one line per kind of key, grouped by module
+        (``decoder.blocks.* (32)``)."""
+        lines = [f"{self.path}: format {self.format}, {self.loaded} tensors loaded"]
+        for name in ("missing", "unexpected", "ignored", "reinitialized", "regenerated", "resized"):
             keys = getattr(self, name)
             if keys:
-                shown = ", ".join(keys[:6]) + (f", ... ({len(keys)} in all)" if len(keys) > 6 else "")
-                parts.append(f"{name}: {shown}")
-        return "; ".join(parts)
+                lines.append(f"  {name} ({len(keys)}): {group_keys(keys)}")
+        return "\n".join(lines)
+
+
+def group_keys(keys: List[str], limit: int = 6) -> str:
+    """``["decoder.blocks.0.x", "decoder.blocks.1.x", "head.weight"]`` -> ``"decoder.blocks.* (2), head.weight"``:
+    keys grouped by their path up to the first block index (at most two names deep), ``limit`` groups shown."""
+    groups: Dict[str, int] = {}
+    for k in keys:
+        parts = k.split(".")
+        head: List[str] = []
+        for part in parts[:2]:
+            if part.isdigit():
+                break
+            head.append(part)
+        prefix = ".".join(head) if len(head) < len(parts) else k
+        name = prefix + ".*" if prefix != k else k
+        groups[name] = groups.get(name, 0) + 1
+    shown = [f"{g} ({n})" if n > 1 else g for g, n in list(groups.items())[:limit]]
+    if len(groups) > limit:
+        shown.append(f"... ({len(groups) - limit} more groups)")
+    return ", ".join(shown)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,6 +206,27 @@ FORMATS: Dict[str, Tuple[Callable[[Dict[str, torch.Tensor]], bool], FilterFn]] =
 def register_format(name: str, detect: Callable[[Dict[str, torch.Tensor]], bool], filter_fn: FilterFn) -> None:
     """Add a foreign checkpoint format: ``detect(sd)`` by marker keys, ``filter_fn(sd, model)`` maps keys."""
     FORMATS[name] = (detect, filter_fn)
+
+
+def _resize_audio_table(model: nn.Module, key: str, table: torch.Tensor, own: torch.Tensor) -> Optional[torch.Tensor]:
+    """``table`` resized to ``own``'s time rows when ``key`` is an audio modality's positional table
+    (``modalities.<m>.pos_embed``) or the decoder's table of it (``decoder.pos_embed.<m>``) and
+    only the number of time rows differs; else None."""
+    parts = key.split(".")
+    if parts[:1] == ["modalities"] and parts[2:] == ["pos_embed"]:
+        name, learned = parts[1], None
+    elif parts[:2] == ["decoder", "pos_embed"] and len(parts) == 3:
+        name, learned = parts[2], False
+    else:
+        return None
+    mods = getattr(model, "modalities", None)
+    mod = mods[name] if mods is not None and name in mods else None
+    if mod is None or not hasattr(mod, "resize_pos_table") or table.dim() != 3 or table.shape[-1] != own.shape[-1]:
+        return None
+    f = mod.input_shape[2] // mod.patch_size
+    if table.shape[1] % f or own.shape[1] % f:
+        return None
+    return mod.resize_pos_table(table.to(own.dtype), own.shape[1] // f, learned=learned)
 
 
 def _strip_prefix(sd: Dict[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
@@ -340,7 +384,12 @@ def load_checkpoint(
         if k not in own or mapped[k].shape == own[k].shape:
             continue
         p = params.get(k)
-        if "pos_embed" in k.split(".") and p is not None and not p.requires_grad:
+        resized = _resize_audio_table(model, k, mapped[k], own[k])
+        if resized is not None:
+            # a table of another input length: cut or continued on the model's grid (positions kept)
+            mapped[k] = resized
+            report.resized.append(k)
+        elif "pos_embed" in k.split(".") and p is not None and not p.requires_grad:
             # a fixed sin-cos table of another grid size: keep the model's, made by the same formula
             report.regenerated.append(k)
             del mapped[k]

@@ -19,8 +19,9 @@ Where the model description comes from, in order:
 
 ``path`` may be a weights file, a checkpoint folder (``.../step_0001000/``) or a run folder (its
 newest checkpoint). ``**overrides`` go to ``create_model`` and win over what the file says, e.g.
-``target_length=512`` to run a 1024-frame model on 5 s inputs (fixed positional tables are then
-regenerated for the new grid).
+``target_length=128`` to build a 1024-frame model for 1.28 s inputs (its positional table is cut to
+the first rows, the positions the saved model saw there; see ``avmae.modalities.audio``). An
+AudioMAE-style model also runs on inputs of other lengths as it is built.
 
 Also here: ``frontend_for`` (the audio frontend a checkpoint was trained with) and ``to_timm`` (an
 AudioMAE-style encoder as a plain timm ``VisionTransformer`` state dict).
@@ -77,7 +78,7 @@ class PretrainedReport(LoadReport):
     source: str = ""
 
     def summary(self) -> str:
-        return f"{self.model_name}({_fmt_params(self.model_params)}) from {self.source}; " + super().summary()
+        return f"{self.model_name}({_fmt_params(self.model_params)}), described by its {self.source}\n" + super().summary()
 
 
 def _fmt_params(params: Mapping[str, Any]) -> str:
@@ -275,7 +276,10 @@ def load_pretrained(
         strict: fail on keys that do not fit. An encoder-only file loaded into a pretraining
             model leaves its decoder untrained: allowed, and listed in ``report.missing``.
         map_location: device to move the model to.
-        **overrides: ``create_model`` params that win over the file's.
+        **overrides: ``create_model`` params that win over the file's. ``target_length=`` other
+            than the saved model's builds the model for that input length with the positions the
+            saved one was trained with (``pos_base_length``, for the AudioMAE presets; the saved
+            table is cut or continued, see ``avmae.modalities.audio``).
     """
     import avmae
 
@@ -287,8 +291,23 @@ def load_pretrained(
     else:
         info = _describe(weights, sd, meta, int(overrides.get("num_mel_bins", 128)))
     params = {**info.model_params, **overrides}
+    saved_length = info.model_params.get("target_length")
+    if saved_length and params.get("target_length") != saved_length and "pos_base_length" not in params:
+        # another input length: keep the positions the saved model was trained with (the fixed
+        # table's first rows, or its formula continued), for models whose factory takes it
+        try:
+            model = avmae.create_model(info.model_name, **params, pos_base_length=int(saved_length))
+            params["pos_base_length"] = int(saved_length)
+        except TypeError as exc:
+            if "pos_base_length" not in str(exc):
+                raise CheckpointError(f"{weights}: cannot build {info.model_name}({_fmt_params(params)}): {exc}") from exc
+            model = None
+        except (ValueError, KeyError) as exc:
+            raise CheckpointError(f"{weights}: cannot build {info.model_name}({_fmt_params(params)}): {exc}") from exc
+    else:
+        model = None
     try:
-        model = avmae.create_model(info.model_name, **params)
+        model = model if model is not None else avmae.create_model(info.model_name, **params)
     except (TypeError, ValueError, KeyError) as exc:
         raise CheckpointError(f"{weights}: cannot build {info.model_name}({_fmt_params(params)}): {exc}") from exc
     encoder_only = info.source == "detected" and info.format == "timm-vit" and hasattr(model, "decoder")
@@ -345,6 +364,8 @@ def frontend_for(model: nn.Module, config: Optional[Mapping[str, Any]] = None, *
     from .data import NORM_STATS, AudioFrontend
 
     target_length, num_mel_bins = input_size(model)
+    if config is None:
+        config = getattr(model, "avmae_config", None)  # set by from_pretrained
     data = (config or {}).get("data") if isinstance((config or {}).get("data"), Mapping) else {}
     mean, std = NORM_STATS["audioset"]
     if norm is not None:

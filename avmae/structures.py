@@ -19,12 +19,15 @@ class GridSpec:
     grid: token grid, row-major (audio: (T/16, F/16); frames: (Tv, H/16, W/16)).
     patch_dim: values per patch (the prediction size).
     pos_embed: which fixed sin-cos table the modality uses ("audiomae", "sincos2d", "sincos3d").
+    pos_base: rows of the grid's first axis the "audiomae" formula is laid out for (None: the
+        grid's own; see ``avmae.layers.pos_embed.audiomae_sincos_2d``).
     """
 
     name: str
     grid: Tuple[int, ...]
     patch_dim: int
     pos_embed: str = "sincos2d"
+    pos_base: Optional[int] = None
 
     @property
     def num_tokens(self) -> int:
@@ -34,13 +37,13 @@ class GridSpec:
         return n
 
     def pos_table(self, dim: int) -> torch.Tensor:
-        return pos_table(self.pos_embed, dim, self.grid)
+        return pos_table(self.pos_embed, dim, self.grid, base=self.pos_base)
 
 
-def pos_table(kind: str, dim: int, grid: Tuple[int, ...]) -> torch.Tensor:
-    """[prod(grid), dim] fixed table of the named kind."""
+def pos_table(kind: str, dim: int, grid: Tuple[int, ...], *, base: Optional[int] = None) -> torch.Tensor:
+    """[prod(grid), dim] fixed table of the named kind (``base``: see ``GridSpec.pos_base``)."""
     if kind == "audiomae":
-        return audiomae_sincos_2d(dim, grid)
+        return audiomae_sincos_2d(dim, grid, base)
     if kind == "sincos2d":
         if len(grid) == 3:  # frames: the same 2-D table repeated per frame plus a 1-D time code
             return sincos_3d(dim, grid)

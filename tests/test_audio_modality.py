@@ -48,5 +48,7 @@ def test_bad_shapes_fail_clearly():
     with pytest.raises(ValueError, match="target_length=100"):
         AudioModality(embed_dim=32, target_length=100)
     mod = AudioModality(embed_dim=32, target_length=64, num_mel_bins=32)
-    with pytest.raises(ValueError, match=r"audio input must be \[B, 1, 64, 32\]"):
+    with pytest.raises(ValueError, match=r"audio input must be \[B, 1, T, 32\].*multiple of 16 \(64 as built\)"):
         mod.embed(torch.randn(2, 1, 32, 64))
+    with pytest.raises(ValueError, match="multiple of 16"):
+        mod.embed(torch.randn(2, 1, 40, 32))

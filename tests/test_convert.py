@@ -117,7 +117,7 @@ def test_timm_encoder_imports_and_extracts_like_the_original(tool, tmp_path):
 def test_overrides_and_refusals(tool, tmp_path, capsys):
     clf = _randomised("audiomae_tiny_cls", num_classes=2)
     src = _official(clf, tmp_path / "ft.pth")
-    # run the same weights on 2x longer inputs: the fixed positional table is regenerated
+    # the same weights built for 2x longer inputs: the positional table continued past its rows
     out = tmp_path / "long.safetensors"
     assert tool.main([str(src), "--out", str(out), "--set", "target_length=128"]) == 0
     model, rep = load_pretrained(out)

@@ -5,7 +5,7 @@ All tables are computed in float64 and returned as float32 ``[L, D]``.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -42,16 +42,22 @@ def sincos_2d(dim: int, grid: Sequence[int]) -> torch.Tensor:
     return _from_two_coords(dim, ww.reshape(-1), hh.reshape(-1))
 
 
-def audiomae_sincos_2d(dim: int, grid: Sequence[int]) -> torch.Tensor:
+def audiomae_sincos_2d(dim: int, grid: Sequence[int], base_t: Optional[int] = None) -> torch.Tensor:
     """The table the released AudioMAE uses, for tokens laid out time-major on a (T', F') grid.
 
     The official code builds the table for a (F', T') grid while its tokens are (T', F')
     row-major, so token k gets codes (k % T', k // T') instead of (f, t). All codes stay
     unique; this reproduces the checkpoints' ``pos_embed`` exactly. Returns [T'*F', dim].
+
+    ``base_t`` (default T'): the time rows of the grid the formula is laid out for. Token k then
+    gets codes (k % base_t, k // base_t): with T' < base_t the table is the first rows of the
+    base grid's table (the positions a model built for base_t rows saw at the start of its input),
+    with T' > base_t the same formula continued past it.
     """
     t, f = int(grid[0]), int(grid[1])
+    base = t if base_t is None else int(base_t)
     k = torch.arange(t * f)
-    return _from_two_coords(dim, k % t, k // t)
+    return _from_two_coords(dim, k % base, k // base)
 
 
 def sincos_3d(dim: int, grid: Sequence[int]) -> torch.Tensor:

@@ -40,6 +40,11 @@ class Modality(nn.Module):
     def spec(self) -> GridSpec:
         return GridSpec(name=self.key, grid=tuple(self.grid), patch_dim=self.patch_dim, pos_embed=self.pos_embed_kind)
 
+    def input_grid(self, x: torch.Tensor) -> Tuple[int, ...]:
+        """Token grid of input ``x`` (the built ``grid``; a modality taking several input sizes
+        overrides it)."""
+        return tuple(self.grid)
+
     def check_input(self, x: torch.Tensor) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
 

@@ -120,7 +120,8 @@ class EncoderClassifier(nn.Module):
         if mask is None:
             mask = self.training and (self.mask_t_prob > 0 or self.mask_f_prob > 0)
         if mask:
-            x, _ = structured_time_freq_mask(x, self.modality.grid, self.mask_t_prob, self.mask_f_prob, noise_t, noise_f)
+            grid = self.modality.input_grid(inputs[self.key])
+            x, _ = structured_time_freq_mask(x, grid, self.mask_t_prob, self.mask_f_prob, noise_t, noise_f)
         if self.has_cls:
             cls = (self.cls_token + self.cls_pos_embed).to(x.dtype).expand(x.shape[0], -1, -1)
             x = torch.cat([cls, x], dim=1)

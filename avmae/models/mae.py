@@ -13,6 +13,7 @@ is AudioMAE's ``MaskedAutoencoderViT``; parameter names then follow it (``blocks
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -323,4 +324,4 @@ class MaskedAutoencoder(nn.Module):
     @staticmethod
     def _identity_noise(x: torch.Tensor, mod) -> torch.Tensor:
         # increasing noise keeps every token in its original order
-        return torch.arange(mod.num_tokens, device=x.device, dtype=torch.float32).expand(x.shape[0], -1)
+        return torch.arange(math.prod(mod.input_grid(x)), device=x.device, dtype=torch.float32).expand(x.shape[0], -1)

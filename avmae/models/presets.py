@@ -39,8 +39,11 @@ def _decoder_params(size: str, decoder: str, params: Optional[Mapping[str, Any]]
     return out
 
 
-def _audio(target_length: int, num_mel_bins: int, pos_embed: str) -> Dict[str, Any]:
-    return {"audio": dict(target_length=target_length, num_mel_bins=num_mel_bins, pos_embed=pos_embed)}
+def _audio(target_length: int, num_mel_bins: int, pos_embed: str, pos_base_length: Optional[int] = None) -> Dict[str, Any]:
+    params: Dict[str, Any] = dict(target_length=target_length, num_mel_bins=num_mel_bins, pos_embed=pos_embed)
+    if pos_base_length is not None:
+        params["pos_base_length"] = pos_base_length
+    return {"audio": params}
 
 
 def audiomae(
@@ -53,9 +56,11 @@ def audiomae(
     pos_embed: str = "audiomae",
     norm_pix_loss: bool = True,
     mask_ratio: float = 0.8,
+    pos_base_length: Optional[int] = None,
     **overrides: Any,
 ) -> MaskedAutoencoder:
-    """AudioMAE pretraining model of a named size."""
+    """AudioMAE pretraining model of a named size. ``pos_base_length``: frames the fixed positional
+    tables are laid out for (default ``target_length``; see ``avmae.modalities.audio``)."""
     s = SIZES[size]
     name = decoder["name"] if isinstance(decoder, Mapping) else decoder
     if isinstance(decoder, Mapping):
@@ -63,7 +68,7 @@ def audiomae(
     kw: Dict[str, Any] = dict(embed_dim=s["embed_dim"], depth=s["depth"], num_heads=s["num_heads"])
     kw.update(overrides)
     return MaskedAutoencoder(
-        modalities=_audio(target_length, num_mel_bins, pos_embed),
+        modalities=_audio(target_length, num_mel_bins, pos_embed, pos_base_length),
         decoder=name,
         decoder_params=_decoder_params(size, name, decoder_params),
         norm_pix_loss=norm_pix_loss,
@@ -79,13 +84,14 @@ def audiomae_cls(
     target_length: int = 1024,
     num_mel_bins: int = 128,
     pos_embed: str = "audiomae",
+    pos_base_length: Optional[int] = None,
     **overrides: Any,
 ) -> EncoderClassifier:
-    """AudioMAE fine-tuning classifier of a named size."""
+    """AudioMAE fine-tuning classifier of a named size (``pos_base_length``: as ``audiomae``)."""
     s = SIZES[size]
     kw: Dict[str, Any] = dict(embed_dim=s["embed_dim"], depth=s["depth"], num_heads=s["num_heads"])
     kw.update(overrides)
-    return EncoderClassifier(modalities=_audio(target_length, num_mel_bins, pos_embed), num_classes=num_classes, **kw)
+    return EncoderClassifier(modalities=_audio(target_length, num_mel_bins, pos_embed, pos_base_length), num_classes=num_classes, **kw)
 
 
 def _register(size: str) -> None:

@@ -100,8 +100,8 @@ class Task:
             path = resolve_weights(self.cfg.checkpoint.init_from)
         except CheckpointError as exc:
             raise ConfigError("checkpoint.init_from", str(exc)) from None
-        report = load_checkpoint(model, path, strict=True, reset_head=True)
-        _logger.info("initialised from %s", report.summary())
+        report = load_checkpoint(model, path, strict=True, reset_head=True)  # logs what it loaded
+        _logger.info("initialised the model from %s (%s)", path, report.format)
 
     def param_groups(self, model: nn.Module) -> List[Dict[str, Any]]:
         return param_groups(model, self.cfg.optim.weight_decay, layer_decay=self.cfg.optim.layer_decay)
