@@ -16,8 +16,11 @@ What is computed for each window (W = the model's ``target_length`` frames, F me
 
 Clips longer than W frames are cut into windows of W frames every ``hop`` frames (default ``hop =
 W``: no overlap); a window that runs past the end of the clip is zero-padded (in log-mel, before
-normalisation, as AudioMAE pads short clips). A clip of at most W frames is one padded window, i.e.
-exactly the model's input under the training frontend. The file's vectors are the means over its
+normalisation, as AudioMAE pads short clips). A clip of at most W frames is one window: for a model
+that takes inputs of other lengths (AudioMAE-style encoders, see ``avmae.modalities.audio``) it is
+the clip itself, padded only to a multiple of 16 frames (a 1 s clip is not padded to a 10 s
+window); otherwise, or with ``variable_length=False``, it is padded to W frames, i.e. exactly the
+model's input under the training frontend. The file's vectors are the means over its
 windows, each window weighted by the number of real (unpadded) frames it holds: with the default
 hop every frame of the clip counts once, and a short padded tail (a 2.58 s clip in 2.56 s windows)
 counts for its 2 frames, not for half the clip. ``keep_windows=True`` keeps the per-window vectors
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +47,7 @@ import torch.nn as nn
 from .checkpoint import give_umask_mode
 from .data import AudioFrontend, MediaError, load_audio, read_manifest
 from .data.datasets import ManifestError
-from .hub import input_size
+from .hub import input_size, length_step
 
 _logger = logging.getLogger(__name__)
 
@@ -140,10 +144,12 @@ def output_names(paths: Sequence[Path], root: Path) -> List[str]:
 # ------------------------------------------------------------------------------ model side
 
 
-def _num_patches(model: nn.Module) -> Optional[int]:
+def _num_patches(model: nn.Module, x: Optional[torch.Tensor] = None) -> Optional[int]:
+    """Patch tokens of the model's input ``x`` (of its own input when None)."""
     mods = getattr(model, "modalities", None)
     if mods is not None and "audio" in mods:
-        return int(mods["audio"].num_tokens)
+        mod = mods["audio"]
+        return int(math.prod(mod.input_grid(x))) if x is not None else int(mod.num_tokens)
     enc = getattr(model, "encoder", None)
     n = getattr(enc, "num_patches", None)
     return int(n) if n else None
@@ -175,6 +181,7 @@ class Windower:
     frontend: AudioFrontend
     window: int
     hop: int
+    step: Optional[int] = None  # a clip shorter than the window is padded only to a multiple of step
 
     def starts(self, num_frames: int) -> List[int]:
         starts = [0]
@@ -186,11 +193,14 @@ class Windower:
         feats = self.frontend.compute_fbank(waveform)  # [T, F], un-normalised
         T = feats.shape[0]
         starts = self.starts(T)
-        end = starts[-1] + self.window
+        window = self.window
+        if self.step and T < window:  # one window of the clip's own length
+            window = -(-T // self.step) * self.step
+        end = starts[-1] + window
         if end > T:  # zeros in log-mel, before normalisation, as AudioMAE pads
             feats = torch.nn.functional.pad(feats, (0, 0, 0, end - T))
-        wins = torch.stack([feats[s : s + self.window] for s in starts])
-        frames = torch.tensor([min(self.window, T - s) for s in starts], dtype=torch.int64)
+        wins = torch.stack([feats[s : s + window] for s in starts])
+        frames = torch.tensor([min(window, T - s) for s in starts], dtype=torch.int64)
         return self.frontend.normalize(wins).unsqueeze(1).float(), frames
 
 
@@ -208,6 +218,8 @@ class EmbeddingExtractor:
         patches: also return patch-level features.
         keep_windows: also return per-window pooled vectors.
         device: where to run the model (default: where it is).
+        variable_length: run a clip shorter than the window at its own length (rounded up to 16
+            frames) instead of padding it to the window; default: when the model takes such inputs.
         precision: "fp32" (default), or "bf16" / "fp16" autocast for speed on accelerators (the
             outputs are float32 either way, but differ from fp32 in the third digit).
     """
@@ -223,6 +235,7 @@ class EmbeddingExtractor:
         keep_windows: bool = False,
         device: Union[str, torch.device, None] = None,
         precision: str = "fp32",
+        variable_length: Optional[bool] = None,
     ) -> None:
         if precision not in _AUTOCAST:
             raise ValueError(f"precision must be one of {sorted(_AUTOCAST)}, got {precision!r}")
@@ -237,7 +250,11 @@ class EmbeddingExtractor:
         self.hop = int(hop) if hop is not None else self.window
         if self.hop <= 0:
             raise ValueError(f"hop must be > 0 frames, got {hop}")
-        self.windower = Windower(self.frontend, self.window, self.hop)
+        step = length_step(model)
+        if variable_length and step is None:
+            raise ValueError(f"{type(model).__name__} takes only inputs of {self.window} frames (variable_length=True)")
+        self.step = step if variable_length is not False else None
+        self.windower = Windower(self.frontend, self.window, self.hop, self.step)
         self.is_mae = hasattr(model, "decoder")
         if contextual_from is not None and not self.is_mae:
             raise ValueError("contextual features are defined for pretraining models (encoder with a final norm) only")
@@ -265,6 +282,7 @@ class EmbeddingExtractor:
             "mean": self.frontend.mean,
             "std": self.frontend.std,
             "contextual_from": self.contextual_from,
+            "short_clips": "own length (multiple of 16 frames)" if self.step else "padded to the window",
             "pooling": "mean over patch tokens" if self.is_mae else "forward_features",
             "precision": self.precision,
         }
@@ -309,7 +327,7 @@ class EmbeddingExtractor:
             tokens = model.forward_tokens(inputs)
             out["embedding"] = model.pool(tokens)
             if self.patches:
-                L = _num_patches(model) or tokens.shape[1]
+                L = _num_patches(model, inputs["audio"]) or tokens.shape[1]
                 out["patches"] = tokens[:, tokens.shape[1] - L :]
         else:
             feats = model.forward_features(inputs)
@@ -398,22 +416,28 @@ def extract(
 
     def flush() -> Iterator[ClipFeatures]:
         nonlocal count
-        wins = [w for _, w, _, _ in pending if w is not None]
-        outs: Dict[str, torch.Tensor] = {}
-        if wins:
-            x = torch.cat(wins)
+        # windows of one length share batches (a short clip's window has its own length)
+        by_length: Dict[int, List[int]] = {}
+        for j, (_, w, _, _) in enumerate(pending):
+            if w is not None:
+                by_length.setdefault(w.shape[2], []).append(j)
+        outs: Dict[int, Dict[str, torch.Tensor]] = {}
+        for members in by_length.values():
+            x = torch.cat([pending[j][1] for j in members])
             parts = [extractor.embed_windows(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
-            outs = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-        at = 0
-        for i, w, frames, err in pending:
+            joined = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+            at = 0
+            for j in members:
+                n = pending[j][1].shape[0]
+                outs[j] = {k: v[at : at + n] for k, v in joined.items()}
+                at += n
+        for j, (i, w, frames, err) in enumerate(pending):
             if w is None:
                 _logger.warning("skipped %s", err)
                 yield ClipFeatures(path=os.fspath(paths[i]), index=i, error=err)
                 continue
-            n = w.shape[0]
-            arrays = extractor.combine({k: v[at : at + n] for k, v in outs.items()}, frames)
-            at += n
-            yield ClipFeatures(path=os.fspath(paths[i]), index=i, arrays=arrays, num_windows=n)
+            arrays = extractor.combine(outs[j], frames)
+            yield ClipFeatures(path=os.fspath(paths[i]), index=i, arrays=arrays, num_windows=w.shape[0])
         pending.clear()
         count = 0
 

@@ -54,6 +54,7 @@ __all__ = [
     "frontend_for",
     "audio_modality",
     "input_size",
+    "length_step",
     "timm_kwargs",
     "to_timm",
     "WEIGHTS_FILE",
@@ -336,6 +337,17 @@ def audio_modality(model: nn.Module, key: str = "audio"):
     if mods is None or key not in mods:
         raise ValueError(f"{type(model).__name__} has no {key!r} modality (has {list(mods or [])})")
     return mods[key]
+
+
+def length_step(model: nn.Module) -> Optional[int]:
+    """Frames an input length must be a multiple of when ``model`` takes audio inputs of other
+    lengths than its own (an AudioMAE-style single-modality encoder: its patch size; see
+    ``avmae.modalities.audio``); None when it takes only its own (AST, audio-visual models). A
+    pretraining model's decoder still needs its own length; its encoder does not."""
+    mods = getattr(model, "modalities", None)
+    if mods is None or list(mods) != ["audio"] or not hasattr(mods["audio"], "accepts_length"):
+        return None
+    return int(mods["audio"].patch_size)
 
 
 def input_size(model: nn.Module) -> Tuple[int, int]:

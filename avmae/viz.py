@@ -86,6 +86,25 @@ def _batch_of_one(model: nn.Module, inputs: Inputs) -> Dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
+def reconstruction_length(model: nn.Module, frames: int) -> int:
+    """Input length (frames) to reconstruct a clip of ``frames`` real frames with ``model``: its own
+    length when the clip fills it or the model takes only its own (``avmae.hub.length_step``), else
+    the clip's length rounded up to what the decoder tiles (16 frames a time row; a shifted-window
+    decoder needs whole windows), so a 1 s clip is not padded to a 10 s input."""
+    from .hub import input_size, length_step
+
+    length, _ = input_size(model)
+    step = length_step(model)
+    if step is None or frames >= length:
+        return length
+    windows = [getattr(b, "window", (1,))[0] for b in getattr(getattr(model, "decoder", None), "blocks", ())]
+    rows = -(-frames // step)
+    tile = max(windows, default=1)
+    if rows > tile:
+        rows = -(-rows // tile) * tile
+    return min(length, rows * step)
+
+
 def reconstruct(
     model: nn.Module,
     fbank: Inputs,

@@ -102,14 +102,19 @@ def test_load_pretrained_reads_the_trainer_metadata(checkpoints):
 
 
 def test_short_clip_equals_the_model_forward(media, checkpoints):
+    """A 38-frame clip runs at 48 frames (its length rounded up to 16), not padded to the window;
+    with variable_length=False it is the training frontend's input, padded to T frames."""
     model = checkpoints["mae"]
     wave = load_audio(media / "short.wav")
     ex = EmbeddingExtractor(model, _frontend(), patches=True, contextual_from=0)
     got = ex(wave)
-    x = _frontend()(wave).unsqueeze(0)  # the training frontend pads to T frames
+    x = AudioFrontend(target_length=48, mean=MEAN, std=STD)(wave).unsqueeze(0)
     torch.testing.assert_close(torch.from_numpy(got["embedding"]), _mae_pooled(model, x)[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(torch.from_numpy(got["contextual"]), _mae_pooled(model, x, 0)[0], atol=1e-5, rtol=1e-5)
-    assert got["patches"].shape == (1, model.modalities["audio"].num_tokens, 64)
+    assert got["patches"].shape == (1, 3 * 8, 64) and ex.settings()["short_clips"].startswith("own length")
+    padded = EmbeddingExtractor(model, _frontend(), variable_length=False)(wave)
+    x = _frontend()(wave).unsqueeze(0)  # the training frontend pads to T frames
+    torch.testing.assert_close(torch.from_numpy(padded["embedding"]), _mae_pooled(model, x)[0], atol=1e-5, rtol=1e-5)
 
 
 def _weighted(per, real):
@@ -140,9 +145,9 @@ def test_classifier_features_are_its_forward_features(media, checkpoints):
     wave = load_audio(media / "short.wav")
     got = EmbeddingExtractor(clf, _frontend(), patches=True)(wave)
     with torch.no_grad():
-        want = clf.forward_features({"audio": _frontend()(wave).unsqueeze(0)})[0]
+        want = clf.forward_features({"audio": AudioFrontend(target_length=48, mean=MEAN, std=STD)(wave).unsqueeze(0)})[0]
     torch.testing.assert_close(torch.from_numpy(got["embedding"]), want, atol=1e-5, rtol=1e-5)
-    assert got["patches"].shape == (1, clf.modality.num_tokens, 64)
+    assert got["patches"].shape == (1, 3 * 8, 64)
     with pytest.raises(ValueError, match="contextual"):
         EmbeddingExtractor(clf, _frontend(), contextual_from=0)
 

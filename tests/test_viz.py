@@ -132,3 +132,15 @@ def test_visualize_tool_on_an_audio_visual_model(tmp_path, load_tool):
     out = tmp_path / "av.png"
     assert load_tool("visualize").main([str(clip), "-c", str(ckpt), "-o", str(out)]) == 0
     assert out.stat().st_size > 10_000
+
+
+def test_short_clip_is_reconstructed_at_its_own_length(tmp_path, capsys, load_tool):
+    from avmae.viz import reconstruction_length
+
+    model = avmae.create_model("audiomae_tiny", target_length=1024)
+    assert [reconstruction_length(model, f) for f in (30, 98, 1000, 3000)] == [32, 128, 1024, 1024]  # whole 4-row windows
+    assert reconstruction_length(avmae.create_model("audiomae_tiny", target_length=1024, decoder="global"), 98) == 112
+    ckpt = avmae.save_checkpoint(_mae(), tmp_path / "model.safetensors", model_name="audiomae_tiny")
+    wav = save_audio(tmp_path / "clip.wav", synthesize_clip("tone", torch.Generator().manual_seed(0), seconds=0.3).unsqueeze(0), 16000)
+    assert load_tool("visualize").main([str(wav), "-c", str(ckpt), "-o", str(tmp_path / "r.png")]) == 0
+    assert "reconstructed at 32 frames" in capsys.readouterr().err

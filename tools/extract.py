@@ -12,7 +12,9 @@ see avmae.extract.write_archive). Otherwise a folder: ``<name>.npy`` per input (
 vector), ``<name>.<key>.npy`` for the other arrays, ``files.tsv`` (name, path) and, when files
 could not be read, ``skipped.tsv``. Clips longer than the model's input are cut into windows
 (--hop, default: the window length, no overlap; the last window is zero-padded) whose vectors are
-averaged, each weighted by the real (unpadded) frames it holds; shorter clips are zero-padded.
+averaged, each weighted by the real (unpadded) frames it holds. A shorter clip runs at its own
+length (padded to a multiple of 16 frames) on models that take other lengths (AudioMAE-style
+encoders), else, or with --pad-to-window, zero-padded to the model's input length.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write AudioMAE's contextual features: mean of the normed outputs of the blocks after block K (default K: depth-4, i.e. 8 for ViT-B)",
     )
     p.add_argument("--keep-windows", action="store_true", help="also write the per-window vectors")
+    p.add_argument("--pad-to-window", action="store_true", help="pad clips shorter than the window to its length (default: run them at their own length where the model can)")
     p.add_argument("--norm", default=None, help="normalisation stats by dataset name (default: the checkpoint's config, else audioset)")
     p.add_argument("--mean", type=float, default=None, help="fbank mean (overrides --norm)")
     p.add_argument("--std", type=float, default=None, help="fbank std (overrides --norm)")
@@ -79,7 +82,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if contextual == -100:
         contextual = default_contextual_from(model)
     hop = None if args.hop is None else max(1, int(round(args.hop * 100)))
-    extractor = EmbeddingExtractor(model, frontend, hop=hop, contextual_from=contextual, patches=args.patches, keep_windows=args.keep_windows, precision=args.precision)
+    extractor = EmbeddingExtractor(model, frontend, hop=hop, contextual_from=contextual, patches=args.patches, keep_windows=args.keep_windows, precision=args.precision,
+                                    variable_length=False if args.pad_to_window else None)
 
     paths, names = [], []
     exts = [e.strip() for e in args.extensions.split(",") if e.strip()]

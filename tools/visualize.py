@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-ratio", type=float, default=None, help="fraction of patches removed (default: the model's, 0.8 for AudioMAE)")
     p.add_argument("--seed", type=int, default=0, help="seed of the mask (default: %(default)s)")
     p.add_argument("--start", type=float, default=0.0, help="start of the shown window in the file, seconds (default: %(default)s)")
-    p.add_argument("--target-length", type=int, default=None, help="window length in 10 ms frames (default: the checkpoint's)")
+    p.add_argument("--target-length", type=int, default=None, help="window length in 10 ms frames (default: the checkpoint's, or a shorter clip's own length)")
     p.add_argument("--norm", default=None, help="normalisation stats by dataset name (default: the checkpoint's config, else audioset)")
     p.add_argument("--mean", type=float, default=None)
     p.add_argument("--std", type=float, default=None)
@@ -53,7 +53,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     matplotlib.use("Agg")
     from avmae.data import MediaError, load_audio
     from avmae.hub import frontend_for, load_pretrained
-    from avmae.viz import plot_arrays, reconstruct
+    from avmae.data.audio import num_frames
+    from avmae.viz import plot_arrays, reconstruct, reconstruction_length
 
     import torch
 
@@ -77,6 +78,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     if start >= wave.shape[1]:
         print(f"error: --start {args.start}s is past the end of {args.audio} ({wave.shape[1] / frontend.sample_rate:.2f}s)", file=sys.stderr)
         return 1
+    if args.target_length is None and "video" not in model.modalities:
+        # a clip shorter than the model's input: the model rebuilt for the clip's length, not the clip padded
+        length = reconstruction_length(model, num_frames(wave.shape[1] - start, frontend.sample_rate))
+        if length != frontend.target_length:
+            model, report = load_pretrained(args.checkpoint, map_location=device, target_length=length)
+            frontend = frontend_for(model, report.config, norm=args.norm, mean=args.mean, std=args.std)
+            print(f"clip shorter than the model's input: reconstructed at {length} frames", file=sys.stderr)
     inputs = {"audio": frontend(wave[:, start:])}  # [1, T, F]
     if "video" in model.modalities:  # an audio-visual model: the file's frames too
         from avmae.data.video import load_frames
