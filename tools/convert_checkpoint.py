@@ -4,6 +4,7 @@
     python tools/convert_checkpoint.py pretrained.pth --out audiomae_as2m.safetensors           # official -> avmae
     python tools/convert_checkpoint.py runs/demo --out vit.safetensors --to timm                 # avmae -> timm ViT
     python tools/convert_checkpoint.py model.safetensors --out checkpoint.pth --to official      # avmae -> official
+    python tools/convert_checkpoint.py runs/ft --out my-model/ --to pretrained                    # a shareable folder
 
 --to avmae (default): any checkpoint load_pretrained reads (official AudioMAE pretrained or
     fine-tuned .pth, a timm-format AudioMAE encoder, this project's files) -> safetensors with the
@@ -14,6 +15,9 @@
     pretraining model keeps its final ``norm`` (``global_pool='avg', fc_norm=False``). timm's
     pre-logits features then equal this project's pooled features.
 --to official: the official AudioMAE key layout in ``{"model": state_dict}`` (.pth).
+--to pretrained: a shareable folder in the Hugging Face layout (``config.json``, ``model.safetensors``
+    and a ``README.md`` model card with the training config and, for a run, its last evaluation);
+    ``avmae.hub.from_pretrained(folder)`` loads it.
 
 --set key=value passes model params (e.g. --set target_length=512); --model forces a registered
 model name when the file does not say which.
@@ -62,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="avmae convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", help="checkpoint file, checkpoint folder or run folder")
     p.add_argument("--out", "-o", required=True, help="output file")
-    p.add_argument("--to", choices=("avmae", "timm", "official"), default="avmae", help="target layout (default: %(default)s)")
+    p.add_argument("--to", choices=("avmae", "timm", "official", "pretrained"), default="avmae", help="target layout (default: %(default)s)")
     p.add_argument("--model", default=None, help="registered model name to build (default: what the file says or looks like)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model param override (JSON values)")
     return p
@@ -87,6 +91,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             config["data"] = report.config["data"]  # keeps the normalisation stats
         avmae.save_checkpoint(model, out, model_name=report.model_name, config=config)
         print(f"wrote {out} ({report.model_name}, from {report.format})")
+    elif args.to == "pretrained":
+        from avmae.hub import save_pretrained
+
+        save_pretrained(model, out, config=report.config, metrics=_last_eval(Path(report.path)),
+                        model_name=report.model_name, model_params=report.model_params)
+        print(f"wrote {out}/ (config.json, model.safetensors, README.md; avmae.hub.from_pretrained loads it)")
     elif args.to == "timm":
         try:
             sd, kwargs = to_timm(model)
@@ -108,6 +118,23 @@ def main(argv: Optional[List[str]] = None) -> int:
         torch.save({"model": {k: v.detach().cpu().contiguous() for k, v in sd.items()}}, out)
         print(f"wrote {out} (official AudioMAE layout, {len(sd)} tensors)")
     return 0
+
+
+def _last_eval(weights: Path) -> Dict[str, Any]:
+    """The last evaluation in the metrics.jsonl of the run that wrote ``weights`` (a run's
+    ``checkpoints/step_N/model.safetensors``), else {}."""
+    from avmae.run_folder import METRICS_FILE
+
+    for run in weights.parents[:3]:
+        path = run / METRICS_FILE
+        if path.is_file():
+            from avmae.train.logging_utils import read_metrics
+
+            records = read_metrics(path, prefix="eval/")
+            if records:
+                rec = records[-1]
+                return {k: v for k, v in rec.items() if k.startswith("eval/") or k in ("step", "epoch")}
+    return {}
 
 
 if __name__ == "__main__":
