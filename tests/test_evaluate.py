@@ -42,8 +42,10 @@ def test_evaluate_reproduces_the_runs_eval(finetuned, tmp_path, capsys):
     out = tmp_path / "eval.json"
     assert import_tool("evaluate").main(["--checkpoint", str(run), "--output", str(out), "--num-workers", "0", "--cpu", "--batch-size", "4"]) == 0
     printed = capsys.readouterr().out
+    assert "acc " in printed.splitlines()[0]
     assert "num_items 9," in printed or printed.rstrip().splitlines()[0].endswith("num_items 9")  # a count prints as an integer
     got = json.loads(out.read_text())
+    assert "mAP" not in got["metrics"]  # single-label data: accuracy, not a one-vs-rest mAP
     assert got["data"] == str(evals) and got["multilabel"] is False  # the run's own eval split and labels
     assert got["metrics"]["num_items"] == 9
     assert got["metrics"]["acc"] == pytest.approx(result.eval["acc"])
