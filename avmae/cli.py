@@ -20,7 +20,8 @@ __all__ = ["COMMANDS", "main", "tools_dir", "run_tool"]
 # command -> (script in tools/, one-line help)
 COMMANDS: Dict[str, Tuple[Optional[str], str]] = {
     "train": ("train.py", "pretrain or fine-tune a model from a config (tools/train.py)"),
-    "evaluate": ("evaluate.py", "evaluate a checkpoint on a labelled manifest (tools/evaluate.py)"),
+    "finetune": ("finetune.py", "fine-tune a classifier on a labelled folder or manifest, planned from the data"),
+    "evaluate": ("evaluate.py", "evaluate a checkpoint: accuracy / mAP, reconstruction, retrieval, kNN / linear probe"),
     "extract": ("extract.py", "embeddings of files, folders or manifests from any encoder checkpoint"),
     "visualize": ("visualize.py", "reconstruction plot of a pretraining checkpoint on an audio file"),
     "prepare": ("prepare_data.py", "dataset preparation: manifest, stats, weights, frames, shards"),

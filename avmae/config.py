@@ -116,7 +116,8 @@ class AugmentConfig:
     mixup: float = 0.0  # probability of mixing a clip with another
     mixup_alpha: float = 10.0  # lambda ~ Beta(alpha, alpha)
     gain: bool = False  # random waveform gain (AudioMAE's "roll_mag_aug")
-    roll: bool = False  # random circular time shift of the waveform
+    roll: bool = False  # random circular time shift of the waveform (splits clips shorter than the input: use shift)
+    shift: bool = False  # random time shift keeping the clip whole: moved within its padding, or a random crop of a longer clip
     noise: bool = False  # official fbank noise + small roll (AST's Speech Commands recipe; off in AudioMAE's)
 
 
@@ -535,7 +536,7 @@ def validate(cfg: Config) -> Config:
     _check(a.freqm <= d.num_mel_bins, "data.augment.freqm", f"must be <= data.num_mel_bins ({d.num_mel_bins}), got {a.freqm}")
     _check(0.0 <= a.mixup <= 1.0, "data.augment.mixup", f"is a probability in [0, 1], got {a.mixup}")
     _check(a.mixup_alpha > 0, "data.augment.mixup_alpha", f"must be > 0, got {a.mixup_alpha}")
-    augmenting = a.freqm or a.timem or a.mixup or a.gain or a.roll or a.noise
+    augmenting = a.freqm or a.timem or a.mixup or a.gain or a.roll or a.shift or a.noise
     _check(d.epoch_len is None or d.epoch_len >= 1, "data.epoch_len", f"must be >= 1 (or null), got {d.epoch_len}")
     _check(d.epoch_len is None or d.balanced, "data.epoch_len", "sets the length of a balanced-sampling epoch; set data.balanced=true too")
     _check(d.sample_weights is None or d.balanced, "data.sample_weights", "is used by balanced sampling; set data.balanced=true too")

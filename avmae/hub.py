@@ -51,6 +51,7 @@ __all__ = [
     "load_pretrained",
     "resolve_weights",
     "describe_checkpoint",
+    "checkpoint_config",
     "register_spec_detector",
     "SPEC_DETECTORS",
     "frontend_for",
@@ -110,6 +111,22 @@ def _read_config(weights: Path, meta: Mapping[str, str]) -> Tuple[Optional[Dict[
         if isinstance(cfg, dict):
             return cfg, CONFIG_FILE
     return None, ""
+
+
+def checkpoint_config(path: PathLike) -> Optional[Dict[str, Any]]:
+    """The run config stored with a checkpoint (safetensors metadata, or a ``config.yaml`` beside
+    the weights), read without loading any tensor; None when there is none (foreign files)."""
+    weights = resolve_weights(path)
+    meta: Dict[str, str] = {}
+    if weights.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(weights), framework="pt") as f:
+                meta = dict(f.metadata() or {})
+        except Exception as exc:
+            raise CheckpointError(f"{weights}: not a readable safetensors file ({exc})") from exc
+    return _read_config(weights, meta)[0]
 
 
 # ------------------------------------------------------------------------------ model spec

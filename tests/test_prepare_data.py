@@ -113,6 +113,14 @@ def test_stats_are_the_mean_and_std_of_the_fbank(tool, media, tmp_path, capsys):
     again = tmp_path / "again.json"
     tool.main(["stats", str(media), "--max-files", "2", "--seed", "0", "--target-length", "0", "--out", str(again), "--no-progress"])
     assert json.loads(again.read_text()) == saved
+    # the training length from the run config, said in the output; 1024 by default, said too
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("data:\n  target_length: 48\n")
+    assert tool.main(["stats", *map(str, paths), "--config", str(cfg), "--max-files", "0", "--out", str(out), "--no-progress"]) == 0
+    assert "padded or cropped to 48 frames (data.target_length of" in capsys.readouterr().out
+    assert json.loads(out.read_text())["mean"] == pytest.approx(tool.fbank_stats(paths, target_length=48)["mean"], rel=1e-9)
+    assert tool.main(["stats", str(paths[0]), "--no-progress"]) == 0
+    assert "1024 frames (the default; give the training length" in capsys.readouterr().out
 
 
 def test_balanced_weights_follow_gen_weight(tool, tmp_path):

@@ -2,7 +2,7 @@
 """Dataset preparation: manifests, normalisation stats, balanced-sampling weights, video frames, shards.
 
     python tools/prepare_data.py manifest ROOT --out train.json [--labels labels.csv] [--label-csv class_labels_indices.csv]
-    python tools/prepare_data.py stats train.json [--max-files 1000]
+    python tools/prepare_data.py stats train.json --config my_run.yaml [--max-files 1000]
     python tools/prepare_data.py weights train.json --label-csv class_labels_indices.csv --out weights.csv
     python tools/prepare_data.py frames VIDEOS --out frames/ [--num-frames 10] [--size 224]
     python tools/prepare_data.py shards train.json --out shards/ [--shard-size 1000] [--with-fbank]
@@ -15,9 +15,11 @@ manifest: scans ROOT recursively for audio/video files and writes AudioMAE's JSO
     AudioSet's segment CSVs, ``YTID, start, end, "labels"`` with '#' comments, read as they are).
     Files that cannot be read are left out and listed.
 stats: the mean and std of the un-normalised fbank over (a seeded sample of) the data: the
-    ``data.mean``/``data.std`` the frontend normalises with. By default over the frames the model
-    sees (padded/cropped to --target-length, as AST/AudioMAE computed theirs); --target-length 0
-    takes every frame of every clip, no padding.
+    ``data.mean``/``data.std`` the frontend normalises with. Over the frames the model sees: each
+    clip padded/cropped to the training length (as AST/AudioMAE computed theirs), taken from
+    --config (the run config's data.target_length) or --target-length, else 1024 frames; the
+    output says which. On short clips the length matters: the padding of a 1024-frame input
+    dominates 1 s clips. --target-length 0 takes every frame of every clip, no padding.
 weights: AudioSet-style balanced sampling weights (1000 / (label count + 0.01), summed over an
     item's labels), one float per line, in manifest order (AudioMAE's gen_weight.py).
 frames: N frames per video into CAV-MAE's layout ``OUT/frame_{i}/{video_id}.jpg`` (short side
@@ -214,51 +216,26 @@ def _sources(sources: Sequence[str], extensions: Sequence[str] = ()) -> List[Pat
     return paths
 
 
-def fbank_stats(
-    paths: Sequence[os.PathLike | str],
-    *,
-    max_files: Optional[int] = 1000,
-    seed: int = 0,
-    sample_rate: int = 16000,
-    num_mel_bins: int = 128,
-    target_length: Optional[int] = 1024,
-    progress: bool = False,
-) -> Dict[str, object]:
-    """Mean and (unbiased) std of every un-normalised fbank value over a seeded sample of
-    ``max_files`` files (all when None). ``target_length``: pad/crop each clip as the frontend
-    does (None: whole clips). -> dict(mean, std, files, frames, skipped)."""
-    from avmae.data import AudioFrontend, MediaError, load_audio
+def fbank_stats(paths: Sequence[os.PathLike | str], **kwargs) -> Dict[str, object]:
+    """``avmae.data.stats.fbank_stats``: mean and std of the un-normalised fbank (see there)."""
+    from avmae.data.stats import fbank_stats as stats
 
-    paths = list(paths)
-    if max_files is not None and len(paths) > max_files:
-        paths = sorted(random.Random(seed).sample(paths, max_files), key=str)
-    fe = AudioFrontend(sample_rate=sample_rate, num_mel_bins=num_mel_bins, target_length=target_length)
-    total = torch.zeros((), dtype=torch.float64)
-    total_sq = torch.zeros((), dtype=torch.float64)
-    n = 0
-    frames = 0
-    skipped: List[str] = []
-    it: Iterable = paths
-    if progress:
-        from tqdm.auto import tqdm
+    return stats(paths, **kwargs)
 
-        it = tqdm(paths, unit="file", desc="stats", dynamic_ncols=True)
-    for p in it:
-        try:
-            x = fe.compute_fbank(load_audio(p, sample_rate)).double()
-        except MediaError as err:
-            skipped.append(str(err))
-            continue
-        total += x.sum()
-        total_sq += (x * x).sum()
-        n += x.numel()
-        frames += x.shape[0]
-    if n < 2:
-        raise ValueError(f"no readable audio among {len(paths)} file(s)")
-    mean = float(total / n)
-    var = float((total_sq - n * mean * mean) / (n - 1))
-    return {"mean": mean, "std": math.sqrt(max(var, 0.0)), "files": len(paths) - len(skipped), "frames": frames, "skipped": skipped,
-            "target_length": target_length, "sample_rate": sample_rate, "num_mel_bins": num_mel_bins}
+
+def _stats_settings(args: argparse.Namespace):
+    """(target_length or None, sample_rate, num_mel_bins, where the length came from)."""
+    length, rate, mels, where = args.target_length, args.sample_rate, args.num_mel_bins, "--target-length"
+    if args.config:
+        from avmae.config import load_config
+
+        cfg = load_config(args.config, check=False)
+        rate, mels = cfg.data.sample_rate, cfg.data.num_mel_bins
+        if length is None:
+            length, where = cfg.data.target_length, f"data.target_length of {', '.join(args.config)}"
+    if length is None:
+        length, where = 1024, "the default; give the training length with --config <run config> or --target-length"
+    return (length or None), rate, mels, where
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -266,11 +243,13 @@ def cmd_stats(args: argparse.Namespace) -> int:
     if not paths:
         _err(f"no media files found in {args.sources}")
         return 1
+    length, rate, mels, where = _stats_settings(args)
     res = fbank_stats(
-        paths, max_files=args.max_files or None, seed=args.seed, sample_rate=args.sample_rate, num_mel_bins=args.num_mel_bins,
-        target_length=args.target_length or None, progress=not args.no_progress,
+        paths, max_files=args.max_files or None, seed=args.seed, sample_rate=rate, num_mel_bins=mels,
+        target_length=length, progress=not args.no_progress,
     )
-    print(f"fbank mean {res['mean']:.7g}, std {res['std']:.7g} over {res['files']} file(s), {res['frames']} frames")
+    view = f"each clip padded or cropped to {length} frames ({where})" if length else "whole clips, no padding"
+    print(f"fbank mean {res['mean']:.7g}, std {res['std']:.7g} over {res['files']} file(s), {res['frames']} frames: {view}")
     print(f"config: data.mean={res['mean']:.7g} data.std={res['std']:.7g}")
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=1), encoding="utf-8")
@@ -378,7 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--sample-rate", type=int, default=16000)
     s.add_argument("--num-mel-bins", type=int, default=128)
-    s.add_argument("--target-length", type=int, default=1024, help="pad/crop to this many frames first (0 = whole clips; default: %(default)s)")
+    s.add_argument("--target-length", type=int, default=None, help="pad/crop to this many frames first (0 = whole clips; default: the --config's data.target_length, else 1024)")
+    s.add_argument("--config", action="append", default=[], metavar="YAML", help="the run config: its data.target_length, sample_rate and num_mel_bins")
     s.add_argument("--out", "-o", default=None, help="also write the numbers as JSON")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_stats)

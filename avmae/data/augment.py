@@ -8,7 +8,9 @@ Shapes: waveform ``[1, N]``; fbank ``[T, F]`` (time frames, mel bins); labels ``
 
 Differences from the released code, on purpose:
 - ``random_roll`` really rolls; the official ``roll_mag_aug`` calls ``np.roll`` with
-  ``randint(len(waveform))`` on a ``[1, N]`` array, which is always 0 (AudioMAE issue #26).
+  ``randint(len(waveform))`` on a ``[1, N]`` array, which is always 0 (AudioMAE issue #26). It is
+  circular, so it splits short clips (a word ends up half at the end, half at the start);
+  ``random_time_shift`` moves a clip within its padding (or a crop within a long clip) instead.
 - Beta samples come from ``sample_beta`` (Marsaglia-Tsang gamma ratio on the given generator)
   instead of ``np.random.beta``; the distribution is the same.
 """
@@ -27,6 +29,7 @@ __all__ = [
     "mixup_waveforms",
     "random_gain",
     "random_roll",
+    "random_time_shift",
     "fbank_noise",
 ]
 
@@ -145,6 +148,25 @@ def random_roll(wave: torch.Tensor, generator: Optional[torch.Generator] = None)
         return wave
     shift = int(torch.randint(0, n, (1,), generator=generator))
     return torch.roll(wave, shifts=shift, dims=-1)
+
+
+def random_time_shift(fbank: torch.Tensor, target_length: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Move a clip in time without cutting it in two: ``fbank [T, F]`` (un-normalised, not padded)
+    -> ``[target_length, F]``.
+
+    A clip shorter than ``target_length`` is placed at a uniform offset in ``[0, target_length - T]``
+    with zeros (the frontend's log-mel padding) before and after it; a longer one is cut to the
+    window starting at a uniform offset in ``[0, T - target_length]``. Unlike ``random_roll`` nothing
+    wraps around, so a word or an event is never split between the end and the start.
+    """
+    T, F_ = fbank.shape
+    room = abs(target_length - T)
+    offset = int(torch.randint(0, room + 1, (1,), generator=generator)) if room else 0
+    if T >= target_length:
+        return fbank[offset : offset + target_length]
+    out = fbank.new_zeros(target_length, F_)
+    out[offset : offset + T] = fbank
+    return out
 
 
 def fbank_noise(

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .audio import AudioFrontend
-from .augment import fbank_noise, mixup_waveforms, random_gain, random_roll, spec_augment
+from .audio import AudioFrontend, fbank
+from .augment import fbank_noise, mixup_waveforms, random_gain, random_roll, random_time_shift, spec_augment
 from .io import MediaError, load_audio
 
 _logger = logging.getLogger(__name__)
@@ -51,7 +51,8 @@ AUGMENT_DEFAULTS: Dict[str, Any] = {
     "mixup": 0.0,  # probability of mixing with a uniformly drawn partner waveform
     "mixup_alpha": 10.0,  # lambda ~ Beta(alpha, alpha)
     "gain": False,  # waveform * (Beta(10, 10) + 0.5)
-    "roll": False,  # circular time shift of the waveform by a uniform offset
+    "roll": False,  # circular time shift of the waveform by a uniform offset (splits clips shorter than the input)
+    "shift": False,  # time shift that keeps the clip whole: moved within its padding, or a random crop of a long clip
     "noise": False,  # official fbank noise + small time roll (AST's Speech Commands recipe; off in AudioMAE's)
 }
 
@@ -226,7 +227,8 @@ class AudioDataset(Dataset):
 
     ``train=True`` enables the ``augment`` options (keys of ``AUGMENT_DEFAULTS``); per item:
     load -> remove mean -> roll/gain -> mixup (partner drawn uniformly, same roll/gain) ->
-    fbank + pad/crop -> SpecAugment (mask value 0) -> normalise -> noise.
+    fbank + pad/crop (``shift``: at a random offset, the clip kept whole) -> SpecAugment (mask
+    value 0) -> normalise -> noise.
 
     ``on_error="skip"`` replaces an unreadable item (``MediaError``) by another item chosen
     deterministically from ``(seed, epoch, index)``; the returned ``index`` is the item
@@ -391,10 +393,25 @@ class AudioDataset(Dataset):
 
     def _augment_wave(self, wave: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         if self.augment["roll"]:
+            self._warn_short_roll(wave)
             wave = random_roll(wave, g)
         if self.augment["gain"]:
             wave = random_gain(wave, g)
         return wave
+
+    def _warn_short_roll(self, wave: torch.Tensor) -> None:
+        """Once per dataset copy: the circular roll on a clip well shorter than the input splits it."""
+        target = self.frontend.target_length
+        if target is None or getattr(self, "_roll_warned", False):
+            return
+        samples = target * self.frontend.sample_rate // 100
+        if wave.shape[-1] < 0.9 * samples:
+            self._roll_warned = True
+            _logger.warning(
+                "data.augment.roll rolls circularly and splits clips shorter than the %d-frame input (one has %.2f s of %.2f s): "
+                "a sound ends up half at the end, half at the start; data.augment.shift=true moves clips within their padding instead",
+                target, wave.shape[-1] / self.sample_rate, samples / self.sample_rate,
+            )
 
     def _item_generators(self, index: int) -> Tuple[int, torch.Generator, torch.Generator]:
         """``(index >= 0, augmentation generator, replacement generator)`` of item ``index``."""
@@ -434,7 +451,11 @@ class AudioDataset(Dataset):
     def _features(self, wave: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """Waveform -> ``[1, T, F]`` float32 fbank, with SpecAugment and noise when training."""
         train, aug = self.train, self.augment
-        x = self.frontend.compute_fbank(wave, center=False)  # centred above, as the official code
+        fe = self.frontend
+        if train and aug["shift"] and fe.target_length is not None:
+            x = random_time_shift(fbank(wave, fe.sample_rate, fe.num_mel_bins, center=False), fe.target_length, g)
+        else:
+            x = fe.compute_fbank(wave, center=False)  # centred above, as the official code
         if train and (aug["freqm"] or aug["timem"]):
             x = spec_augment(x, aug["freqm"], aug["timem"], generator=g)
         x = self.frontend.normalize(x)

@@ -225,6 +225,7 @@ class FinetuneTask(Task):
             out.update({"mAP": summary["mAP"], "mAUC": summary["mAUC"], "acc": summary["acc"]})
         else:
             out.update({"acc": summary["acc"], "acc5": summary["acc5"]})
+        self._warn_at_chance(out, logits.shape[1])
         key = self.main_metric
         value = out[key]
         self._load_best()
@@ -240,6 +241,19 @@ class FinetuneTask(Task):
             if improved:
                 write_json(folder / "per_class_best.json", record)
         return out
+
+    def _warn_at_chance(self, out: Mapping[str, float], num_classes: int) -> None:
+        """Say so when a single-label classifier still predicts the class prior (eval loss at ln C)."""
+        if self.multilabel or self.loss != "ce" or num_classes < 2 or self.cfg.train.label_smoothing:
+            return
+        chance = math.log(num_classes)
+        if out["loss"] >= 0.98 * chance and out["acc"] <= 1.5 / num_classes:
+            _logger.warning(
+                "eval loss %.3f is at chance level (ln %d = %.3f, accuracy %.1f %%): the classifier still predicts the class prior. "
+                "If this lasts, the learning rate may not suit this model and data (optim.lr / optim.blr); "
+                "a short clip also needs data.target_length near its length and data.augment.shift, not roll",
+                out["loss"], num_classes, chance, 100 * out["acc"],
+            )
 
     def _load_best(self) -> None:
         """On the first evaluation, the best value so far from ``metrics.jsonl`` (a resumed run)."""

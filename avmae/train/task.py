@@ -34,7 +34,7 @@ from .optim import param_groups
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["Task", "base_model_params", "build_model", "model_inputs", "input_shapes"]
+__all__ = ["Task", "base_model_params", "build_model", "model_inputs", "input_shapes", "data_statistics", "warn_other_statistics"]
 
 
 def base_model_params(cfg: Config) -> Dict[str, Any]:
@@ -70,6 +70,42 @@ def model_inputs(model: nn.Module, batch: Mapping[str, Any], accelerator=None) -
     return inputs
 
 
+def data_statistics(data: Mapping[str, Any]) -> Optional[Tuple[float, float, str]]:
+    """(mean, std, how they were given) of a run config's ``data`` section, None when unknown."""
+    from ..data import NORM_STATS
+
+    if data.get("mean") is not None and data.get("std") is not None:
+        return float(data["mean"]), float(data["std"]), "data.mean/std"
+    norm = data.get("norm") or "audioset"
+    return (*NORM_STATS[norm], f"data.norm={norm}") if norm in NORM_STATS else None
+
+
+def warn_other_statistics(cfg: Config, init_from) -> None:
+    """Warn when ``init_from`` was trained with other fbank statistics than ``cfg`` normalises with:
+    the pretrained weights then see inputs on another scale. A file without a run config (the
+    released AudioMAE) counts as trained with AudioSet's."""
+    import dataclasses
+
+    from ..hub import checkpoint_config
+
+    try:
+        saved = checkpoint_config(init_from)
+    except CheckpointError:
+        return
+    data = (saved or {}).get("data")
+    theirs = data_statistics(data) if isinstance(data, Mapping) else data_statistics({"norm": "audioset"})
+    ours = data_statistics(dataclasses.asdict(cfg.data))
+    if theirs is None or ours is None:
+        return
+    if abs(theirs[0] - ours[0]) > 1e-3 * max(1.0, abs(theirs[0])) or abs(theirs[1] - ours[1]) > 1e-3 * max(1.0, abs(theirs[1])):
+        where = "its run config" if saved else "assumed for a file without a run config, as the released AudioMAE"
+        _logger.warning(
+            "checkpoint.init_from was trained on fbank statistics mean %.4g, std %.4g (%s, %s); this run normalises with mean %.4g, "
+            "std %.4g (%s), so the pretrained weights see inputs on another scale. Keep theirs (data.mean=%.7g data.std=%.7g) "
+            "unless that is meant.", theirs[0], theirs[1], theirs[2], where, ours[0], ours[1], ours[2], theirs[0], theirs[1],
+        )
+
+
 class Task:
     """Base class of a task; subclass, decorate with ``@avmae.register_task("name")`` and override
     what differs (``compute_loss`` at least).
@@ -102,6 +138,7 @@ class Task:
             raise ConfigError("checkpoint.init_from", str(exc)) from None
         report = load_checkpoint(model, path, strict=True, reset_head=True)  # logs what it loaded
         _logger.info("initialised the model from %s (%s)", path, report.format)
+        warn_other_statistics(self.cfg, path)
 
     def param_groups(self, model: nn.Module) -> List[Dict[str, Any]]:
         return param_groups(model, self.cfg.optim.weight_decay, layer_decay=self.cfg.optim.layer_decay)

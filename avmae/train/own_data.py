@@ -1,0 +1,360 @@
+"""Fine-tuning on your own labelled clips without writing a config (``avmae finetune``).
+
+``plan_finetune(train, eval, init=...)`` turns a labelled folder or manifest into a run config and
+says what it decided and why (``FinetunePlan.notes``); the trainer then runs it as any config.
+
+Labels. A folder holds one subfolder per class: the subfolder's name is the label of every audio
+or video file under it (searched recursively); files directly in the folder are refused. A
+manifest (AudioMAE JSON / JSON Lines) brings its own ``labels``, mapped through ``label_csv``, or,
+without one, one class per distinct label id (sorted). The evaluation split must use labels of the
+training split. Without an evaluation split, a seeded, stratified fifth of the training clips is
+held out.
+
+The decisions, each logged (``key=value`` overrides win over all of them):
+
+- **input length** ``data.target_length``: the 95th percentile of the training clips' lengths,
+  rounded up to a multiple of 16 frames, within [32, 1024] (and at most the initial model's own
+  length): shorter clips are padded, the few longer ones cropped. An AudioMAE encoder pretrained
+  on 10 s inputs takes it with the positions it saw at the start of its input
+  (``avmae.modalities.audio``).
+- **normalisation statistics**, one rule: with ``init``, the statistics the initial model was
+  trained with (its run config's ``data.mean``/``data.std`` or ``data.norm``; AudioSet's for
+  foreign files such as the released AudioMAE, which was pretrained with them), because the
+  pretrained weights expect inputs normalised that way; from scratch, the mean and std of the
+  training clips at the chosen length (padding included, as the frontend sees them).
+- **augmentation** safe for short clips: ``data.augment.shift`` (the clip moves within its padding,
+  or a random crop of a longer clip: a word is never split) instead of the circular ``roll``;
+  random gain; waveform mixup with probability 0.5; SpecAugment masks of 1/8 of the time frames
+  and 1/5 of the mel bins at most; AudioMAE's 2-D token masking (0.2 / 0.2) when fine-tuning a
+  pretrained encoder.
+- **model**: the classifier of the initial checkpoint's architecture (``audiomae_<size>_cls`` for a
+  pretraining model, the classifier itself for a fine-tuned one), else ``audiomae_demo_cls`` (a
+  small ViT that trains from scratch on a CPU in minutes).
+- **learning rate**: ``FROM_SCRATCH_LR`` (1e-3) from scratch, ``PRETRAINED_LR`` (2.5e-4) with
+  layer-wise decay 0.75 for a pretrained encoder, for the 192-wide demo encoder at the planned
+  batch, scaled by 192 / width (3e-3 for the 64-wide tiny model, 6.25e-5 for a pretrained ViT-B:
+  AudioMAE's own fine-tuning lr at that batch). Measured on generated short words: from scratch,
+  4e-3 keeps the demo model at chance level, 2e-3 learns slower than 1e-3 or 5e-4. Warm-up of 2
+  epochs, cosine to 1e-6.
+- **length**: about ``STEP_BUDGET`` optimizer steps of batch 16 (smaller for a set of fewer than 160
+  clips, so that an epoch still makes about 10 steps), within [10, 200] epochs.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+from ..config import Config, ConfigError, load_config
+
+_logger = logging.getLogger(__name__)
+
+__all__ = [
+    "FinetunePlan",
+    "plan_finetune",
+    "labelled_items",
+    "classifier_for",
+    "init_statistics",
+    "FROM_SCRATCH_LR",
+    "PRETRAINED_LR",
+    "STEP_BUDGET",
+]
+
+PathLike = Union[str, os.PathLike]
+
+# the lr at the planned batch for a 192-wide encoder (audiomae_demo), scaled by 192 / width (Adam's steps
+# suit narrower models larger); given as optim.blr = lr x 256 / batch, so more processes scale it as MAE's
+# rule does. Measured on generated short words (see the README): from scratch the demo model at 4e-3 stays
+# at chance level. Pretrained, 2.5e-4 x 192 / 768 = 6.25e-5 for ViT-B at batch 16 is AudioMAE's ESC-50 and
+# Speech Commands lr (2.5e-4 at 64, 5e-4 at 128) brought to batch 16.
+FROM_SCRATCH_LR = 1e-3
+PRETRAINED_LR = 2.5e-4
+REFERENCE_WIDTH = 192
+STEP_BUDGET = 900
+BATCH_SIZE = 16
+HOLD_OUT = 0.2
+DEFAULT_MODEL = "audiomae_demo_cls"
+# params of a pretraining model that its classifier does not take
+_PRETRAIN_ONLY = ("decoder", "decoder_params", "norm_pix_loss", "mask_ratio", "contrastive_weight", "loss_weights")
+
+
+@dataclass
+class FinetunePlan:
+    """The run config and what was decided: ``notes`` (one line each), ``chance`` (accuracy of
+    always guessing the commonest held-out class, or 1/C), ``held_out`` (clips set aside from the
+    training split when no evaluation split was given)."""
+
+    config: Config
+    notes: List[str] = field(default_factory=list)
+    num_classes: int = 0
+    num_train: int = 0
+    num_eval: int = 0
+    held_out: bool = False
+    chance: float = 0.0
+
+
+# ------------------------------------------------------------------------------ labelled data
+
+
+def labelled_items(source: PathLike, label_csv: Optional[PathLike] = None) -> Tuple[List[Dict[str, Any]], Optional[List[Tuple[str, str]]]]:
+    """Items ``{"wav": absolute path, "labels": "id1,id2"}`` of a class-per-subfolder folder or a
+    manifest, and the classes ``[(id, display name)]`` it defines (a folder: its subfolders; a
+    manifest: those of ``label_csv``, else None: to be derived from the labels)."""
+    from ..data import read_label_csv, read_manifest
+    from ..extract import MEDIA_EXTENSIONS, find_media
+
+    src = Path(source).expanduser()
+    if src.is_dir():
+        classes = sorted(p.name for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
+        loose = [p.name for p in src.iterdir() if p.is_file() and p.suffix.lower() in MEDIA_EXTENSIONS]
+        if loose:
+            raise ConfigError("data", f"{src}: {len(loose)} audio file(s) directly in the folder (e.g. {loose[0]}); put each class's files in a subfolder named after the class")
+        items: List[Dict[str, Any]] = []
+        for name in classes:
+            found, _ = find_media(src / name, MEDIA_EXTENSIONS)
+            items += [{"wav": str(p.resolve()), "labels": name} for p in found]
+        if not items:
+            raise ConfigError("data", f"{src}: no audio files in class subfolders (one subfolder per class, named after it)")
+        used = sorted({it["labels"] for it in items})
+        return items, [(c, c) for c in used]
+    if not src.is_file():
+        raise ConfigError("data", f"{src}: no such folder or manifest")
+    items = [{"wav": it["wav"], "labels": it.get("labels", "")} for it in read_manifest(src)]
+    if label_csv is not None:
+        ids, names = read_label_csv(label_csv)
+        return items, list(zip(ids, names))
+    return items, None
+
+
+def _labels_of(item: Mapping) -> List[str]:
+    return [x.strip() for x in str(item.get("labels", "")).split(",") if x.strip()]
+
+
+def _stratified_split(items: List[Dict[str, Any]], fraction: float, seed: int) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
+    """(train, held out): ``fraction`` of each class (by first label), at least one clip of every
+    class with two or more, chosen with ``seed``."""
+    by_class: Dict[str, List[int]] = {}
+    for i, it in enumerate(items):
+        by_class.setdefault((_labels_of(it) or [""])[0], []).append(i)
+    rng = random.Random(seed)
+    held = set()
+    for members in by_class.values():
+        k = int(round(fraction * len(members)))
+        if len(members) >= 2:
+            k = min(max(k, 1), len(members) - 1)
+        held.update(rng.sample(members, k) if k else [])
+    return [it for i, it in enumerate(items) if i not in held], [it for i, it in enumerate(items) if i in held]
+
+
+def _write_manifest(items: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"data": list(items)}, indent=1), encoding="utf-8")
+    return path
+
+
+def _write_label_csv(classes: Sequence[Tuple[str, str]], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["index", "mid", "display_name"])
+        for i, (mid, name) in enumerate(classes):
+            w.writerow([i, mid, name])
+    return path
+
+
+# ------------------------------------------------------------------------------ the initial model
+
+
+def classifier_for(init: PathLike) -> Tuple[str, Dict[str, Any], Any]:
+    """(classifier name, its params, the checkpoint's ``PretrainedReport``) for fine-tuning from
+    ``init``: the checkpoint's own architecture with a classification head."""
+    import avmae
+    from ..hub import describe_checkpoint
+
+    rep = describe_checkpoint(init)
+    name, params = rep.model_name, dict(rep.model_params)
+    if name.endswith("_cls") or name.startswith("ast_"):
+        cls_name = name
+    elif f"{name}_cls" in avmae.list_models():
+        cls_name = f"{name}_cls"
+    else:
+        raise ConfigError("--init", f"{init} holds a {name}, which has no classifier counterpart ({name}_cls) to fine-tune")
+    for key in _PRETRAIN_ONLY + ("num_classes", "target_length", "num_mel_bins", "mask_t_prob", "mask_f_prob"):
+        params.pop(key, None)
+    if cls_name.startswith("audiomae_") and "pos_base_length" not in params and rep.model_params.get("target_length"):
+        params["pos_base_length"] = int(rep.model_params["target_length"])  # the pretrained positions at any length
+    return cls_name, params, rep
+
+
+def init_statistics(rep) -> Tuple[float, float, str]:
+    """(mean, std, where from) of the data the checkpoint described by ``rep`` was trained on."""
+    from ..data import NORM_STATS
+    from .task import data_statistics
+
+    data = (rep.config or {}).get("data")
+    found = data_statistics(data) if isinstance(data, Mapping) else None
+    if found is not None:
+        return found[0], found[1], f"{found[2]} of its run config"
+    mean, std = NORM_STATS["audioset"]
+    return mean, std, "AudioSet's: the file carries no run config (the released AudioMAE was pretrained with them)"
+
+
+def _encoder_width(name: str, params: Mapping[str, Any], num_mel_bins: int) -> int:
+    """The token width of model ``name`` (built on the meta device: no memory, no init)."""
+    import torch
+
+    import avmae
+
+    try:
+        with torch.device("meta"):
+            model = avmae.create_model(name, **{**params, "num_mel_bins": num_mel_bins, "num_classes": 2})
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ConfigError("model.params", f"cannot build {name}({dict(params)}): {exc}") from exc
+    width = getattr(model, "embed_dim", None)
+    return int(width) if width else REFERENCE_WIDTH
+
+
+# ------------------------------------------------------------------------------ the plan
+
+
+def plan_finetune(
+    train: PathLike,
+    eval: Optional[PathLike] = None,
+    *,
+    init: Optional[PathLike] = None,
+    output_dir: PathLike,
+    label_csv: Optional[PathLike] = None,
+    model: Optional[str] = None,
+    overrides: Sequence[str] = (),
+    max_files: int = 1000,
+    seed: int = 0,
+) -> FinetunePlan:
+    """Build the fine-tuning run for ``train`` (and ``eval``) -> ``FinetunePlan`` (see the module doc).
+
+    Writes ``output_dir/data/{train,eval}.json`` and ``labels.csv`` (absolute paths), decodes a
+    seeded sample of ``max_files`` training clips once for their lengths and statistics."""
+    from ..data.stats import choose_target_length, survey_clips
+
+    out = Path(output_dir)
+    notes: List[str] = []
+    for item in overrides:  # a model named by an override is planned for (its width sets the lr)
+        key, _, value = item.partition("=")
+        if key.strip() == "model.name" and model is None:
+            model = value.strip()
+    train_items, classes = labelled_items(train, label_csv)
+    held_out = eval is None
+    if held_out:
+        train_items, eval_items = _stratified_split(train_items, HOLD_OUT, seed)
+        notes.append(f"evaluation: no --eval given, so {len(eval_items)} training clips (a seeded, stratified {HOLD_OUT:.0%}) are held out")
+    else:
+        eval_items, eval_classes = labelled_items(eval, label_csv)
+        if classes is not None and eval_classes is not None and not label_csv and Path(train).is_dir():
+            unknown = sorted({c for c, _ in eval_classes} - {c for c, _ in classes})
+            if unknown:
+                raise ConfigError("--eval", f"{eval}: classes {unknown} have no training clips in {train}")
+    if classes is None:
+        classes = [(c, c) for c in sorted({lab for it in train_items for lab in _labels_of(it)})]
+    known = {c for c, _ in classes}
+    for where, items in (("training", train_items), ("evaluation", eval_items)):
+        for it in items:
+            bad = [lab for lab in _labels_of(it) if lab not in known]
+            if bad:
+                raise ConfigError("--eval" if where == "evaluation" else "data", f"{it['wav']}: label {bad[0]!r} of the {where} split is not a training class ({len(known)} known)")
+    if len(classes) < 2:
+        raise ConfigError("data", f"{train}: {len(classes)} class(es); a classifier needs at least two")
+    if not eval_items:
+        raise ConfigError("--eval", "the evaluation split is empty")
+    data_dir = out / "data"
+    train_manifest = _write_manifest(train_items, data_dir / "train.json")
+    eval_manifest = _write_manifest(eval_items, data_dir / "eval.json")
+    labels = _write_label_csv(classes, data_dir / "labels.csv")
+    multilabel = any(len(_labels_of(it)) > 1 for it in train_items + eval_items)
+    notes.append(f"data: {len(train_items)} training and {len(eval_items)} evaluation clips of {len(classes)} classes"
+                 f" ({'multi-label: BCE, mAP' if multilabel else 'single-label: cross-entropy, accuracy'}); manifests in {data_dir}")
+
+    # the model and what it expects
+    params: Dict[str, Any] = {"drop_path": 0.1}
+    init_rep = None
+    max_length, num_mel_bins = 1024, 128
+    if init is not None:
+        name, init_params, init_rep = classifier_for(init)
+        params.update(init_params)
+        max_length = int(init_rep.model_params.get("target_length") or 1024)
+        num_mel_bins = int(init_rep.model_params.get("num_mel_bins") or 128)
+        notes.append(f"model: {name}, initialised from {init} ({init_rep.model_name}, {init_rep.format})")
+        if model is not None and model != name:
+            raise ConfigError("--model", f"--init {init} holds a {init_rep.model_name}: its classifier is {name}, not {model}")
+    else:
+        name = model or DEFAULT_MODEL
+        notes.append(f"model: {name} from scratch" + ("" if model else " (the default; --model picks another)"))
+
+    # the input length, from the clips
+    survey = survey_clips([it["wav"] for it in train_items], max_files=max_files, seed=seed, num_mel_bins=num_mel_bins)
+    if not survey.frames:
+        raise ConfigError("data", f"none of the {len(train_items)} training clips could be read; first: {survey.skipped[:1]}")
+    target_length = choose_target_length(survey.frames, maximum=max_length)
+    frames = sorted(survey.frames)
+    notes.append(
+        f"input length: {target_length} frames ({target_length / 100:.2f} s): the 95th percentile of {len(frames)} training clips "
+        f"(shortest {frames[0] / 100:.2f} s, median {frames[len(frames) // 2] / 100:.2f} s, longest {frames[-1] / 100:.2f} s), "
+        f"rounded up to 16 frames, at most {max_length}"
+    )
+
+    # the normalisation statistics: one rule
+    if init_rep is not None:
+        mean, std, where = init_statistics(init_rep)
+        notes.append(f"statistics: mean {mean:.6g}, std {std:.6g}, those the initial model was trained with ({where})")
+    else:
+        st = survey.stats(target_length)
+        mean, std = float(st["mean"]), float(st["std"])
+        notes.append(f"statistics: mean {mean:.6g}, std {std:.6g} of the training clips at {target_length} frames (padding included)")
+
+    # length of the run, learning rate
+    batch = int(min(BATCH_SIZE, max(4, len(train_items) // 10)))  # a small set still makes ~10 steps an epoch
+    steps_per_epoch = max(1, len(train_items) // batch)
+    epochs = int(min(max(math.ceil(STEP_BUDGET / steps_per_epoch), 10), 200))
+    pretrained = init is not None
+    width = _encoder_width(name, params, num_mel_bins)
+    lr = (PRETRAINED_LR if pretrained else FROM_SCRATCH_LR) * REFERENCE_WIDTH / width
+    blr = lr * 256 / batch
+    notes.append(
+        f"optimisation: AdamW, lr {lr:.3g} at batch {batch} (optim.blr {blr:.4g}; width {width}; "
+        + ("a pretrained encoder, layer-wise decay 0.75" if pretrained else "from scratch")
+        + f"), {epochs} epochs of {steps_per_epoch} steps, 2 of warm-up"
+    )
+    notes.append("augmentation: time shift within the padding (never splits a clip), gain, mixup 0.5, SpecAugment"
+                 + (", 2-D token masking 0.2/0.2" if pretrained else ""))
+
+    base = [
+        "task=finetune", "modality=audio", f"model.name={name}",
+        f"data.train_manifest={train_manifest}", f"data.eval_manifest={eval_manifest}", f"data.label_csv={labels}",
+        f"data.target_length={target_length}", f"data.num_mel_bins={num_mel_bins}", f"data.mean={mean!r}", f"data.std={std!r}",
+        "data.augment.shift=true", "data.augment.roll=false", "data.augment.gain=true", "data.augment.mixup=0.5",
+        f"data.augment.freqm={num_mel_bins // 5}", f"data.augment.timem={max(1, target_length // 8)}",
+        f"masking.mask_t_prob={0.2 if pretrained else 0.0}", f"masking.mask_f_prob={0.2 if pretrained else 0.0}",
+        f"optim.blr={blr!r}", "optim.weight_decay=0.05", "optim.betas=[0.9,0.999]", f"optim.layer_decay={0.75 if pretrained else 1.0}",
+        f"schedule.epochs={epochs}", "schedule.warmup_epochs=2", "schedule.min_lr=1e-6",
+        f"train.batch_size={batch}", f"train.seed={seed}",
+        f"eval.every_n_epochs={max(1, epochs // 5)}",
+        f"logging.every_n_steps={max(1, min(50, steps_per_epoch))}",
+        "checkpoint.every_n_epochs=0", "checkpoint.keep_last=1", f"output_dir={out}",
+    ]
+    base += [f"model.params.{k}={json.dumps(v)}" for k, v in params.items()]
+    if init is not None:
+        base.append(f"checkpoint.init_from={init}")
+    cfg = load_config([], base + list(overrides))
+    if overrides:
+        notes.append(f"overrides (win over the above): {' '.join(overrides)}")
+    counts: Dict[str, int] = {}
+    for it in eval_items:
+        for lab in _labels_of(it)[:1]:
+            counts[lab] = counts.get(lab, 0) + 1
+    chance = max(counts.values()) / len(eval_items) if counts and not multilabel else 1.0 / len(classes)
+    return FinetunePlan(config=cfg, notes=notes, num_classes=len(classes), num_train=len(train_items), num_eval=len(eval_items), held_out=held_out, chance=chance)
