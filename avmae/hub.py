@@ -572,7 +572,7 @@ def model_card(info: Mapping[str, Any]) -> str:
             "## Input",
             "",
             f"Log-mel fbank (Kaldi, {fe.get('num_mel_bins')} mel bins, 10 ms frames) of {fe.get('sample_rate')} Hz mono audio,",
-            f"{fe.get('target_length')} frames, normalised as (x - {fe.get('mean'):.6g}) / (2 * {fe.get('std'):.6g}).",
+            f"{fe.get('target_length')} frames, normalised as (x - mean) / (2 * std) with mean {fe.get('mean'):.6g}, std {fe.get('std'):.6g}.",
             "",
         ]
     metrics = info.get("metrics") or {}

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def test_help_lists_every_command(capsys):
     assert cli.main(["--help"]) == 0
     text = capsys.readouterr().out
-    for command in ("train", "evaluate", "extract", "visualize", "prepare", "convert", "benchmark", "models"):
+    for command in ("train", "finetune", "evaluate", "extract", "visualize", "prepare", "convert", "benchmark", "models"):
         assert f"  {command} " in text
     assert cli.main([]) == 2  # no command: usage
     assert cli.main(["frobnicate"]) == 2
