@@ -1,6 +1,6 @@
 """Fine-tuning on your own labelled clips without writing a config (``avmae finetune``).
 
-``plan_finetune(train, eval, init=...)`` turns a labelled folder or manifest into a run config and
+``plan_finetune(train, eval_data, init=...)`` turns a labelled folder or manifest into a run config and
 says what it decided and why (``FinetunePlan.notes``); the trainer then runs it as any config.
 
 Labels. A folder holds one subfolder per class: the subfolder's name is the label of every audio
@@ -226,7 +226,7 @@ def _encoder_width(name: str, params: Mapping[str, Any], num_mel_bins: int) -> i
 
 def plan_finetune(
     train: PathLike,
-    eval: Optional[PathLike] = None,
+    eval_data: Optional[PathLike] = None,
     *,
     init: Optional[PathLike] = None,
     output_dir: PathLike,
@@ -236,7 +236,7 @@ def plan_finetune(
     max_files: int = 1000,
     seed: int = 0,
 ) -> FinetunePlan:
-    """Build the fine-tuning run for ``train`` (and ``eval``) -> ``FinetunePlan`` (see the module doc).
+    """Build the fine-tuning run for ``train`` (and ``eval_data``) -> ``FinetunePlan`` (see the module doc).
 
     Writes ``output_dir/data/{train,eval}.json`` and ``labels.csv`` (absolute paths), decodes a
     seeded sample of ``max_files`` training clips once for their lengths and statistics."""
@@ -249,16 +249,12 @@ def plan_finetune(
         if key.strip() == "model.name" and model is None:
             model = value.strip()
     train_items, classes = labelled_items(train, label_csv)
-    held_out = eval is None
+    held_out = eval_data is None
     if held_out:
         train_items, eval_items = _stratified_split(train_items, HOLD_OUT, seed)
         notes.append(f"evaluation: no --eval given, so {len(eval_items)} training clips (a seeded, stratified {HOLD_OUT:.0%}) are held out")
     else:
-        eval_items, eval_classes = labelled_items(eval, label_csv)
-        if classes is not None and eval_classes is not None and not label_csv and Path(train).is_dir():
-            unknown = sorted({c for c, _ in eval_classes} - {c for c, _ in classes})
-            if unknown:
-                raise ConfigError("--eval", f"{eval}: classes {unknown} have no training clips in {train}")
+        eval_items, _ = labelled_items(eval_data, label_csv)  # its labels must be training classes (below)
     if classes is None:
         classes = [(c, c) for c in sorted({lab for it in train_items for lab in _labels_of(it)})]
     known = {c for c, _ in classes}
