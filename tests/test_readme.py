@@ -36,7 +36,7 @@ from conftest import import_tool
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
 SIZES = ["schedule.max_steps=2", "train.batch_size=4", "data.num_workers=0"]
-TOOL_SIZES = {"train": SIZES, "evaluate": ["--num-workers", "0", "--batch-size", "4"]}
+TOOL_SIZES = {"train": SIZES, "finetune": SIZES, "evaluate": ["--num-workers", "0", "--batch-size", "4"]}
 DEMO_SIZES = dict(num_train_per_class=2, num_eval_per_class=3)  # the README names eval_tone_002
 
 MARK = re.compile(r"^<!--\s*readme-test:\s*(run|skip)\b(.*?)-->\s*$")

@@ -49,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+from avmae.data import MediaError  # noqa: E402
+from avmae.errors import tool_main  # noqa: E402
+
+TERMINATED = 143  # 128 + SIGTERM: the run stopped early and saved a checkpoint to resume from
+
+
+@tool_main(hints={MediaError: "set data.on_error=skip to skip unreadable clips (they are then listed in <run>/skipped.tsv)"})
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_intermixed_args(argv)
     main_rank = int(os.environ.get("RANK", "0")) == 0
@@ -56,37 +63,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     for noisy in ("accelerate.checkpointing", "accelerate.accelerator"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
-    from avmae.checkpoint import CheckpointError
-    from avmae.config import ConfigError, to_yaml
-    from avmae.data import ManifestError, TooManySkippedError
-    from avmae.train import NonFiniteLossError, Trainer
+    from avmae.config import to_yaml
+    from avmae.train import Trainer
     from avmae.train.own_data import plan_finetune
 
+    # errors a user can act on (config, data, checkpoint, a stopped run) print one line (tool_main)
     out = Path(args.output_dir or Path("runs", f"finetune-{time.strftime('%Y%m%d-%H%M%S')}"))
-    try:
-        plan = plan_finetune(
-            args.train, args.eval, init=args.init, output_dir=out, label_csv=args.label_csv, model=args.model,
-            overrides=args.overrides, max_files=args.max_files or None, seed=args.seed,
-        )
-        if args.print_config:
-            print(to_yaml(plan.config), end="")
-            return 0
-        if main_rank:
-            print("plan:\n" + "\n".join(f"  {line}" for line in plan.notes), flush=True)
-        trainer = Trainer(plan.config)
-        result = trainer.fit()
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
-    except ManifestError as exc:
-        print(f"data error: {exc}", file=sys.stderr)
-        return 2
-    except CheckpointError as exc:
-        print(f"checkpoint error: {exc}", file=sys.stderr)
-        return 1
-    except (NonFiniteLossError, TooManySkippedError) as exc:
-        print(f"training stopped: {str(exc).strip().splitlines()[-1]}", file=sys.stderr)
-        return 1
+    plan = plan_finetune(
+        args.train, args.eval, init=args.init, output_dir=out, label_csv=args.label_csv, model=args.model,
+        overrides=args.overrides, max_files=args.max_files or None, seed=args.seed,
+    )
+    if args.print_config:
+        print(to_yaml(plan.config), end="")
+        return 0
+    if main_rank:
+        print("plan:\n" + "\n".join(f"  {line}" for line in plan.notes), flush=True)
+    trainer = Trainer(plan.config)
+    result = trainer.fit()
     if trainer.accelerator.is_main_process:
         ev = result.eval
         where = "held-out training clips" if plan.held_out else "evaluation clips"
@@ -99,7 +92,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"held-out accuracy: {100 * ev['acc']:.1f} % ({right} of {plan.num_eval} {where}; chance {100 * plan.chance:.1f} %)")
         else:
             print("no evaluation ran (eval.every_n_epochs=-1?)")
-    return 143 if result.interrupted else 0
+    return TERMINATED if result.interrupted else 0
 
 
 if __name__ == "__main__":
