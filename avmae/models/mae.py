@@ -234,7 +234,7 @@ class MaskedAutoencoder(nn.Module):
                 x = x + self.modality_embed[m].to(x.dtype)
             if num_clones > 1:
                 x = x.repeat_interleave(num_clones, dim=0)
-            x, mask, ids_restore, _ = self.maskers[m](x, mod.grid, ratios[m], None if noise is None else noise.get(m))
+            x, mask, ids_restore, _ = self.maskers[m](x, mod.input_grid(inputs[m]), ratios[m], None if noise is None else noise.get(m))
             for blk in self.modality_blocks[m] if m in self.modality_blocks else ():
                 x = blk(x)
             tokens[m] = x
