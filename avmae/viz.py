@@ -142,7 +142,8 @@ def reconstruct(
     was_training = model.training
     model.eval()
     try:
-        out = model(inputs, mask_ratio=mask_ratio, noise=noise)
+        with torch.no_grad():
+            out = model(inputs, mask_ratio=mask_ratio, noise=noise)
     finally:
         model.train(was_training)
     for m, mod in model.modalities.items():
