@@ -28,7 +28,7 @@ def test_benchmark_runs_end_to_end_and_writes_json(tmp_path, manifest):
     out = tmp_path / "bench.json"
     threads = torch.get_num_threads()
     try:
-        result = tool.main([
+        result = tool.run([
             "--model", "audiomae_tiny", "--steps", "1", "--warmup", "1", "--precision", "fp32", "--threads", "1",
             "--peak-size", "256", "--manifest", str(manifest), "--workers", "0", "--data-clips", "6",
             "--data-batch-size", "3", "--data-repeats", "1", "--target-length", "64", "--fbank-batch", "2",

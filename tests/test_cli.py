@@ -1,5 +1,7 @@
 """The ``avmae`` command: help, built-in listing, dispatch to the tools, clear errors."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -76,3 +78,23 @@ def test_key_value_overrides_and_sources_may_follow_options(load_tool):
     assert folds.overrides == ["a=1", "b=2"]
     extract = load_tool("extract").build_parser().parse_intermixed_args(["a.wav", "--checkpoint", "ck", "b.wav", "--out", "e.npz"])
     assert extract.sources == ["a.wav", "b.wav"] and extract.checkpoint == "ck"
+
+
+def test_benchmark_through_the_cli_exits_0(tmp_path, capsys):
+    """``avmae benchmark`` runs the real tools/benchmark.py (tiny settings) and exits 0 after a
+    successful run; its JSON holds the measured step."""
+    threads = torch.get_num_threads()
+    out = tmp_path / "b.json"
+    try:
+        status = cli.main([
+            "benchmark", "--model", "audiomae_tiny", "--frames", "32", "--batch-size", "2", "--steps", "1", "--warmup", "1",
+            "--precision", "fp32", "--threads", "1", "--peak-size", "64", "--no-baseline", "--no-data", "--no-fbank",
+            "--json", str(out),
+        ])
+    finally:
+        torch.set_num_threads(threads)
+    assert status == 0
+    doc = json.loads(out.read_text())
+    assert doc["model_step"]["ours"]["step_s_best"] > 0 and doc["model_step"]["ours"]["input_shape"] == {"audio": [2, 1, 32, 128]}
+    assert "audiomae_tiny" in capsys.readouterr().out  # the table
+    assert cli.main(["benchmark", "--no-such-option"]) == 2  # argparse's status

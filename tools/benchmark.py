@@ -54,6 +54,8 @@ from avmae.train.optim import build_optimizer, param_groups  # noqa: E402
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # --optimizer -> optim.fused: "auto" is the trainer's default, the others force one implementation
 OPTIMIZERS = {"auto": "auto", "adamw": "false", "adamw-fused": "true"}
+# profiler regions of a training step (``--profile``)
+REGION_FORWARD, REGION_BACKWARD, REGION_OPTIMIZER = "step::forward", "step::backward", "step::optimizer"
 
 
 # ----------------------------------------------------------------------------------- machine
@@ -245,14 +247,17 @@ class TrainingStep:
         self.times: List[float] = []
 
     def forward_backward(self) -> None:
-        with torch.autocast(self.device.type, dtype=PRECISIONS[self.precision], enabled=self.precision != "fp32"):
-            loss = self.loss_fn()
-        loss.backward()
+        with torch.profiler.record_function(REGION_FORWARD):
+            with torch.autocast(self.device.type, dtype=PRECISIONS[self.precision], enabled=self.precision != "fp32"):
+                loss = self.loss_fn()
+        with torch.profiler.record_function(REGION_BACKWARD):
+            loss.backward()
 
     def step(self) -> None:
         self.forward_backward()
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
+        with torch.profiler.record_function(REGION_OPTIMIZER):
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
 
     def warm_up(self, steps: int) -> None:
         self.first = timed(self.step, self.device, 1)[0]
@@ -314,6 +319,65 @@ def measure_training_step(
     return run.report(flops, peak)
 
 
+# op classes of ``--profile``, first match wins (self CPU time of each op; the optimizer region
+# counts whole, whatever its ops)
+OP_CLASSES = [
+    ("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addbmm", "aten::_addmm_activation",
+                "aten::matmul", "aten::linear", "aten::mkldnn_convolution", "aten::convolution_backward", "aten::_convolution",
+                "aten::convolution", "aten::conv2d", "aten::mkldnn_rnn_layer")),
+    ("attention (fused SDPA)", ("scaled_dot_product", "flash_attention", "efficient_attention")),
+    ("norms, GELU, softmax", ("layer_norm", "gelu", "softmax", "aten::relu", "threshold_backward", "aten::norm", "vector_norm")),
+    ("casts and copies", ("aten::_to_copy", "aten::copy_", "aten::to", "aten::clone", "aten::contiguous", "aten::_copy_from")),
+]
+
+
+def op_class(name: str) -> str:
+    for cls, keys in OP_CLASSES:
+        if name in keys or any(k in name for k in keys if not k.startswith("aten::")):
+            return cls
+    return "elementwise, reshapes, other"
+
+
+def profile_step(step: "TrainingStep", steps: int = 1) -> Dict[str, Any]:
+    """``torch.profiler`` over ``steps`` training steps: self CPU time per op class (``OP_CLASSES``)
+    and per region (forward, backward, optimizer); seconds per step. The profiler adds its own
+    overhead (a few % of the step); shares, not the totals, are what to compare."""
+    from torch.profiler import ProfilerActivity, profile
+
+    regions = (REGION_FORWARD, REGION_BACKWARD, REGION_OPTIMIZER)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step.step()
+    by_class: Dict[str, float] = {}
+    by_region: Dict[str, float] = {}
+    by_op: Dict[str, float] = {}
+    for ev in prof.events():
+        if ev.name in regions:
+            by_region[ev.name.split("::")[1]] = by_region.get(ev.name.split("::")[1], 0.0) + ev.cpu_time_total / 1e6
+            continue
+        region, parent = None, ev.cpu_parent
+        while parent is not None:
+            if parent.name in regions:
+                region = parent.name
+                break
+            parent = parent.cpu_parent
+        if region is None:
+            continue
+        t = ev.self_cpu_time_total / 1e6
+        cls = "optimizer" if region == REGION_OPTIMIZER else op_class(ev.name)
+        by_class[cls] = by_class.get(cls, 0.0) + t
+        by_op[ev.name] = by_op.get(ev.name, 0.0) + t
+    total = sum(by_class.values())
+    order = [c for c, _ in OP_CLASSES] + ["elementwise, reshapes, other", "optimizer"]
+    return {
+        "profiled_s_per_step": round(total / steps, 4),
+        "by_region_s": {k: round(v / steps, 4) for k, v in by_region.items()},
+        "by_class_s": {c: round(by_class.get(c, 0.0) / steps, 4) for c in order},
+        "by_class_share": {c: round(by_class.get(c, 0.0) / total, 4) for c in order} if total else {},
+        "top_ops_s": {k: round(v / steps, 4) for k, v in sorted(by_op.items(), key=lambda kv: -kv[1])[:15]},
+    }
+
+
 class ModelRun:
     """A preset built for the benchmark: model, inputs, FLOPs, warmed-up ``TrainingStep`` and the
     peak memory of building it and its warm-up steps."""
@@ -331,9 +395,12 @@ class ModelRun:
         compile: bool = False,
         seed: int = 0,
         optimizer: str = "auto",
+        frames: Optional[int] = None,
     ) -> None:
         torch.manual_seed(seed)
-        kwargs = {"decoder": decoder} if decoder else {}
+        kwargs: Dict[str, Any] = {"decoder": decoder} if decoder else {}
+        if frames:
+            kwargs["target_length"] = frames
         with PeakMemory(device) as mem:
             model = avmae.create_model(name, **kwargs).to(device).train()
             n_set = set_fused_attention(model, fused)
@@ -355,6 +422,7 @@ class ModelRun:
         self.info = dict(
             model=name,
             decoder=decoder,
+            input_shape={k: list(v.shape) for k, v in inputs.items()},
             attention="fused (SDPA)" if fused else "plain math",
             attention_modules=n_set,
             compile=compile,
@@ -538,6 +606,13 @@ def format_table(result: Dict[str, Any]) -> str:
             )
         if "speedup_vs_baseline" in runs:
             lines.append(f"speed-up over the fp32 plain-math baseline: {runs['speedup_vs_baseline']:.2f}x (best step times)")
+        profiled = {k: r["profile"] for k, r in runs.items() if isinstance(r, dict) and "profile" in r}
+        if profiled:
+            lines.append("")
+            lines.append("profile, self CPU time per step (s, share): " + "; ".join(f"{k} {p['profiled_s_per_step']:.3f} s" for k, p in profiled.items()))
+            lines.append(f"{'op class':30s} " + " ".join(f"{k[:18]:>18s}" for k in profiled))
+            for cls in next(iter(profiled.values()))["by_class_s"]:
+                lines.append(f"{cls:30s} " + " ".join(f"{p['by_class_s'][cls]:9.3f} {p['by_class_share'].get(cls, 0):7.1%} " for p in profiled.values()))
     if result.get("data"):
         lines.append("")
         lines.append(f"{'data pipeline':16s} {'workers':>7s} {'fbank on':>8s} {'clips/s':>9s} {'per worker':>11s} {'incl. startup':>14s}")
@@ -570,12 +645,14 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         default="auto",
         help="auto: as the trainer's default (optim.fused=auto: fused AdamW where torch has it for the device); adamw: torch's default implementation; adamw-fused: fused",
     )
+    p.add_argument("--frames", type=int, default=None, help="the model's input length in fbank frames (target_length; default: the preset's)")
     p.add_argument("--steps", type=int, default=5, help="timed steps")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--compile", action="store_true", help="torch.compile the model of the main run")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
     p.add_argument("--peak-size", type=int, default=None, help="n of the n x n x n peak matmul (default 2048 CPU, 8192 CUDA)")
+    p.add_argument("--profile", type=int, default=0, metavar="N", help="also profile N steps of every configuration: time per op class (torch.profiler)")
     p.add_argument("--no-model", action="store_true", help="skip the model step")
     p.add_argument("--no-baseline", action="store_true", help="skip the fp32 plain-math baseline")
     p.add_argument("--baseline-steps", type=int, default=None, help="timed steps of the baseline (default --steps)")
@@ -596,7 +673,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
+def run(argv: Optional[List[str]] = None) -> Dict[str, Any]:
+    """The benchmark of ``argv`` (as on the command line): prints the table, writes ``--json``
+    and returns the results."""
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -616,7 +695,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                 args.precision = "bf16" if peaks["bf16"] > peaks["fp32"] else "fp32"
             result["precision_auto"] = args.precision
         runs: Dict[str, Any] = {}
-        common = dict(decoder=args.decoder or None, batch_size=args.batch_size, warmup=args.warmup, device=device)
+        common = dict(decoder=args.decoder or None, batch_size=args.batch_size, warmup=args.warmup, device=device, frames=args.frames)
         configs = {"ours": dict(precision=args.precision, fused=True, compile=args.compile, optimizer=args.optimizer)}
         if args.also_precision and args.also_precision != args.precision:
             configs[f"ours_{args.also_precision}"] = dict(precision=args.also_precision, fused=True, optimizer=args.optimizer)
@@ -634,6 +713,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         for key, run in built.items():
             runs[key] = run.report(peaks.get(run.step.precision))
             print(f"{key}: {runs[key]['step_s_best']:.3f} s/step", file=sys.stderr)
+        if args.profile:
+            for key, run in built.items():
+                runs[key]["profile"] = profile_step(run.step, args.profile)
         built.clear()
         del run
         gc.collect()
@@ -680,5 +762,11 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     return result
 
 
+def main(argv: Optional[List[str]] = None) -> int:
+    """Command-line entry (``avmae benchmark``): runs the benchmark -> exit status 0."""
+    run(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
