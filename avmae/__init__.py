@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any, List
 
-import torch.nn as nn
+from . import _openmp  # noqa: F401  (first: OpenMP's wait policy, read when torch loads it)
+
+import torch.nn as nn  # noqa: E402
 
 from .registry import (
     DECODERS,

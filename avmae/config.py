@@ -213,14 +213,18 @@ class ScheduleConfig:
 class TrainConfig:
     """``batch_size`` is per process; effective batch = batch_size * grad_accum * processes.
 
-    ``mixed_precision``: "auto" = bf16 on GPUs that support it (else fp16) and on CPUs with AMX
-    bf16 units; "no" (fp32) on other CPUs, where bf16 autocast is slower than fp32. ``max_nonfinite``: consecutive non-finite steps (skipped) before the run
-    stops. ``cpu``: stay on the CPU even when a GPU is present.
+    ``mixed_precision``: "auto" = bf16 on GPUs that support it (else fp16); on a CPU the faster of
+    fp32 ("no") and bf16 autocast by a short matmul probe at the model's shapes, cached per machine
+    (``avmae.train.precision``). ``max_nonfinite``: consecutive non-finite steps (skipped) before
+    the run stops. ``cpu``: stay on the CPU even when a GPU is present. ``threads``: intra-op CPU
+    threads of each process, "auto" (``OMP_NUM_THREADS`` if set, else the cores the process may
+    use) or a number (``avmae.train.threads``).
     """
 
     batch_size: int = 8
     grad_accum: int = 1
     mixed_precision: str = "auto"
+    threads: str = "auto"
     seed: int = 0
     max_nonfinite: int = 3
     compile: bool = False
@@ -596,6 +600,8 @@ def validate(cfg: Config) -> Config:
     _check(t.batch_size >= 1, "train.batch_size", f"must be >= 1, got {t.batch_size}")
     _check(t.grad_accum >= 1, "train.grad_accum", f"must be >= 1, got {t.grad_accum}")
     _in("train.mixed_precision", t.mixed_precision, ["auto", "no", "bf16", "fp16"])
+    t.threads = str(t.threads)
+    _check(t.threads == "auto" or (t.threads.isdigit() and int(t.threads) >= 1), "train.threads", f"must be 'auto' or a number of threads >= 1, got {t.threads!r}")
     _check(t.seed >= 0, "train.seed", f"must be >= 0, got {t.seed}")
     _check(t.max_nonfinite >= 1, "train.max_nonfinite", f"must be >= 1, got {t.max_nonfinite}")
     _in("train.loss", t.loss, ["auto", "bce", "ce"])

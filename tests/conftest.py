@@ -4,7 +4,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+
+# idle OpenMP threads sleep instead of spinning on cores other jobs need (read when torch loads;
+# avmae sets the same default, but this process imports torch first)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 # keep test runs quiet and deterministic on 2-core CI machines
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -52,10 +57,12 @@ def _seed():
 
 
 @pytest.fixture
-def one_thread():
-    """One torch thread for the test, restored afterwards (use with ``pytest.mark.usefixtures``)."""
+def one_thread(monkeypatch):
+    """One torch thread for the test, restored afterwards (use with ``pytest.mark.usefixtures``);
+    a trainer built in the test keeps it (``train.threads: auto`` follows ``OMP_NUM_THREADS``)."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     yield
     torch.set_num_threads(n)
 

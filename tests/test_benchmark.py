@@ -95,3 +95,27 @@ def test_bf16_autocast_step_on_cpu():
     assert out.pred["audio"].dtype == torch.bfloat16 and torch.isfinite(out.loss)
     out.loss.backward()
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("bf16_faster", [True, False])
+def test_auto_precision_is_the_trainers_choice(tmp_path, monkeypatch, bf16_faster):
+    """``--precision auto`` takes train.mixed_precision=auto's choice, from the same (injected) probe."""
+    from avmae.train import precision
+
+    monkeypatch.setenv("AVMAE_CACHE", str(tmp_path))
+    monkeypatch.setattr(precision, "probe_matmul", lambda shapes: {"fp32": 1e11, "bf16": 4e11 if bf16_faster else 5e10})
+    tool = import_tool("benchmark")
+    threads = torch.get_num_threads()
+    try:
+        result = tool.run(["--model", "audiomae_tiny", "--frames", "32", "--steps", "1", "--warmup", "1", "--threads", "1",
+                           "--peak-size", "64", "--no-baseline", "--no-data", "--no-fbank", "--profile", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    expected = "bf16" if bf16_faster else "fp32"
+    assert result["precision_auto"]["precision"] == expected and result["model_step"]["ours"]["precision"] == expected
+    shapes = tool.model_shapes("audiomae_tiny", "swin", 32)
+    assert precision.resolve_mixed_precision("auto", torch.device("cpu"), shapes=shapes) == ("bf16" if bf16_faster else "no")
+    prof = result["model_step"]["ours"]["profile"]
+    assert prof["by_class_s"]["matmul"] > 0 and prof["by_class_s"]["optimizer"] > 0
+    assert abs(sum(prof["by_class_share"].values()) - 1) < 1e-3
+    assert set(prof["by_region_s"]) == {"forward", "backward", "optimizer"}

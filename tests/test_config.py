@@ -120,21 +120,6 @@ def test_as2m_recipe():
     assert cfg.train.batch_size * cfg.train.grad_accum * 64 == 512
 
 
-def test_auto_precision_uses_bf16_only_on_cpus_with_amx(monkeypatch):
-    import torch
-
-    from avmae.train import precision
-
-    cpu = torch.device("cpu")
-    monkeypatch.setattr(precision, "_cpu_flags", lambda: {"avx512f", "avx512_bf16"})
-    assert precision.resolve_mixed_precision("auto", cpu) == ("no")
-    monkeypatch.setattr(precision, "_cpu_flags", lambda: {"avx512f", "avx512_bf16", "amx_tile", "amx_bf16"})
-    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        assert precision.resolve_mixed_precision("auto", cpu) == "bf16"
-    assert precision.resolve_mixed_precision("bf16", cpu) == "bf16"
-    assert precision.resolve_mixed_precision("no", cpu) == "no"
-
-
 def test_fused_accepts_python_booleans():
     from avmae.config import validate
 

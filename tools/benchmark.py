@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import avmae  # noqa: E402
 from avmae.layers import WindowAttention  # noqa: E402
 from avmae.train.optim import build_optimizer, param_groups  # noqa: E402
+from avmae.train.precision import choose_precision, linear_shapes  # noqa: E402
 
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # --optimizer -> optim.fused: "auto" is the trainer's default, the others force one implementation
@@ -189,6 +190,15 @@ def set_fused_attention(model: torch.nn.Module, fused: bool) -> int:
             m.fused = fused
             n += 1
     return n
+
+
+def model_shapes(name: str, decoder: Optional[str], frames: Optional[int]) -> List[Any]:
+    """The matmul shapes ``train.mixed_precision=auto`` probes for this preset (built on meta)."""
+    kwargs: Dict[str, Any] = {"decoder": decoder} if decoder else {}
+    if frames:
+        kwargs["target_length"] = frames
+    with torch.device("meta"):
+        return linear_shapes(avmae.create_model(name, **kwargs))
 
 
 def random_inputs(model: torch.nn.Module, batch_size: int, device: torch.device) -> Dict[str, torch.Tensor]:
@@ -591,6 +601,10 @@ def format_table(result: Dict[str, Any]) -> str:
                  f"torch {m['torch']}; threads {m['torch_threads']}; {m['date']}")
     if result.get("matmul_peak_tflops"):
         lines.append("matmul peak: " + ", ".join(f"{k} {v:.3f} TFLOP/s" for k, v in result["matmul_peak_tflops"].items()))
+    auto = result.get("precision_auto")
+    if auto:
+        probe = f": F.linear fp32 {auto['fp32_gflops']:.1f}, bf16 autocast {auto['bf16_gflops']:.1f} GFLOP/s ({auto['source']})" if auto.get("fp32_gflops") else ""
+        lines.append(f"precision auto (as train.mixed_precision=auto) -> {auto['precision']}{probe}")
     runs = result.get("model_step", {})
     if runs:
         lines.append("")
@@ -637,7 +651,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         "--precision",
         choices=["auto", *sorted(PRECISIONS)],
         default="auto",
-        help="autocast dtype of the main run; auto: bf16 on CUDA, on CPU whichever of bf16/fp32 has the higher measured matmul peak",
+        help="autocast dtype of the main run; auto: as the trainer's train.mixed_precision=auto (bf16 on CUDA; on a CPU the faster of fp32 and bf16 in its cached matmul probe)",
     )
     p.add_argument(
         "--optimizer",
@@ -689,11 +703,11 @@ def run(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             peaks[prec] = matmul_peak(device, prec, args.peak_size)
             result["matmul_peak_tflops"][prec] = round(peaks[prec] / 1e12, 4)
         if args.precision == "auto":
-            if device.type == "cuda":
-                args.precision = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-            else:
-                args.precision = "bf16" if peaks["bf16"] > peaks["fp32"] else "fp32"
-            result["precision_auto"] = args.precision
+            # the trainer's choice (train.mixed_precision=auto), from the same cached probe
+            choice = choose_precision(device, shapes=model_shapes(args.model, args.decoder or None, args.frames))
+            args.precision = {"no": "fp32"}.get(choice.mixed_precision, choice.mixed_precision)
+            result["precision_auto"] = {**choice.as_dict(), "precision": args.precision}
+            print(f"precision auto: {choice.describe()}", file=sys.stderr)
         runs: Dict[str, Any] = {}
         common = dict(decoder=args.decoder or None, batch_size=args.batch_size, warmup=args.warmup, device=device, frames=args.frames)
         configs = {"ours": dict(precision=args.precision, fused=True, compile=args.compile, optimizer=args.optimizer)}

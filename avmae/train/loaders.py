@@ -76,11 +76,13 @@ def die_with_launcher() -> bool:
 
 def _init_worker(worker_id: int, parent: Optional[int] = None) -> None:
     """DataLoader ``worker_init_fn``: gone with the training process (pid ``parent``),
-    ``seed_worker``, SIGTERM ignored."""
+    ``seed_worker``, one intra-op thread, SIGTERM ignored."""
     from ..data import seed_worker
+    from .threads import worker_threads
 
     die_with_parent(parent)
     seed_worker(worker_id)
+    worker_threads()
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 

@@ -46,9 +46,10 @@ from .loaders import StopRequest, build_loader, die_with_launcher, stop_workers
 from .logging_utils import TrainLog
 from .optim import build_optimizer, lr_at, resolve_fused, set_fused, set_lr
 from .plan import RunPlan, plan_run
-from .precision import resolve_mixed_precision
+from .precision import linear_shapes, resolve_mixed_precision
 from .samplers import EpochIndexed, MemoryCached
-from .task import Task, model_inputs
+from .task import Task, base_model_params, build_model, model_inputs
+from .threads import configure_threads
 
 _logger = logging.getLogger(__name__)
 
@@ -127,7 +128,8 @@ class Trainer:
         self.output_dir = Path(cfg.output_dir)
         self.task = task if task is not None else task_cls(cfg)
         self._datasets = datasets
-        self.mixed_precision = resolve_mixed_precision(cfg.train.mixed_precision, state.device)
+        self.threads = configure_threads(cfg.train.threads)  # before the precision probe: it runs on them
+        self.mixed_precision = resolve_mixed_precision(cfg.train.mixed_precision, state.device, shapes=self._probe_shapes(cfg, state.device))
         if state.num_processes == 1:  # one process may run several trainers (notebooks, tests), each with its own precision
             from accelerate.state import AcceleratorState
 
@@ -143,6 +145,19 @@ class Trainer:
         )
         self.checkpoints = RunCheckpoints(cfg, self.output_dir, self.accelerator)
         self.stop = StopRequest()
+
+    @staticmethod
+    def _probe_shapes(cfg: Config, device: torch.device) -> Optional[List[Tuple[int, int, int]]]:
+        """The matmul shapes of the run's model for ``auto`` precision on a CPU (the model built
+        on the meta device: no memory, no init); None (the probe's defaults) where it cannot be."""
+        if cfg.train.mixed_precision != "auto" or device.type != "cpu":
+            return None
+        try:
+            with torch.device("meta"):
+                return linear_shapes(build_model(cfg.model.name, base_model_params(cfg)))
+        except Exception as exc:  # a task-specific model (e.g. one that needs its data): default shapes
+            _logger.debug("precision probe: default shapes (%s)", exc)
+            return None
 
     @staticmethod
     def _output_dir(cfg: Config, state) -> Path:
