@@ -255,6 +255,7 @@ class TrainingStep:
         self.optimizer = "adamw-fused" if self.opt.defaults["fused"] else "adamw"  # what "auto" resolved to
         self.first: Optional[float] = None
         self.times: List[float] = []
+        self.cpu_times: List[float] = []  # process CPU time of each timed step (all threads)
 
     def forward_backward(self) -> None:
         with torch.profiler.record_function(REGION_FORWARD):
@@ -275,7 +276,9 @@ class TrainingStep:
             timed(self.step, self.device, steps - 1)
 
     def run_timed(self) -> None:
+        cpu = time.process_time()
         self.times += timed(self.step, self.device, 1)
+        self.cpu_times.append(time.process_time() - cpu)
 
     def report(self, flops: Optional[int] = None, peak: Optional[float] = None) -> Dict[str, Any]:
         t = self.times
@@ -287,6 +290,10 @@ class TrainingStep:
             "step_s_best": round(min(t), 4),
             "step_s_median": round(statistics.median(t), 4),
             "step_s_all": [round(x, 4) for x in t],
+            # CPU time of the process per step: on a shared machine with one intra-op thread, the
+            # step's own work (time spent waiting for a core is not counted)
+            "step_cpu_s_best": round(min(self.cpu_times), 4) if self.cpu_times else None,
+            "step_cpu_s_median": round(statistics.median(self.cpu_times), 4) if self.cpu_times else None,
             "samples_per_s": round(self.batch_size / min(t), 3),
             "samples_per_s_median": round(self.batch_size / statistics.median(t), 3),
         }
@@ -608,13 +615,13 @@ def format_table(result: Dict[str, Any]) -> str:
     runs = result.get("model_step", {})
     if runs:
         lines.append("")
-        lines.append(f"{'model step':34s} {'prec':5s} {'AdamW':11s} {'B':>4s} {'best s':>8s} {'median s':>9s} {'samples/s':>10s} {'TFLOP/s':>8s} {'of peak':>8s} {'mem MB':>9s}")
+        lines.append(f"{'model step':34s} {'prec':5s} {'AdamW':11s} {'B':>4s} {'best s':>8s} {'median s':>9s} {'CPU s':>7s} {'samples/s':>10s} {'TFLOP/s':>8s} {'of peak':>8s} {'mem MB':>9s}")
         for key, r in runs.items():
             if not isinstance(r, dict) or "step_s_best" not in r:
                 continue
             label = f"{key}: {r['model']}/{r['decoder'] or '-'} {'compiled' if r['compile'] else ''}".strip()
             lines.append(
-                f"{label[:34]:34s} {r['precision']:5s} {r['optimizer']:11s} {r['batch_size']:4d} {r['step_s_best']:8.3f} {r['step_s_median']:9.3f} "
+                f"{label[:34]:34s} {r['precision']:5s} {r['optimizer']:11s} {r['batch_size']:4d} {r['step_s_best']:8.3f} {r['step_s_median']:9.3f} {r.get('step_cpu_s_best') or float('nan'):7.3f} "
                 f"{r['samples_per_s']:10.2f} {r.get('tflops_achieved', float('nan')):8.3f} "
                 f"{r.get('peak_fraction', float('nan')):8.1%} {r['memory']['delta_mb']:9.0f}"
             )
