@@ -448,7 +448,10 @@ class ModelRun:
         )
 
     def report(self, peak: Optional[float] = None) -> Dict[str, Any]:
-        return {**self.step.report(self.flops, peak), **self.info}
+        out = {**self.step.report(self.flops, peak), **self.info}
+        if self.info["compile"]:  # the first step compiles: its excess over a compiled step
+            out["compile_s"] = round(out["first_step_s"] - out["step_s_median"], 2)
+        return out
 
 
 def bench_model(name: str, *, steps: int, peak: Optional[float] = None, **kwargs: Any) -> Dict[str, Any]:
@@ -615,7 +618,7 @@ def format_table(result: Dict[str, Any]) -> str:
     runs = result.get("model_step", {})
     if runs:
         lines.append("")
-        lines.append(f"{'model step':34s} {'prec':5s} {'AdamW':11s} {'B':>4s} {'best s':>8s} {'median s':>9s} {'CPU s':>7s} {'samples/s':>10s} {'TFLOP/s':>8s} {'of peak':>8s} {'mem MB':>9s}")
+        lines.append(f"{'model step':34s} {'prec':5s} {'AdamW':11s} {'B':>4s} {'best s':>8s} {'median s':>9s} {'CPU s':>7s} {'samples/s':>10s} {'TFLOP/s':>8s} {'of peak':>8s} {'MFU':>6s} {'mem MB':>9s} {'compile s':>9s}")
         for key, r in runs.items():
             if not isinstance(r, dict) or "step_s_best" not in r:
                 continue
@@ -623,7 +626,7 @@ def format_table(result: Dict[str, Any]) -> str:
             lines.append(
                 f"{label[:34]:34s} {r['precision']:5s} {r['optimizer']:11s} {r['batch_size']:4d} {r['step_s_best']:8.3f} {r['step_s_median']:9.3f} {r.get('step_cpu_s_best') or float('nan'):7.3f} "
                 f"{r['samples_per_s']:10.2f} {r.get('tflops_achieved', float('nan')):8.3f} "
-                f"{r.get('peak_fraction', float('nan')):8.1%} {r['memory']['delta_mb']:9.0f}"
+                f"{r.get('peak_fraction', float('nan')):8.1%} {r.get('mfu', float('nan')):6.1%} {r['memory']['delta_mb']:9.0f} {r.get('compile_s', float('nan')):9.1f}"
             )
         if "speedup_vs_baseline" in runs:
             lines.append(f"speed-up over the fp32 plain-math baseline: {runs['speedup_vs_baseline']:.2f}x (best step times)")
@@ -670,6 +673,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=5, help="timed steps")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--compile", action="store_true", help="torch.compile the model of the main run")
+    p.add_argument("--also-compile", action="store_true", help="also time every configuration of ours compiled (torch.compile), beside eager")
+    p.add_argument("--spec-peak-tflops", type=float, default=None,
+                   help="the device's dense bf16/fp16 peak from its data sheet (H100/H200 SXM: 989); MFU = achieved / this, for bf16 and fp16 runs")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
     p.add_argument("--peak-size", type=int, default=None, help="n of the n x n x n peak matmul (default 2048 CPU, 8192 CUDA)")
@@ -706,7 +712,7 @@ def run(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     result["matmul_peak_tflops"] = {}
     if not args.no_model:
         peaks = {}
-        for prec in sorted({args.precision, "fp32", "bf16"} - {"auto"}):
+        for prec in sorted({args.precision, args.also_precision, "fp32", "bf16"} - {"auto", None}):
             peaks[prec] = matmul_peak(device, prec, args.peak_size)
             result["matmul_peak_tflops"][prec] = round(peaks[prec] / 1e12, 4)
         if args.precision == "auto":
@@ -719,7 +725,10 @@ def run(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         common = dict(decoder=args.decoder or None, batch_size=args.batch_size, warmup=args.warmup, device=device, frames=args.frames)
         configs = {"ours": dict(precision=args.precision, fused=True, compile=args.compile, optimizer=args.optimizer)}
         if args.also_precision and args.also_precision != args.precision:
-            configs[f"ours_{args.also_precision}"] = dict(precision=args.also_precision, fused=True, optimizer=args.optimizer)
+            configs[f"ours_{args.also_precision}"] = dict(precision=args.also_precision, fused=True, compile=args.compile, optimizer=args.optimizer)
+        if args.also_compile and not args.compile:
+            for key, cfg in list(configs.items()):
+                configs[f"{key}_compiled"] = dict(cfg, compile=True)
         if not args.no_baseline:
             configs["baseline"] = dict(precision="fp32", fused=False, optimizer=args.baseline_optimizer)
         built = {}
@@ -751,6 +760,8 @@ def run(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         for r in runs.values():
             if isinstance(r, dict) and r.get("tflops_achieved") and r["precision"] in peaks:
                 r["peak_fraction"] = round(r["tflops_achieved"] * 1e12 / peaks[r["precision"]], 4)
+            if isinstance(r, dict) and r.get("tflops_achieved") and args.spec_peak_tflops and r["precision"] in ("bf16", "fp16"):
+                r["mfu"] = round(r["tflops_achieved"] / args.spec_peak_tflops, 4)
         result["model_step"] = runs
     if not args.no_data:
         manifest = args.manifest
