@@ -12,7 +12,7 @@ as an unrelated job would) shares the machine. Output: a table and ``--json``.
 
 ``auto`` is what the trainer picks (``avmae.train.threads``); ``default`` leaves OMP_WAIT_POLICY
 unset (the process would otherwise get avmae's default: see ``avmae/_openmp.py``), ``passive``
-and ``active`` set it.
+and ``active`` set it, ``spin=N`` sets GNU OpenMP's ``GOMP_SPINCOUNT`` (spin N times, then sleep).
 """
 
 from __future__ import annotations
@@ -68,7 +68,11 @@ class Config:
         env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
         env.pop("OMP_NUM_THREADS", None)
         env.pop("OMP_WAIT_POLICY", None)
-        if policy != "default":
+        env.pop("GOMP_SPINCOUNT", None)
+        if policy.startswith("spin="):  # GNU OpenMP: spin this many times, then sleep
+            env["AVMAE_OMP_WAIT_POLICY"] = "keep"
+            env["GOMP_SPINCOUNT"] = policy.split("=", 1)[1]
+        elif policy != "default":
             env["OMP_WAIT_POLICY"] = policy.upper()
         else:
             env["AVMAE_OMP_WAIT_POLICY"] = "keep"  # leave the OpenMP runtime's own default
