@@ -97,7 +97,7 @@ def test_trainer_auto_precision_follows_the_probe(tmp_path, monkeypatch):
             return {"fp32": fp32, "bf16": bf16}
 
         monkeypatch.setattr(precision, "probe_matmul", fake)
-        cfg = load_config([], ["model.name=audiomae_tiny", "train.cpu=true", "train.mixed_precision=auto", "train.threads=1",
+        cfg = load_config([], ["model.name=audiomae_tiny", "data.demo=audio", "train.cpu=true", "train.mixed_precision=auto", "train.threads=1",
                                "data.target_length=32", f"output_dir={tmp_path / expected}", "logging.tensorboard=false"])
         monkeypatch.setenv("AVMAE_CACHE", str(tmp_path / f"cache_{expected}"))
         assert Trainer(cfg).mixed_precision == expected

@@ -155,6 +155,8 @@ class Trainer:
         try:
             with torch.device("meta"):
                 return linear_shapes(build_model(cfg.model.name, base_model_params(cfg)))
+        except ConfigError:  # a bad model config stops the run here, before the probe does any work
+            raise
         except Exception as exc:  # a task-specific model (e.g. one that needs its data): default shapes
             _logger.debug("precision probe: default shapes (%s)", exc)
             return None
