@@ -33,7 +33,7 @@ data:
   num_mel_bins: 32
   num_workers: 0
   cache: true
-train: {{batch_size: 2, cpu: true, mixed_precision: "no"}}
+train: {{batch_size: 2, cpu: true, mixed_precision: "no", threads: 1}}  # one thread in every process: the same arithmetic
 optim: {{lr: 2.0e-3}}
 schedule: {{epochs: 2, warmup_epochs: 0}}
 eval: {{every_n_epochs: -1}}

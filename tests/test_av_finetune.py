@@ -247,7 +247,7 @@ def test_evaluate_tool_video_views(demo, tmp_path, load_tool):
 
     # by hand: the same checkpoint, 3 views of each clip one at a time, softmax averaged
     model, report = load_pretrained(tmp_path / "run")
-    ds = evaluate.build_dataset(model, report.config, Path(cfg.data.eval_manifest), Path(cfg.data.label_csv), evaluate.build_parser().parse_args(["-c", "x", "--video-views", "3"]))
+    ds = evaluate.build_dataset(model, report.config, Path(cfg.data.eval_manifest), Path(cfg.data.label_csv), evaluate.build_parser().parse_args(["-c", "x", "--task", "classify", "--video-views", "3"]))
     batch = next(iter(DataLoader(ds, batch_size=len(ds))))
     assert batch["video"].shape[1:3] == (3, 1)
     with torch.no_grad():
@@ -271,7 +271,7 @@ def test_evaluate_tool_averages_sigmoids_for_a_bce_run(demo, tmp_path, load_tool
     assert evaluate.main(["-c", str(tmp_path / "run"), "--num-workers", "0", "--cpu", "--save-logits", str(saved), "--video-views", "2"]) == 0
     logits = torch.load(saved)["logits"]
     model, report = load_pretrained(tmp_path / "run")
-    ds = evaluate.build_dataset(model, report.config, Path(cfg.data.eval_manifest), Path(cfg.data.label_csv), evaluate.build_parser().parse_args(["-c", "x", "--video-views", "2"]))
+    ds = evaluate.build_dataset(model, report.config, Path(cfg.data.eval_manifest), Path(cfg.data.label_csv), evaluate.build_parser().parse_args(["-c", "x", "--task", "classify", "--video-views", "2"]))
     assert not ds.multilabel
     batch = next(iter(DataLoader(ds, batch_size=len(ds))))
     with torch.no_grad():

@@ -116,7 +116,7 @@ def resolve_views(args: argparse.Namespace, config: Optional[Dict[str, Any]], ha
         if args.video_views > 1 and not has_video:
             raise SystemExit("evaluate: --video-views needs a model with a video input")
         if args.video_views > 1 and args.task != "classify":
-            raise SystemExit("evaluate: --video-views averages a classifier's predictions; --task retrieval uses one view")
+            raise SystemExit(f"evaluate: --video-views averages a classifier's predictions; --task {args.task} uses one view")
         return args.video_views
     section = (config or {}).get("eval")
     views = section.get("video_views", 1) if isinstance(section, dict) else 1
@@ -284,11 +284,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         raise SystemExit("evaluate: give both --mean and --std, or neither")
 
     import torch
-    from accelerate import Accelerator
+    from accelerate import Accelerator, PartialState
+    from accelerate.state import AcceleratorState
     from torch.utils.data import DataLoader
 
     from avmae.hub import load_pretrained
 
+    if PartialState(cpu=args.cpu).num_processes == 1:  # one process may evaluate after a trainer ran in it (notebooks, tests)
+        AcceleratorState._reset_state()
     accelerator = Accelerator(cpu=args.cpu, mixed_precision=args.precision)
     model, report = load_pretrained(args.checkpoint, model_name=args.model_name)  # errors: one line (tool_main)
     config = report.config if isinstance(report.config, dict) else None

@@ -64,7 +64,7 @@ class ThreadSettings:
     def describe(self) -> str:
         return (
             f"{self.intra_op} intra-op thread(s) ({self.source}; {self.usable_cpus} usable core(s)), "
-            f"OpenMP wait policy {self.wait_policy}, DataLoader workers 1 thread each"
+            f"OpenMP wait policy {self.wait_policy}, 1 thread per data-loading worker"
         )
 
 
