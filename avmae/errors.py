@@ -29,7 +29,11 @@ import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Tuple, Type
 
-__all__ = ["explain", "one_line", "tool_main", "writable_output"]
+__all__ = ["explain", "one_line", "tool_main", "writable_output", "TERMINATED", "SKIP_BAD_CLIPS"]
+
+TERMINATED = 143  # a training tool's exit status when SIGTERM stopped it after saving a checkpoint (128 + SIGTERM)
+# the training tools' hint for an unreadable clip under data.on_error=raise
+SKIP_BAD_CLIPS = "set data.on_error=skip to skip unreadable clips (they are then listed in <run>/skipped.tsv)"
 
 _OS_HINTS: Dict[int, str] = {
     errno.EACCES: "permission denied: choose a location you can write to (or read), or fix its permissions",

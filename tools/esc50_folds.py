@@ -110,6 +110,7 @@ def write_fold_files(rows: Sequence[Dict[str, Any]], out: Path) -> Dict[int, Dic
 def run_fold(fold: int, files: Dict[str, Path], config_files: Sequence[str], overrides: Sequence[str], out: Path) -> Dict[str, Any]:
     """Fine-tune on the other folds, evaluate on ``fold`` -> {"acc", "best_acc", ...}."""
     from avmae.config import load_config, resolve_config_path
+    from avmae.errors import TERMINATED
     from avmae.train import Trainer
 
     done = out / "result.json"
@@ -131,7 +132,7 @@ def run_fold(fold: int, files: Dict[str, Path], config_files: Sequence[str], ove
     trainer = Trainer(cfg)
     result = trainer.fit()
     if result.interrupted:
-        raise SystemExit(143)
+        raise SystemExit(TERMINATED)
     record = {
         "fold": fold,
         "acc": result.eval.get("acc"),

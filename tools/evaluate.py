@@ -285,13 +285,12 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     import torch
     from accelerate import Accelerator, PartialState
-    from accelerate.state import AcceleratorState
     from torch.utils.data import DataLoader
 
     from avmae.hub import load_pretrained
+    from avmae.train.precision import fresh_precision_state
 
-    if PartialState(cpu=args.cpu).num_processes == 1:  # one process may evaluate after a trainer ran in it (notebooks, tests)
-        AcceleratorState._reset_state()
+    fresh_precision_state(PartialState(cpu=args.cpu).num_processes)
     accelerator = Accelerator(cpu=args.cpu, mixed_precision=args.precision)
     model, report = load_pretrained(args.checkpoint, model_name=args.model_name)  # errors: one line (tool_main)
     config = report.config if isinstance(report.config, dict) else None

@@ -50,12 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 from avmae.data import MediaError  # noqa: E402
-from avmae.errors import tool_main  # noqa: E402
-
-TERMINATED = 143  # 128 + SIGTERM: the run stopped early and saved a checkpoint to resume from
+from avmae.errors import SKIP_BAD_CLIPS, TERMINATED, tool_main  # noqa: E402
 
 
-@tool_main(hints={MediaError: "set data.on_error=skip to skip unreadable clips (they are then listed in <run>/skipped.tsv)"})
+@tool_main(hints={MediaError: SKIP_BAD_CLIPS})
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_intermixed_args(argv)
     main_rank = int(os.environ.get("RANK", "0")) == 0

@@ -36,12 +36,10 @@ except ImportError:  # a source checkout without `pip install -e .`
 
 from avmae.config import CONFIG_DIR, ConfigError, diff, load_config, resolve_config_path
 from avmae.data import MediaError
-from avmae.errors import tool_main
+from avmae.errors import SKIP_BAD_CLIPS, TERMINATED, tool_main
 from avmae.run_folder import CONFIG_FILE, step_folders
 from avmae.train import Trainer
 from avmae.train.logging_utils import format_metrics
-
-TERMINATED = 143  # 128 + SIGTERM: the run stopped early and saved a checkpoint to resume from
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -112,7 +110,7 @@ def build_config(args: argparse.Namespace):
     return load_config([resolve_config_path(f) for f in files], overrides)
 
 
-@tool_main(hints={MediaError: "set data.on_error=skip to skip unreadable clips (they are then listed in <run>/skipped.tsv)"})
+@tool_main(hints={MediaError: SKIP_BAD_CLIPS})
 def main(argv=None) -> int:
     args = parse_args(argv)
     main_rank = int(os.environ.get("RANK", "0")) == 0  # set by torchrun / accelerate launch

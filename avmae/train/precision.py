@@ -42,7 +42,7 @@ __all__ = [
     "DEFAULT_SHAPES",
     "PrecisionChoice",
     "choose_precision",
-    "cpu_has_fast_bf16",
+    "fresh_precision_state",
     "linear_shapes",
     "probe_cache_path",
     "probe_matmul",
@@ -59,37 +59,34 @@ Shape = Tuple[int, int, int]
 Probe = Callable[[Sequence[Shape]], Dict[str, float]]
 
 
-def _cpu_flags() -> set:
+def _cpuinfo(field: str) -> Optional[str]:
+    """The value of the first ``field`` line of /proc/cpuinfo (None where there is none)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
+                if line.startswith(field):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
 
 
-def cpu_has_fast_bf16() -> bool:
-    """Whether the CPU has AMX bf16 tiles (flag ``amx_bf16``) and oneDNN can use them. Informative
-    only: ``auto`` decides by ``probe_matmul``."""
-    try:
-        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-            return False
-    except (AttributeError, RuntimeError):
-        return False
-    return "amx_bf16" in _cpu_flags()
+def _cpu_flags() -> set:
+    return set((_cpuinfo("flags") or "").split())
+
+
+def _cpu_model() -> str:
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+def fresh_precision_state(num_processes: int) -> None:
+    """Let this process build an ``Accelerator`` with its own precision: one process may run several
+    trainers, or a tool after a trainer (notebooks, tests), and accelerate keeps the first one's
+    precision process-wide. Launched processes (several) keep theirs."""
+    if num_processes == 1:
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state()
 
 
 def linear_shapes(model: nn.Module, *, limit: int = 2, rows: int = PROBE_ROWS) -> List[Shape]:

@@ -46,7 +46,7 @@ from .loaders import StopRequest, build_loader, die_with_launcher, stop_workers
 from .logging_utils import TrainLog
 from .optim import build_optimizer, lr_at, resolve_fused, set_fused, set_lr
 from .plan import RunPlan, plan_run
-from .precision import linear_shapes, resolve_mixed_precision
+from .precision import fresh_precision_state, linear_shapes, resolve_mixed_precision
 from .samplers import EpochIndexed, MemoryCached
 from .task import Task, base_model_params, build_model, model_inputs
 from .threads import configure_threads
@@ -130,10 +130,7 @@ class Trainer:
         self._datasets = datasets
         self.threads = configure_threads(cfg.train.threads)  # before the precision probe: it runs on them
         self.mixed_precision = resolve_mixed_precision(cfg.train.mixed_precision, state.device, shapes=self._probe_shapes(cfg, state.device))
-        if state.num_processes == 1:  # one process may run several trainers (notebooks, tests), each with its own precision
-            from accelerate.state import AcceleratorState
-
-            AcceleratorState._reset_state()
+        fresh_precision_state(state.num_processes)
         self.accelerator = Accelerator(
             cpu=cfg.train.cpu,
             mixed_precision=self.mixed_precision,
