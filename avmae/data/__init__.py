@@ -10,6 +10,8 @@ from .datasets import (
     collect_skipped,
     read_label_csv,
     read_manifest,
+    write_label_csv,
+    write_manifest,
     seed_worker,
     worker_init_fn,
 )
@@ -39,6 +41,8 @@ __all__ = [
     "TooManySkippedError",
     "read_manifest",
     "read_label_csv",
+    "write_manifest",
+    "write_label_csv",
     "collect_skipped",
     "ensure_demo_audio",
     "synthesize_clip",

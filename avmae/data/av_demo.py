@@ -21,7 +21,6 @@ the class and which picture goes with which sound (retrieval). Layout:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -31,7 +30,7 @@ from typing import Callable, Dict, Optional, Tuple, Union
 import av
 import torch
 
-from .datasets import item_generator
+from .datasets import item_generator, write_manifest
 from .demo import DEMO_CLASSES, _cache_dir, _ensure_generated, _write_class_csv, synthesize_clip
 
 _logger = logging.getLogger(__name__)
@@ -202,7 +201,7 @@ def _write_dataset(out: Path, params: dict) -> None:
                 vid = f"{split}_{name}_{k:03d}"
                 write_av_clip(out / "video" / f"{vid}.mp4", frames, wave, fps=fps, sample_rate=sr)
                 items.append({"video": f"video/{vid}.mp4", "video_id": vid, "labels": f"/demo/{name}"})
-        (out / f"{split}.json").write_text(json.dumps({"data": items}, indent=1), encoding="utf-8")
+        write_manifest(out / f"{split}.json", items)
 
 
 def ensure_demo_av(

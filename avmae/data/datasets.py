@@ -31,6 +31,8 @@ _logger = logging.getLogger(__name__)
 __all__ = [
     "read_manifest",
     "read_label_csv",
+    "write_manifest",
+    "write_label_csv",
     "ManifestPaths",
     "AudioDataset",
     "TooManySkippedError",
@@ -134,6 +136,25 @@ def _read_manifest_items(path: Path) -> List[Any]:
         if not isinstance(items, list):
             raise ManifestError(f'{path}: "data" must be a list, got {type(items).__name__}')
     return items
+
+
+def write_manifest(path: PathLike, items: Sequence[Mapping[str, Any]]) -> Path:
+    """``items`` as an AudioMAE JSON manifest (``{"data": [...]}``) at ``path`` (folders made) -> path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"data": list(items)}, indent=1), encoding="utf-8")
+    return path
+
+
+def write_label_csv(path: PathLike, classes: Sequence[Tuple[str, str]]) -> Path:
+    """``index,mid,display_name`` rows for ``classes`` [(mid, display name)] at ``path`` -> path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["index", "mid", "display_name"])
+        w.writerows([i, mid, name] for i, (mid, name) in enumerate(classes))
+    return path
 
 
 def read_manifest(path: PathLike, *, allow_outside_root: bool = False) -> List[Dict[str, Any]]:

@@ -14,7 +14,6 @@ code path as AudioSet:
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -26,7 +25,7 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 
-from .datasets import item_generator
+from .datasets import item_generator, write_label_csv, write_manifest
 from .io import save_audio
 
 _logger = logging.getLogger(__name__)
@@ -197,11 +196,7 @@ def default_demo_root() -> Path:
 
 def _write_class_csv(out: Path) -> None:
     """``out/class_labels_indices.csv`` for ``DEMO_CLASSES`` (mid ``/demo/<name>``)."""
-    with (out / "class_labels_indices.csv").open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["index", "mid", "display_name"])
-        for i, (name, display) in enumerate(DEMO_CLASSES):
-            writer.writerow([i, f"/demo/{name}", display])
+    write_label_csv(out / "class_labels_indices.csv", [(f"/demo/{name}", display) for name, display in DEMO_CLASSES])
 
 
 def _ensure_generated(root: Path, params: dict, write: Callable[[Path], None]) -> Path:
@@ -254,7 +249,7 @@ def _write_dataset(out: Path, num_per_class: Dict[str, int], seed: int, seconds:
                 rel = f"audio/{split}_{name}_{k:03d}.flac"
                 save_audio(out / rel, wave.unsqueeze(0), sr)
                 items.append({"wav": rel, "labels": f"/demo/{name}"})
-        (out / f"{split}.json").write_text(json.dumps({"data": items}, indent=1), encoding="utf-8")
+        write_manifest(out / f"{split}.json", items)
 
 
 def ensure_demo_audio(

@@ -42,7 +42,6 @@ The decisions, each logged (``key=value`` overrides win over all of them):
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -153,22 +152,6 @@ def _stratified_split(items: List[Dict[str, Any]], fraction: float, seed: int) -
     return [it for i, it in enumerate(items) if i not in held], [it for i, it in enumerate(items) if i in held]
 
 
-def _write_manifest(items: Sequence[Mapping[str, Any]], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"data": list(items)}, indent=1), encoding="utf-8")
-    return path
-
-
-def _write_label_csv(classes: Sequence[Tuple[str, str]], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["index", "mid", "display_name"])
-        for i, (mid, name) in enumerate(classes):
-            w.writerow([i, mid, name])
-    return path
-
-
 # ------------------------------------------------------------------------------ the initial model
 
 
@@ -240,6 +223,7 @@ def plan_finetune(
 
     Writes ``output_dir/data/{train,eval}.json`` and ``labels.csv`` (absolute paths), decodes a
     seeded sample of ``max_files`` training clips once for their lengths and statistics."""
+    from ..data import write_label_csv, write_manifest
     from ..data.stats import choose_target_length, survey_clips
 
     out = Path(output_dir)
@@ -268,9 +252,9 @@ def plan_finetune(
     if not eval_items:
         raise ConfigError("--eval", "the evaluation split is empty")
     data_dir = out / "data"
-    train_manifest = _write_manifest(train_items, data_dir / "train.json")
-    eval_manifest = _write_manifest(eval_items, data_dir / "eval.json")
-    labels = _write_label_csv(classes, data_dir / "labels.csv")
+    train_manifest = write_manifest(data_dir / "train.json", train_items)
+    eval_manifest = write_manifest(data_dir / "eval.json", eval_items)
+    labels = write_label_csv(data_dir / "labels.csv", classes)
     multilabel = any(len(_labels_of(it)) > 1 for it in train_items + eval_items)
     notes.append(f"data: {len(train_items)} training and {len(eval_items)} evaluation clips of {len(classes)} classes"
                  f" ({'multi-label: BCE, mAP' if multilabel else 'single-label: cross-entropy, accuracy'}); manifests in {data_dir}")
