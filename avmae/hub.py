@@ -314,25 +314,28 @@ def load_pretrained(
     else:
         info = _describe(weights, sd, meta, int(overrides.get("num_mel_bins", 128)))
     params = {**info.model_params, **overrides}
+    def build(**extra: Any) -> nn.Module:
+        try:
+            return avmae.create_model(info.model_name, **params, **extra)
+        except TypeError as exc:
+            if extra and all(k in str(exc) for k in extra):
+                raise  # the factory does not take the extra params
+            raise CheckpointError(f"{weights}: cannot build {info.model_name}({_fmt_params({**params, **extra})}): {exc}") from exc
+        except (ValueError, KeyError) as exc:
+            raise CheckpointError(f"{weights}: cannot build {info.model_name}({_fmt_params({**params, **extra})}): {exc}") from exc
+
+    model = None
     saved_length = info.model_params.get("target_length")
     if saved_length and params.get("target_length") != saved_length and "pos_base_length" not in params:
         # another input length: keep the positions the saved model was trained with (the fixed
         # table's first rows, or its formula continued), for models whose factory takes it
         try:
-            model = avmae.create_model(info.model_name, **params, pos_base_length=int(saved_length))
+            model = build(pos_base_length=int(saved_length))
             params["pos_base_length"] = int(saved_length)
-        except TypeError as exc:
-            if "pos_base_length" not in str(exc):
-                raise CheckpointError(f"{weights}: cannot build {info.model_name}({_fmt_params(params)}): {exc}") from exc
-            model = None
-        except (ValueError, KeyError) as exc:
-            raise CheckpointError(f"{weights}: cannot build {info.model_name}({_fmt_params(params)}): {exc}") from exc
-    else:
-        model = None
-    try:
-        model = model if model is not None else avmae.create_model(info.model_name, **params)
-    except (TypeError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"{weights}: cannot build {info.model_name}({_fmt_params(params)}): {exc}") from exc
+        except TypeError:
+            pass
+    if model is None:
+        model = build()
     encoder_only = info.source == "detected" and info.format == "timm-vit" and hasattr(model, "decoder")
     report = load_checkpoint(model, weights, strict=strict and not encoder_only, state_dict=sd)
     if encoder_only:

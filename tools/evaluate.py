@@ -84,19 +84,28 @@ def _data_section(config: Optional[Dict[str, Any]]) -> Dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def _demo_root(config: Optional[Dict[str, Any]]) -> Optional[Path]:
+    """The generated demo clips' folder when the run trained on them (``data.demo``; a run folder saved
+    before data.demo existed did when it named no manifest), else None."""
+    data = _data_section(config)
+    if config is None or data.get("train_manifest") is not None:
+        return None
+    demo = data.get("demo", config.get("modality") if "demo" not in data else None)
+    if demo is None:
+        return None
+    from avmae.data import ensure_demo_audio, ensure_demo_av
+
+    return ensure_demo_av() if demo == "av" else ensure_demo_audio()
+
+
 def resolve_data(args: argparse.Namespace, config: Optional[Dict[str, Any]]):
     """(manifest, label CSV) from the arguments, else the run config, else the demo eval split."""
     data = _data_section(config)
     manifest, label_csv = args.data, args.label_csv
     if manifest is None:
         manifest = data.get("eval_manifest")
-        # a run folder saved before data.demo existed trained on the demo clips when it named no manifest
-        demo = data.get("demo", config.get("modality") if config is not None and "demo" not in data else None)
-        if manifest is None and config is not None and data.get("train_manifest") is None and demo is not None:
-            from avmae.data import ensure_demo_audio, ensure_demo_av
-
-            # the run trained on the generated demo clips: their eval split
-            root = ensure_demo_av() if demo == "av" else ensure_demo_audio()
+        root = _demo_root(config) if manifest is None else None
+        if root is not None:  # the run trained on the generated demo clips: their eval split
             manifest, label_csv = root / "eval.json", label_csv or root / "class_labels_indices.csv"
         if manifest is None:
             raise SystemExit("evaluate: pass --data (the checkpoint's config names no eval manifest)")
@@ -148,10 +157,9 @@ def resolve_train_data(args: argparse.Namespace, config: Optional[Dict[str, Any]
     data = _data_section(config)
     if data.get("train_manifest"):
         return Path(data["train_manifest"])
-    if config is not None:
-        from avmae.data import ensure_demo_audio
-
-        return ensure_demo_audio() / "train.json"
+    root = _demo_root(config)
+    if root is not None:
+        return root / "train.json"
     raise SystemExit(f"evaluate --task {args.task}: pass --train-data (the labelled reference clips)")
 
 
@@ -244,14 +252,13 @@ def reconstruction(model, dataset, loader, accelerator, args) -> Dict[str, Any]:
     return out
 
 
-def embedding_probe(model, config, args, task: str) -> Dict[str, Any]:
-    """knn / linear on the frozen encoder's clip embeddings of the train and eval manifests."""
+def embedding_probe(model, config, args, task: str, manifest: Path, label_csv: Path) -> Dict[str, Any]:
+    """knn / linear on the frozen encoder's clip embeddings of the train and eval (``manifest``) clips."""
     from avmae.data import read_label_csv, read_manifest
     from avmae.extract import EmbeddingExtractor
     from avmae.hub import frontend_for
     from avmae.probe import embed_items, knn_scores, label_matrix, linear_probe, score
 
-    manifest, label_csv = resolve_data(args, config)
     train_manifest = resolve_train_data(args, config)
     class_ids, class_names = read_label_csv(label_csv)
     extractor = EmbeddingExtractor(model, frontend_for(model, config, norm=args.norm, mean=args.mean, std=args.std))
@@ -295,14 +302,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     model, report = load_pretrained(args.checkpoint, model_name=args.model_name)  # errors: one line (tool_main)
     config = report.config if isinstance(report.config, dict) else None
     task = args.task = resolve_task(args, model, report.model_name)
+    manifest, label_csv = resolve_data(args, config)
     if task in ("knn", "linear"):
         if accelerator.num_processes > 1:
             raise SystemExit(f"evaluate --task {task} runs in one process (it embeds every clip once); run it without accelerate launch")
         model.to(accelerator.device)
-        result = embedding_probe(model, config, args, task)
-        manifest, label_csv = resolve_data(args, config)
+        result = embedding_probe(model, config, args, task, manifest, label_csv)
     else:
-        manifest, label_csv = resolve_data(args, config)
         if task == "reconstruction" and args.label_csv is None:
             label_csv = None  # no labels needed
         dataset = build_dataset(model, config, manifest, label_csv, args)
