@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Any, List
 
-from . import _openmp  # noqa: F401  (first: OpenMP's wait policy, read when torch loads it)
-
 import torch.nn as nn  # noqa: E402
 
+from . import _openmp  # noqa: F401  (first: OpenMP's wait policy, read when torch loads it)
+from . import decoders as _decoders  # noqa: F401  (registers built-in decoders)
+from . import modalities as _modalities  # noqa: F401  (registers built-in modalities)
+from . import models as _models  # noqa: F401  (registers presets)
+from .checkpoint import load_checkpoint, save_checkpoint
 from .registry import (
     DECODERS,
     MODALITIES,
@@ -19,10 +22,6 @@ from .registry import (
     register_modality,
     register_model,
 )
-from . import modalities as _modalities  # noqa: F401  (registers built-in modalities)
-from . import decoders as _decoders  # noqa: F401  (registers built-in decoders)
-from . import models as _models  # noqa: F401  (registers presets)
-from .checkpoint import load_checkpoint, save_checkpoint
 from .structures import MAEOutput
 
 __version__ = "0.1.0"
@@ -54,7 +53,9 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
     same model (plugins included) from the file alone."""
     model = MODELS.get(name)(**overrides)
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model factory {name!r} ({MODELS.source(name)}) returned {type(model).__name__}, not an nn.Module")
+        raise TypeError(
+            f"model factory {name!r} ({MODELS.source(name)}) returned {type(model).__name__}, not an nn.Module"
+        )
     model.avmae_spec = {"name": name, "params": dict(overrides)}
     return model
 

@@ -22,6 +22,7 @@ import sys
 WAIT_POLICY = "OMP_WAIT_POLICY"
 OPT_OUT = "AVMAE_OMP_WAIT_POLICY"
 
+
 def set_default_wait_policy(environ=os.environ, torch_loaded=None):
     """``OMP_WAIT_POLICY=PASSIVE`` in ``environ`` unless chosen otherwise (see above) -> what the
     OpenMP runtime of this process reads: the variable's value ("unset" if none), or None when

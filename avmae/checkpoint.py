@@ -76,7 +76,9 @@ class LoadReport:
     ignored: List[str] = field(default_factory=list)  # in the file, not used by design (e.g. a decoder)
     reinitialized: List[str] = field(default_factory=list)  # model keys left fresh by design (e.g. a new head)
     regenerated: List[str] = field(default_factory=list)  # fixed tables kept from the model (other grid)
-    resized: List[str] = field(default_factory=list)  # audio positional tables of another input length, cut or continued
+    resized: List[str] = field(
+        default_factory=list
+    )  # audio positional tables of another input length, cut or continued
 
     def summary(self) -> str:
         """A few short lines: the file and format, then one line per kind of key, grouped by module
@@ -141,15 +143,16 @@ def _torch_load(path: Path) -> Any:
             if obj is None or obj in allowed:
                 if code:
                     raise CheckpointError(
-                        f"{path}: refusing to unpickle it: {reason}; a checkpoint must hold only tensors and plain values. "
-                        "Convert it to safetensors in a trusted environment."
+                        f"{path}: refusing to unpickle it: {reason}; a checkpoint must hold only tensors and plain"
+                        " values. Convert it to safetensors in a trusted environment."
                     ) from None
                 raise CheckpointError(f"{path}: {reason}; the file is damaged or not a checkpoint") from None
             allowed.append(obj)
         except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise CheckpointError(
-                f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {first}); the file is damaged, truncated or not a checkpoint"
+                f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {first}); the file is damaged,"
+                " truncated or not a checkpoint"
             ) from None
     raise CheckpointError(f"{path}: not a readable torch checkpoint")
 
@@ -184,7 +187,10 @@ def read_state_dict(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str, 
                 sd = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CheckpointError(f"{path}: not a readable safetensors file ({first}); it is damaged or truncated: copy or export it again") from None
+            raise CheckpointError(
+                f"{path}: not a readable safetensors file ({first}); it is damaged or truncated: copy or export it"
+                " again"
+            ) from None
         return sd, meta
     obj = _torch_load(path)
     for key in ("model", "state_dict", "module", "model_state"):
@@ -192,7 +198,10 @@ def read_state_dict(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str, 
             obj = obj[key]
             break
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path}: no state dict of tensors found (top-level keys: {list(obj)[:8] if isinstance(obj, Mapping) else type(obj).__name__})")
+        raise CheckpointError(
+            f"{path}: no state dict of tensors found (top-level keys:"
+            f" {list(obj)[:8] if isinstance(obj, Mapping) else type(obj).__name__})"
+        )
     return dict(obj), meta
 
 
@@ -284,7 +293,12 @@ def _map_audiomae(sd: Dict[str, torch.Tensor], model: nn.Module):
                 ignored.append(k)
                 continue
             head, _, rest = k.partition(".")
-            new = {"decoder_embed": "decoder.embed", "decoder_blocks": "decoder.blocks", "decoder_norm": "decoder.norm", "decoder_pred": f"decoder.pred.{key}"}[head]
+            new = {
+                "decoder_embed": "decoder.embed",
+                "decoder_blocks": "decoder.blocks",
+                "decoder_norm": "decoder.norm",
+                "decoder_pred": f"decoder.pred.{key}",
+            }[head]
             out[f"{new}.{rest}"] = v
         elif k.startswith(("head_dist.", "pre_logits.")) or k in ("dist_token",):
             ignored.append(k)
@@ -297,7 +311,12 @@ def _map_audiomae(sd: Dict[str, torch.Tensor], model: nn.Module):
 
 def _detect_audiomae(sd: Dict[str, torch.Tensor]) -> bool:
     # a distillation token marks a DeiT / AST backbone, which has formats of its own
-    return "patch_embed.proj.weight" in sd and "blocks.0.attn.qkv.weight" in sd and "pos_embed" in sd and "dist_token" not in sd
+    return (
+        "patch_embed.proj.weight" in sd
+        and "blocks.0.attn.qkv.weight" in sd
+        and "pos_embed" in sd
+        and "dist_token" not in sd
+    )
 
 
 def _format_of(sd: Dict[str, torch.Tensor]) -> str:
@@ -332,7 +351,9 @@ register_format("avmae", _detect_avmae, _map_avmae)
 register_format("audiomae", _detect_audiomae, _map_audiomae)
 
 
-def convert_state_dict(sd: Dict[str, torch.Tensor], model: nn.Module) -> Tuple[str, Dict[str, torch.Tensor], List[str], List[str]]:
+def convert_state_dict(
+    sd: Dict[str, torch.Tensor], model: nn.Module
+) -> Tuple[str, Dict[str, torch.Tensor], List[str], List[str]]:
     """Detect the format of ``sd`` and map it to ``model``'s keys. -> (format, sd, ignored, fresh)."""
     sd = _strip_prefix(sd, "module.")
     fmt = _format_of(sd)
@@ -342,7 +363,11 @@ def convert_state_dict(sd: Dict[str, torch.Tensor], model: nn.Module) -> Tuple[s
         )
     mapped, ignored, fresh = FORMATS[fmt][1](sd, model)
     if fmt == "audiomae":
-        fmt = "audiomae-pretrain" if "decoder_embed.weight" in sd else ("audiomae-finetune" if "fc_norm.weight" in sd else "timm-vit")
+        fmt = (
+            "audiomae-pretrain"
+            if "decoder_embed.weight" in sd
+            else ("audiomae-finetune" if "fc_norm.weight" in sd else "timm-vit")
+        )
     return fmt, mapped, ignored, fresh
 
 
@@ -414,7 +439,11 @@ def load_checkpoint(
     to_load = {k: v for k, v in mapped.items() if k in own}
     model.load_state_dict(to_load, strict=False)
     report.loaded = len(to_load)
-    if report.reinitialized and hasattr(model, "reset_head") and any(k.startswith(_HEAD_PREFIXES) for k in report.reinitialized):
+    if (
+        report.reinitialized
+        and hasattr(model, "reset_head")
+        and any(k.startswith(_HEAD_PREFIXES) for k in report.reinitialized)
+    ):
         model.reset_head()
     _logger.info("%s", report.summary())
     return report
@@ -487,7 +516,9 @@ def fsync_dir(path: PathLike) -> None:
         os.close(fd)
 
 
-def write_safetensors(tensors: Mapping[str, torch.Tensor], path: PathLike, *, metadata: Optional[Mapping[str, str]] = None) -> Path:
+def write_safetensors(
+    tensors: Mapping[str, torch.Tensor], path: PathLike, *, metadata: Optional[Mapping[str, str]] = None
+) -> Path:
     """Write ``tensors`` to a safetensors file, atomically (temp file, fsync, rename), with the
     mode the process umask gives every other file (the writer alone would give 0600)."""
     from safetensors.torch import save_file
@@ -495,7 +526,11 @@ def write_safetensors(tensors: Mapping[str, torch.Tensor], path: PathLike, *, me
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp), metadata=dict(metadata) if metadata else None)
+    save_file(
+        {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()},
+        str(tmp),
+        metadata=dict(metadata) if metadata else None,
+    )
     give_umask_mode(tmp)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
@@ -518,7 +553,9 @@ def to_audiomae_official(model: nn.Module) -> Dict[str, torch.Tensor]:
     sd = model.state_dict()
     out: Dict[str, torch.Tensor] = {}
     for k, v in sd.items():
-        if k == "cls_pos_embed" or k.startswith("objectives."):  # an objective's own state (a teacher) has no official place
+        if k == "cls_pos_embed" or k.startswith(
+            "objectives."
+        ):  # an objective's own state (a teacher) has no official place
             continue
         if k == f"modalities.{key}.pos_embed":
             out["pos_embed"] = torch.cat([sd["cls_pos_embed"], v], dim=1)
@@ -535,7 +572,13 @@ def to_audiomae_official(model: nn.Module) -> Dict[str, torch.Tensor]:
             head, _, tail = rest.partition(".")
             if head == "pred":
                 tail = tail.partition(".")[2]
-            out[{"embed": "decoder_embed", "blocks": "decoder_blocks", "norm": "decoder_norm", "pred": "decoder_pred"}[head] + "." + tail] = v
+            out[
+                {"embed": "decoder_embed", "blocks": "decoder_blocks", "norm": "decoder_norm", "pred": "decoder_pred"}[
+                    head
+                ]
+                + "."
+                + tail
+            ] = v
         else:
             out[k] = v
     return out

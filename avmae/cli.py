@@ -62,8 +62,8 @@ def run_tool(command: str, argv: List[str]) -> int:
     script = tools_dir() / script_name
     if not script.is_file():
         raise ToolNotFound(
-            f"'avmae {command}' runs {script_name} from the tools/ folder of a source checkout, and there is none at {script}. "
-            "Install avmae from a clone (pip install -e .) or point AVMAE_TOOLS_DIR at the tools/ folder."
+            f"'avmae {command}' runs {script_name} from the tools/ folder of a source checkout, and there is none at"
+            f" {script}. Install avmae from a clone (pip install -e .) or point AVMAE_TOOLS_DIR at the tools/ folder."
         )
     main_fn = _load(script)
     if main_fn is not None:
@@ -99,8 +99,13 @@ def list_all(pattern: str = "") -> str:
 
     lines = []
     for title, reg in (
-        ("models", MODELS), ("decoders", DECODERS), ("modalities", MODALITIES), ("maskers", MASKERS),
-        ("objectives", OBJECTIVES), ("tasks", TASKS), ("datasets (modality: ...)", DATASETS),
+        ("models", MODELS),
+        ("decoders", DECODERS),
+        ("modalities", MODALITIES),
+        ("maskers", MASKERS),
+        ("objectives", OBJECTIVES),
+        ("tasks", TASKS),
+        ("datasets (modality: ...)", DATASETS),
     ):
         names = reg.names(pattern)
         lines.append(f"{title} ({len(names)}):")
@@ -135,7 +140,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     if command == "models":
         if rest and rest[0] in ("-h", "--help"):
-            print("usage: avmae models [PATTERN]\n\nList what is registered, built in or by plugins: models, decoders, modalities, maskers,\nobjectives, tasks and datasets (fnmatch PATTERN filters them).")
+            print(
+                "usage: avmae models [PATTERN]\n\nList what is registered, built in or by plugins: models, decoders,"
+                " modalities, maskers,\nobjectives, tasks and datasets (fnmatch PATTERN filters them)."
+            )
             return 0
         print(list_all(rest[0] if rest else ""))
         return 0

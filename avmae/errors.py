@@ -139,7 +139,7 @@ def tool_main(prog: str = "", hints: Optional[Mapping[type, str]] = None) -> Cal
     return wrap
 
 
-def writable_output(path: "os.PathLike[str] | str", *, folder: bool = False) -> Path:
+def writable_output(path: os.PathLike[str] | str, *, folder: bool = False) -> Path:
     """Make sure ``path`` (a file; with ``folder``, a folder) can be written, before any work:
     creates the folder (or the file's folder) and raises the ``OSError`` that writing would raise
     (``explain`` makes it one line). -> the path."""

@@ -246,7 +246,9 @@ class EmbeddingExtractor:
         if fe.num_mel_bins != num_mel_bins:
             raise ValueError(f"frontend has {fe.num_mel_bins} mel bins, the model takes {num_mel_bins}")
         # whole clips: windows are cut here, not by the frontend
-        self.frontend = AudioFrontend(sample_rate=fe.sample_rate, num_mel_bins=fe.num_mel_bins, target_length=None, mean=fe.mean, std=fe.std)
+        self.frontend = AudioFrontend(
+            sample_rate=fe.sample_rate, num_mel_bins=fe.num_mel_bins, target_length=None, mean=fe.mean, std=fe.std
+        )
         self.hop = int(hop) if hop is not None else self.window
         if self.hop <= 0:
             raise ValueError(f"hop must be > 0 frames, got {hop}")
@@ -332,7 +334,9 @@ class EmbeddingExtractor:
         else:
             feats = model.forward_features(inputs)
             if feats.dim() != 2:
-                raise ValueError(f"{type(model).__name__}.forward_features gave shape {list(feats.shape)}, expected [B, D]")
+                raise ValueError(
+                    f"{type(model).__name__}.forward_features gave shape {list(feats.shape)}, expected [B, D]"
+                )
             if self.patches:
                 raise ValueError(f"{type(model).__name__} has no forward_tokens: no patch features")
             out["embedding"] = feats
@@ -478,7 +482,10 @@ def stack_results(results: Sequence[ClipFeatures]) -> Dict[str, np.ndarray]:
     if not done:
         return {}
     counts = np.array([r.num_windows for r in done], dtype=np.int64)
-    out: Dict[str, np.ndarray] = {"num_windows": counts, "window_offsets": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)}
+    out: Dict[str, np.ndarray] = {
+        "num_windows": counts,
+        "window_offsets": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+    }
     for key in done[0].arrays:
         parts = [r.arrays[key] for r in done]
         joined = (np.concatenate if key in _PER_WINDOW else np.stack)(parts)
@@ -507,11 +514,21 @@ def write_archive(
     files = [r.path for r in done]
     row_names = [by_index.get(r.index, Path(r.path).stem) for r in done]
     arrays = stack_results(results)
-    info = {"files": files, "names": row_names, "skipped": [r.path for r in skipped], "skipped_reasons": [r.error or "" for r in skipped], "meta": dict(meta or {})}
+    info = {
+        "files": files,
+        "names": row_names,
+        "skipped": [r.path for r in skipped],
+        "skipped_reasons": [r.error or "" for r in skipped],
+        "meta": dict(meta or {}),
+    }
     if path.suffix == ".safetensors":
         from safetensors.numpy import save_file
 
-        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(path), metadata={k: json.dumps(v) for k, v in info.items()})
+        save_file(
+            {k: np.ascontiguousarray(v) for k, v in arrays.items()},
+            str(path),
+            metadata={k: json.dumps(v) for k, v in info.items()},
+        )
         give_umask_mode(path)
     elif path.suffix == ".npz":
         np.savez(

@@ -36,7 +36,14 @@ import torch.nn as nn
 from .data import AudioFrontend
 from .hub import frontend_for, input_size, length_step
 
-__all__ = ["AudioEmbedder", "XaresEncoder", "load_model", "get_scene_embeddings", "get_timestamp_embeddings", "load_embedder"]
+__all__ = [
+    "AudioEmbedder",
+    "XaresEncoder",
+    "load_model",
+    "get_scene_embeddings",
+    "get_timestamp_embeddings",
+    "load_embedder",
+]
 
 PathLike = Union[str, os.PathLike]
 
@@ -59,7 +66,9 @@ class AudioEmbedder(nn.Module):
         super().__init__()
         mods = getattr(model, "modalities", None)
         if mods is None or list(mods) != ["audio"]:
-            raise ValueError(f"{type(model).__name__} is not a single-modality audio encoder (modalities: {list(mods or [])})")
+            raise ValueError(
+                f"{type(model).__name__} is not a single-modality audio encoder (modalities: {list(mods or [])})"
+            )
         self.is_mae = hasattr(model, "decoder")
         if not self.is_mae and not (hasattr(model, "forward_tokens") and hasattr(model, "fc_norm")):
             raise ValueError(f"{type(model).__name__} has neither a pretraining encoder nor forward_tokens/fc_norm")
@@ -68,7 +77,9 @@ class AudioEmbedder(nn.Module):
         fe = frontend or frontend_for(model)
         if fe.num_mel_bins != num_mel_bins:
             raise ValueError(f"frontend has {fe.num_mel_bins} mel bins, the model takes {num_mel_bins}")
-        self.frontend = AudioFrontend(sample_rate=fe.sample_rate, num_mel_bins=num_mel_bins, target_length=None, mean=fe.mean, std=fe.std)
+        self.frontend = AudioFrontend(
+            sample_rate=fe.sample_rate, num_mel_bins=num_mel_bins, target_length=None, mean=fe.mean, std=fe.std
+        )
         self.mod = mods["audio"]
         self.patch = int(self.mod.patch_size)
         self.step = length_step(model)
@@ -112,7 +123,11 @@ class AudioEmbedder(nn.Module):
         tokens = tokens[:, tokens.shape[1] - math.prod(self.mod.input_grid(x)) :]  # the cls token dropped
         t = x.shape[2] // self.patch
         f = tokens.shape[1] // t
-        grid = tokens.reshape(x.shape[0], t, f, -1) if self.mod.layout == "tf" else tokens.reshape(x.shape[0], f, t, -1).transpose(1, 2)
+        grid = (
+            tokens.reshape(x.shape[0], t, f, -1)
+            if self.mod.layout == "tf"
+            else tokens.reshape(x.shape[0], f, t, -1).transpose(1, 2)
+        )
         return grid.mean(dim=2).float()
 
     def _post(self, rows: torch.Tensor) -> torch.Tensor:
@@ -158,8 +173,17 @@ class AudioEmbedder(nn.Module):
         return self.timestamp_embeddings(audio)[0]
 
 
-def load_embedder(path: PathLike = "", *, model_name: Optional[str] = None, device: Union[str, torch.device, None] = None,
-                  norm: Optional[str] = None, mean: Optional[float] = None, std: Optional[float] = None, batch_size: int = 16, **overrides: Any) -> AudioEmbedder:
+def load_embedder(
+    path: PathLike = "",
+    *,
+    model_name: Optional[str] = None,
+    device: Union[str, torch.device, None] = None,
+    norm: Optional[str] = None,
+    mean: Optional[float] = None,
+    std: Optional[float] = None,
+    batch_size: int = 16,
+    **overrides: Any,
+) -> AudioEmbedder:
     """``AudioEmbedder`` of a checkpoint (anything ``avmae.hub.load_pretrained`` reads, or a
     ``save_pretrained`` folder); ``model_name`` without a path builds that model untrained (plumbing
     tests). ``norm`` / ``mean`` / ``std`` override the checkpoint's statistics."""

@@ -70,7 +70,6 @@ __all__ = [
 PathLike = Union[str, os.PathLike]
 
 
-
 @dataclass
 class PretrainedReport(LoadReport):
     """``LoadReport`` plus how the model was built.
@@ -85,7 +84,9 @@ class PretrainedReport(LoadReport):
     source: str = ""
 
     def summary(self) -> str:
-        return f"{self.model_name}({_fmt_params(self.model_params)}), described by its {self.source}\n" + super().summary()
+        return (
+            f"{self.model_name}({_fmt_params(self.model_params)}), described by its {self.source}\n" + super().summary()
+        )
 
 
 def _fmt_params(params: Mapping[str, Any]) -> str:
@@ -132,7 +133,9 @@ def checkpoint_config(path: PathLike) -> Optional[Dict[str, Any]]:
 # ------------------------------------------------------------------------------ model spec
 
 
-def _spec_from_config(cfg: Mapping[str, Any], meta: Mapping[str, str], sd: Mapping[str, torch.Tensor]) -> Tuple[str, Dict[str, Any]]:
+def _spec_from_config(
+    cfg: Mapping[str, Any], meta: Mapping[str, str], sd: Mapping[str, torch.Tensor]
+) -> Tuple[str, Dict[str, Any]]:
     """(model name, factory params) of a file that names its model but stores no ``model_params``
     (a bare ``{"model": {"name", "params"}}`` config, or a run config): ``model.params``, the input
     size from ``data.*`` (else from the positional table) and the class count from the head."""
@@ -159,14 +162,22 @@ def _spec_from_config(cfg: Mapping[str, Any], meta: Mapping[str, str], sd: Mappi
 def _head_classes(sd: Mapping[str, torch.Tensor]) -> Optional[int]:
     """Rows of the last 2-D weight of the classifier head (``head.weight``, ``head.<i>.weight``, or
     CAV-MAE's ``mlp_head.<i>.weight``)."""
-    found = [(k.count("."), k) for k, v in sd.items() if k.startswith(_HEAD_PREFIXES) and k.endswith(".weight") and v.dim() == 2]
+    found = [
+        (k.count("."), k)
+        for k, v in sd.items()
+        if k.startswith(_HEAD_PREFIXES) and k.endswith(".weight") and v.dim() == 2
+    ]
     if not found:
         return None
     return int(sd[max(found, key=lambda t: (t[0], t[1]))[1]].shape[0])
 
 
 def _count(sd: Mapping[str, torch.Tensor], prefix: str) -> int:
-    idx = {int(k[len(prefix) :].split(".", 1)[0]) for k in sd if k.startswith(prefix) and k[len(prefix) :].split(".", 1)[0].isdigit()}
+    idx = {
+        int(k[len(prefix) :].split(".", 1)[0])
+        for k in sd
+        if k.startswith(prefix) and k[len(prefix) :].split(".", 1)[0].isdigit()
+    }
     return max(idx) + 1 if idx else 0
 
 
@@ -186,17 +197,24 @@ def _detect_spec(sd: Mapping[str, torch.Tensor], fmt: str, num_mel_bins: int = 1
     per_row = num_mel_bins // patch
     tokens = int(sd["pos_embed"].shape[1]) - 1
     if tokens % per_row:
-        raise CheckpointError(f"pos_embed has {tokens} patch rows, not a multiple of {per_row} ({num_mel_bins} mel bins); pass num_mel_bins=")
+        raise CheckpointError(
+            f"pos_embed has {tokens} patch rows, not a multiple of {per_row} ({num_mel_bins} mel bins); pass"
+            " num_mel_bins="
+        )
     params["target_length"] = tokens // per_row * patch
     params["num_mel_bins"] = num_mel_bins
     if fmt == "audiomae-pretrain":
         dec_dim = int(sd["decoder_embed.weight"].shape[0])
         # the registered decoder that recognises the blocks (``Decoder.official_params``)
-        found = [(name, p) for name in DECODERS.names() if (p := getattr(DECODERS.get(name), "official_params", lambda _: None)(sd)) is not None]
+        found = [
+            (name, p)
+            for name in DECODERS.names()
+            if (p := getattr(DECODERS.get(name), "official_params", lambda _: None)(sd)) is not None
+        ]
         if len(found) != 1:
             raise CheckpointError(
-                f"the decoder blocks fit {'none' if not found else ', '.join(n for n, _ in found)} of the registered decoders "
-                f"({', '.join(DECODERS.names())}); pass model_name= and decoder="
+                f"the decoder blocks fit {'none' if not found else ', '.join(n for n, _ in found)} of the registered"
+                f" decoders ({', '.join(DECODERS.names())}); pass model_name= and decoder="
             )
         decoder, dparams = found[0]
         dparams = {k: v for k, v in dparams.items() if v is not None}
@@ -242,7 +260,14 @@ def _describe(weights: Path, sd, meta, num_mel_bins: int) -> PretrainedReport:
             raise CheckpointError(f"{weights}: metadata 'model_params' is not valid JSON ({exc})") from None
         if not isinstance(params, dict):
             raise CheckpointError(f"{weights}: metadata 'model_params' is not a mapping of factory params")
-        return PretrainedReport(path=str(weights), format="avmae", model_name=meta["model"], model_params=params, config=cfg, source="metadata")
+        return PretrainedReport(
+            path=str(weights),
+            format="avmae",
+            model_name=meta["model"],
+            model_params=params,
+            config=cfg,
+            source="metadata",
+        )
     if cfg is not None or meta.get("model"):
         source = source or "metadata"
         name, params = _spec_from_config(cfg or {}, meta, sd)
@@ -250,7 +275,7 @@ def _describe(weights: Path, sd, meta, num_mel_bins: int) -> PretrainedReport:
     else:
         probe = sd if not all(k.startswith("module.") for k in sd) else {k[7:]: v for k, v in sd.items()}
         source = "detected"
-        for fmt, detect in SPEC_DETECTORS.items():
+        for fmt, detect in SPEC_DETECTORS.items():  # noqa: B007 (fmt names the match after the loop)
             spec = detect(probe)
             if spec is not None:
                 name, params = spec
@@ -262,11 +287,13 @@ def _describe(weights: Path, sd, meta, num_mel_bins: int) -> PretrainedReport:
                 raise CheckpointError(f"{weights}: {exc}; pass model_name= to say which model it is for") from None
             if fmt == "avmae":
                 raise CheckpointError(
-                    f"{weights}: this project's weights without a model name in the metadata or a {CONFIG_FILE} beside them; "
-                    "pass model_name= (and its params)"
+                    f"{weights}: this project's weights without a model name in the metadata or a {CONFIG_FILE} beside"
+                    " them; pass model_name= (and its params)"
                 )
             name, params = _detect_spec(probe, fmt, num_mel_bins)
-    return PretrainedReport(path=str(weights), format=fmt, model_name=name, model_params=params, config=cfg, source=source)
+    return PretrainedReport(
+        path=str(weights), format=fmt, model_name=name, model_params=params, config=cfg, source=source
+    )
 
 
 def _foreign_format(sd: Mapping[str, torch.Tensor]) -> str:
@@ -310,19 +337,26 @@ def load_pretrained(
     sd, meta = read_state_dict(weights)
     if model_name is not None:
         cfg, source = _read_config(weights, meta)
-        info = PretrainedReport(path=str(weights), format="", model_name=model_name, model_params={}, config=cfg, source="argument")
+        info = PretrainedReport(
+            path=str(weights), format="", model_name=model_name, model_params={}, config=cfg, source="argument"
+        )
     else:
         info = _describe(weights, sd, meta, int(overrides.get("num_mel_bins", 128)))
     params = {**info.model_params, **overrides}
+
     def build(**extra: Any) -> nn.Module:
         try:
             return avmae.create_model(info.model_name, **params, **extra)
         except TypeError as exc:
             if extra and all(k in str(exc) for k in extra):
                 raise  # the factory does not take the extra params
-            raise CheckpointError(f"{weights}: cannot build {info.model_name}({_fmt_params({**params, **extra})}): {exc}") from exc
+            raise CheckpointError(
+                f"{weights}: cannot build {info.model_name}({_fmt_params({**params, **extra})}): {exc}"
+            ) from exc
         except (ValueError, KeyError) as exc:
-            raise CheckpointError(f"{weights}: cannot build {info.model_name}({_fmt_params({**params, **extra})}): {exc}") from exc
+            raise CheckpointError(
+                f"{weights}: cannot build {info.model_name}({_fmt_params({**params, **extra})}): {exc}"
+            ) from exc
 
     model = None
     saved_length = info.model_params.get("target_length")
@@ -341,11 +375,21 @@ def load_pretrained(
     if encoder_only:
         bad = [k for k in report.missing if not k.startswith("decoder.")]
         if strict and (bad or report.unexpected):
-            raise CheckpointError(f"{weights} does not fit {info.model_name}: missing {bad[:8]}, unexpected {report.unexpected[:8]}")
+            raise CheckpointError(
+                f"{weights} does not fit {info.model_name}: missing {bad[:8]}, unexpected {report.unexpected[:8]}"
+            )
         # left fresh by design: the file has no decoder
         report.reinitialized += [k for k in report.missing if k.startswith("decoder.")]
         report.missing = bad
-    out = PretrainedReport(**{**asdict(report), "model_name": info.model_name, "model_params": params, "config": info.config, "source": info.source})
+    out = PretrainedReport(
+        **{
+            **asdict(report),
+            "model_name": info.model_name,
+            "model_params": params,
+            "config": info.config,
+            "source": info.source,
+        }
+    )
     model.eval()
     if map_location is not None:
         model.to(map_location)
@@ -390,7 +434,9 @@ def input_size(model: nn.Module) -> Tuple[int, int]:
     raise ValueError(f"cannot tell the input size of {type(model).__name__}; pass a frontend with target_length")
 
 
-def frontend_for(model: nn.Module, config: Optional[Mapping[str, Any]] = None, *, norm: Optional[str] = None, **overrides: Any):
+def frontend_for(
+    model: nn.Module, config: Optional[Mapping[str, Any]] = None, *, norm: Optional[str] = None, **overrides: Any
+):
     """The ``AudioFrontend`` a model was trained with.
 
     Input size from the model (its audio modality); sample rate and normalisation from the run
@@ -439,7 +485,9 @@ def timm_kwargs(model: nn.Module) -> Dict[str, Any]:
     from .models.mae import MaskedAutoencoder
 
     if type(model) not in (MaskedAutoencoder, EncoderClassifier):
-        raise ValueError(f"{type(model).__name__} is not an AudioMAE-style ViT (MaskedAutoencoder or EncoderClassifier)")
+        raise ValueError(
+            f"{type(model).__name__} is not an AudioMAE-style ViT (MaskedAutoencoder or EncoderClassifier)"
+        )
     mod = audio_modality(model)
     if getattr(mod, "layout", "tf") != "tf":
         raise ValueError("only the time-major ('tf', AudioMAE) audio layout maps onto timm's ViT patch order")
@@ -460,7 +508,11 @@ def timm_kwargs(model: nn.Module) -> Dict[str, Any]:
     )
     if is_cls:
         pool = getattr(model, "global_pool", "avg")
-        kw.update(global_pool="token" if pool == "cls" else "avg", fc_norm=True, num_classes=int(getattr(model, "num_classes", 0) or 0))
+        kw.update(
+            global_pool="token" if pool == "cls" else "avg",
+            fc_norm=True,
+            num_classes=int(getattr(model, "num_classes", 0) or 0),
+        )
     else:
         if len(model.modalities) != 1:
             raise ValueError(f"a timm ViT holds a single-modality encoder; this model has {list(model.modalities)}")
@@ -526,8 +578,12 @@ def save_pretrained(
     spec = getattr(model, "avmae_spec", None) or {}
     name = model_name or spec.get("name")
     if not name:
-        raise ValueError("save_pretrained: the model was not built by avmae.create_model; pass model_name= and model_params=")
-    params = dict(model_params if model_params is not None else (spec.get("params") or {}) if spec.get("name") == name else {})
+        raise ValueError(
+            "save_pretrained: the model was not built by avmae.create_model; pass model_name= and model_params="
+        )
+    params = dict(
+        model_params if model_params is not None else (spec.get("params") or {}) if spec.get("name") == name else {}
+    )
     cfg = _plain_config(config)
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
@@ -535,7 +591,13 @@ def save_pretrained(
     info: Dict[str, Any] = {"avmae_version": __version__, "model_name": name, "model_params": params}
     try:
         fe = frontend_for(model, cfg)
-        info["frontend"] = {"sample_rate": fe.sample_rate, "num_mel_bins": fe.num_mel_bins, "target_length": fe.target_length, "mean": fe.mean, "std": fe.std}
+        info["frontend"] = {
+            "sample_rate": fe.sample_rate,
+            "num_mel_bins": fe.num_mel_bins,
+            "target_length": fe.target_length,
+            "mean": fe.mean,
+            "std": fe.std,
+        }
     except ValueError:  # no audio input
         pass
     info["metrics"] = dict(metrics or {})
@@ -565,7 +627,7 @@ def model_card(info: Mapping[str, Any]) -> str:
         "",
         "```python",
         "from avmae.hub import from_pretrained, frontend_for",
-        "model = from_pretrained(\"path/to/this/folder\")      # nn.Module in eval mode",
+        'model = from_pretrained("path/to/this/folder")      # nn.Module in eval mode',
         "fbank = frontend_for(model)(waveform)                # waveform [1, N] -> [1, T, F], as in training",
         "```",
         "",
@@ -574,8 +636,14 @@ def model_card(info: Mapping[str, Any]) -> str:
         lines += [
             "## Input",
             "",
-            f"Log-mel fbank (Kaldi, {fe.get('num_mel_bins')} mel bins, 10 ms frames) of {fe.get('sample_rate')} Hz mono audio,",
-            f"{fe.get('target_length')} frames, normalised as (x - mean) / (2 * std) with mean {fe.get('mean'):.6g}, std {fe.get('std'):.6g}.",
+            (
+                f"Log-mel fbank (Kaldi, {fe.get('num_mel_bins')} mel bins, 10 ms frames) of {fe.get('sample_rate')} Hz"
+                " mono audio,"
+            ),
+            (
+                f"{fe.get('target_length')} frames, normalised as (x - mean) / (2 * std) with mean"
+                f" {fe.get('mean'):.6g}, std {fe.get('std'):.6g}."
+            ),
             "",
         ]
     metrics = info.get("metrics") or {}
@@ -583,13 +651,31 @@ def model_card(info: Mapping[str, Any]) -> str:
         lines += ["## Metrics", "", "| metric | value |", "|---|---:|"]
         lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
         lines.append("")
-    lines += ["## Model", "", "```yaml", yaml.safe_dump({"name": info["model_name"], "params": info.get("model_params") or {}}, sort_keys=False).rstrip(), "```", ""]
+    lines += [
+        "## Model",
+        "",
+        "```yaml",
+        yaml.safe_dump(
+            {"name": info["model_name"], "params": info.get("model_params") or {}}, sort_keys=False
+        ).rstrip(),
+        "```",
+        "",
+    ]
     if info.get("training_config"):
-        lines += ["## Training config", "", "```yaml", yaml.safe_dump(info["training_config"], sort_keys=False).rstrip(), "```", ""]
+        lines += [
+            "## Training config",
+            "",
+            "```yaml",
+            yaml.safe_dump(info["training_config"], sort_keys=False).rstrip(),
+            "```",
+            "",
+        ]
     return "\n".join(lines)
 
 
-def from_pretrained(directory: PathLike, *, map_location: Union[str, torch.device, None] = None, **overrides: Any) -> nn.Module:
+def from_pretrained(
+    directory: PathLike, *, map_location: Union[str, torch.device, None] = None, **overrides: Any
+) -> nn.Module:
     """Load a ``save_pretrained`` folder -> the model in eval mode, weights loaded strictly.
 
     ``model.avmae_config`` holds the training config (at least its frontend's ``data`` section),
@@ -598,7 +684,10 @@ def from_pretrained(directory: PathLike, *, map_location: Union[str, torch.devic
     folder = Path(directory)
     cfg_path = folder / PRETRAINED_CONFIG
     if not cfg_path.is_file():
-        raise CheckpointError(f"{folder}: no {PRETRAINED_CONFIG}; a folder written by avmae.hub.save_pretrained holds one (for other files use load_pretrained)")
+        raise CheckpointError(
+            f"{folder}: no {PRETRAINED_CONFIG}; a folder written by avmae.hub.save_pretrained holds one (for other"
+            " files use load_pretrained)"
+        )
     try:
         info = json.loads(cfg_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
@@ -607,7 +696,11 @@ def from_pretrained(directory: PathLike, *, map_location: Union[str, torch.devic
         raise CheckpointError(f"{cfg_path}: names no model_name")
     weights = folder / WEIGHTS_FILE
     described = describe_checkpoint(weights)
-    if described.source == "metadata" and described.model_name == info["model_name"] and described.model_params == info.get("model_params"):
+    if (
+        described.source == "metadata"
+        and described.model_name == info["model_name"]
+        and described.model_params == info.get("model_params")
+    ):
         model, _ = load_pretrained(weights, map_location=map_location, **overrides)  # the file describes itself
     else:
         params = {**dict(info.get("model_params") or {}), **overrides}

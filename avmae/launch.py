@@ -37,12 +37,20 @@ def main(argv: Optional[List[str]] = None) -> int:
         record(run)(args)  # as torchrun's own main: failures reported (and written to the error file)
     except SignalException as exc:  # the agent has stopped its workers already
         sig = signal.Signals(exc.sigval)
-        print(f"avmae.launch: {sig.name} received; the workers were stopped (a run saves a checkpoint first: resume it with --resume)", file=sys.stderr)
+        print(
+            f"avmae.launch: {sig.name} received; the workers were stopped (a run saves a checkpoint first: resume it"
+            " with --resume)",
+            file=sys.stderr,
+        )
         return 128 + int(sig)
     except ChildFailedError as exc:
         codes = {failure.exitcode for failure in exc.failures.values()}
         if codes == {TERMINATED}:
-            print(f"avmae.launch: every worker stopped on SIGTERM (exit status {TERMINATED}); resume the run with --resume", file=sys.stderr)
+            print(
+                f"avmae.launch: every worker stopped on SIGTERM (exit status {TERMINATED}); resume the run with"
+                " --resume",
+                file=sys.stderr,
+            )
             return TERMINATED
         raise
     return 0

@@ -60,7 +60,9 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(all_gather(x), dim=0)
 
 
-def contrastive_logits(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.05, gather: bool = False) -> torch.Tensor:
+def contrastive_logits(
+    a: torch.Tensor, b: torch.Tensor, temperature: float = 0.05, gather: bool = False
+) -> torch.Tensor:
     """Cosine similarities of the rows of a [N, D] and b [N, D] over temperature, in float32.
     -> [N, N] (or [world_size * N]^2 with ``gather`` under ``torch.distributed``)."""
     if gather:

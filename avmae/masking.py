@@ -131,7 +131,9 @@ class Masker:
     params come from the config (``{name: ..., <param>: ...}``) and are keyword-only.
     """
 
-    def noise(self, batch: int, grid: Grid, ratio: float, *, device=None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def noise(
+        self, batch: int, grid: Grid, ratio: float, *, device=None, generator: Optional[torch.Generator] = None
+    ) -> torch.Tensor:
         raise NotImplementedError
 
     def keep_count(self, grid: Grid, ratio: float) -> int:
@@ -227,7 +229,10 @@ class TimeFreqMasker(Masker):
     def _ratios(self, ratio: float) -> Tuple[float, float]:
         num_kept(1, ratio)  # checks the ratio
         side = 1.0 - math.sqrt(1.0 - ratio)
-        return (side if self.time_ratio is None else self.time_ratio, side if self.freq_ratio is None else self.freq_ratio)
+        return (
+            side if self.time_ratio is None else self.time_ratio,
+            side if self.freq_ratio is None else self.freq_ratio,
+        )
 
     def keep_count(self, grid, ratio):
         T, Fq = (int(g) for g in grid)
@@ -277,5 +282,7 @@ def build_masker(spec: MaskerSpec) -> Masker:
     except TypeError as exc:
         raise ValueError(f"masker {name!r} rejected its params {params}: {exc}") from None
     if not isinstance(masker, Masker):
-        raise TypeError(f"masker {name!r} ({MASKERS.source(name)}) built a {type(masker).__name__}, not an avmae.masking.Masker")
+        raise TypeError(
+            f"masker {name!r} ({MASKERS.source(name)}) built a {type(masker).__name__}, not an avmae.masking.Masker"
+        )
     return masker

@@ -40,7 +40,9 @@ def label_matrix(items: Sequence[Mapping[str, Any]], class_ids: Sequence[str], w
     return y
 
 
-def embed_items(paths: Sequence[str], extractor, *, batch_size: int = 32, num_workers: int = 0, progress: bool = False) -> Tuple[torch.Tensor, List[int]]:
+def embed_items(
+    paths: Sequence[str], extractor, *, batch_size: int = 32, num_workers: int = 0, progress: bool = False
+) -> Tuple[torch.Tensor, List[int]]:
     """Embeddings ``[N', D]`` of the readable ``paths`` and the indices they came from (unreadable
     files are skipped and logged)."""
     from .extract import extract
@@ -56,7 +58,9 @@ def embed_items(paths: Sequence[str], extractor, *, batch_size: int = 32, num_wo
     return torch.stack(vecs).float(), kept
 
 
-def knn_scores(train_x: torch.Tensor, train_y: torch.Tensor, eval_x: torch.Tensor, *, k: int = 20, temperature: float = 0.07) -> torch.Tensor:
+def knn_scores(
+    train_x: torch.Tensor, train_y: torch.Tensor, eval_x: torch.Tensor, *, k: int = 20, temperature: float = 0.07
+) -> torch.Tensor:
     """Weighted kNN on cosine similarity -> class scores ``[M, C]`` (see the module doc).
     ``train_x [N, D]``, ``train_y [N, C]`` multi-hot, ``eval_x [M, D]``."""
     k = max(1, min(int(k), train_x.shape[0]))
@@ -112,12 +116,20 @@ def _train_head(head, opt, xt, train_y, *, multilabel: bool, epochs: int, batch_
             opt.step()
 
 
-def score(scores: torch.Tensor, labels: torch.Tensor, *, multilabel: bool, class_names: Optional[Sequence[str]] = None,
-          class_ids: Optional[Sequence[str]] = None) -> Tuple[Dict[str, float], List[Dict[str, Any]]]:
+def score(
+    scores: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    multilabel: bool,
+    class_names: Optional[Sequence[str]] = None,
+    class_ids: Optional[Sequence[str]] = None,
+) -> Tuple[Dict[str, float], List[Dict[str, Any]]]:
     """``avmae.train.metrics.classification_report`` with only the metric of the data's kind in the
     summary: ``mAP``, ``mAUC`` for multi-label data, ``acc``, ``acc5`` for single-label data."""
     from .train.metrics import classification_report
 
-    summary, per_class = classification_report(scores, labels, multilabel=multilabel, class_names=class_names, class_ids=class_ids)
+    summary, per_class = classification_report(
+        scores, labels, multilabel=multilabel, class_names=class_names, class_ids=class_ids
+    )
     keep = ("mAP", "mAUC", "num_items", "classes_with_positives") if multilabel else ("acc", "acc5", "num_items")
     return {k: v for k, v in summary.items() if k in keep}, per_class

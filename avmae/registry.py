@@ -104,8 +104,7 @@ class Registry:
             raise RegistryError(f"{self.kind} name must be a non-empty string, got {name!r}")
         if name in self._entries:
             raise RegistryError(
-                f"{self.kind} {name!r} is already registered (by {self._sources[name]}); "
-                f"pick another name"
+                f"{self.kind} {name!r} is already registered (by {self._sources[name]}); pick another name"
             )
         if self._check is not None:
             err = self._check(obj)

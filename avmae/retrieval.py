@@ -40,7 +40,8 @@ def retrieval_recall(
     ``{"a2v_r1": ..., "v2a_r1": ..., ..., "a2v_medr": ..., "v2a_medr": ...}``.
 
     Recalls are fractions in [0, 1] (multiply by 100 for the percentages papers report);
-    ``*_medr`` is the median one-based rank of the partner (an int: the lower middle for even N). ``a2v``: audio queries, video gallery.
+    ``*_medr`` is the median one-based rank of the partner (an int: the lower middle for even N).
+    ``a2v``: audio queries, video gallery.
     """
     if len(ks) == 0 or any(int(k) < 1 for k in ks):
         raise ValueError(f"ks must be positive integers, got {list(ks)}")

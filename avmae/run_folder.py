@@ -208,10 +208,14 @@ def resolve_weights(path: PathLike) -> Path:
             return d / WEIGHTS_FILE
         damaged.append((d, problem))
     legacy = [d for d in folders if (d / WEIGHTS_FILE).is_file()]
-    if legacy and not any((d / MANIFEST_FILE).exists() for d in folders):  # written before manifests existed: nothing to verify
+    if legacy and not any(
+        (d / MANIFEST_FILE).exists() for d in folders
+    ):  # written before manifests existed: nothing to verify
         return legacy[-1] / WEIGHTS_FILE
     if damaged:
-        raise CheckpointError(f"{p}: no complete checkpoint (" + "; ".join(f"{d.name}: {why}" for d, why in damaged) + ")")
+        raise CheckpointError(
+            f"{p}: no complete checkpoint (" + "; ".join(f"{d.name}: {why}" for d, why in damaged) + ")"
+        )
     raise CheckpointError(f"{p}: a folder with neither {WEIGHTS_FILE} nor {CHECKPOINT_DIR}/step_*/{WEIGHTS_FILE}")
 
 

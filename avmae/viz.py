@@ -31,7 +31,12 @@ import torch.nn as nn
 __all__ = ["PANELS", "reconstruct", "plot_reconstruction", "plot_arrays", "mask_noise", "denormalize_patches"]
 
 PANELS = ("input", "masked", "reconstruction", "pasted")
-_TITLES = {"input": "input", "masked": "masked input", "reconstruction": "reconstruction", "pasted": "reconstruction + visible"}
+_TITLES = {
+    "input": "input",
+    "masked": "masked input",
+    "reconstruction": "reconstruction",
+    "pasted": "reconstruction + visible",
+}
 
 # ImageNet statistics, with which frames are normalised for the video branch
 _RGB_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -131,7 +136,9 @@ def reconstruct(
     were de-normalised). Scalars are 0-d arrays.
     """
     if not hasattr(model, "decoder"):
-        raise TypeError(f"{type(model).__name__} is not a pretraining model (it has no decoder): reconstruction needs one")
+        raise TypeError(
+            f"{type(model).__name__} is not a pretraining model (it has no decoder): reconstruction needs one"
+        )
     inputs = _batch_of_one(model, fbank)
     if noise is None and seed is not None:
         noise = mask_noise(model, seed, mask_ratio=mask_ratio)
@@ -149,8 +156,9 @@ def reconstruct(
     for m, mod in model.modalities.items():
         if out.pred[m].shape[-1] != mod.patch_dim or out.pred[m].shape[0] != 1:
             raise TypeError(
-                f"{type(model).__name__} predicts {out.pred[m].shape[-1]} values for {out.pred[m].shape[0]} masked view(s) of each "
-                f"{m} patch, not the patch itself ({mod.patch_dim} values, one view): there is no reconstruction to show"
+                f"{type(model).__name__} predicts {out.pred[m].shape[-1]} values for {out.pred[m].shape[0]} masked"
+                f" view(s) of each {m} patch, not the patch itself ({mod.patch_dim} values, one view): there is no"
+                " reconstruction to show"
             )
     norm_pix = bool(getattr(model, "norm_pix_loss", False))
     result: Dict[str, np.ndarray] = {"loss": np.asarray(float(out.loss)), "norm_pix": np.asarray(norm_pix)}
@@ -242,7 +250,13 @@ def plot_arrays(
             for ax, panel in zip(row, PANELS):
                 im = ax.imshow(
                     np.ma.masked_invalid(rec[f"{m}/{panel}"]).T,
-                    origin="lower", aspect="auto", extent=extent, cmap=colour, vmin=vmin, vmax=vmax, interpolation="nearest",
+                    origin="lower",
+                    aspect="auto",
+                    extent=extent,
+                    cmap=colour,
+                    vmin=vmin,
+                    vmax=vmax,
+                    interpolation="nearest",
                 )
                 ax.set_title(f"{m}: {_TITLES[panel]}", fontsize=10)
                 ax.set_xlabel("time (s)")
@@ -261,12 +275,17 @@ def plot_arrays(
     for m in mods:
         ratio = float(rec[f"{m}/mask_ratio"])
         L = rec[f"{m}/token_mask"].size
-        head.append(f"{m}: mask ratio {ratio:.2f} ({int(round(ratio * L))}/{L} patches), loss {float(rec[f'{m}/loss']):.4f}")
+        head.append(
+            f"{m}: mask ratio {ratio:.2f} ({int(round(ratio * L))}/{L} patches), loss {float(rec[f'{m}/loss']):.4f}"
+        )
     text = ("" if title is None else f"{title}\n") + "; ".join(head)
     if len(mods) > 1:
         text += f"; total loss {float(rec['loss']):.4f}"
     if bool(rec.get("norm_pix", False)):
-        text += "\nnorm_pix_loss model: each predicted patch shown with the true patch's mean/std restored (pred * sqrt(var + 1e-6) + mean)"
+        text += (
+            "\nnorm_pix_loss model: each predicted patch shown with the true patch's mean/std restored (pred * sqrt(var"
+            " + 1e-6) + mean)"
+        )
     fig.suptitle(text, fontsize=10)
     if path is not None:
         fig.savefig(os.fspath(path), dpi=dpi)

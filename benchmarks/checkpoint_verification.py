@@ -27,7 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from avmae.run_folder import checkpoint_problem, file_sha256, write_manifest  # noqa: E402
 
-VIT_B = {"model.safetensors": 344_213_564 + 2_000, "optimizer.bin": 688_426_000, "random_states_0.pkl": 14_433, "trainer_state.json": 131, "config.yaml": 1_377}
+VIT_B = {
+    "model.safetensors": 344_213_564 + 2_000,
+    "optimizer.bin": 688_426_000,
+    "random_states_0.pkl": 14_433,
+    "trainer_state.json": 131,
+    "config.yaml": 1_377,
+}
 
 
 def _best(fn, repeats):
@@ -61,14 +67,19 @@ def bench(folder: Path, sizes, repeats: int) -> None:
     w = _best(lambda: (shutil.rmtree(folder, ignore_errors=True), _write(folder, sizes)), repeats)
     rows = [("write the files (page cache)", w)]
     rows.append(("sha256 of every file (warm)", _best(lambda: [file_sha256(f) for f in folder.iterdir()], repeats)))
-    rows.append(("fsync of freshly written files", _best(lambda: (_write(folder, sizes), _fsync_all(folder)), repeats) - w))
+    rows.append(
+        ("fsync of freshly written files", _best(lambda: (_write(folder, sizes), _fsync_all(folder)), repeats) - w)
+    )
     manifest = _best(lambda: (_write(folder, sizes), write_manifest(folder)), repeats) - w
     rows.append(("write_manifest after a fresh write (hash + fsync)", manifest))
     rows.append(("resume check, sizes (listing)", _best(lambda: checkpoint_problem(folder), repeats)))
     rows.append(("resume check, hashes (warm)", _best(lambda: checkpoint_problem(folder, deep=True), repeats)))
     print(f"\n{folder.name}: {len(sizes)} files, {total:.0f} MB")
     for what, sec in rows:
-        print(f"  {what:<52} {sec:8.3f} s" + (f"   {total / sec:7.0f} MB/s" if sec > 0.01 and "check, sizes" not in what else ""))
+        print(
+            f"  {what:<52} {sec:8.3f} s"
+            + (f"   {total / sec:7.0f} MB/s" if sec > 0.01 and "check, sizes" not in what else "")
+        )
 
 
 def main() -> int:
@@ -80,7 +91,13 @@ def main() -> int:
     try:
         print(f"hashlib sha256 ({hashlib.sha256().name}), python {sys.version.split()[0]}")
         bench(root / "vit_b_finetune", VIT_B, args.repeats)
-        tiny = {"model.safetensors": 960_384, "optimizer.bin": 1_949_579, "random_states_0.pkl": 14_433, "trainer_state.json": 131, "config.yaml": 1_377}
+        tiny = {
+            "model.safetensors": 960_384,
+            "optimizer.bin": 1_949_579,
+            "random_states_0.pkl": 14_433,
+            "trainer_state.json": 131,
+            "config.yaml": 1_377,
+        }
         bench(root / "tiny_test_run", tiny, args.repeats)
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -40,7 +40,8 @@ threads = sys.argv[1]
 settings = configure_threads(threads if threads == "auto" else int(threads))
 torch.manual_seed(0)
 model = avmae.create_model(sys.argv[2], decoder="swin", target_length=int(sys.argv[3]), norm_pix_loss=False).train()
-opt = build_optimizer(param_groups(model, 0.05), lr=1e-4, betas=(0.9, 0.95), fused="auto", devices=[torch.device("cpu")])
+cpu = [torch.device("cpu")]
+opt = build_optimizer(param_groups(model, 0.05), lr=1e-4, betas=(0.9, 0.95), fused="auto", devices=cpu)
 x = {"audio": torch.randn(int(sys.argv[4]), 1, int(sys.argv[3]), 128)}
 def step():
     model(x).loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
@@ -78,7 +79,10 @@ class Config:
             env["AVMAE_OMP_WAIT_POLICY"] = "keep"  # leave the OpenMP runtime's own default
         self.proc = subprocess.Popen(
             [sys.executable, "-c", CHILD, threads, args.model, str(args.frames), str(args.batch_size)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
         )
         self.times: Dict[str, List[float]] = {}
         self.info: Dict[str, object] = {}
@@ -115,12 +119,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--threads", default="1,2,auto", help="comma-separated: numbers or auto (the trainer's choice)")
     p.add_argument("--policies", default="default,passive", help="comma-separated: default, passive, active")
     p.add_argument("--rounds", type=int, default=6)
-    p.add_argument("--busy-threads", type=int, default=None, help="threads of the busy process (default: torch's default)")
+    p.add_argument(
+        "--busy-threads", type=int, default=None, help="threads of the busy process (default: torch's default)"
+    )
     p.add_argument("--no-alone", action="store_true")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     configs = [Config(t, pol, args) for t in args.threads.split(",") for pol in args.policies.split(",")]
-    result: Dict[str, object] = {"load_before": os.getloadavg(), "cpus": len(os.sched_getaffinity(0)), "args": vars(args) | {"json": str(args.json)}}
+    result: Dict[str, object] = {
+        "load_before": os.getloadavg(),
+        "cpus": len(os.sched_getaffinity(0)),
+        "args": vars(args) | {"json": str(args.json)},
+    }
     try:
         for c in configs:
             c.ready()
@@ -144,12 +154,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     rows = []
     print(f"{'configuration':40s} {'phase':12s} {'best s':>8s} {'median s':>9s}")
     for c in configs:
-        row = {"threads": c.threads, "intra_op": c.info.get("threads"), "policy": c.policy, "wait_policy": c.info.get("wait_policy")}
+        row = {
+            "threads": c.threads,
+            "intra_op": c.info.get("threads"),
+            "policy": c.policy,
+            "wait_policy": c.info.get("wait_policy"),
+        }
         for phase, ts in c.times.items():
-            row[phase] = {"best": round(min(ts), 4), "median": round(statistics.median(ts), 4), "all": [round(t, 4) for t in ts]}
+            row[phase] = {
+                "best": round(min(ts), 4),
+                "median": round(statistics.median(ts), 4),
+                "all": [round(t, 4) for t in ts],
+            }
             print(f"{c.name:40s} {phase:12s} {min(ts):8.3f} {statistics.median(ts):9.3f}")
         if "alone" in c.times and "beside busy" in c.times:
-            row["slowdown_median"] = round(statistics.median(c.times["beside busy"]) / statistics.median(c.times["alone"]), 2)
+            row["slowdown_median"] = round(
+                statistics.median(c.times["beside busy"]) / statistics.median(c.times["alone"]), 2
+            )
             print(f"{'':40s} {'slow-down':12s} {row['slowdown_median']:8.2f}x (medians)")
         rows.append(row)
     result["configs"] = rows

@@ -33,7 +33,7 @@ data:
   num_mel_bins: 32
   num_workers: 0
   cache: true
-train: {{batch_size: 2, cpu: true, mixed_precision: "no", threads: 1}}  # one thread in every process: the same arithmetic
+train: {{batch_size: 2, cpu: true, mixed_precision: "no", threads: 1}}  # one thread: the same arithmetic
 optim: {{lr: 2.0e-3}}
 schedule: {{epochs: 2, warmup_epochs: 0}}
 eval: {{every_n_epochs: -1}}
@@ -44,7 +44,9 @@ checkpoint: {{every_n_epochs: 0, every_n_steps: 2, keep_last: 2}}
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory):
-    return ensure_demo_audio(tmp_path_factory.mktemp("clips") / "demo", num_train_per_class=1, num_eval_per_class=1, seconds=0.5)
+    return ensure_demo_audio(
+        tmp_path_factory.mktemp("clips") / "demo", num_train_per_class=1, num_eval_per_class=1, seconds=0.5
+    )
 
 
 @pytest.fixture(scope="module")
@@ -83,15 +85,33 @@ def assert_same_weights(a_run, b_run):
 
 
 def child_env():
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
 
 
 def child(out, *hooks, resume=False, config=None, overrides=(), launcher=()):
     """tools/train.py (via crash_child.py) in its own process group, as a job on a cluster.
     ``launcher``: a command to run it under (e.g. ``python -m avmae.launch --nproc_per_node 2``)."""
-    cmd = [*(launcher or [sys.executable]), str(REPO / "tests" / "crash_child.py"), *hooks, "--", "--output-dir", str(out)]
+    cmd = [
+        *(launcher or [sys.executable]),
+        str(REPO / "tests" / "crash_child.py"),
+        *hooks,
+        "--",
+        "--output-dir",
+        str(out),
+    ]
     cmd += ["--resume"] if resume else ["--config", str(config)]
-    return subprocess.Popen(cmd + list(overrides), env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.Popen(
+        cmd + list(overrides),
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 class ForkedChild:
@@ -128,12 +148,22 @@ class ForkServer:
         self.logs, self.n = Path(logs), 0
         self.proc = subprocess.Popen(
             [sys.executable, str(REPO / "tests" / "crash_child.py"), "--serve"],
-            env=child_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            env=child_env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
 
     def child(self, out, *hooks, resume=False, config=None, overrides=()):
         """As ``child`` (same arguments), forked."""
-        argv = [*hooks, "--", "--output-dir", str(out), *(["--resume"] if resume else ["--config", str(config)]), *overrides]
+        argv = [
+            *hooks,
+            "--",
+            "--output-dir",
+            str(out),
+            *(["--resume"] if resume else ["--config", str(config)]),
+            *overrides,
+        ]
         self.n += 1
         log = self.logs / f"child{self.n}.log"
         self.proc.stdin.write(json.dumps({"argv": argv, "log": str(log)}) + "\n")
@@ -156,7 +186,11 @@ def train_cli(*args, cwd=None, timeout=300):
     """``python tools/train.py ARGS`` to the end -> CompletedProcess (stdout, stderr apart)."""
     return subprocess.run(
         [sys.executable, str(REPO / "tools" / "train.py"), *map(str, args)],
-        env=child_env(), capture_output=True, text=True, timeout=timeout, cwd=cwd,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
     )
 
 

@@ -22,7 +22,11 @@ def _in_tree_plugin_entry_points() -> str:
     import tomllib
 
     eps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"].get("entry-points", {})
-    return "".join(f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in table.items()) + "\n" for group, table in eps.items() if group.startswith("avmae."))
+    return "".join(
+        f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in table.items()) + "\n"
+        for group, table in eps.items()
+        if group.startswith("avmae.")
+    )
 
 
 def _register_in_tree_plugins() -> None:
@@ -97,13 +101,27 @@ def tiny_av_config(demo: Path, out: Path, task: str, model: str, *extra: str):
     return load_config(
         [],
         [
-            f"task={task}", "modality=av", f"model.name={model}",
-            f"data.train_manifest={demo / 'train.json'}", f"data.eval_manifest={demo / 'eval.json'}",
-            f"data.label_csv={demo / 'class_labels_indices.csv'}", "data.target_length=64", "data.num_workers=0",
-            "schedule.max_steps=3", "schedule.warmup_epochs=0", "optim.lr=1e-3", "train.batch_size=3",
-            "train.cpu=true", "train.mixed_precision=no", "eval.every_n_epochs=0",
-            "logging.every_n_steps=1", "logging.progress=false", "logging.tensorboard=false",
-            "checkpoint.every_n_epochs=0", "checkpoint.keep_last=1", f"output_dir={out}",
+            f"task={task}",
+            "modality=av",
+            f"model.name={model}",
+            f"data.train_manifest={demo / 'train.json'}",
+            f"data.eval_manifest={demo / 'eval.json'}",
+            f"data.label_csv={demo / 'class_labels_indices.csv'}",
+            "data.target_length=64",
+            "data.num_workers=0",
+            "schedule.max_steps=3",
+            "schedule.warmup_epochs=0",
+            "optim.lr=1e-3",
+            "train.batch_size=3",
+            "train.cpu=true",
+            "train.mixed_precision=no",
+            "eval.every_n_epochs=0",
+            "logging.every_n_steps=1",
+            "logging.progress=false",
+            "logging.tensorboard=false",
+            "checkpoint.every_n_epochs=0",
+            "checkpoint.keep_last=1",
+            f"output_dir={out}",
             *extra,
         ],
     )

@@ -67,6 +67,7 @@ def main(argv=None, tool=None) -> int:
     torch.set_num_threads(1)  # the same arithmetic as the uninterrupted run it is compared with
 
     if args.pause_at is not None:
+
         def after_step(self, step):
             if step == args.pause_at:
                 (out / "paused").write_text(str(step))

@@ -50,9 +50,13 @@ def main(clips: Path, out: Path) -> None:
     cfg = load_config(
         [],
         tiny_run(
-            clips, out, "train.mixed_precision=no", "optim.fused=true",
+            clips,
+            out,
+            "train.mixed_precision=no",
+            "optim.fused=true",
             "schedule.epochs=5",  # 3 steps per epoch, 15 in all
-            "eval.every_n_epochs=-1", "logging.every_n_steps=100",  # logs at steps 1 and 15 only
+            "eval.every_n_epochs=-1",
+            "logging.every_n_steps=100",  # logs at steps 1 and 15 only
             "checkpoint.every_n_epochs=0",
         ),
     )
@@ -62,7 +66,12 @@ def main(clips: Path, out: Path) -> None:
     task.rank = acc.process_index
     result = trainer.fit()
     model = acc.unwrap_model(acc._models[0])
-    report = {"steps": result.steps, "interrupted": result.interrupted, "skipped_steps": result.skipped_steps, "weights_hash": weights_hash(model)}
+    report = {
+        "steps": result.steps,
+        "interrupted": result.interrupted,
+        "skipped_steps": result.skipped_steps,
+        "weights_hash": weights_hash(model),
+    }
     (out / f"rank{acc.process_index}.json").write_text(json.dumps(report), encoding="utf-8")
 
 

@@ -67,8 +67,14 @@ def main(clips: Path, out: Path) -> None:
     cfg = load_config(
         [],
         tiny_run(
-            clips, out, "train.mixed_precision=bf16", "model.params.drop_path=0.1", "optim.lr=2e-3",
-            "schedule.epochs=1", "logging.every_n_steps=1", "checkpoint.every_n_epochs=1",
+            clips,
+            out,
+            "train.mixed_precision=bf16",
+            "model.params.drop_path=0.1",
+            "optim.lr=2e-3",
+            "schedule.epochs=1",
+            "logging.every_n_steps=1",
+            "checkpoint.every_n_epochs=1",
         ),
     )
     task = RecordingTask(cfg)
@@ -76,7 +82,13 @@ def main(clips: Path, out: Path) -> None:
     result = trainer.fit()
     acc = trainer.accelerator
     model = acc.unwrap_model(acc._models[0])
-    report = {"rank": acc.process_index, "world": acc.num_processes, "steps": result.steps, "weights_hash": weights_hash(model), "indices": task.indices}
+    report = {
+        "rank": acc.process_index,
+        "world": acc.num_processes,
+        "steps": result.steps,
+        "weights_hash": weights_hash(model),
+        "indices": task.indices,
+    }
     (out / f"rank{acc.process_index}.json").write_text(json.dumps(report), encoding="utf-8")
 
 

@@ -57,7 +57,9 @@ def spectrogram(frames: int, batch: int = 2, seed: int = 3) -> torch.Tensor:
 def compare(model: ASTClassifier, official, x: torch.Tensor, *, pos=None, fstride=10, tstride=10) -> float:
     with torch.no_grad():
         got = model({"audio": x.unsqueeze(1)})
-    want = ref.official_ast_forward(official, x.double(), num_heads=HEADS, fstride=fstride, tstride=tstride, pos_embed=pos)
+    want = ref.official_ast_forward(
+        official, x.double(), num_heads=HEADS, fstride=fstride, tstride=tstride, pos_embed=pos
+    )
     assert got.shape == want.shape
     return rel_err(got, want)
 
@@ -287,5 +289,7 @@ def test_recipes_load_and_build(name, grid):
     assert cfg.task == "finetune" and cfg.model.name == "ast_base"
     params = {k: v for k, v in cfg.model.params.items() if k != "deit_checkpoint"}  # weights not shipped
     with torch.device("meta"):
-        model = avmae.create_model(cfg.model.name, **params, target_length=cfg.data.target_length, num_mel_bins=cfg.data.num_mel_bins)
+        model = avmae.create_model(
+            cfg.model.name, **params, target_length=cfg.data.target_length, num_mel_bins=cfg.data.num_mel_bins
+        )
     assert model.grid == grid

@@ -91,7 +91,9 @@ def test_items_from_files_and_frame_folders(corpus):
     single = AVDataset(manifest, csv, frontend=FRONTEND, image_size=16)
     assert single[0]["video"].shape == (1, 3, 16, 16)
     assert grey(single[5]["video"]).item() == pytest.approx(16 + 10, abs=1.5)  # frame_5 of the folder
-    assert grey(AVDataset(manifest, csv, frontend=FRONTEND, image_size=16, frame_index=9)[5]["video"]).item() == pytest.approx(16 + 19, abs=1.5)
+    assert grey(
+        AVDataset(manifest, csv, frontend=FRONTEND, image_size=16, frame_index=9)[5]["video"]
+    ).item() == pytest.approx(16 + 19, abs=1.5)
     batch = next(iter(DataLoader(ds, batch_size=3)))
     assert batch["audio"].shape == (3, 1, 64, 128) and batch["video"].shape == (3, 2, 3, 16, 16)
 
@@ -111,8 +113,11 @@ def test_training_draws_are_deterministic_per_seed_epoch_index(corpus):
         ev.set_epoch(epoch)
         g = grey(ev[1]["video"]).tolist()
         assert 8 - 1.5 <= g[0] <= 8 + 9 + 1.5 and 8 + 10 - 1.5 <= g[1] <= 8 + 19 + 1.5
+
     # workers do not change the result
-    loader = lambda w: [b["video"] for b in DataLoader(a, batch_size=2, num_workers=w, timeout=120 if w else 0)]  # noqa: E731
+    def loader(w):
+        return [b["video"] for b in DataLoader(a, batch_size=2, num_workers=w, timeout=120 if w else 0)]
+
     assert all(torch.equal(x, y) for x, y in zip(loader(0), loader(2)))
 
 
@@ -135,7 +140,15 @@ def test_skip_policy_covers_broken_video(corpus, tmp_path):
     strict = AVDataset(manifest, csv, frontend=FRONTEND, image_size=16)
     with pytest.raises(MediaError, match="v1.mp4"):
         strict[1]
-    ds = AVDataset(manifest, csv, frontend=FRONTEND, image_size=16, on_error="skip", max_skip_fraction=0.5, skip_log_dir=tmp_path / "skips")
+    ds = AVDataset(
+        manifest,
+        csv,
+        frontend=FRONTEND,
+        image_size=16,
+        on_error="skip",
+        max_skip_fraction=0.5,
+        skip_log_dir=tmp_path / "skips",
+    )
     item = ds[1]
     assert item["index"] != 1 and item["video"].shape == (1, 3, 16, 16)
     assert any(s.endswith("v1.mp4") for s in ds.skipped)
@@ -184,8 +197,12 @@ def test_av_dataset_builder_and_retrieval_metrics(corpus):
 
     root, manifest, csv = corpus
     overrides = [
-        "modality=av", "model.name=avmae_tiny", "data.target_length=64",
-        f"data.train_manifest={manifest}", f"data.eval_manifest={manifest}", f"data.label_csv={csv}",
+        "modality=av",
+        "model.name=avmae_tiny",
+        "data.target_length=64",
+        f"data.train_manifest={manifest}",
+        f"data.eval_manifest={manifest}",
+        f"data.label_csv={csv}",
     ]
     cfg = load_config([], overrides)
     assert video_input_size(cfg) == (4, 64)  # the preset's own video input

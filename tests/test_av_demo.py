@@ -1,7 +1,6 @@
 """The audio-visual demo data: generated once, deterministic, pictures that follow the sound."""
 
 import json
-import math
 
 import pytest
 import torch
@@ -33,7 +32,13 @@ def test_layout_manifest_and_media(demo):
     assert info.duration == pytest.approx(1.6) and info.num_frames == 16
     wave = load_audio(demo / train[0]["video"])
     assert abs(wave.shape[1] - int(1.6 * 16000)) < 1100  # AAC pads the end
-    ds = AVDataset(demo / "train.json", demo / "class_labels_indices.csv", frontend=AudioFrontend(target_length=160), num_frames=2, image_size=32)
+    ds = AVDataset(
+        demo / "train.json",
+        demo / "class_labels_indices.csv",
+        frontend=AudioFrontend(target_length=160),
+        num_frames=2,
+        image_size=32,
+    )
     item = ds[7]
     assert item["audio"].shape == (1, 160, 128) and item["video"].shape == (2, 3, 32, 32)
     assert item["label"].argmax().item() == 3
@@ -46,7 +51,13 @@ def test_cached_and_deterministic(demo, tmp_path, monkeypatch):
     assert (demo / ".complete").stat().st_mtime_ns == marker
     monkeypatch.undo()
     other = ensure_demo_av(tmp_path / "again", **SMALL)
-    for name in ("train.json", "eval.json", "class_labels_indices.csv", "video/train_chirp_001.mp4", "video/eval_fm_tone_000.mp4"):
+    for name in (
+        "train.json",
+        "eval.json",
+        "class_labels_indices.csv",
+        "video/train_chirp_001.mp4",
+        "video/eval_fm_tone_000.mp4",
+    ):
         assert (other / name).read_bytes() == (demo / name).read_bytes(), name
     # other parameters replace the folder, atomically (no temporary folders left behind)
     changed = ensure_demo_av(tmp_path / "again", num_train_per_class=1, num_eval_per_class=1, seconds=1.0)
@@ -56,7 +67,7 @@ def test_cached_and_deterministic(demo, tmp_path, monkeypatch):
 
 def test_picture_follows_the_sound(demo):
     """The shape's brightness follows the loudness of the sound over time, its hue the class."""
-    for c, (name, _) in enumerate(DEMO_CLASSES):
+    for name, _ in DEMO_CLASSES:
         path = demo / "video" / f"train_{name}_000.mp4"
         frames, _ = decode_all_frames(path)  # [T, H, W, 3]
         wave = load_audio(path)[0]

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_av_config
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
@@ -21,7 +22,6 @@ from avmae.data.video import extract_frame_folder, load_frames
 from avmae.hub import load_pretrained
 from avmae.train import DATASETS, Trainer, list_checkpoints
 from avmae.train.finetune import classification_loss, collect_predictions, ensemble_logits, predict_views
-from conftest import tiny_av_config
 
 SR = 16000
 FRONTEND = AudioFrontend(target_length=64)  # cav_mae_tiny: 64 x 128 spectrograms, 64 x 64 frames
@@ -73,7 +73,9 @@ def test_ensemble_logits_average_the_probabilities():
     # losses on the ensemble logits score the averaged probabilities
     target = F.one_hot(torch.tensor([0, 3, 6, 2]), 7).float()
     p = x.softmax(-1).mean(0)
-    assert classification_loss(single, target, "ce").item() == pytest.approx(-(target * p.log()).sum(1).mean().item(), rel=1e-5)
+    assert classification_loss(single, target, "ce").item() == pytest.approx(
+        -(target * p.log()).sum(1).mean().item(), rel=1e-5
+    )
     q = torch.sigmoid(x).mean(0).double()
     bce = -(target * q.log() + (1 - target) * (1 - q).log()).mean()
     assert classification_loss(multi, target, "bce").item() == pytest.approx(bce.item(), rel=1e-5)
@@ -188,7 +190,9 @@ def demo(tiny_av_demo):
 
 
 def av_config(demo, out, *extra):
-    return tiny_av_config(demo, out, "finetune", "cav_mae_tiny_ft", "schedule.max_steps=2", "eval.video_views=2", *extra)
+    return tiny_av_config(
+        demo, out, "finetune", "cav_mae_tiny_ft", "schedule.max_steps=2", "eval.video_views=2", *extra
+    )
 
 
 def _branch(sd, modality):
@@ -202,14 +206,23 @@ def test_fine_tuning_modes_end_to_end(demo, tmp_path, mode):
     start = avmae.create_model("cav_mae_tiny_ft", num_classes=6)
     init = {k: v.contiguous() for k, v in start.state_dict().items()}
     save_file(init, str(tmp_path / "init.safetensors"))
-    cfg = av_config(demo, tmp_path / "run", f"model.params.mode={mode}", f"checkpoint.init_from={tmp_path / 'init.safetensors'}")
+    cfg = av_config(
+        demo, tmp_path / "run", f"model.params.mode={mode}", f"checkpoint.init_from={tmp_path / 'init.safetensors'}"
+    )
     result = Trainer(cfg).fit()
     assert result.steps == 2 and math.isfinite(result.last_loss)
     assert {"loss", "acc", "acc5"} <= set(result.eval)
 
     trained = load_file(str(list_checkpoints(tmp_path / "run")[-1] / "model.safetensors"))
     moved = {m: not torch.equal(_branch(trained, m), _branch(init, m)) for m in ("audio", "video")}
-    assert moved == {"multimodal": {"audio": True, "video": True}, "audioonly": {"audio": True, "video": False}, "videoonly": {"audio": False, "video": True}}[mode]
+    assert (
+        moved
+        == {
+            "multimodal": {"audio": True, "video": True},
+            "audioonly": {"audio": True, "video": False},
+            "videoonly": {"audio": False, "video": True},
+        }[mode]
+    )
 
     # the run's eval loss is that of the two views' averaged softmax, computed here by hand
     model = avmae.create_model("cav_mae_tiny_ft", num_classes=6, mode=mode).eval()
@@ -218,7 +231,9 @@ def test_fine_tuning_modes_end_to_end(demo, tmp_path, mode):
     assert evals.input_views == {"video": 2}
     batch = next(iter(DataLoader(evals, batch_size=len(evals))))
     with torch.no_grad():
-        p = torch.stack([model({"audio": batch["audio"], "video": batch["video"][:, k]}).softmax(-1) for k in range(2)]).mean(0)
+        p = torch.stack(
+            [model({"audio": batch["audio"], "video": batch["video"][:, k]}).softmax(-1) for k in range(2)]
+        ).mean(0)
     assert result.eval["loss"] == pytest.approx(-(batch["label"] * p.log()).sum(1).mean().item(), rel=1e-4)
     assert result.eval["acc"] == pytest.approx((p.argmax(1) == batch["label"].argmax(1)).float().mean().item())
 
@@ -247,11 +262,19 @@ def test_evaluate_tool_video_views(demo, tmp_path, load_tool):
 
     # by hand: the same checkpoint, 3 views of each clip one at a time, softmax averaged
     model, report = load_pretrained(tmp_path / "run")
-    ds = evaluate.build_dataset(model, report.config, Path(cfg.data.eval_manifest), Path(cfg.data.label_csv), evaluate.build_parser().parse_args(["-c", "x", "--task", "classify", "--video-views", "3"]))
+    ds = evaluate.build_dataset(
+        model,
+        report.config,
+        Path(cfg.data.eval_manifest),
+        Path(cfg.data.label_csv),
+        evaluate.build_parser().parse_args(["-c", "x", "--task", "classify", "--video-views", "3"]),
+    )
     batch = next(iter(DataLoader(ds, batch_size=len(ds))))
     assert batch["video"].shape[1:3] == (3, 1)
     with torch.no_grad():
-        p = torch.stack([model({"audio": batch["audio"], "video": batch["video"][:, k]}).softmax(-1) for k in range(3)]).mean(0)
+        p = torch.stack(
+            [model({"audio": batch["audio"], "video": batch["video"][:, k]}).softmax(-1) for k in range(3)]
+        ).mean(0)
     torch.testing.assert_close(logits.softmax(-1), p, rtol=1e-4, atol=1e-6)
 
     # without the flag: the run's eval.video_views (2)
@@ -268,12 +291,35 @@ def test_evaluate_tool_averages_sigmoids_for_a_bce_run(demo, tmp_path, load_tool
     Trainer(cfg).fit()
     evaluate = load_tool("evaluate")
     saved = tmp_path / "logits.pt"
-    assert evaluate.main(["-c", str(tmp_path / "run"), "--num-workers", "0", "--cpu", "--save-logits", str(saved), "--video-views", "2"]) == 0
+    assert (
+        evaluate.main(
+            [
+                "-c",
+                str(tmp_path / "run"),
+                "--num-workers",
+                "0",
+                "--cpu",
+                "--save-logits",
+                str(saved),
+                "--video-views",
+                "2",
+            ]
+        )
+        == 0
+    )
     logits = torch.load(saved)["logits"]
     model, report = load_pretrained(tmp_path / "run")
-    ds = evaluate.build_dataset(model, report.config, Path(cfg.data.eval_manifest), Path(cfg.data.label_csv), evaluate.build_parser().parse_args(["-c", "x", "--task", "classify", "--video-views", "2"]))
+    ds = evaluate.build_dataset(
+        model,
+        report.config,
+        Path(cfg.data.eval_manifest),
+        Path(cfg.data.label_csv),
+        evaluate.build_parser().parse_args(["-c", "x", "--task", "classify", "--video-views", "2"]),
+    )
     assert not ds.multilabel
     batch = next(iter(DataLoader(ds, batch_size=len(ds))))
     with torch.no_grad():
-        p = torch.stack([model({"audio": batch["audio"], "video": batch["video"][:, k]}).sigmoid() for k in range(2)]).mean(0)
+        p = torch.stack(
+            [model({"audio": batch["audio"], "video": batch["video"][:, k]}).sigmoid() for k in range(2)]
+        ).mean(0)
     torch.testing.assert_close(logits.sigmoid(), p, rtol=1e-4, atol=1e-6)

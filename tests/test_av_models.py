@@ -106,11 +106,15 @@ def test_joint_decoder_local_layers_keep_audio_local_and_video_to_itself():
     a2[:, 31] += 1.0  # a token of the second window
     v2[:, 0] += 1.0
     _, moved = dec.blocks[0](None, {"audio": a2, "video": video})
-    assert torch.allclose(moved["audio"][:, :16], base["audio"][:, :16]) and not torch.allclose(moved["audio"][:, 16:], base["audio"][:, 16:])
+    assert torch.allclose(moved["audio"][:, :16], base["audio"][:, :16]) and not torch.allclose(
+        moved["audio"][:, 16:], base["audio"][:, 16:]
+    )
     assert torch.allclose(moved["video"], base["video"])
     _, moved = dec.blocks[0](None, {"audio": audio, "video": v2})
     # the other video tokens see token 0 through attention: changed, if only slightly (exact comparison)
-    assert torch.allclose(moved["audio"], base["audio"]) and not torch.equal(moved["video"][:, 1:], base["video"][:, 1:])
+    assert torch.allclose(moved["audio"], base["audio"]) and not torch.equal(
+        moved["video"][:, 1:], base["video"][:, 1:]
+    )
     # the top global block mixes the modalities
     full = dec.forward_blocks(None, {"audio": audio, "video": video})
     full2 = dec.forward_blocks(None, {"audio": audio, "video": v2})
@@ -119,7 +123,9 @@ def test_joint_decoder_local_layers_keep_audio_local_and_video_to_itself():
 
 def test_joint_decoder_with_cls_and_only_local_modalities():
     specs = {"audio": SPECS["audio"]}
-    dec = JointDecoder(encoder_dim=24, specs=specs, has_cls=True, embed_dim=32, num_heads=4, depth=2, local_modalities={"audio": {}}).eval()
+    dec = JointDecoder(
+        encoder_dim=24, specs=specs, has_cls=True, embed_dim=32, num_heads=4, depth=2, local_modalities={"audio": {}}
+    ).eval()
     assert dec.local_depth == 1 and dec.blocks[0].other is not None
     L = 32
     masks = {"audio": MaskInfo(mask=torch.zeros(2, L), ids_restore=torch.arange(L).expand(2, L), num_visible=6)}
@@ -284,7 +290,7 @@ def test_gather_path_with_a_fake_process_group(monkeypatch):
     for rank in (0, 1):
         rows = slice(4 * rank, 4 * rank + 4)
 
-        def fake_all_gather(x, rank=rank):
+        def fake_all_gather(x, rank=rank, rows=rows):
             parts = [A.clone(), V.clone()]
             other = [p[slice(4 * (1 - rank), 4 * (1 - rank) + 4)] for p in parts]
             theirs = other[0] if x.shape == A[rows].shape and torch.equal(x.detach(), A[rows]) else other[1]
@@ -348,7 +354,16 @@ def test_negatives_gathered_across_two_processes(tmp_path):
     script = tmp_path / "gather.py"
     script.write_text(textwrap.dedent(_GATHER_SCRIPT))
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(script),
+        str(tmp_path),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for rank in (0, 1):

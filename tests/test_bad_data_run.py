@@ -25,7 +25,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def quarter_broken(tmp_path_factory):
     """12 demo clips and 4 broken files (empty, truncated, not audio, missing) in one manifest."""
-    root = ensure_demo_audio(tmp_path_factory.mktemp("bad") / "demo", num_train_per_class=2, num_eval_per_class=1, seconds=0.7)
+    root = ensure_demo_audio(
+        tmp_path_factory.mktemp("bad") / "demo", num_train_per_class=2, num_eval_per_class=1, seconds=0.7
+    )
     items = json.loads((root / "train.json").read_text())["data"]
     assert len(items) == 12
     good = (root / items[0]["wav"]).read_bytes()
@@ -94,10 +96,14 @@ def test_too_many_unreadable_clips_stop_the_run_with_a_clear_message(quarter_bro
     proc = subprocess.run(
         [sys.executable, str(REPO / "tools" / "train.py"), "--output-dir", str(out), *args],
         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert "training stopped:" in proc.stderr and "max_skip_fraction=0.2" in proc.stderr and "skipped.tsv" in proc.stderr
+    assert (
+        "training stopped:" in proc.stderr and "max_skip_fraction=0.2" in proc.stderr and "skipped.tsv" in proc.stderr
+    )
     assert "Traceback" not in proc.stderr
     assert set(read_skipped(out)) == broken  # written before stopping, for the user to look at
 
@@ -147,8 +153,15 @@ def test_av_manifests_and_the_config_follow_the_same_rule(layout, tmp_path):
     with pytest.raises(ManifestError, match="video_path"):
         read_av_manifest(av)
     assert read_av_manifest(av, allow_outside_root=True)[0]["video_path"].endswith("link")
-    av_cfg = ["modality=av", "model.name=avmae_tiny", "model.params.num_frames=1", "model.params.image_size=16", f"data.train_manifest={av}",
-              "data.target_length=64", f"output_dir={tmp_path / 'o'}"]
+    av_cfg = [
+        "modality=av",
+        "model.name=avmae_tiny",
+        "model.params.num_frames=1",
+        "model.params.image_size=16",
+        f"data.train_manifest={av}",
+        "data.target_length=64",
+        f"output_dir={tmp_path / 'o'}",
+    ]
     with pytest.raises(ManifestError, match="allow_outside_root"):
         build_av_dataset(load_config([], av_cfg), "train")
     ds = build_av_dataset(load_config([], [*av_cfg, "data.allow_outside_root=true"]), "train")
@@ -158,5 +171,13 @@ def test_av_manifests_and_the_config_follow_the_same_rule(layout, tmp_path):
     cfg = load_config([], [f"data.train_manifest={m}", "data.target_length=64", f"output_dir={tmp_path / 'o'}"])
     with pytest.raises(ManifestError, match="allow_outside_root"):
         build_audio_dataset(cfg, "train")
-    cfg = load_config([], [f"data.train_manifest={m}", "data.target_length=64", "data.allow_outside_root=true", f"output_dir={tmp_path / 'o'}"])
+    cfg = load_config(
+        [],
+        [
+            f"data.train_manifest={m}",
+            "data.target_length=64",
+            "data.allow_outside_root=true",
+            f"output_dir={tmp_path / 'o'}",
+        ],
+    )
     assert len(build_audio_dataset(cfg, "train")) == 2

@@ -4,12 +4,12 @@ import json
 
 import pytest
 import torch
+from conftest import import_tool
 
 import avmae
 from avmae.data import save_audio, synthesize_clip
 from avmae.data.datasets import item_generator
 from avmae.layers import SwinBlock
-from conftest import import_tool
 
 
 @pytest.fixture(scope="module")
@@ -28,12 +28,40 @@ def test_benchmark_runs_end_to_end_and_writes_json(tmp_path, manifest):
     out = tmp_path / "bench.json"
     threads = torch.get_num_threads()
     try:
-        result = tool.run([
-            "--model", "audiomae_tiny", "--steps", "1", "--warmup", "1", "--precision", "fp32", "--threads", "1",
-            "--peak-size", "256", "--manifest", str(manifest), "--workers", "0", "--data-clips", "6",
-            "--data-batch-size", "3", "--data-repeats", "1", "--target-length", "64", "--fbank-batch", "2",
-            "--fbank-seconds", "0.5", "--json", str(out),
-        ])
+        result = tool.run(
+            [
+                "--model",
+                "audiomae_tiny",
+                "--steps",
+                "1",
+                "--warmup",
+                "1",
+                "--precision",
+                "fp32",
+                "--threads",
+                "1",
+                "--peak-size",
+                "256",
+                "--manifest",
+                str(manifest),
+                "--workers",
+                "0",
+                "--data-clips",
+                "6",
+                "--data-batch-size",
+                "3",
+                "--data-repeats",
+                "1",
+                "--target-length",
+                "64",
+                "--fbank-batch",
+                "2",
+                "--fbank-seconds",
+                "0.5",
+                "--json",
+                str(out),
+            ]
+        )
     finally:
         torch.set_num_threads(threads)
     doc = json.loads(out.read_text())
@@ -107,14 +135,35 @@ def test_auto_precision_is_the_trainers_choice(tmp_path, monkeypatch, bf16_faste
     tool = import_tool("benchmark")
     threads = torch.get_num_threads()
     try:
-        result = tool.run(["--model", "audiomae_tiny", "--frames", "32", "--steps", "1", "--warmup", "1", "--threads", "1",
-                           "--peak-size", "64", "--no-baseline", "--no-data", "--no-fbank", "--profile", "1"])
+        result = tool.run(
+            [
+                "--model",
+                "audiomae_tiny",
+                "--frames",
+                "32",
+                "--steps",
+                "1",
+                "--warmup",
+                "1",
+                "--threads",
+                "1",
+                "--peak-size",
+                "64",
+                "--no-baseline",
+                "--no-data",
+                "--no-fbank",
+                "--profile",
+                "1",
+            ]
+        )
     finally:
         torch.set_num_threads(threads)
     expected = "bf16" if bf16_faster else "fp32"
     assert result["precision_auto"]["precision"] == expected and result["model_step"]["ours"]["precision"] == expected
     shapes = tool.model_shapes("audiomae_tiny", "swin", 32)
-    assert precision.resolve_mixed_precision("auto", torch.device("cpu"), shapes=shapes) == ("bf16" if bf16_faster else "no")
+    assert precision.resolve_mixed_precision("auto", torch.device("cpu"), shapes=shapes) == (
+        "bf16" if bf16_faster else "no"
+    )
     prof = result["model_step"]["ours"]["profile"]
     assert prof["by_class_s"]["matmul"] > 0 and prof["by_class_s"]["optimizer"] > 0
     assert abs(sum(prof["by_class_share"].values()) - 1) < 1e-3

@@ -14,7 +14,15 @@ from tests.reference.official_cav_mae import (
     official_sincos_2d,
 )
 
-TINY = dict(embed_dim=64, modality_specific_depth=1, total_depth=2, decoder_embed_dim=32, decoder_depth=2, audio_length=64, img_size=64)
+TINY = dict(
+    embed_dim=64,
+    modality_specific_depth=1,
+    total_depth=2,
+    decoder_embed_dim=32,
+    decoder_depth=2,
+    audio_length=64,
+    img_size=64,
+)
 TINY_HEADS = dict(num_heads=4, decoder_num_heads=4)
 RTOL = 1e-4
 

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_av_config
 from safetensors.torch import load_file, save_file
 
 import avmae
@@ -13,7 +14,6 @@ from avmae.config import ConfigError
 from avmae.hub import load_pretrained
 from avmae.models.cav_mae import CAVMAE
 from avmae.train import Trainer, list_checkpoints
-from conftest import tiny_av_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -51,7 +51,10 @@ def test_factory_takes_the_pretraining_keywords():
     # the release's defaults when the ratio is not given; per modality by name
     assert avmae.create_model("cav_mae_tiny").mask_ratio == {"audio": 0.75, "video": 0.75}
     assert avmae.create_model("cav_mae_tiny", mask_ratio={"video": 0.9}).mask_ratio == {"audio": 0.75, "video": 0.9}
-    assert avmae.create_model("cav_mae_tiny", mask_ratio=0.5, mask_ratio_v=0.5).mask_ratio == {"audio": 0.5, "video": 0.5}
+    assert avmae.create_model("cav_mae_tiny", mask_ratio=0.5, mask_ratio_v=0.5).mask_ratio == {
+        "audio": 0.5,
+        "video": 0.5,
+    }
     with pytest.raises(ValueError, match="mask_ratio_a=0.75.*disagree"):
         avmae.create_model("cav_mae_tiny", mask_ratio=0.8, mask_ratio_a=0.75)
     with pytest.raises(ValueError, match=r"\['image'\], not modalities"):
@@ -125,13 +128,23 @@ def test_linear_probe_trains_only_the_mlp_head(demo, pretrained, tmp_path):
     run, _ = pretrained
     start = avmae.create_model("cav_mae_tiny_ft", num_classes=6)
     report = avmae.load_checkpoint(start, _weights(run), reset_head=True)
-    assert sorted(report.reinitialized) == ["mlp_head.0.bias", "mlp_head.0.weight", "mlp_head.1.bias", "mlp_head.1.weight"]
+    assert sorted(report.reinitialized) == [
+        "mlp_head.0.bias",
+        "mlp_head.0.weight",
+        "mlp_head.1.bias",
+        "mlp_head.1.weight",
+    ]
     init = {k: v.contiguous() for k, v in start.state_dict().items()}
     save_file(init, str(tmp_path / "init.safetensors"))
 
     cfg = av_config(
-        demo, tmp_path / "lp", "task=linprobe", "model.name=cav_mae_tiny_ft", f"checkpoint.init_from={tmp_path / 'init.safetensors'}",
-        "optim.lr=1e-2", "optim.weight_decay=0",
+        demo,
+        tmp_path / "lp",
+        "task=linprobe",
+        "model.name=cav_mae_tiny_ft",
+        f"checkpoint.init_from={tmp_path / 'init.safetensors'}",
+        "optim.lr=1e-2",
+        "optim.weight_decay=0",
     )
     result = Trainer(cfg).fit()
     assert result.steps == 3 and math.isfinite(result.last_loss) and "acc" in result.eval
@@ -161,7 +174,12 @@ def test_reload_of_a_run_with_mask_ratio_unset_passes_no_ratio(tmp_path):
     run.mkdir()
     model = avmae.create_model(name, target_length=64)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(run / "model.safetensors"))
-    cfg = {"task": "pretrain", "model": {"name": name, "params": {}}, "data": {"target_length": 64, "num_mel_bins": 128}, "masking": {"mask_ratio": None}}
+    cfg = {
+        "task": "pretrain",
+        "model": {"name": name, "params": {}},
+        "data": {"target_length": 64, "num_mel_bins": 128},
+        "masking": {"mask_ratio": None},
+    }
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     again, info = load_pretrained(run)
     assert "mask_ratio" not in info.model_params and again.mask_ratio == {"audio": 0.6}

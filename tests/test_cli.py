@@ -10,14 +10,23 @@ import avmae
 from avmae import cli
 from avmae.data import save_audio, synthesize_clip
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_help_lists_every_command(capsys):
     assert cli.main(["--help"]) == 0
     text = capsys.readouterr().out
-    for command in ("train", "finetune", "evaluate", "extract", "visualize", "prepare", "convert", "benchmark", "models"):
+    for command in (
+        "train",
+        "finetune",
+        "evaluate",
+        "extract",
+        "visualize",
+        "prepare",
+        "convert",
+        "benchmark",
+        "models",
+    ):
         assert f"  {command} " in text
     assert cli.main([]) == 2  # no command: usage
     assert cli.main(["frobnicate"]) == 2
@@ -38,7 +47,9 @@ def test_dispatch_to_a_tool_and_its_help(tmp_path, capsys):
     assert "usage: avmae extract" in capsys.readouterr().out
     model = avmae.create_model("audiomae_tiny", target_length=64)
     ckpt = avmae.save_checkpoint(model, tmp_path / "m.safetensors", model_name="audiomae_tiny")
-    wav = save_audio(tmp_path / "a.wav", synthesize_clip("tone", torch.Generator().manual_seed(0), seconds=0.3).unsqueeze(0), 16000)
+    wav = save_audio(
+        tmp_path / "a.wav", synthesize_clip("tone", torch.Generator().manual_seed(0), seconds=0.3).unsqueeze(0), 16000
+    )
     assert cli.main(["extract", str(wav), "-c", str(ckpt), "-o", str(tmp_path / "e.npz"), "--no-progress"]) == 0
     assert np.load(tmp_path / "e.npz")["embedding"].shape == (1, 64)
     assert cli.main(["convert", str(ckpt), "-o", str(tmp_path / "timm.safetensors"), "--to", "timm"]) == 0
@@ -46,11 +57,19 @@ def test_dispatch_to_a_tool_and_its_help(tmp_path, capsys):
 
 
 def test_a_mistyped_checkpoint_is_one_line_not_a_traceback(tmp_path, capsys):
-    wav = save_audio(tmp_path / "a.wav", synthesize_clip("tone", torch.Generator().manual_seed(0), seconds=0.3).unsqueeze(0), 16000)
-    for command in (["visualize", str(wav), "--out", str(tmp_path / "r.png")], ["extract", str(wav), "-o", str(tmp_path / "e.npz")]):
+    wav = save_audio(
+        tmp_path / "a.wav", synthesize_clip("tone", torch.Generator().manual_seed(0), seconds=0.3).unsqueeze(0), 16000
+    )
+    for command in (
+        ["visualize", str(wav), "--out", str(tmp_path / "r.png")],
+        ["extract", str(wav), "-o", str(tmp_path / "e.npz")],
+    ):
         assert cli.main([*command, "--checkpoint", str(tmp_path / "runs" / "demo-pr")]) == 1
         err = capsys.readouterr().err.strip().splitlines()
-        assert err == [f"checkpoint error: {tmp_path / 'runs' / 'demo-pr'}: no such checkpoint file or folder"], (command[0], err)
+        assert err == [f"checkpoint error: {tmp_path / 'runs' / 'demo-pr'}: no such checkpoint file or folder"], (
+            command[0],
+            err,
+        )
 
 
 def test_missing_tool_and_scripts_without_main(tmp_path, monkeypatch, capsys):
@@ -63,7 +82,9 @@ def test_missing_tool_and_scripts_without_main(tmp_path, monkeypatch, capsys):
     assert cli.main(["evaluate", "--x", "1"]) == 3
     assert "evaluate ['--x', '1']" in capsys.readouterr().out
     # a plain script: run as __main__ with sys.argv set
-    (tmp_path / "benchmark.py").write_text("import sys\nif __name__ == '__main__':\n    print('bench', sys.argv[1:])\n    sys.exit(0)\n")
+    (tmp_path / "benchmark.py").write_text(
+        "import sys\nif __name__ == '__main__':\n    print('bench', sys.argv[1:])\n    sys.exit(0)\n"
+    )
     assert cli.main(["benchmark", "--steps", "2"]) == 0
     assert "bench ['--steps', '2']" in capsys.readouterr().out
 
@@ -72,11 +93,21 @@ def test_key_value_overrides_and_sources_may_follow_options(load_tool):
     """``train.py --config c.yaml a=1 --output-dir o b=2``: the overrides on both sides of an option
     are all kept (argparse's plain parse stops collecting positionals at the first option)."""
     train = load_tool("train")
-    cfg = train.build_config(train.parse_args(["schedule.epochs=3", "--output-dir", "out", "optim.blr=0.002", "--modality", "audio"]))
+    cfg = train.build_config(
+        train.parse_args(["schedule.epochs=3", "--output-dir", "out", "optim.blr=0.002", "--modality", "audio"])
+    )
     assert cfg.schedule.epochs == 3 and cfg.optim.blr == 0.002 and str(cfg.output_dir) == "out"
-    folds = load_tool("esc50_folds").build_parser().parse_intermixed_args(["--esc50", "d", "a=1", "--output-dir", "o", "b=2"])
+    folds = (
+        load_tool("esc50_folds")
+        .build_parser()
+        .parse_intermixed_args(["--esc50", "d", "a=1", "--output-dir", "o", "b=2"])
+    )
     assert folds.overrides == ["a=1", "b=2"]
-    extract = load_tool("extract").build_parser().parse_intermixed_args(["a.wav", "--checkpoint", "ck", "b.wav", "--out", "e.npz"])
+    extract = (
+        load_tool("extract")
+        .build_parser()
+        .parse_intermixed_args(["a.wav", "--checkpoint", "ck", "b.wav", "--out", "e.npz"])
+    )
     assert extract.sources == ["a.wav", "b.wav"] and extract.checkpoint == "ck"
 
 
@@ -86,15 +117,38 @@ def test_benchmark_through_the_cli_exits_0(tmp_path, capsys):
     threads = torch.get_num_threads()
     out = tmp_path / "b.json"
     try:
-        status = cli.main([
-            "benchmark", "--model", "audiomae_tiny", "--frames", "32", "--batch-size", "2", "--steps", "1", "--warmup", "1",
-            "--precision", "fp32", "--threads", "1", "--peak-size", "64", "--no-baseline", "--no-data", "--no-fbank",
-            "--json", str(out),
-        ])
+        status = cli.main(
+            [
+                "benchmark",
+                "--model",
+                "audiomae_tiny",
+                "--frames",
+                "32",
+                "--batch-size",
+                "2",
+                "--steps",
+                "1",
+                "--warmup",
+                "1",
+                "--precision",
+                "fp32",
+                "--threads",
+                "1",
+                "--peak-size",
+                "64",
+                "--no-baseline",
+                "--no-data",
+                "--no-fbank",
+                "--json",
+                str(out),
+            ]
+        )
     finally:
         torch.set_num_threads(threads)
     assert status == 0
     doc = json.loads(out.read_text())
-    assert doc["model_step"]["ours"]["step_s_best"] > 0 and doc["model_step"]["ours"]["input_shape"] == {"audio": [2, 1, 32, 128]}
+    assert doc["model_step"]["ours"]["step_s_best"] > 0 and doc["model_step"]["ours"]["input_shape"] == {
+        "audio": [2, 1, 32, 128]
+    }
     assert "audiomae_tiny" in capsys.readouterr().out  # the table
     assert cli.main(["benchmark", "--no-such-option"]) == 2  # argparse's status

@@ -1,6 +1,5 @@
 """Config: dataclass defaults, YAML deltas, dotlist overrides, errors that name the key."""
 
-
 import pytest
 
 from avmae.config import CONFIG_DIR, Config, ConfigError, load_config, save_config, to_dict
@@ -130,7 +129,9 @@ def test_fused_accepts_python_booleans():
     assert load_config([], ["optim.fused=false"]).optim.fused == "false"
 
 
-@pytest.mark.parametrize("override, key", [("data.target_length=1000", "data.target_length"), ("data.num_mel_bins=100", "data.num_mel_bins")])
+@pytest.mark.parametrize(
+    "override, key", [("data.target_length=1000", "data.target_length"), ("data.num_mel_bins=100", "data.num_mel_bins")]
+)
 def test_an_input_the_patches_do_not_tile_names_the_data_key_when_the_model_is_built(override, key):
     """The patch size is the model's: the config cannot judge divisibility, the model can, and its
     error names the config key that set the param."""

@@ -74,9 +74,18 @@ def spy_builder():
 def test_model_params_the_model_rejects_fail_before_any_dataset_is_built(spy_builder, tmp_path):
     cfg = load_config(
         [],
-        ["modality=spy", "model.name=audiomae_tiny", "model.params.decoder=swin", "model.params.decoder_params.window=[3,3]",
-         "data.target_length=64", "data.num_mel_bins=64", "train.cpu=true", "train.mixed_precision=no", "logging.tensorboard=false",
-         f"output_dir={tmp_path / 'run'}"],
+        [
+            "modality=spy",
+            "model.name=audiomae_tiny",
+            "model.params.decoder=swin",
+            "model.params.decoder_params.window=[3,3]",
+            "data.target_length=64",
+            "data.num_mel_bins=64",
+            "train.cpu=true",
+            "train.mixed_precision=no",
+            "logging.tensorboard=false",
+            f"output_dir={tmp_path / 'run'}",
+        ],
     )
     with pytest.raises(ConfigError) as info:
         Trainer(cfg).fit()
@@ -95,9 +104,19 @@ class Items(torch.utils.data.Dataset):
 def test_a_batch_larger_than_the_data_names_the_batch_size(tmp_path):
     cfg = load_config(
         [],
-        ["model.name=audiomae_tiny", "model.params.decoder=global", "data.target_length=32", "data.num_mel_bins=32", "data.num_workers=0",
-         "train.batch_size=4", "train.grad_accum=2", "train.cpu=true", "train.mixed_precision=no", "logging.tensorboard=false",
-         f"output_dir={tmp_path / 'run'}"],
+        [
+            "model.name=audiomae_tiny",
+            "model.params.decoder=global",
+            "data.target_length=32",
+            "data.num_mel_bins=32",
+            "data.num_workers=0",
+            "train.batch_size=4",
+            "train.grad_accum=2",
+            "train.cpu=true",
+            "train.mixed_precision=no",
+            "logging.tensorboard=false",
+            f"output_dir={tmp_path / 'run'}",
+        ],
     )
     with pytest.raises(ConfigError) as info:
         Trainer(cfg, datasets=(Items(), None)).fit()
@@ -111,12 +130,23 @@ def test_cli_prints_one_clean_line_and_exits_2_before_any_work(tmp_path):
         # a recipe without its manifests stops before any work (it used to train ViT-B on the demo clips)
         (["--config", "configs/audiomae/pretrain_as2m.yaml"], "data.train_manifest"),
         (["optim.blrr=1e-3"], "optim.blrr"),
-        (["model.name=audiomae_tiny", "data.target_length=64", "model.params.decoder_params.window=[3,3]", "train.cpu=true"], "model.params"),
+        (
+            [
+                "model.name=audiomae_tiny",
+                "data.target_length=64",
+                "model.params.decoder_params.window=[3,3]",
+                "train.cpu=true",
+            ],
+            "model.params",
+        ),
     ]
     for i, (args, key) in enumerate(cases):
         proc = subprocess.run(
             [sys.executable, str(REPO / "tools" / "train.py"), "--output-dir", str(tmp_path / f"run{i}"), *args],
-            env=env, capture_output=True, text=True, timeout=300,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert proc.returncode == 2, proc.stderr[-3000:]
         errors = [line for line in proc.stderr.splitlines() if line.startswith("config error:")]
@@ -130,7 +160,9 @@ def test_cli_prints_one_clean_line_and_exits_2_before_any_work(tmp_path):
 
 
 def test_a_config_without_manifest_or_demo_names_the_missing_key(tmp_path):
-    cfg = load_config(["configs/audiomae/pretrain_as2m.yaml"], [f"output_dir={tmp_path / 'run'}"])  # loads: it can be printed
+    cfg = load_config(
+        ["configs/audiomae/pretrain_as2m.yaml"], [f"output_dir={tmp_path / 'run'}"]
+    )  # loads: it can be printed
     assert cfg.data.train_manifest is None and cfg.data.demo is None
     with pytest.raises(ConfigError) as info:
         Trainer(cfg)
@@ -138,12 +170,20 @@ def test_a_config_without_manifest_or_demo_names_the_missing_key(tmp_path):
     assert not (tmp_path / "run").exists()
     for modality in ("av", "audio_shards"):  # every built-in builder checks before any work
         with pytest.raises(ConfigError) as info:
-            Trainer(load_config([], [f"modality={modality}", "model.name=avmae_tiny", f"output_dir={tmp_path / modality}"]))
+            Trainer(
+                load_config([], [f"modality={modality}", "model.name=avmae_tiny", f"output_dir={tmp_path / modality}"])
+            )
         assert info.value.key == "data.train_manifest" and not (tmp_path / modality).exists()
 
 
 def test_the_demo_configs_name_their_demo_data():
-    for name, demo in (("demo_audio", "audio"), ("demo_finetune", "audio"), ("demo_linprobe", "audio"), ("demo_ast", "audio"), ("demo_av", "av")):
+    for name, demo in (
+        ("demo_audio", "audio"),
+        ("demo_finetune", "audio"),
+        ("demo_linprobe", "audio"),
+        ("demo_ast", "audio"),
+        ("demo_av", "av"),
+    ):
         cfg = load_config([f"configs/{name}.yaml"])
         assert cfg.data.demo == demo and cfg.data.demo == cfg.modality and cfg.data.train_manifest is None, name
 
@@ -168,7 +208,10 @@ def test_a_manifest_is_read_instead_of_the_demo_clips_of_a_demo_config(tmp_path,
 
     clips = ensure_demo_audio(tmp_path / "mine", num_train_per_class=1, num_eval_per_class=1, seconds=0.5)
     monkeypatch.setenv("AVMAE_CACHE", str(tmp_path / "cache"))
-    cfg = load_config(["configs/demo_finetune.yaml"], [f"data.train_manifest={clips / 'train.json'}", f"data.label_csv={clips / 'class_labels_indices.csv'}"])
+    cfg = load_config(
+        ["configs/demo_finetune.yaml"],
+        [f"data.train_manifest={clips / 'train.json'}", f"data.label_csv={clips / 'class_labels_indices.csv'}"],
+    )
     train = build_audio_dataset(cfg, "train")
     assert len(train) == 6 and build_audio_dataset(cfg, "eval") is None  # the given manifests only
     assert not (tmp_path / "cache").exists()  # the demo clips were not generated
@@ -182,7 +225,9 @@ def test_a_warm_up_longer_than_the_run_says_how_to_fix_it():
         load_config(["configs/demo_audio.yaml"], ["schedule.epochs=2"])
     message = str(info.value)
     assert info.value.key == "schedule.warmup_epochs" and "schedule.warmup_epochs=0.2" in message
-    fixed = load_config(["configs/demo_audio.yaml"], ["schedule.epochs=2", "schedule.warmup_epochs=0.2"])  # the suggestion works
+    fixed = load_config(
+        ["configs/demo_audio.yaml"], ["schedule.epochs=2", "schedule.warmup_epochs=0.2"]
+    )  # the suggestion works
     assert fixed.schedule.warmup_epochs == 0.2
 
 

@@ -4,13 +4,13 @@ import json
 
 import pytest
 import torch
+from conftest import import_tool
 from safetensors.torch import load_file
 from timm.models.vision_transformer import VisionTransformer
 
 import avmae
 from avmae.checkpoint import read_state_dict, to_audiomae_official
 from avmae.hub import describe_checkpoint, load_pretrained
-from conftest import import_tool
 
 T = 64
 
@@ -38,7 +38,10 @@ def _official(model, path):
     return path
 
 
-@pytest.mark.parametrize("name,kw", [("audiomae_tiny", {}), ("audiomae_tiny", {"decoder": "global"}), ("audiomae_tiny_cls", {"num_classes": 7})])
+@pytest.mark.parametrize(
+    "name,kw",
+    [("audiomae_tiny", {}), ("audiomae_tiny", {"decoder": "global"}), ("audiomae_tiny_cls", {"num_classes": 7})],
+)
 def test_official_to_avmae_to_official_is_identity(tool, tmp_path, name, kw):
     src = _official(_randomised(name, **kw), tmp_path / "official.pth")
     mid = tmp_path / "converted.safetensors"
@@ -64,7 +67,9 @@ def test_official_pretraining_file_gets_its_own_decoder(tmp_path):
         assert rep.model_params["target_length"] == T and not rep.missing
         x, noise = torch.randn(1, 1, T, 128), {"audio": torch.rand(1, 32)}
         with torch.no_grad():
-            assert torch.equal(model({"audio": x}, noise=noise).pred["audio"], ref({"audio": x}, noise=noise).pred["audio"])
+            assert torch.equal(
+                model({"audio": x}, noise=noise).pred["audio"], ref({"audio": x}, noise=noise).pred["audio"]
+            )
 
 
 def _timm_from(path):
@@ -95,7 +100,12 @@ def test_timm_export_gives_the_same_pooled_features(tool, tmp_path):
     vit, kw = _timm_from(tmp_path / "vit_clf.safetensors")
     assert kw["fc_norm"] is True and kw["num_classes"] == 5
     with torch.no_grad():
-        torch.testing.assert_close(vit.forward_head(vit.forward_features(x), pre_logits=True), clf.forward_features({"audio": x}), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            vit.forward_head(vit.forward_features(x), pre_logits=True),
+            clf.forward_features({"audio": x}),
+            atol=1e-5,
+            rtol=1e-5,
+        )
         torch.testing.assert_close(vit(x), clf({"audio": x}), atol=1e-5, rtol=1e-5)
 
 
@@ -122,7 +132,12 @@ def test_overrides_and_refusals(tool, tmp_path, capsys):
     assert tool.main([str(src), "--out", str(out), "--set", "target_length=128"]) == 0
     model, rep = load_pretrained(out)
     assert model.modality.input_shape == (1, 128, 128) and rep.model_params["num_classes"] == 2
-    ast = avmae.save_checkpoint(avmae.create_model("ast_tiny", num_classes=2, target_length=T), tmp_path / "ast.safetensors", model_name="ast_tiny", config={"model": {"name": "ast_tiny", "params": {"target_length": T}}})
+    ast = avmae.save_checkpoint(
+        avmae.create_model("ast_tiny", num_classes=2, target_length=T),
+        tmp_path / "ast.safetensors",
+        model_name="ast_tiny",
+        config={"model": {"name": "ast_tiny", "params": {"target_length": T}}},
+    )
     assert tool.main([str(ast), "--out", str(tmp_path / "ast_vit.safetensors"), "--to", "timm"]) == 2
     assert "no plain timm ViT" in capsys.readouterr().err
 
@@ -139,6 +154,8 @@ def test_files_without_a_model_name(tmp_path, monkeypatch):
     model, rep = load_pretrained(path, model_name="audiomae_tiny", target_length=T)
     assert rep.source == "argument" and torch.equal(model.norm.weight, mae.norm.weight)
     monkeypatch.setattr("avmae.hub.SPEC_DETECTORS", dict(SPEC_DETECTORS))
-    register_spec_detector("tiny-bare", lambda sd: ("audiomae_tiny", {"target_length": T}) if "decoder.embed.weight" in sd else None)
+    register_spec_detector(
+        "tiny-bare", lambda sd: ("audiomae_tiny", {"target_length": T}) if "decoder.embed.weight" in sd else None
+    )
     model, rep = load_pretrained(path)
     assert rep.model_name == "audiomae_tiny" and rep.source == "detected"

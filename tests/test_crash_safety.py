@@ -8,14 +8,19 @@ import signal
 
 import pytest
 import torch
+from cli_runs import (
+    assert_same_weights,
+    child,
+    finish,
+    wait_for,
+    weights,
+)  # noqa: F401 - fixtures
 
 from avmae.checkpoint import CheckpointError
 from avmae.config import ConfigError, load_config
 from avmae.run_folder import write_manifest
 from avmae.train import NonFiniteLossError, PretrainTask, Trainer, find_latest_checkpoint, list_checkpoints
 from avmae.train.optim import fused_adamw_devices
-
-from cli_runs import assert_same_weights, child, clips, finish, run_yaml, uninterrupted, wait_for, weights  # noqa: F401 - fixtures
 
 
 @pytest.fixture(autouse=True)
@@ -100,15 +105,40 @@ class BadGradTask(PretrainTask):
         return loss, parts
 
 
-@pytest.mark.parametrize("fused", [pytest.param("true", marks=pytest.mark.skipif("cpu" not in fused_adamw_devices(), reason="no fused AdamW for the CPU")), "false"])
+@pytest.mark.parametrize(
+    "fused",
+    [
+        pytest.param(
+            "true", marks=pytest.mark.skipif("cpu" not in fused_adamw_devices(), reason="no fused AdamW for the CPU")
+        ),
+        "false",
+    ],
+)
 def test_nonfinite_gradient_skips_the_step_and_a_run_of_them_stops(run_yaml, tmp_path, fused):
     # fused: skipped on the device (found_inf), the count read at the last step only
-    cfg = load_config([run_yaml], [f"output_dir={tmp_path / 'one'}", "schedule.max_steps=3", "checkpoint.every_n_steps=0", "logging.every_n_steps=3", f"optim.fused={fused}"])
+    cfg = load_config(
+        [run_yaml],
+        [
+            f"output_dir={tmp_path / 'one'}",
+            "schedule.max_steps=3",
+            "checkpoint.every_n_steps=0",
+            "logging.every_n_steps=3",
+            f"optim.fused={fused}",
+        ],
+    )
     result = Trainer(cfg, task=BadGradTask(cfg, bad_calls={2})).fit()
     assert result.steps == 3 and result.skipped_steps == 1
     assert all(torch.isfinite(v).all() for v in weights(tmp_path / "one").values())
 
-    cfg = load_config([run_yaml], [f"output_dir={tmp_path / 'many'}", "train.max_nonfinite=2", "checkpoint.every_n_steps=1", f"optim.fused={fused}"])
+    cfg = load_config(
+        [run_yaml],
+        [
+            f"output_dir={tmp_path / 'many'}",
+            "train.max_nonfinite=2",
+            "checkpoint.every_n_steps=1",
+            f"optim.fused={fused}",
+        ],
+    )
     with pytest.raises(NonFiniteLossError) as info:
         Trainer(cfg, task=BadGradTask(cfg, bad_calls=range(2, 100))).fit()
     msg = str(info.value)

@@ -131,9 +131,7 @@ def test_audio_track_of_mp4(tmp_path):
 
 def test_audio_track_of_webm(tmp_path):
     src = sine(700, 48000, 1.0)
-    path = write_video(
-        tmp_path / "v.webm", audio=src, video_codec="libvpx", audio_codec="libopus", rate=48000
-    )
+    path = write_video(tmp_path / "v.webm", audio=src, video_codec="libvpx", audio_codec="libopus", rate=48000)
     y = load_audio(path, 16000)
     assert abs(y.shape[1] - 16000) < 1600
     assert abs(peak_hz(y, 16000) - 700) < 5

@@ -74,8 +74,13 @@ def test_read_manifest_jsonl(tmp_path):
 
 @pytest.mark.parametrize(
     "text",
-    ["{not json", json.dumps({"items": []}), json.dumps({"data": [{"labels": "/m/a"}]}),
-     json.dumps({"data": {"wav": "a"}}), json.dumps([1, 2])],
+    [
+        "{not json",
+        json.dumps({"items": []}),
+        json.dumps({"data": [{"labels": "/m/a"}]}),
+        json.dumps({"data": {"wav": "a"}}),
+        json.dumps([1, 2]),
+    ],
 )
 def test_read_manifest_errors_name_the_manifest(tmp_path, text):
     path = tmp_path / "bad.json"
@@ -181,8 +186,9 @@ def test_skip_policy_replaces_and_records(corpus, caplog, tmp_path):
     root, manifest, csv_path = corpus
     broken = break_items(root, manifest, [1, 4])
     log_dir = tmp_path / "skiplog"
-    ds = AudioDataset(manifest, csv_path, frontend=FRONTEND, on_error="skip",
-                      max_skip_fraction=0.25, skip_log_dir=log_dir)
+    ds = AudioDataset(
+        manifest, csv_path, frontend=FRONTEND, on_error="skip", max_skip_fraction=0.25, skip_log_dir=log_dir
+    )
     with caplog.at_level("WARNING", logger="avmae.data.datasets"):
         items = [ds[i] for i in range(len(ds))] + [ds[i] for i in range(len(ds))]
     assert ds.skipped == broken
@@ -215,8 +221,9 @@ def test_skip_with_workers_logs_per_worker(corpus, tmp_path):
     root, manifest, csv_path = corpus
     broken = break_items(root, manifest, [2, 5])
     log_dir = tmp_path / "skiplog"
-    ds = AudioDataset(manifest, csv_path, frontend=FRONTEND, on_error="skip",
-                      max_skip_fraction=0.5, skip_log_dir=log_dir)
+    ds = AudioDataset(
+        manifest, csv_path, frontend=FRONTEND, on_error="skip", max_skip_fraction=0.5, skip_log_dir=log_dir
+    )
     loader = DataLoader(ds, batch_size=2, num_workers=2, worker_init_fn=seed_worker)
     indices = torch.cat([b["index"] for b in loader])
     assert len(indices) == 8 and not (set(indices.tolist()) & {2, 5})
@@ -275,8 +282,13 @@ def test_worker_count_does_not_change_batches(corpus):
     ds.set_epoch(3)
 
     def batches(workers):
-        loader = DataLoader(ds, batch_size=3, num_workers=workers, worker_init_fn=seed_worker,
-                            generator=torch.Generator().manual_seed(0))
+        loader = DataLoader(
+            ds,
+            batch_size=3,
+            num_workers=workers,
+            worker_init_fn=seed_worker,
+            generator=torch.Generator().manual_seed(0),
+        )
         return [b["audio"] for b in loader], [b["label"] for b in loader]
 
     audio0, label0 = batches(0)

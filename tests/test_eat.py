@@ -31,14 +31,21 @@ def test_the_plugin_imports_nothing_private():
     (listed in that module's ``__all__``); nothing in avmae imports the plugin."""
     for path in PLUGIN.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and node.module.split(".")[0] == "avmae":
+            if (
+                isinstance(node, ast.ImportFrom)
+                and node.level == 0
+                and node.module
+                and node.module.split(".")[0] == "avmae"
+            ):
                 assert not any(part.startswith("_") for part in node.module.split(".")), f"{path.name}: {node.module}"
                 public = getattr(importlib.import_module(node.module), "__all__", [])
                 for alias in node.names:
                     assert alias.name in public, f"{path.name}: {alias.name} is not in {node.module}.__all__"
             elif isinstance(node, ast.Import):
                 for alias in node.names:
-                    assert alias.name.split(".")[0] != "avmae" or not any(p.startswith("_") for p in alias.name.split(".")), f"{path.name}: {alias.name}"
+                    assert alias.name.split(".")[0] != "avmae" or not any(
+                        p.startswith("_") for p in alias.name.split(".")
+                    ), f"{path.name}: {alias.name}"
     for path in (REPO / "avmae").rglob("*.py"):
         assert "avmae_eat" not in path.read_text(), f"{path} names the plugin"
 
@@ -48,7 +55,9 @@ def test_registered_through_entry_points():
 
     assert {"eat_vit_base", "eat_demo", "eat_tiny"} <= set(avmae.list_models("eat_*"))
     assert MODELS.source("eat_vit_base").startswith("plugin avmae_eat")
-    assert OBJECTIVES.source("eat_latent").startswith("plugin avmae_eat") and DECODERS.source("eat_cnn").startswith("plugin avmae_eat")
+    assert OBJECTIVES.source("eat_latent").startswith("plugin avmae_eat") and DECODERS.source("eat_cnn").startswith(
+        "plugin avmae_eat"
+    )
 
 
 def test_vit_base_preset_holds_the_paper_values():
@@ -58,10 +67,19 @@ def test_vit_base_preset_holds_the_paper_values():
     assert model.num_clones == 16 and model.mask_ratio == {"audio": 0.8} and model.has_cls
     assert isinstance(model.maskers["audio"], InverseBlockMasker) and model.maskers["audio"].block == 5
     assert len(model.decoder.blocks) == 6 and model.decoder.pred["audio"].out_features == 768
-    assert objective.top_k == 12 and (objective.decay, objective.end_decay, objective.anneal_steps) == (0.9998, 0.99999, 100_000)
+    assert objective.top_k == 12 and (objective.decay, objective.end_decay, objective.anneal_steps) == (
+        0.9998,
+        0.99999,
+        100_000,
+    )
     assert objective.utterance_weight == 1.0 and objective.instance_norm and objective.layer_norm_targets
     cfg = load_config([REPO / "configs" / "eat" / "pretrain_as2m.yaml"])
-    assert cfg.model.name == "eat_vit_base" and cfg.optim.lr == 5e-4 and cfg.optim.betas == (0.9, 0.95) and cfg.optim.clip_grad == 4.0
+    assert (
+        cfg.model.name == "eat_vit_base"
+        and cfg.optim.lr == 5e-4
+        and cfg.optim.betas == (0.9, 0.95)
+        and cfg.optim.clip_grad == 4.0
+    )
     assert (cfg.schedule.max_steps, cfg.schedule.warmup_steps, cfg.train.batch_size) == (400_000, 53_333, 12)
 
 
@@ -74,8 +92,13 @@ def test_targets_losses_and_ema_against_a_written_out_computation():
     x = torch.randn(3, 1, 64, 128)
     out = model({"audio": x})
     B, C, L, D = 3, 4, 32, 64
-    assert out.pred["audio"].shape == (B * C, L, D) and out.mask["audio"].shape == (B * C, L) and out.latent.shape[0] == B * C
-    # the targets, written out: the teacher's last 2 block outputs, cls dropped, instance norm over tokens, mean, layer norm
+    assert (
+        out.pred["audio"].shape == (B * C, L, D)
+        and out.mask["audio"].shape == (B * C, L)
+        and out.latent.shape[0] == B * C
+    )
+    # the targets, written out: the teacher's last 2 block outputs, cls dropped, instance norm over tokens, mean,
+    # layer norm
     with torch.no_grad():
         tokens = teacher.modalities["audio"].embed(x)
         h = torch.cat([(teacher.cls_token + teacher.cls_pos_embed).expand(B, -1, -1), tokens], dim=1)
@@ -104,7 +127,9 @@ def test_targets_losses_and_ema_against_a_written_out_computation():
     objective.after_step(model, 5, 100)
     decay = 0.9 + (0.99 - 0.9) * 5 / 10
     assert objective.decay_at(5) == pytest.approx(decay) and objective.decay_at(50) == 0.99
-    torch.testing.assert_close(teacher.blocks[0].attn.qkv.weight, decay * before + (1 - decay) * model.blocks[0].attn.qkv.weight.detach())
+    torch.testing.assert_close(
+        teacher.blocks[0].attn.qkv.weight, decay * before + (1 - decay) * model.blocks[0].attn.qkv.weight.detach()
+    )
 
 
 def test_weights_hold_the_teacher_and_rebuild_from_the_file(tmp_path):
@@ -131,10 +156,23 @@ def _eat_run(demo, out, *extra):
     return load_config(
         [REPO / "configs" / "eat" / "demo.yaml"],
         [
-            "model.name=eat_tiny", f"data.train_manifest={demo / 'train.json'}", f"data.eval_manifest={demo / 'eval.json'}",
-            f"data.label_csv={demo / 'class_labels_indices.csv'}", "data.target_length=64", "train.batch_size=4", "schedule.max_steps=6",
-            "schedule.warmup_steps=1", "train.cpu=true", "train.mixed_precision=no", "logging.progress=false", "logging.tensorboard=false",
-            "logging.every_n_steps=1", "eval.every_n_epochs=-1", "checkpoint.every_n_epochs=0", "checkpoint.keep_last=0", f"output_dir={out}",
+            "model.name=eat_tiny",
+            f"data.train_manifest={demo / 'train.json'}",
+            f"data.eval_manifest={demo / 'eval.json'}",
+            f"data.label_csv={demo / 'class_labels_indices.csv'}",
+            "data.target_length=64",
+            "train.batch_size=4",
+            "schedule.max_steps=6",
+            "schedule.warmup_steps=1",
+            "train.cpu=true",
+            "train.mixed_precision=no",
+            "logging.progress=false",
+            "logging.tensorboard=false",
+            "logging.every_n_steps=1",
+            "eval.every_n_epochs=-1",
+            "checkpoint.every_n_epochs=0",
+            "checkpoint.keep_last=0",
+            f"output_dir={out}",
             *extra,
         ],
     )
@@ -152,15 +190,27 @@ def test_pretraining_resumes_exactly_and_its_encoder_fine_tunes(tmp_path):
     a, _ = load_pretrained(tmp_path / "whole")
     b, _ = load_pretrained(tmp_path / "part")
     sa, sb = a.state_dict(), b.state_dict()
-    assert all(torch.equal(sa[k], sb[k]) for k in sa), [k for k in sa if not torch.equal(sa[k], sb[k])][:5]  # teacher included
+    assert all(torch.equal(sa[k], sb[k]) for k in sa), [k for k in sa if not torch.equal(sa[k], sb[k])][
+        :5
+    ]  # teacher included
     # the AudioMAE fine-tuning recipe, unchanged, on the EAT encoder
     ft = load_config(
         [REPO / "configs" / "demo_finetune.yaml"],
         [
-            "model.name=audiomae_tiny_cls", f"checkpoint.init_from={tmp_path / 'whole'}", f"data.train_manifest={demo / 'train.json'}",
-            f"data.eval_manifest={demo / 'eval.json'}", f"data.label_csv={demo / 'class_labels_indices.csv'}", "data.target_length=64",
-            "train.batch_size=4", "schedule.max_steps=2", "schedule.warmup_epochs=0", "train.cpu=true", "logging.progress=false",
-            "logging.tensorboard=false", "eval.every_n_epochs=0", f"output_dir={tmp_path / 'ft'}",
+            "model.name=audiomae_tiny_cls",
+            f"checkpoint.init_from={tmp_path / 'whole'}",
+            f"data.train_manifest={demo / 'train.json'}",
+            f"data.eval_manifest={demo / 'eval.json'}",
+            f"data.label_csv={demo / 'class_labels_indices.csv'}",
+            "data.target_length=64",
+            "train.batch_size=4",
+            "schedule.max_steps=2",
+            "schedule.warmup_epochs=0",
+            "train.cpu=true",
+            "logging.progress=false",
+            "logging.tensorboard=false",
+            "eval.every_n_epochs=0",
+            f"output_dir={tmp_path / 'ft'}",
         ],
     )
     trainer = Trainer(ft)
@@ -185,24 +235,44 @@ def test_the_plugin_runs_from_a_copy_outside_the_source_tree(tmp_path):
     demo = _demo(tmp_path)
     out = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(REPO)]), OMP_NUM_THREADS="1")
-    code = textwrap.dedent(
-        """
+    code = textwrap.dedent("""
         import sys, runpy
         import avmae
         avmae.create_model("eat_tiny")  # loads the plugin through its entry point
         print("PLUGIN", sys.modules["avmae_eat"].__file__, flush=True)
         sys.argv = sys.argv[1:]
         runpy.run_path(sys.argv[0], run_name="__main__")
-        """
-    )
+        """)
     args = [
-        "--config", str(REPO / "configs" / "eat" / "demo.yaml"), "--output-dir", str(out), "model.name=eat_tiny",
-        f"data.train_manifest={demo / 'train.json'}", f"data.eval_manifest={demo / 'eval.json'}", f"data.label_csv={demo / 'class_labels_indices.csv'}",
-        "data.target_length=64", "train.batch_size=4", "schedule.max_steps=3", "schedule.warmup_steps=1", "logging.progress=false",
-        "logging.tensorboard=false", "eval.every_n_epochs=-1", "checkpoint.every_n_epochs=0",
+        "--config",
+        str(REPO / "configs" / "eat" / "demo.yaml"),
+        "--output-dir",
+        str(out),
+        "model.name=eat_tiny",
+        f"data.train_manifest={demo / 'train.json'}",
+        f"data.eval_manifest={demo / 'eval.json'}",
+        f"data.label_csv={demo / 'class_labels_indices.csv'}",
+        "data.target_length=64",
+        "train.batch_size=4",
+        "schedule.max_steps=3",
+        "schedule.warmup_steps=1",
+        "logging.progress=false",
+        "logging.tensorboard=false",
+        "eval.every_n_epochs=-1",
+        "checkpoint.every_n_epochs=0",
     ]
-    proc = subprocess.run([sys.executable, "-c", code, str(REPO / "tools" / "train.py"), *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(REPO / "tools" / "train.py"), *args],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     where = next(line.split(" ", 1)[1] for line in proc.stdout.splitlines() if line.startswith("PLUGIN "))
     assert Path(where).resolve().is_relative_to(site.resolve())
-    assert list_checkpoints(out) and json.loads((list_checkpoints(out)[-1] / "trainer_state.json").read_text())["step"] == 3
+    assert (
+        list_checkpoints(out)
+        and json.loads((list_checkpoints(out)[-1] / "trainer_state.json").read_text())["step"] == 3
+    )

@@ -6,13 +6,13 @@ import json
 
 import pytest
 import torch
+from test_finetune import write_clips
 
 import avmae
 from avmae import cli
-from avmae.data import AudioDataset, NORM_STATS
+from avmae.data import AudioDataset
 from avmae.hub import frontend_for, load_pretrained
 from avmae.probe import knn_scores, linear_probe, score
-from test_finetune import write_clips
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 T = 64
@@ -25,8 +25,18 @@ def pretraining_run(tmp_path_factory):
     train, evals, labels = write_clips(root / "clips", {"train": 8, "eval": 5}, seconds=0.64)
     torch.manual_seed(0)
     mae = avmae.create_model("audiomae_tiny", target_length=T, num_mel_bins=128)
-    cfg = {"task": "pretrain", "model": {"name": "audiomae_tiny", "params": {}},
-           "data": {"target_length": T, "num_mel_bins": 128, "norm": "esc50", "train_manifest": str(train), "eval_manifest": str(evals), "label_csv": str(labels)}}
+    cfg = {
+        "task": "pretrain",
+        "model": {"name": "audiomae_tiny", "params": {}},
+        "data": {
+            "target_length": T,
+            "num_mel_bins": 128,
+            "norm": "esc50",
+            "train_manifest": str(train),
+            "eval_manifest": str(evals),
+            "label_csv": str(labels),
+        },
+    }
     avmae.save_checkpoint(mae, root / "run" / "checkpoints" / "step_0000001" / "model.safetensors", config=cfg)
     return root / "run", (train, evals, labels)
 
@@ -34,7 +44,9 @@ def pretraining_run(tmp_path_factory):
 def test_pretraining_run_evaluates_its_reconstruction(pretraining_run, capsys, tmp_path):
     run, (_, evals, _) = pretraining_run
     out = tmp_path / "r.json"
-    assert cli.main(["evaluate", "-c", str(run), "--num-workers", "0", "--cpu", "--batch-size", "4", "-o", str(out)]) == 0
+    assert (
+        cli.main(["evaluate", "-c", str(run), "--num-workers", "0", "--cpu", "--batch-size", "4", "-o", str(out)]) == 0
+    )
     line = capsys.readouterr().out.splitlines()[0]
     assert "masked reconstruction loss (mask ratio audio 0.8, seed 0)" in line and "(10 items)" in line
     got = json.loads(out.read_text())
@@ -55,7 +67,11 @@ def test_retrieval_and_classify_do_not_apply_and_say_why(pretraining_run, capsys
     run, _ = pretraining_run
     assert cli.main(["evaluate", "-c", str(run), "--task", "retrieval", "--num-workers", "0", "--cpu"]) == 1
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "audiomae_tiny takes audio only" in err and "audio-visual pretraining model" in err
+    assert (
+        len(err.splitlines()) == 1
+        and "audiomae_tiny takes audio only" in err
+        and "audio-visual pretraining model" in err
+    )
     assert cli.main(["evaluate", "-c", str(run), "--task", "classify", "--cpu"]) == 1
     assert "without a class head" in capsys.readouterr().err
 

@@ -17,7 +17,14 @@ import avmae
 from avmae.config import ConfigError, load_config
 from avmae.hub import load_pretrained
 from avmae.losses import masked_mse
-from avmae.masking import InverseBlockMasker, TimeFreqMasker, build_masker, keep_by_noise, num_kept, structured_time_freq_mask
+from avmae.masking import (
+    InverseBlockMasker,
+    TimeFreqMasker,
+    build_masker,
+    keep_by_noise,
+    num_kept,
+    structured_time_freq_mask,
+)
 from avmae.registry import MASKERS, OBJECTIVES, RegistryError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -83,7 +90,9 @@ def test_keep_by_noise_checks_the_noise_shape():
 
 
 def test_a_model_uses_the_masker_it_is_given():
-    model = avmae.create_model("audiomae_tiny", target_length=64, maskers={"audio": {"name": "inverse_block", "block": 2}})
+    model = avmae.create_model(
+        "audiomae_tiny", target_length=64, maskers={"audio": {"name": "inverse_block", "block": 2}}
+    )
     assert isinstance(model.maskers["audio"], InverseBlockMasker) and model.maskers["audio"].block == 2
     out = model({"audio": torch.randn(2, 1, 64, 128)})
     assert out.mask["audio"].shape == (2, 32) and (out.mask["audio"] == 0).sum(1).tolist() == [num_kept(32, 0.8)] * 2
@@ -99,8 +108,17 @@ def test_builtin_objectives_and_weights():
     torch.manual_seed(0)
     x = torch.randn(2, 1, 64, 128)
     noise = {"audio": torch.rand(2, 32)}
-    one = avmae.create_model("audiomae_tiny", target_length=64, objectives=[{"name": "mae_mse", "norm_pix": False}]).eval()
-    two = avmae.create_model("audiomae_tiny", target_length=64, objectives=[{"name": "mae_mse", "weight": 2.0, "params": {"norm_pix": True}}, {"name": "mae_mse", "norm_pix": False, "weight": 0.5}]).eval()
+    one = avmae.create_model(
+        "audiomae_tiny", target_length=64, objectives=[{"name": "mae_mse", "norm_pix": False}]
+    ).eval()
+    two = avmae.create_model(
+        "audiomae_tiny",
+        target_length=64,
+        objectives=[
+            {"name": "mae_mse", "weight": 2.0, "params": {"norm_pix": True}},
+            {"name": "mae_mse", "norm_pix": False, "weight": 0.5},
+        ],
+    ).eval()
     two.load_state_dict(one.state_dict())
     a, b = one({"audio": x}, noise=noise), two({"audio": x}, noise=noise)
     target = one.modalities["audio"].patchify(x)
@@ -144,7 +162,9 @@ def test_a_hybrid_decoder_in_the_official_layout_is_recognised(tmp_path):
     loaded, report = load_pretrained(tmp_path / "hybrid.pth")
     assert report.model_params["decoder"] == "hybrid" and report.model_params["decoder_params"]["global_depth"] == 1
     x, noise = torch.randn(1, 1, 64, 128), {"audio": torch.rand(1, 32)}
-    torch.testing.assert_close(loaded({"audio": x}, noise=noise).pred["audio"], model({"audio": x}, noise=noise).pred["audio"])
+    torch.testing.assert_close(
+        loaded({"audio": x}, noise=noise).pred["audio"], model({"audio": x}, noise=noise).pred["audio"]
+    )
 
 
 # ----------------------------------------------------------------------------------- config
@@ -155,15 +175,25 @@ def test_config_selects_maskers_and_objectives_and_the_checkpoint_rebuilds_them(
 
     cfg = load_config(
         [],
-        ["model.name=audiomae_tiny", "data.target_length=64", "masking.maskers.audio={name: inverse_block, block: 2}",
-         "objectives=[{name: mae_mse, weight: 3.0, norm_pix: false}]"],
+        [
+            "model.name=audiomae_tiny",
+            "data.target_length=64",
+            "masking.maskers.audio={name: inverse_block, block: 2}",
+            "objectives=[{name: mae_mse, weight: 3.0, norm_pix: false}]",
+        ],
     )
     model = PretrainTask(cfg).build_model(None)
     assert isinstance(model.maskers["audio"], InverseBlockMasker) and model.objectives[0].weight == 3.0
     path = avmae.save_checkpoint(model, tmp_path / "model.safetensors")
     again, report = load_pretrained(path)
-    assert report.source == "metadata" and report.model_params["objectives"] == [{"name": "mae_mse", "weight": 3.0, "norm_pix": False}]
-    assert isinstance(again.maskers["audio"], InverseBlockMasker) and again.objectives[0].weight == 3.0 and not again.norm_pix_loss
+    assert report.source == "metadata" and report.model_params["objectives"] == [
+        {"name": "mae_mse", "weight": 3.0, "norm_pix": False}
+    ]
+    assert (
+        isinstance(again.maskers["audio"], InverseBlockMasker)
+        and again.objectives[0].weight == 3.0
+        and not again.norm_pix_loss
+    )
     with pytest.raises(ConfigError, match="objectives.*pretraining"):
         load_config([], ["task=finetune", "model.name=audiomae_tiny_cls", "objectives=[mae_mse]"])
 
@@ -191,7 +221,8 @@ class EveryOtherRow(Masker):
     def noise(self, batch, grid, ratio, *, device=None, generator=None):
         t, f = grid
         rows = (torch.arange(t, device=device) + self.phase) % 2  # 0: kept first
-        return (rows[:, None].float() + torch.rand(batch, t, f, device=device, generator=generator) * 0.5).reshape(batch, t * f)
+        jitter = torch.rand(batch, t, f, device=device, generator=generator) * 0.5
+        return (rows[:, None].float() + jitter).reshape(batch, t * f)
 
 
 class MaskedL1(Objective):
@@ -244,21 +275,49 @@ def test_a_package_from_outside_adds_a_masker_an_objective_and_a_task(outside_pa
     from avmae.data import ensure_demo_audio
 
     demo = ensure_demo_audio(tmp_path / "demo", num_train_per_class=2, num_eval_per_class=1, seconds=0.7)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(outside_package), str(REPO), os.environ.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1")
-    listed = subprocess.run([sys.executable, "-m", "avmae", "models"], env=env, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(outside_package), str(REPO), os.environ.get("PYTHONPATH", "")]),
+        OMP_NUM_THREADS="1",
+    )
+    listed = subprocess.run(
+        [sys.executable, "-m", "avmae", "models"], env=env, capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
     assert listed.returncode == 0, listed.stderr
     for name in ("every_other_row", "masked_l1", "counting_pretrain"):
         assert f"  {name}" in listed.stdout, listed.stdout
     out = tmp_path / "run"
     args = [
-        "task=counting_pretrain", "model.name=audiomae_tiny", "model.params.decoder=global",
-        f"data.train_manifest={demo / 'train.json'}", f"data.eval_manifest={demo / 'eval.json'}", f"data.label_csv={demo / 'class_labels_indices.csv'}",
-        "data.target_length=64", "data.num_workers=0", "masking.maskers.audio=every_other_row", "masking.mask_ratio=0.5",
-        "objectives=[{name: masked_l1}]", "train.batch_size=4", "train.mixed_precision=no", "optim.lr=2e-3",
-        "schedule.epochs=8", "schedule.warmup_epochs=0", "logging.every_n_steps=1", "logging.progress=false", "logging.tensorboard=false",
-        "eval.every_n_epochs=0", "checkpoint.every_n_epochs=0",
+        "task=counting_pretrain",
+        "model.name=audiomae_tiny",
+        "model.params.decoder=global",
+        f"data.train_manifest={demo / 'train.json'}",
+        f"data.eval_manifest={demo / 'eval.json'}",
+        f"data.label_csv={demo / 'class_labels_indices.csv'}",
+        "data.target_length=64",
+        "data.num_workers=0",
+        "masking.maskers.audio=every_other_row",
+        "masking.mask_ratio=0.5",
+        "objectives=[{name: masked_l1}]",
+        "train.batch_size=4",
+        "train.mixed_precision=no",
+        "optim.lr=2e-3",
+        "schedule.epochs=8",
+        "schedule.warmup_epochs=0",
+        "logging.every_n_steps=1",
+        "logging.progress=false",
+        "logging.tensorboard=false",
+        "eval.every_n_epochs=0",
+        "checkpoint.every_n_epochs=0",
     ]
-    proc = subprocess.run([sys.executable, str(REPO / "tools" / "train.py"), "--output-dir", str(out), *args], env=env, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "train.py"), "--output-dir", str(out), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     losses = [r["train/l1_audio"] for r in records if "train/l1_audio" in r]
@@ -270,6 +329,8 @@ def test_a_package_from_outside_adds_a_masker_an_objective_and_a_task(outside_pa
         "import sys; from avmae.hub import load_pretrained; m, r = load_pretrained(sys.argv[1]); "
         "print(type(m.maskers['audio']).__name__, type(m.objectives[0]).__name__)"
     )
-    again = subprocess.run([sys.executable, "-c", code, str(out)], env=env, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    again = subprocess.run(
+        [sys.executable, "-c", code, str(out)], env=env, capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stdout.split() == ["EveryOtherRow", "MaskedL1"]

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import avmae
 from avmae.checkpoint import to_audiomae_official
-from avmae.data import AudioFrontend, NORM_STATS, load_audio, save_audio, synthesize_clip
+from avmae.data import NORM_STATS, AudioFrontend, load_audio, save_audio, synthesize_clip
 from avmae.extract import EmbeddingExtractor, extract, find_media, output_names
 from avmae.hub import frontend_for, load_pretrained
 
@@ -25,7 +25,14 @@ def _trainer_config(task, **model_params):
     return {
         "task": task,
         "model": {"name": "", "params": model_params},
-        "data": {"target_length": T, "num_mel_bins": 128, "sample_rate": 16000, "norm": "esc50", "mean": None, "std": None},
+        "data": {
+            "target_length": T,
+            "num_mel_bins": 128,
+            "sample_rate": 16000,
+            "norm": "esc50",
+            "mean": None,
+            "std": None,
+        },
         "masking": {"mask_ratio": 0.8, "mask_t_prob": 0.0, "mask_f_prob": 0.0},
     }
 
@@ -42,8 +49,12 @@ def _randomise(model):
 def media(tmp_path_factory):
     root = tmp_path_factory.mktemp("media")
     g = torch.Generator().manual_seed(0)
-    save_audio(root / "short.wav", synthesize_clip("tone", g, seconds=0.4).unsqueeze(0), 16000)  # 38 frames: one padded window
-    save_audio(root / "sub" / "long.flac", synthesize_clip("chirp", g, seconds=1.5).unsqueeze(0), 16000)  # 148 frames: 3 windows
+    save_audio(
+        root / "short.wav", synthesize_clip("tone", g, seconds=0.4).unsqueeze(0), 16000
+    )  # 38 frames: one padded window
+    save_audio(
+        root / "sub" / "long.flac", synthesize_clip("chirp", g, seconds=1.5).unsqueeze(0), 16000
+    )  # 148 frames: 3 windows
     (root / "sub" / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt garbage" * 4)
     (root / "empty.mp3").write_bytes(b"")
     (root / "notes.txt").write_text("not audio")
@@ -64,7 +75,13 @@ def checkpoints(tmp_path_factory):
     cfg["model"]["name"] = "audiomae_tiny_cls"
     avmae.save_checkpoint(clf, root / "clf.safetensors", model_name="audiomae_tiny_cls", config=cfg)
     torch.save({"model": to_audiomae_official(mae), "epoch": 3}, root / "official.pth")
-    return {"mae": mae, "clf": clf, "run": root / "run", "clf_path": root / "clf.safetensors", "official": root / "official.pth"}
+    return {
+        "mae": mae,
+        "clf": clf,
+        "run": root / "run",
+        "clf_path": root / "clf.safetensors",
+        "official": root / "official.pth",
+    }
 
 
 def _frontend():
@@ -137,7 +154,9 @@ def test_long_clip_is_the_frame_weighted_mean_over_windows(media, checkpoints):
     got = ex(wave)
     wins, real = _manual_windows(wave, hop=T // 2)
     assert got["window_frames"].tolist() == real.tolist() == [64, 64, 64, 52]
-    torch.testing.assert_close(torch.from_numpy(got["embedding"]), _weighted(_mae_pooled(model, wins), real), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        torch.from_numpy(got["embedding"]), _weighted(_mae_pooled(model, wins), real), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_classifier_features_are_its_forward_features(media, checkpoints):
@@ -145,7 +164,9 @@ def test_classifier_features_are_its_forward_features(media, checkpoints):
     wave = load_audio(media / "short.wav")
     got = EmbeddingExtractor(clf, _frontend(), patches=True)(wave)
     with torch.no_grad():
-        want = clf.forward_features({"audio": AudioFrontend(target_length=48, mean=MEAN, std=STD)(wave).unsqueeze(0)})[0]
+        want = clf.forward_features({"audio": AudioFrontend(target_length=48, mean=MEAN, std=STD)(wave).unsqueeze(0)})[
+            0
+        ]
     torch.testing.assert_close(torch.from_numpy(got["embedding"]), want, atol=1e-5, rtol=1e-5)
     assert got["patches"].shape == (1, 3 * 8, 64)
     with pytest.raises(ValueError, match="contextual"):
@@ -175,7 +196,23 @@ def test_tool_writes_npz_npy_and_safetensors(media, checkpoints, tmp_path, capsy
     long_emb = EmbeddingExtractor(model, _frontend())(load_audio(media / "sub" / "long.flac"))["embedding"]
 
     out = tmp_path / "emb.npz"
-    assert tool.main([str(media), "-c", str(checkpoints["run"]), "-o", str(out), "--keep-windows", "--contextual", "--no-progress", "--batch-size", "2"]) == 0
+    assert (
+        tool.main(
+            [
+                str(media),
+                "-c",
+                str(checkpoints["run"]),
+                "-o",
+                str(out),
+                "--keep-windows",
+                "--contextual",
+                "--no-progress",
+                "--batch-size",
+                "2",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "skipped 2 unreadable file(s)" in err and "broken.wav" in err
     z = np.load(out)
@@ -186,23 +223,63 @@ def test_tool_writes_npz_npy_and_safetensors(media, checkpoints, tmp_path, capsy
     assert list(z["window_offsets"]) == [0, 1, 4] and z["window_embedding"].shape == (4, 64)
     np.testing.assert_allclose(z["embedding"][1], long_emb, atol=1e-5)
     assert list(z["window_frames"]) == [38, 64, 64, 20] and z["window_frames"].dtype == np.int64
-    np.testing.assert_allclose((z["window_embedding"][1:4] * z["window_frames"][1:4, None]).sum(0) / 148, z["embedding"][1], atol=1e-6)
+    np.testing.assert_allclose(
+        (z["window_embedding"][1:4] * z["window_frames"][1:4, None]).sum(0) / 148, z["embedding"][1], atol=1e-6
+    )
     meta = json.loads(str(z["meta"]))
-    assert meta["window_frames"] == T and meta["hop_frames"] == T and meta["mean"] == MEAN and meta["contextual_from"] == -1
+    assert (
+        meta["window_frames"] == T
+        and meta["hop_frames"] == T
+        and meta["mean"] == MEAN
+        and meta["contextual_from"] == -1
+    )
 
     folder = tmp_path / "npy"
-    assert tool.main([str(media), "-c", str(checkpoints["run"]), "-o", str(folder), "--patches", "--no-progress", "--extensions", "flac,wav"]) == 0
+    assert (
+        tool.main(
+            [
+                str(media),
+                "-c",
+                str(checkpoints["run"]),
+                "-o",
+                str(folder),
+                "--patches",
+                "--no-progress",
+                "--extensions",
+                "flac,wav",
+            ]
+        )
+        == 0
+    )
     np.testing.assert_allclose(np.load(folder / "sub" / "long.npy"), long_emb, atol=1e-5)
     assert np.load(folder / "sub" / "long.patches.npy").shape == (3, model.modalities["audio"].num_tokens, 64)
     assert (folder / "files.tsv").read_text().splitlines()[0].startswith("short\t")
-    assert "broken.wav" in (folder / "skipped.tsv").read_text() and "empty.mp3" not in (folder / "skipped.tsv").read_text()
+    assert (
+        "broken.wav" in (folder / "skipped.tsv").read_text() and "empty.mp3" not in (folder / "skipped.tsv").read_text()
+    )
 
     from safetensors import safe_open
 
     st = tmp_path / "emb.safetensors"
-    assert tool.main([str(media / "sub" / "long.flac"), "-c", str(checkpoints["official"]), "-o", str(st), "--no-progress", "--norm", "esc50"]) == 0
+    assert (
+        tool.main(
+            [
+                str(media / "sub" / "long.flac"),
+                "-c",
+                str(checkpoints["official"]),
+                "-o",
+                str(st),
+                "--no-progress",
+                "--norm",
+                "esc50",
+            ]
+        )
+        == 0
+    )
     with safe_open(str(st), "np") as f:
-        np.testing.assert_allclose(f.get_tensor("embedding")[0], long_emb, atol=1e-5)  # the official file holds the same weights
+        np.testing.assert_allclose(
+            f.get_tensor("embedding")[0], long_emb, atol=1e-5
+        )  # the official file holds the same weights
         assert json.loads(f.metadata()["files"]) == [str(media / "sub" / "long.flac")]
 
 

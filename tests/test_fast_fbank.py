@@ -17,8 +17,14 @@ SR = 16000
 def kaldi_fbank(wave, mel=128):
     """AudioMAE's call, written out independently of avmae."""
     return kaldi.fbank(
-        wave[None], htk_compat=True, sample_frequency=SR, use_energy=False,
-        window_type="hanning", num_mel_bins=mel, dither=0.0, frame_shift=10,
+        wave[None],
+        htk_compat=True,
+        sample_frequency=SR,
+        use_energy=False,
+        window_type="hanning",
+        num_mel_bins=mel,
+        dither=0.0,
+        frame_shift=10,
     )
 
 
@@ -94,7 +100,10 @@ def test_frontend_under_autocast_stays_float32():
 
 
 def test_collate_waveforms():
-    items = [{"wave": torch.ones(1, n), "label": torch.tensor([1.0, 0.0]), "index": i, "path": f"p{i}"} for i, n in enumerate([5, 3])]
+    items = [
+        {"wave": torch.ones(1, n), "label": torch.tensor([1.0, 0.0]), "index": i, "path": f"p{i}"}
+        for i, n in enumerate([5, 3])
+    ]
     batch = collate_waveforms(items)
     assert batch["wave"].tolist() == [[1] * 5, [1, 1, 1, 0, 0]]
     assert batch["length"].tolist() == [5, 3] and batch["index"].tolist() == [0, 1]
@@ -143,7 +152,9 @@ def test_waveform_dataset_batched_equals_audio_dataset(tmp_path):
 
     items = []
     for i in range(5):
-        save_audio(tmp_path / f"c{i}.flac", synthesize_clip(i % 6, item_generator(2, 0, i), seconds=0.3 + 0.1 * i)[None], SR)
+        save_audio(
+            tmp_path / f"c{i}.flac", synthesize_clip(i % 6, item_generator(2, 0, i), seconds=0.3 + 0.1 * i)[None], SR
+        )
         items.append({"wav": str(tmp_path / f"c{i}.flac"), "labels": ""})
     fe = AudioFrontend(target_length=64)
     aug = {"gain": True, "roll": True, "mixup": 0.5}

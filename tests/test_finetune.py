@@ -95,8 +95,16 @@ def ft_config(data, out, *extra, task="finetune"):
 
 def test_two_easy_classes_far_above_chance(easy, tmp_path):
     cfg = ft_config(
-        easy, tmp_path / "ft", "optim.lr=2e-3", "optim.weight_decay=0.05", "optim.betas=[0.9,0.999]", "schedule.epochs=8",
-        "schedule.warmup_epochs=1", "model.params.drop_path=0.0", "eval.every_n_epochs=4", "data.cache=true",
+        easy,
+        tmp_path / "ft",
+        "optim.lr=2e-3",
+        "optim.weight_decay=0.05",
+        "optim.betas=[0.9,0.999]",
+        "schedule.epochs=8",
+        "schedule.warmup_epochs=1",
+        "model.params.drop_path=0.0",
+        "eval.every_n_epochs=4",
+        "data.cache=true",
     )
     result = Trainer(cfg).fit()
     assert result.eval["acc"] >= 0.9, result.eval  # chance is 0.5
@@ -105,12 +113,33 @@ def test_two_easy_classes_far_above_chance(easy, tmp_path):
 
 def test_recipe_pieces_run_and_outputs_are_written(easy, tmp_path):
     """Pretraining checkpoint -> fine-tuning with the AudioMAE recipe switched on."""
-    Trainer(ft_config(easy, tmp_path / "pre", "task=pretrain", "model.name=audiomae_tiny", "optim.lr=1e-3", "eval.every_n_epochs=-1")).fit()
+    Trainer(
+        ft_config(
+            easy,
+            tmp_path / "pre",
+            "task=pretrain",
+            "model.name=audiomae_tiny",
+            "optim.lr=1e-3",
+            "eval.every_n_epochs=-1",
+        )
+    ).fit()
     cfg = ft_config(
-        easy, tmp_path / "ft", f"checkpoint.init_from={tmp_path / 'pre'}", "optim.layer_decay=0.75", "optim.lr=1e-3",
-        "model.params.drop_path=0.1", "masking.mask_t_prob=0.2", "masking.mask_f_prob=0.2",
-        "data.augment.freqm=8", "data.augment.timem=16", "data.augment.mixup=0.5", "data.augment.gain=true", "data.augment.roll=true",
-        "train.label_smoothing=0.1", "schedule.epochs=2", "eval.every_n_epochs=1",
+        easy,
+        tmp_path / "ft",
+        f"checkpoint.init_from={tmp_path / 'pre'}",
+        "optim.layer_decay=0.75",
+        "optim.lr=1e-3",
+        "model.params.drop_path=0.1",
+        "masking.mask_t_prob=0.2",
+        "masking.mask_f_prob=0.2",
+        "data.augment.freqm=8",
+        "data.augment.timem=16",
+        "data.augment.mixup=0.5",
+        "data.augment.gain=true",
+        "data.augment.roll=true",
+        "train.label_smoothing=0.1",
+        "schedule.epochs=2",
+        "eval.every_n_epochs=1",
     )
     trainer = Trainer(cfg)
     assert isinstance(trainer.task, FinetuneTask)
@@ -135,8 +164,25 @@ def test_recipe_pieces_run_and_outputs_are_written(easy, tmp_path):
 
 
 def test_linear_probe_trains_only_the_head(easy, tmp_path):
-    Trainer(ft_config(easy, tmp_path / "pre", "task=pretrain", "model.name=audiomae_tiny", "optim.lr=1e-3", "eval.every_n_epochs=-1")).fit()
-    cfg = ft_config(easy, tmp_path / "lp", f"checkpoint.init_from={tmp_path / 'pre'}", "optim.lr=1e-2", "optim.weight_decay=0", "schedule.epochs=2", task="linprobe")
+    Trainer(
+        ft_config(
+            easy,
+            tmp_path / "pre",
+            "task=pretrain",
+            "model.name=audiomae_tiny",
+            "optim.lr=1e-3",
+            "eval.every_n_epochs=-1",
+        )
+    ).fit()
+    cfg = ft_config(
+        easy,
+        tmp_path / "lp",
+        f"checkpoint.init_from={tmp_path / 'pre'}",
+        "optim.lr=1e-2",
+        "optim.weight_decay=0",
+        "schedule.epochs=2",
+        task="linprobe",
+    )
     result = Trainer(cfg).fit()
     assert "acc" in result.eval
     pre = load_file(str(list_checkpoints(tmp_path / "pre")[-1] / "model.safetensors"))
@@ -147,7 +193,9 @@ def test_linear_probe_trains_only_the_head(easy, tmp_path):
     assert lp["head.weight"].abs().max() > 1e-3  # moved from its 2e-5-std init
 
 
-@pytest.mark.parametrize("name, head", [("audiomae_tiny_cls", "head"), ("ast_tiny", "head"), ("cav_mae_tiny_ft", "mlp_head")])
+@pytest.mark.parametrize(
+    "name, head", [("audiomae_tiny_cls", "head"), ("ast_tiny", "head"), ("cav_mae_tiny_ft", "mlp_head")]
+)
 def test_every_classifier_names_its_head(name, head):
     """``classifier_head`` (what the linear probe trains) is the module mapping the pooled features to the logits."""
     model = avmae.create_model(name, num_classes=3, target_length=64).eval()
@@ -178,7 +226,11 @@ def test_multilabel_data_uses_bce_and_map(tmp_path):
 
 
 def test_loss_choice():
-    assert resolve_loss("auto", True) == "bce" and resolve_loss("auto", False) == "ce" and resolve_loss("bce", False) == "bce"
+    assert (
+        resolve_loss("auto", True) == "bce"
+        and resolve_loss("auto", False) == "ce"
+        and resolve_loss("bce", False) == "bce"
+    )
     with pytest.raises(ConfigError, match="train.loss"):
         resolve_loss("focal", False)
     logits = torch.randn(5, 3)
@@ -189,11 +241,21 @@ def test_loss_choice():
     ref = -(smooth * logits.log_softmax(1)).sum(1).mean()
     assert classification_loss(logits, soft, "ce", 0.1) == pytest.approx(ref.item(), abs=1e-6)
     hot = (torch.rand(5, 3) > 0.5).float()
-    assert classification_loss(logits, hot, "bce") == pytest.approx(F.binary_cross_entropy_with_logits(logits, hot).item())
+    assert classification_loss(logits, hot, "bce") == pytest.approx(
+        F.binary_cross_entropy_with_logits(logits, hot).item()
+    )
 
 
 def test_balanced_sampling_in_the_trainer(easy, tmp_path):
-    cfg = ft_config(easy, tmp_path / "bal", "data.balanced=true", "data.epoch_len=10", "data.replacement=true", "optim.lr=1e-3", "eval.every_n_epochs=-1")
+    cfg = ft_config(
+        easy,
+        tmp_path / "bal",
+        "data.balanced=true",
+        "data.epoch_len=10",
+        "data.replacement=true",
+        "optim.lr=1e-3",
+        "eval.every_n_epochs=-1",
+    )
     trainer = Trainer(cfg)
     result = trainer.fit()
     assert result.plan.train_items == 10 and result.plan.steps_per_epoch == 2  # 10 draws -> 2 batches of 4
@@ -217,26 +279,48 @@ def test_demo_chain_pretrain_then_finetune_linprobe_and_ast(tmp_path):
     from avmae.data import ensure_demo_audio
 
     demo = ensure_demo_audio(tmp_path / "demo", num_train_per_class=1, num_eval_per_class=1, seconds=1.0)
-    data = [f"data.train_manifest={demo / 'train.json'}", f"data.eval_manifest={demo / 'eval.json'}",
-            f"data.label_csv={demo / 'class_labels_indices.csv'}", "train.batch_size=3", "schedule.max_steps=2",
-            "logging.progress=false", "logging.tensorboard=false", "train.cpu=true"]
+    data = [
+        f"data.train_manifest={demo / 'train.json'}",
+        f"data.eval_manifest={demo / 'eval.json'}",
+        f"data.label_csv={demo / 'class_labels_indices.csv'}",
+        "train.batch_size=3",
+        "schedule.max_steps=2",
+        "logging.progress=false",
+        "logging.tensorboard=false",
+        "train.cpu=true",
+    ]
     pre = Trainer(load_config(["configs/demo_audio.yaml"], [*data, f"output_dir={tmp_path / 'pre'}"])).fit()
     assert pre.steps == 2 and list_checkpoints(tmp_path / "pre")
-    encoder = {k: v for k, v in load_file(str(list_checkpoints(tmp_path / "pre")[-1] / "model.safetensors")).items() if k.startswith("blocks.0.")}
+    encoder = {
+        k: v
+        for k, v in load_file(str(list_checkpoints(tmp_path / "pre")[-1] / "model.safetensors")).items()
+        if k.startswith("blocks.0.")
+    }
 
     for name in ("demo_finetune", "demo_linprobe"):
         out = tmp_path / name
-        result = Trainer(load_config([f"configs/{name}.yaml"], [*data, f"checkpoint.init_from={tmp_path / 'pre'}", f"output_dir={out}"])).fit()
+        result = Trainer(
+            load_config(
+                [f"configs/{name}.yaml"], [*data, f"checkpoint.init_from={tmp_path / 'pre'}", f"output_dir={out}"]
+            )
+        ).fit()
         assert result.steps == 2 and 0.0 <= result.eval["acc"] <= 1.0
         tuned = load_file(str(list_checkpoints(out)[-1] / "model.safetensors"))
         moved = [k for k, v in encoder.items() if not torch.equal(tuned[k], v)]
         # the linear probe keeps the pretrained encoder as loaded; fine-tuning moves it
-        assert (moved == []) if name == "demo_linprobe" else (moved != [] and all(torch.allclose(tuned[k], encoder[k], atol=0.05) for k in encoder))
+        assert (
+            (moved == [])
+            if name == "demo_linprobe"
+            else (moved != [] and all(torch.allclose(tuned[k], encoder[k], atol=0.05) for k in encoder))
+        )
 
     ast = Trainer(load_config(["configs/demo_ast.yaml"], [*data, f"output_dir={tmp_path / 'ast'}"]))
     result = ast.fit()
     weights = load_file(str(list_checkpoints(tmp_path / "ast")[-1] / "model.safetensors"))
-    assert weights["encoder.pos_embed"].shape == (1, 8 * 16 + 2, 192) and len({k.split(".")[2] for k in weights if k.startswith("encoder.blocks.")}) == 4
+    assert (
+        weights["encoder.pos_embed"].shape == (1, 8 * 16 + 2, 192)
+        and len({k.split(".")[2] for k in weights if k.startswith("encoder.blocks.")}) == 4
+    )
     assert result.steps == 2 and 0.0 <= result.eval["acc"] <= 1.0
 
 
@@ -248,7 +332,13 @@ def test_init_from_an_official_audiomae_checkpoint(easy, tmp_path):
     pre = avmae.create_model("audiomae_tiny", target_length=64, num_mel_bins=64)
     official = to_audiomae_official(pre)
     torch.save({"model": official, "epoch": 20}, tmp_path / "checkpoint-20.pth")
-    cfg = ft_config(easy, tmp_path / "ft", f"checkpoint.init_from={tmp_path / 'checkpoint-20.pth'}", "schedule.max_steps=1", "eval.every_n_epochs=-1")
+    cfg = ft_config(
+        easy,
+        tmp_path / "ft",
+        f"checkpoint.init_from={tmp_path / 'checkpoint-20.pth'}",
+        "schedule.max_steps=1",
+        "eval.every_n_epochs=-1",
+    )
     trainer = Trainer(cfg)
     model = trainer.task.build_model(trainer._build_datasets()[0])
     assert torch.equal(model.state_dict()["blocks.1.attn.qkv.weight"], official["blocks.1.attn.qkv.weight"])

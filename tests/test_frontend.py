@@ -28,8 +28,14 @@ def reference(waveform, target_length, mean=MEAN, std=STD, sr=16000, mel=128, ce
     if center:
         waveform = waveform - waveform.mean()
     x = kaldi.fbank(
-        waveform, htk_compat=True, sample_frequency=sr, use_energy=False,
-        window_type="hanning", num_mel_bins=mel, dither=0.0, frame_shift=10,
+        waveform,
+        htk_compat=True,
+        sample_frequency=sr,
+        use_energy=False,
+        window_type="hanning",
+        num_mel_bins=mel,
+        dither=0.0,
+        frame_shift=10,
     )
     p = target_length - x.shape[0]
     if p > 0:
@@ -71,8 +77,7 @@ def test_norm_stats_values():
         "cavmae": (-5.081, 4.4849),
     }
     fe = AudioFrontend()
-    assert (fe.sample_rate, fe.num_mel_bins, fe.target_length, fe.mean, fe.std) == (
-        16000, 128, 1024, MEAN, STD)
+    assert (fe.sample_rate, fe.num_mel_bins, fe.target_length, fe.mean, fe.std) == (16000, 128, 1024, MEAN, STD)
 
 
 def test_ten_seconds_is_998_frames_then_padding_value():

@@ -16,7 +16,14 @@ from avmae.data import AudioFrontend, MediaError, load_audio, save_audio
 from avmae.data.av_dataset import AVDataset
 from avmae.data.av_demo import write_av_clip
 from avmae.data.datasets import AudioDataset
-from avmae.data.video import decode_all_frames, extract_frame_folder, load_av, load_frame_folder, load_frames, probe_video
+from avmae.data.video import (
+    decode_all_frames,
+    extract_frame_folder,
+    load_av,
+    load_frame_folder,
+    load_frames,
+    probe_video,
+)
 
 SR = 16000
 SIZE = 16  # model frame size in these tests
@@ -88,7 +95,12 @@ def check_all(pair):
 
 VIDEO_READERS = {
     "load_frames": (lambda p: load_frames(p, 2, size=SIZE, timeout=LIMIT), check_frames),
-    "load_frames_random": (lambda p: load_frames(p, 2, size=SIZE, mode="random", generator=torch.Generator().manual_seed(0), timeout=LIMIT), check_frames),
+    "load_frames_random": (
+        lambda p: load_frames(
+            p, 2, size=SIZE, mode="random", generator=torch.Generator().manual_seed(0), timeout=LIMIT
+        ),
+        check_frames,
+    ),
     "load_frames_no_seek": (lambda p: load_frames(p, 2, size=SIZE, seek=False, timeout=LIMIT), check_frames),
     "decode_all_frames": (lambda p: decode_all_frames(p, timeout=LIMIT), check_all),
     "load_av": (lambda p: load_av(p, 2, size=SIZE, timeout=LIMIT), check_av),
@@ -99,15 +111,19 @@ VIDEO_READERS = {
 
 def test_fuzzed_video_files_through_every_reader(tmp_path):
     rng = random.Random(0)
-    sources = [av_clip(tmp_path / "clip.mp4"), av_clip(tmp_path / "clip.mkv", k=1), save_audio(tmp_path / "tone.flac", 0.3 * torch.sin(torch.arange(8000) / 5.0)[None], SR)]
+    sources = [
+        av_clip(tmp_path / "clip.mp4"),
+        av_clip(tmp_path / "clip.mkv", k=1),
+        save_audio(tmp_path / "tone.flac", 0.3 * torch.sin(torch.arange(8000) / 5.0)[None], SR),
+    ]
     counts = {"ok": 0, "error": 0}
     for src in sources:
         for name, blob in mutations(src.read_bytes(), rng):
             for suffix in (src.suffix, ".wav"):  # the true extension and a wrong one
                 path = tmp_path / f"{src.stem}-{name}{suffix}"
                 path.write_bytes(blob)
-                for reader, (fn, check) in VIDEO_READERS.items():
-                    counts[outcome(lambda: fn(path), path, check)] += 1
+                for fn, check in VIDEO_READERS.values():
+                    counts[outcome(lambda fn=fn, path=path: fn(path), path, check)] += 1
     assert counts["error"] > 0 and counts["ok"] > 0  # both outcomes happen: the mutations are not all fatal
 
 
@@ -130,14 +146,25 @@ def test_fuzzed_frame_folders(tmp_path):
         for fn in readers:
             counts[outcome(fn, pattern, check_frames)] += 1
     assert counts["error"] > 0
-    assert outcome(lambda: load_frame_folder(root, "missing", 1, size=SIZE), str(root / "frame_*" / "missing.jpg"), check_frames) == "error"
+    assert (
+        outcome(
+            lambda: load_frame_folder(root, "missing", 1, size=SIZE),
+            str(root / "frame_*" / "missing.jpg"),
+            check_frames,
+        )
+        == "error"
+    )
     shutil.rmtree(root)
     assert outcome(lambda: load_frame_folder(root, "vid", 1, size=SIZE), pattern, check_frames) == "error"
 
 
 def test_video_time_limit_is_a_media_error(tmp_path):
     clip = av_clip(tmp_path / "clip.mp4")
-    for fn in (lambda: load_frames(clip, 2, size=SIZE, timeout=0.0), lambda: decode_all_frames(clip, timeout=0.0), lambda: load_av(clip, 2, size=SIZE, timeout=0.0)):
+    for fn in (
+        lambda: load_frames(clip, 2, size=SIZE, timeout=0.0),
+        lambda: decode_all_frames(clip, timeout=0.0),
+        lambda: load_av(clip, 2, size=SIZE, timeout=0.0),
+    ):
         with pytest.raises(MediaError, match="time limit") as info:
             fn()
         assert str(clip) in str(info.value)
@@ -177,7 +204,9 @@ def test_audio_dataset_skips_every_broken_file_and_keeps_the_rest(tmp_path):
     broken.add(str(tmp_path / "missing.flac"))
     manifest = tmp_path / "m.json"
     manifest.write_text(json.dumps({"data": items}))
-    ds = AudioDataset(manifest, frontend=FRONTEND, on_error="skip", max_skip_fraction=1.0, skip_log_dir=tmp_path / "skips")
+    ds = AudioDataset(
+        manifest, frontend=FRONTEND, on_error="skip", max_skip_fraction=1.0, skip_log_dir=tmp_path / "skips"
+    )
     for i in range(len(ds)):
         item = ds[i]
         assert item["audio"].shape == (1, 48, 32) and torch.isfinite(item["audio"]).all()

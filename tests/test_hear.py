@@ -5,7 +5,7 @@ import torch
 
 import avmae
 import avmae.hear as hear
-from avmae.data import AudioFrontend, NORM_STATS
+from avmae.data import NORM_STATS, AudioFrontend
 from avmae.hear import AudioEmbedder, XaresEncoder
 
 T = 64
@@ -72,7 +72,9 @@ def test_classifier_scene_embedding_is_its_pooled_features():
 
 def test_hear_load_model_and_xares_encoder(tmp_path, audio):
     mae = _model("audiomae_tiny")
-    path = avmae.save_checkpoint(mae, tmp_path / "model.safetensors", config={"data": {"target_length": T, "norm": "esc50"}})
+    path = avmae.save_checkpoint(
+        mae, tmp_path / "model.safetensors", config={"data": {"target_length": T, "norm": "esc50"}}
+    )
     model = hear.load_model(str(path))
     assert isinstance(model, torch.nn.Module) and model.frontend.mean == pytest.approx(MEAN)
     direct = AudioEmbedder(mae, _fe(T)).timestamp_embeddings(audio)[0]

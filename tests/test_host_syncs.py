@@ -44,7 +44,11 @@ def test_the_recorder_sees_syncs():
         float(x.sum())
         x[x > 0] = 0
         x[x.sum(1) > 0]
-    assert rec.found == ["aten._local_scalar_dense.default", "aten.index_put_.default with a boolean index", "aten.index.Tensor with a boolean index"]
+    assert rec.found == [
+        "aten._local_scalar_dense.default",
+        "aten.index_put_.default with a boolean index",
+        "aten.index.Tensor with a boolean index",
+    ]
 
 
 def test_structured_masking_has_no_sync_and_the_former_mask():
@@ -80,7 +84,9 @@ def test_audio_visual_pretraining_step_has_no_sync(name, frames):
 
 @pytest.mark.parametrize("loss", ["ce", "bce"])
 def test_finetuning_step_with_structured_masking_has_no_sync(loss):
-    clf = avmae.create_model("audiomae_tiny_cls", num_classes=5, target_length=64, mask_t_prob=0.25, mask_f_prob=0.25).train()
+    clf = avmae.create_model(
+        "audiomae_tiny_cls", num_classes=5, target_length=64, mask_t_prob=0.25, mask_f_prob=0.25
+    ).train()
     x = {"audio": torch.randn(2, 1, 64, 128)}
     target = torch.eye(5)[[1, 3]]
     with RecordSyncs() as rec:
@@ -136,12 +142,28 @@ def _run_config(clips, out, *extra):
     return load_config(
         [],
         [
-            "model.name=audiomae_tiny", f"data.train_manifest={clips / 'train.json'}", f"data.label_csv={clips / 'class_labels_indices.csv'}",
-            "data.target_length=64", "data.num_mel_bins=64", "data.num_workers=0", "data.cache=true",
-            "train.batch_size=2", "train.cpu=true", "train.mixed_precision=no", "optim.fused=true", "optim.lr=2e-3",
-            "schedule.epochs=1", "schedule.max_steps=6", "schedule.warmup_epochs=0", "eval.every_n_epochs=-1",
-            "logging.every_n_steps=5", "logging.progress=false", "logging.tensorboard=false",
-            "checkpoint.every_n_epochs=0", "checkpoint.every_n_steps=3", f"output_dir={out}",
+            "model.name=audiomae_tiny",
+            f"data.train_manifest={clips / 'train.json'}",
+            f"data.label_csv={clips / 'class_labels_indices.csv'}",
+            "data.target_length=64",
+            "data.num_mel_bins=64",
+            "data.num_workers=0",
+            "data.cache=true",
+            "train.batch_size=2",
+            "train.cpu=true",
+            "train.mixed_precision=no",
+            "optim.fused=true",
+            "optim.lr=2e-3",
+            "schedule.epochs=1",
+            "schedule.max_steps=6",
+            "schedule.warmup_epochs=0",
+            "eval.every_n_epochs=-1",
+            "logging.every_n_steps=5",
+            "logging.progress=false",
+            "logging.tensorboard=false",
+            "checkpoint.every_n_epochs=0",
+            "checkpoint.every_n_steps=3",
+            f"output_dir={out}",
             *extra,
         ],
     )
@@ -181,7 +203,9 @@ def test_fused_adamw_training_steps_read_nothing_between_log_and_checkpoint_step
 
     class TrainerReads(RecordReads):
         def __torch_function__(self, func, types, args=(), kwargs=None):
-            if getattr(func, "__name__", None) in _READS and any("torch/utils/data/" in f.filename.replace("\\", "/") for f in traceback.extract_stack()):
+            if getattr(func, "__name__", None) in _READS and any(
+                "torch/utils/data/" in f.filename.replace("\\", "/") for f in traceback.extract_stack()
+            ):
                 return func(*args, **(kwargs or {}))  # the data pipeline's
             return super().__torch_function__(func, types, args, kwargs)
 

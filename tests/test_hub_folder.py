@@ -54,10 +54,26 @@ def test_shorter_input_and_errors(tmp_path):
 def test_convert_a_run_to_a_folder(tmp_path, load_tool):
     run = tmp_path / "run"
     model = avmae.create_model("audiomae_tiny_cls", num_classes=2, target_length=64)
-    avmae.save_checkpoint(model, run / "checkpoints" / "step_0000004" / "model.safetensors",
-                          config={"task": "finetune", "model": {"name": "audiomae_tiny_cls", "params": {}}, "data": {"target_length": 64, "norm": "esc50"}})
-    (run / "metrics.jsonl").write_text(json.dumps({"step": 2, "train/loss": 0.7}) + "\n" + json.dumps({"step": 4, "eval/acc": 0.75, "eval/loss": 0.5}) + "\n")
-    assert load_tool("convert_checkpoint").main([str(run), "--out", str(tmp_path / "shared"), "--to", "pretrained"]) == 0
+    avmae.save_checkpoint(
+        model,
+        run / "checkpoints" / "step_0000004" / "model.safetensors",
+        config={
+            "task": "finetune",
+            "model": {"name": "audiomae_tiny_cls", "params": {}},
+            "data": {"target_length": 64, "norm": "esc50"},
+        },
+    )
+    (run / "metrics.jsonl").write_text(
+        json.dumps({"step": 2, "train/loss": 0.7})
+        + "\n"
+        + json.dumps({"step": 4, "eval/acc": 0.75, "eval/loss": 0.5})
+        + "\n"
+    )
+    assert (
+        load_tool("convert_checkpoint").main([str(run), "--out", str(tmp_path / "shared"), "--to", "pretrained"]) == 0
+    )
     info = json.loads((tmp_path / "shared" / "config.json").read_text())
-    assert info["metrics"] == {"step": 4, "eval/acc": 0.75, "eval/loss": 0.5} and info["frontend"]["mean"] == pytest.approx(-6.6268077)
+    assert info["metrics"] == {"step": 4, "eval/acc": 0.75, "eval/loss": 0.5} and info["frontend"][
+        "mean"
+    ] == pytest.approx(-6.6268077)
     assert from_pretrained(tmp_path / "shared").num_classes == 2

@@ -1,5 +1,6 @@
 """Kill anywhere: tools/train.py, run as a real process (forked from a server that imported
-everything once, ``crash_child.py --serve``: each life costs its run, not the imports), is SIGKILLed at random points (during
+everything once, ``crash_child.py --serve``: each life costs its run, not the imports),
+is SIGKILLed at random points (during
 start-up, between steps, inside a checkpoint write, between its files and its manifest, after the
 rename, in the middle of rotating an old checkpoint out), and every time resumed with
 ``--resume``. After each kill every ``step_*`` folder is complete (its manifest matches, hashes
@@ -15,10 +16,9 @@ import time
 
 import pytest
 import torch
+from cli_runs import assert_same_weights, clips, finish, fork_server, run_yaml  # noqa: F401 - fixtures
 
 from avmae.run_folder import checkpoint_problem, find_latest_checkpoint, list_checkpoints, step_folders
-
-from cli_runs import assert_same_weights, clips, finish, fork_server, run_yaml  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
@@ -58,7 +58,9 @@ def _kill_after(proc, out, step, delay):
 
 def _assert_only_complete_folders(out, where):
     for folder in step_folders(out):
-        assert checkpoint_problem(folder, deep=True) is None, f"after {where}: {folder.name}: {checkpoint_problem(folder, deep=True)}"
+        assert checkpoint_problem(folder, deep=True) is None, (
+            f"after {where}: {folder.name}: {checkpoint_problem(folder, deep=True)}"
+        )
     assert list_checkpoints(out) == step_folders(out)
 
 
@@ -107,6 +109,8 @@ def test_sigkill_anywhere_then_resume_ends_bit_identical(run_yaml, fork_server, 
     opt_a = torch.load(find_latest_checkpoint(reference) / "optimizer.bin", weights_only=True)
     opt_b = torch.load(find_latest_checkpoint(out) / "optimizer.bin", weights_only=True)
     for i, st in opt_a["state"].items():
-        assert torch.equal(st["exp_avg"], opt_b["state"][i]["exp_avg"]) and torch.equal(st["exp_avg_sq"], opt_b["state"][i]["exp_avg_sq"])
+        assert torch.equal(st["exp_avg"], opt_b["state"][i]["exp_avg"]) and torch.equal(
+            st["exp_avg_sq"], opt_b["state"][i]["exp_avg_sq"]
+        )
     assert _logged_steps(out) == list(range(1, STEPS + 1)), "\n".join(log)
     print("\n".join(log))  # what killed each life (pytest -s)

@@ -9,12 +9,14 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_runs import child, clips, finish, run_yaml, wait_for  # noqa: F401 - fixtures
 
 from avmae.run_folder import checkpoint_problem, find_latest_checkpoint
 
-from cli_runs import child, clips, finish, run_yaml, wait_for  # noqa: F401 - fixtures
-
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; PR_SET_PDEATHSIG is Linux's")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; PR_SET_PDEATHSIG is Linux's"),
+]
 
 LAUNCH = [sys.executable, "-m", "avmae.launch", "--standalone", "--nproc_per_node", "2"]
 LONGER = ["schedule.epochs=6"]  # two processes share the 6 clips: one step per epoch
@@ -61,7 +63,11 @@ def test_sigterm_to_the_job_saves_and_exits_143(run_yaml, tmp_path):
     assert len([line for line in log.splitlines() if line.startswith("avmae.launch:")]) == 1, log[-4000:]
     assert "interrupted:  resume with" in log, log[-4000:]  # the workers stopped early, saved
     latest = find_latest_checkpoint(out)  # the stop is agreed at the step after the signal, or at once
-    assert latest is not None and latest.name in ("step_0000002", "step_0000003") and checkpoint_problem(latest, deep=True) is None, log[-4000:]
+    assert (
+        latest is not None
+        and latest.name in ("step_0000002", "step_0000003")
+        and checkpoint_problem(latest, deep=True) is None
+    ), log[-4000:]
     assert {p.name for p in latest.glob("random_states_*.pkl")} == {"random_states_0.pkl", "random_states_1.pkl"}
 
 

@@ -90,14 +90,20 @@ def test_against_sklearn(seed):
     metrics = pytest.importorskip("sklearn.metrics")  # the brute-force tests above run without it
     scores, targets = random_multilabel(n=200, c=9, seed=seed)
     m, per_class = mean_average_precision(scores, targets)
-    ref = [metrics.average_precision_score(targets[:, j].numpy(), scores[:, j].numpy()) for j in range(9) if targets[:, j].sum() > 0]
+    ref = [
+        metrics.average_precision_score(targets[:, j].numpy(), scores[:, j].numpy())
+        for j in range(9)
+        if targets[:, j].sum() > 0
+    ]
     got = [v for v in per_class.tolist() if not math.isnan(v)]
     assert got == pytest.approx(ref, abs=1e-12)
     assert m == pytest.approx(sum(ref) / len(ref), abs=1e-12)
     _, auc = mean_roc_auc(scores, targets)
     for j in range(9):
         if 0 < targets[:, j].sum() < targets.shape[0]:
-            assert auc[j].item() == pytest.approx(metrics.roc_auc_score(targets[:, j].numpy(), scores[:, j].numpy()), abs=1e-12)
+            assert auc[j].item() == pytest.approx(
+                metrics.roc_auc_score(targets[:, j].numpy(), scores[:, j].numpy()), abs=1e-12
+            )
 
 
 def test_accuracy_topk_indices_onehot_and_soft():
@@ -126,6 +132,8 @@ def test_classification_report_rows():
 def test_format_metrics_prints_counts_as_integers():
     from avmae.train.logging_utils import format_metrics
 
-    line = format_metrics({"acc": 0.98333, "num_items": 60, "loss": torch.tensor(0.25), "a2v_medr": 7, "mAP": float("nan"), "note": None})
+    line = format_metrics(
+        {"acc": 0.98333, "num_items": 60, "loss": torch.tensor(0.25), "a2v_medr": 7, "mAP": float("nan"), "note": None}
+    )
     assert line == "acc 0.9833, num_items 60, loss 0.2500, a2v_medr 7, mAP nan, note None"
     assert format_metrics({"acc": 1.0}) == "acc 1.0000"  # a float stays a float, whatever its value

@@ -18,11 +18,32 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm().clamp(min=1e-12)).item()
 
 
-def _pretrain_pair(tmp_path, *, decoder_mode, T=1024, embed=64, depth=2, heads=4, dec_dim=64, dec_depth=2, dec_heads=4, swin_depth=4, swin_heads=4):
+def _pretrain_pair(
+    tmp_path,
+    *,
+    decoder_mode,
+    T=1024,
+    embed=64,
+    depth=2,
+    heads=4,
+    dec_dim=64,
+    dec_depth=2,
+    dec_heads=4,
+    swin_depth=4,
+    swin_heads=4,
+):
     sd = ref.make_official_pretrain_state_dict(
-        embed_dim=embed, depth=depth, num_heads=heads, decoder_embed_dim=dec_dim, decoder_depth=dec_depth,
-        decoder_num_heads=dec_heads, decoder_mode=decoder_mode, img_size=(T, 128), seed=3,
-        swin_depth=swin_depth, swin_heads=swin_heads,
+        embed_dim=embed,
+        depth=depth,
+        num_heads=heads,
+        decoder_embed_dim=dec_dim,
+        decoder_depth=dec_depth,
+        decoder_num_heads=dec_heads,
+        decoder_mode=decoder_mode,
+        img_size=(T, 128),
+        seed=3,
+        swin_depth=swin_depth,
+        swin_heads=swin_heads,
     )
     path = tmp_path / "pretrained.pth"
     ref.to_official_pretrain_checkpoint(sd, path)
@@ -31,7 +52,13 @@ def _pretrain_pair(tmp_path, *, decoder_mode, T=1024, embed=64, depth=2, heads=4
     else:
         decoder, dparams = "global", dict(embed_dim=dec_dim, depth=dec_depth, num_heads=dec_heads)
     model = avmae.create_model(
-        "audiomae_tiny", embed_dim=embed, depth=depth, num_heads=heads, decoder=decoder, decoder_params=dparams, target_length=T
+        "audiomae_tiny",
+        embed_dim=embed,
+        depth=depth,
+        num_heads=heads,
+        decoder=decoder,
+        decoder_params=dparams,
+        target_length=T,
     ).eval()
     report = avmae.load_checkpoint(model, path)
     assert report.format == "audiomae-pretrain" and not report.missing and not report.unexpected
@@ -59,14 +86,25 @@ def test_pretraining_model_matches_official(tmp_path, decoder_mode, T):
 def test_full_size_vit_base_swin_matches_official(tmp_path):
     """The released configuration itself: ViT-B encoder, 16 Swin blocks of 16 heads, 512-d."""
     sd, model = _pretrain_pair(
-        tmp_path, decoder_mode=1, embed=768, depth=12, heads=12, dec_dim=512, dec_depth=8, dec_heads=16, swin_depth=16, swin_heads=16
+        tmp_path,
+        decoder_mode=1,
+        embed=768,
+        depth=12,
+        heads=12,
+        dec_dim=512,
+        dec_depth=8,
+        dec_heads=16,
+        swin_depth=16,
+        swin_heads=16,
     )
     reference = avmae.create_model("audiomae_vit_base")
     assert sorted(reference.state_dict()) == sorted(model.state_dict())
     assert all(reference.state_dict()[k].shape == v.shape for k, v in model.state_dict().items())
     x = torch.randn(1, 1, 1024, 128)
     noise = torch.rand(1, 512)
-    loss_ref, pred_ref, mask_ref = ref.official_pretrain_forward(sd, x, noise, decoder_mode=1, num_heads=12, swin_heads=16)
+    loss_ref, pred_ref, mask_ref = ref.official_pretrain_forward(
+        sd, x, noise, decoder_mode=1, num_heads=12, swin_heads=16
+    )
     with torch.no_grad():
         out = model({"audio": x}, noise={"audio": noise})
     assert torch.equal(out.mask["audio"], mask_ref.float())
@@ -85,7 +123,9 @@ def test_finetuning_model_matches_official(tmp_path, masked):
     x = torch.randn(2, 1, 1024, 128)
     if masked:
         nt, nf = torch.rand(2, 64), torch.rand(2, 8)
-        want = ref.official_finetune_forward(sd, x, num_heads=4, mask_t_prob=0.2, mask_f_prob=0.2, noise_t=nt, noise_f=nf)
+        want = ref.official_finetune_forward(
+            sd, x, num_heads=4, mask_t_prob=0.2, mask_f_prob=0.2, noise_t=nt, noise_f=nf
+        )
         with torch.no_grad():
             got = model.head(model.pool(model.forward_tokens({"audio": x}, mask=True, noise_t=nt, noise_f=nf)))
     else:

@@ -22,7 +22,10 @@ def test_scaled_lr_rule():
 
 
 def test_plan_derives_effective_batch_and_lr_once():
-    cfg = load_config([], ["train.batch_size=8", "train.grad_accum=4", "optim.blr=2e-4", "schedule.epochs=3", "schedule.warmup_epochs=1"])
+    cfg = load_config(
+        [],
+        ["train.batch_size=8", "train.grad_accum=4", "optim.blr=2e-4", "schedule.epochs=3", "schedule.warmup_epochs=1"],
+    )
     plan = plan_run(cfg, train_items=1000, num_processes=2)
     assert plan.effective_batch == 64
     assert plan.lr == pytest.approx(2e-4 * 64 / 256)
@@ -67,7 +70,7 @@ def test_layer_decay_ids_and_scales():
     for g in groups:
         for name in _names(model, g):
             scale_of[name] = g["lr_scale"]
-    assert scale_of["cls_token"] == pytest.approx(0.75 ** n)
+    assert scale_of["cls_token"] == pytest.approx(0.75**n)
     assert scale_of["blocks.0.attn.qkv.weight"] == pytest.approx(0.75 ** (n - 1))
     assert scale_of["head.weight"] == 1.0
     opt = build_optimizer(groups, lr=1e-3)
@@ -86,7 +89,9 @@ def test_warmup_then_cosine():
     assert lr_at(200, **kw) == pytest.approx(0.1)
     values = [lr_at(s, **kw) for s in range(10, 111)]
     assert all(a >= b for a, b in zip(values, values[1:]))  # monotone decay
-    assert lr_at(3, base_lr=1.0, min_lr=0.0, warmup_steps=0, total_steps=10) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.3)))
+    assert lr_at(3, base_lr=1.0, min_lr=0.0, warmup_steps=0, total_steps=10) == pytest.approx(
+        0.5 * (1 + math.cos(math.pi * 0.3))
+    )
 
 
 def test_optimizer_refuses_no_trainable_params():
@@ -172,7 +177,9 @@ def test_optimizer_state_loads_across_implementations(first, then):
     b2 = build_optimizer(gb, lr=2e-3, fused=then)
     b2.load_state_dict(b.state_dict())
     set_fused(b2, then == "true")
-    assert bool(b2.defaults["fused"]) == (then == "true") and all(bool(g["fused"]) == (then == "true") for g in b2.param_groups)
+    assert bool(b2.defaults["fused"]) == (then == "true") and all(
+        bool(g["fused"]) == (then == "true") for g in b2.param_groups
+    )
     assert all(s["step"].dtype == torch.float32 and s["step"].device.type == "cpu" for s in b2.state.values())
     _steps(a, 2, seed=1)
     _steps(b2, 2, seed=1)

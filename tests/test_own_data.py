@@ -16,9 +16,9 @@ from avmae.data import AudioDataset, AudioFrontend, save_audio
 from avmae.data.audio import fbank
 from avmae.data.augment import random_time_shift
 from avmae.data.stats import choose_target_length, fbank_stats, survey_clips
+from avmae.data.words import WORDS, write_word_folders
 from avmae.train.own_data import FROM_SCRATCH_LR, PRETRAINED_LR, labelled_items, plan_finetune
 from avmae.train.task import warn_other_statistics
-from avmae.data.words import WORDS, write_word_folders
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -81,9 +81,18 @@ def test_survey_lengths_and_statistics_at_a_length(words):
     clips = [fe.compute_fbank(avmae.data.load_audio(p)).double() for p in paths]
     assert survey.frames == [c.shape[0] for c in clips]
     for length in (None, 64, 128):
-        values = torch.cat([(c if length is None else torch.nn.functional.pad(c, (0, 0, 0, max(0, length - c.shape[0])))[:length]).flatten() for c in clips])
+        values = torch.cat(
+            [
+                (
+                    c if length is None else torch.nn.functional.pad(c, (0, 0, 0, max(0, length - c.shape[0])))[:length]
+                ).flatten()
+                for c in clips
+            ]
+        )
         got = survey.stats(length)
-        assert got["mean"] == pytest.approx(float(values.mean()), rel=1e-9) and got["std"] == pytest.approx(float(values.std()), rel=1e-6)
+        assert got["mean"] == pytest.approx(float(values.mean()), rel=1e-9) and got["std"] == pytest.approx(
+            float(values.std()), rel=1e-6
+        )
         assert got["mean"] == pytest.approx(fbank_stats(paths, target_length=length)["mean"], rel=1e-12)
     assert choose_target_length([50, 60, 70, 100]) == 112  # nearest-rank 95th percentile, up to 16
     assert choose_target_length([10] * 19 + [900]) == 32  # one long clip is cropped, not padded for
@@ -118,9 +127,17 @@ def test_plan_from_scratch(words, tmp_path):
     assert (cfg.data.mean, cfg.data.std) == (pytest.approx(st["mean"]), pytest.approx(st["std"]))
     a = cfg.data.augment
     assert a.shift and not a.roll and a.gain and cfg.model.name == "audiomae_demo_cls" and cfg.optim.layer_decay == 1.0
-    assert cfg.optim.blr * cfg.train.batch_size / 256 == pytest.approx(FROM_SCRATCH_LR) and cfg.checkpoint.init_from is None
+    assert (
+        cfg.optim.blr * cfg.train.batch_size / 256 == pytest.approx(FROM_SCRATCH_LR)
+        and cfg.checkpoint.init_from is None
+    )
     assert any(n.startswith("statistics:") and "training clips at" in n for n in plan.notes)
-    assert plan_finetune(words["train"], output_dir=tmp_path / "r2", overrides=["schedule.epochs=3"]).config.schedule.epochs == 3
+    assert (
+        plan_finetune(
+            words["train"], output_dir=tmp_path / "r2", overrides=["schedule.epochs=3"]
+        ).config.schedule.epochs
+        == 3
+    )
 
 
 def test_plan_from_a_pretraining_run(words, tmp_path):
@@ -132,14 +149,20 @@ def test_plan_from_a_pretraining_run(words, tmp_path):
     assert not plan.held_out and plan.num_eval == 6 * 8
     assert cfg.model.name == "audiomae_tiny_cls" and cfg.model.params["pos_base_length"] == 1024
     assert (cfg.data.mean, cfg.data.std) == avmae.data.NORM_STATS["esc50"]  # the pretraining statistics, one rule
-    assert cfg.optim.blr * cfg.train.batch_size / 256 == pytest.approx(PRETRAINED_LR * 192 / 64) and cfg.optim.layer_decay == 0.75  # the tiny model's width and cfg.masking.mask_t_prob == 0.2
+    assert (
+        cfg.optim.blr * cfg.train.batch_size / 256 == pytest.approx(PRETRAINED_LR * 192 / 64)
+        and cfg.optim.layer_decay == 0.75
+    )  # the tiny model's width and cfg.masking.mask_t_prob == 0.2
     with pytest.raises(avmae.config.ConfigError, match="classifier is audiomae_tiny_cls"):
         plan_finetune(words["train"], words["test"], init=init, model="audiomae_demo_cls", output_dir=tmp_path / "x")
 
 
 def test_warning_when_the_initial_model_had_other_statistics(tmp_path, caplog):
-    path = avmae.save_checkpoint(avmae.create_model("audiomae_tiny", target_length=64), tmp_path / "m.safetensors",
-                                 config={"data": {"mean": -5.0, "std": 3.0}})
+    path = avmae.save_checkpoint(
+        avmae.create_model("audiomae_tiny", target_length=64),
+        tmp_path / "m.safetensors",
+        config={"data": {"mean": -5.0, "std": 3.0}},
+    )
     with caplog.at_level(logging.WARNING, logger="avmae.train.task"):
         warn_other_statistics(load_config([], ["data.norm=esc50"]), path)
         assert "trained on fbank statistics mean -5, std 3" in caplog.text and "data.mean=-5 data.std=3" in caplog.text
@@ -171,7 +194,9 @@ def short_sounds(tmp_path_factory):
         elif cls == "clicks":
             w = torch.zeros(n)
             w[:: int(sr / (5 + 15 * float(torch.rand(1, generator=g))))] = 1.0
-            w = torch.nn.functional.conv1d(w.view(1, 1, -1), torch.randn(1, 1, 64, generator=g), padding=32).view(-1)[:n]
+            w = torch.nn.functional.conv1d(w.view(1, 1, -1), torch.randn(1, 1, 64, generator=g), padding=32).view(-1)[
+                :n
+            ]
         else:
             spec = torch.fft.rfft(torch.randn(n, generator=g))
             f = torch.fft.rfftfreq(n, 1 / sr)
@@ -189,8 +214,22 @@ def short_sounds(tmp_path_factory):
 def test_one_command_on_short_clips_far_above_chance(short_sounds, tmp_path, capsys):
     """0.5-1 s clips of three classes: the defaults alone (the run made short: the tiny model, ten
     epochs) reach far above chance (1/3)."""
-    code = cli.main(["finetune", str(short_sounds / "train"), "--eval", str(short_sounds / "test"), "--model", "audiomae_tiny_cls",
-                     "-o", str(tmp_path / "run"), "schedule.epochs=10", "data.num_workers=0", "logging.progress=false", "logging.tensorboard=false"])
+    code = cli.main(
+        [
+            "finetune",
+            str(short_sounds / "train"),
+            "--eval",
+            str(short_sounds / "test"),
+            "--model",
+            "audiomae_tiny_cls",
+            "-o",
+            str(tmp_path / "run"),
+            "schedule.epochs=10",
+            "data.num_workers=0",
+            "logging.progress=false",
+            "logging.tensorboard=false",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     assert "input length: 96 frames" in out or "input length: 112 frames" in out
@@ -204,12 +243,29 @@ def test_one_command_on_the_demo_data(tmp_path, capsys):
     from avmae.data import ensure_demo_audio
 
     demo = ensure_demo_audio(tmp_path / "demo", num_train_per_class=8, num_eval_per_class=3)
-    code = cli.main(["finetune", str(demo / "train.json"), "--eval", str(demo / "eval.json"), "--label-csv", str(demo / "class_labels_indices.csv"),
-                     "--model", "audiomae_tiny_cls", "-o", str(tmp_path / "run"), "schedule.epochs=3", "data.num_workers=0",
-                     "logging.progress=false", "logging.tensorboard=false"])
+    code = cli.main(
+        [
+            "finetune",
+            str(demo / "train.json"),
+            "--eval",
+            str(demo / "eval.json"),
+            "--label-csv",
+            str(demo / "class_labels_indices.csv"),
+            "--model",
+            "audiomae_tiny_cls",
+            "-o",
+            str(tmp_path / "run"),
+            "schedule.epochs=3",
+            "data.num_workers=0",
+            "logging.progress=false",
+            "logging.tensorboard=false",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     assert "input length: 272 frames" in out  # 2.6 s clips: 258 frames, rounded up to 16
-    assert "of the training clips at 272 frames" in out and "lr 0.003 at batch 4" in out  # 48 clips: batch 4; tiny: 3e-3
+    assert (
+        "of the training clips at 272 frames" in out and "lr 0.003 at batch 4" in out
+    )  # 48 clips: batch 4; tiny: 3e-3
     assert "held-out accuracy:" in out and "of 18 evaluation clips; chance 16.7 %" in out
     assert json.loads((tmp_path / "run" / "eval" / "per_class_last.json").read_text())["metric"] == "acc"

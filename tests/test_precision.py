@@ -48,7 +48,7 @@ def test_explicit_choices_are_kept_and_gpus_keep_their_rule(monkeypatch):
     with pytest.raises(ConfigError, match="fp16 needs a GPU"):
         resolve_mixed_precision("fp16", CPU)
     for supported, expected in ((True, "bf16"), (False, "fp16")):
-        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: supported)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda supported=supported: supported)
         assert resolve_mixed_precision("auto", torch.device("cuda"), probe=never) == expected
     assert never.calls == []  # no probe on a GPU
 
@@ -92,13 +92,25 @@ def test_trainer_auto_precision_follows_the_probe(tmp_path, monkeypatch):
 
     seen = []
     for fp32, bf16, expected in ((100e9, 400e9, "bf16"), (100e9, 30e9, "no")):
+
         def fake(shapes, fp32=fp32, bf16=bf16):
             seen.append(list(shapes))
             return {"fp32": fp32, "bf16": bf16}
 
         monkeypatch.setattr(precision, "probe_matmul", fake)
-        cfg = load_config([], ["model.name=audiomae_tiny", "data.demo=audio", "train.cpu=true", "train.mixed_precision=auto", "train.threads=1",
-                               "data.target_length=32", f"output_dir={tmp_path / expected}", "logging.tensorboard=false"])
+        cfg = load_config(
+            [],
+            [
+                "model.name=audiomae_tiny",
+                "data.demo=audio",
+                "train.cpu=true",
+                "train.mixed_precision=auto",
+                "train.threads=1",
+                "data.target_length=32",
+                f"output_dir={tmp_path / expected}",
+                "logging.tensorboard=false",
+            ],
+        )
         monkeypatch.setenv("AVMAE_CACHE", str(tmp_path / f"cache_{expected}"))
         assert Trainer(cfg).mixed_precision == expected
     assert seen[0] == [(64, 64, 256), (64, 256, 64)]  # the run's model's shapes

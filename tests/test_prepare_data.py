@@ -79,7 +79,20 @@ def test_manifest_reads_audioset_segment_csv_and_checks_labels(tool, media, tmp_
     )
     label_csv = _write_label_csv(tmp_path / "class_labels_indices.csv")
     out = tmp_path / "as.json"
-    argv = ["manifest", str(media), "-o", str(out), "--labels", str(segments), "--label-csv", str(label_csv), "--require-labels", "--check", "full", "--no-progress"]
+    argv = [
+        "manifest",
+        str(media),
+        "-o",
+        str(out),
+        "--labels",
+        str(segments),
+        "--label-csv",
+        str(label_csv),
+        "--require-labels",
+        "--check",
+        "full",
+        "--no-progress",
+    ]
     assert tool.main(argv) == 0
     items = json.loads(out.read_text())["data"]
     # "Yb-1.flac" matches YTID "b-1" (the "Y" prefix of AudioSet downloads); a display name becomes its id
@@ -87,7 +100,21 @@ def test_manifest_reads_audioset_segment_csv_and_checks_labels(tool, media, tmp_
     bad = tmp_path / "bad_labels.csv"
     bad.write_text("a,/m/unknown\n", encoding="utf-8")
     with pytest.raises(KeyError, match="unknown"):
-        tool.main(["manifest", str(media), "-o", str(out), "--labels", str(bad), "--label-csv", str(label_csv), "--check", "none", "--no-progress"])
+        tool.main(
+            [
+                "manifest",
+                str(media),
+                "-o",
+                str(out),
+                "--labels",
+                str(bad),
+                "--label-csv",
+                str(label_csv),
+                "--check",
+                "none",
+                "--no-progress",
+            ]
+        )
 
 
 def test_stats_are_the_mean_and_std_of_the_fbank(tool, media, tmp_path, capsys):
@@ -105,27 +132,70 @@ def test_stats_are_the_mean_and_std_of_the_fbank(tool, media, tmp_path, capsys):
     assert res["mean"] == pytest.approx(float(padded.mean()), rel=1e-9) and res["frames"] == 120
 
     out = tmp_path / "stats.json"
-    assert tool.main(["stats", str(media), "--max-files", "2", "--seed", "0", "--target-length", "0", "--out", str(out), "--no-progress"]) == 0
+    assert (
+        tool.main(
+            [
+                "stats",
+                str(media),
+                "--max-files",
+                "2",
+                "--seed",
+                "0",
+                "--target-length",
+                "0",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     saved = json.loads(out.read_text())
     assert f"data.mean={saved['mean']:.7g} data.std={saved['std']:.7g}" in text
     assert saved["files"] + len(saved["skipped"]) == 2  # a seeded sample of 2 of the 4 files
     again = tmp_path / "again.json"
-    tool.main(["stats", str(media), "--max-files", "2", "--seed", "0", "--target-length", "0", "--out", str(again), "--no-progress"])
+    tool.main(
+        [
+            "stats",
+            str(media),
+            "--max-files",
+            "2",
+            "--seed",
+            "0",
+            "--target-length",
+            "0",
+            "--out",
+            str(again),
+            "--no-progress",
+        ]
+    )
     assert json.loads(again.read_text()) == saved
     # the training length from the run config, said in the output; 1024 by default, said too
     cfg = tmp_path / "run.yaml"
     cfg.write_text("data:\n  target_length: 48\n")
-    assert tool.main(["stats", *map(str, paths), "--config", str(cfg), "--max-files", "0", "--out", str(out), "--no-progress"]) == 0
+    assert (
+        tool.main(
+            ["stats", *map(str, paths), "--config", str(cfg), "--max-files", "0", "--out", str(out), "--no-progress"]
+        )
+        == 0
+    )
     assert "padded or cropped to 48 frames (data.target_length of" in capsys.readouterr().out
-    assert json.loads(out.read_text())["mean"] == pytest.approx(tool.fbank_stats(paths, target_length=48)["mean"], rel=1e-9)
+    assert json.loads(out.read_text())["mean"] == pytest.approx(
+        tool.fbank_stats(paths, target_length=48)["mean"], rel=1e-9
+    )
     assert tool.main(["stats", str(paths[0]), "--no-progress"]) == 0
     assert "1024 frames (the default; give the training length" in capsys.readouterr().out
 
 
 def test_balanced_weights_follow_gen_weight(tool, tmp_path):
     label_csv = _write_label_csv(tmp_path / "labels.csv")
-    items = [{"wav": "a.wav", "labels": "/m/x"}, {"wav": "b.wav", "labels": "/m/x,/m/y"}, {"wav": "c.wav", "labels": "/m/x"}, {"wav": "d.wav", "labels": ""}]
+    items = [
+        {"wav": "a.wav", "labels": "/m/x"},
+        {"wav": "b.wav", "labels": "/m/x,/m/y"},
+        {"wav": "c.wav", "labels": "/m/x"},
+        {"wav": "d.wav", "labels": ""},
+    ]
     manifest = tmp_path / "m.json"
     manifest.write_text(json.dumps({"data": items}))
     # AudioMAE's gen_weight.py, written out
@@ -172,7 +242,9 @@ def test_frames_writes_cav_mae_folders(tool, tmp_path, capsys):
     _write_video(videos / "vid1.mp4")
     (videos / "broken.mp4").write_bytes(b"\x00\x01" * 50)
     out = tmp_path / "frames"
-    assert tool.main(["frames", str(videos), "--out", str(out), "--num-frames", "4", "--size", "32", "--no-progress"]) == 0
+    assert (
+        tool.main(["frames", str(videos), "--out", str(out), "--num-frames", "4", "--size", "32", "--no-progress"]) == 0
+    )
     files = [out / f"frame_{i}" / "vid1.jpg" for i in range(4)]
     assert all(f.is_file() for f in files)
     reds = []
@@ -189,12 +261,36 @@ def test_shards_dispatch_and_clear_error(tool, tmp_path, monkeypatch, capsys):
     fake = types.ModuleType("avmae.data.shards")
 
     def write_shards(manifest, out_dir, *, shard_size=1000, with_fbank=False, frontend=None, label_csv=None):
-        calls.update(manifest=manifest, out_dir=out_dir, shard_size=shard_size, with_fbank=with_fbank, frontend=frontend, label_csv=label_csv)
+        calls.update(
+            manifest=manifest,
+            out_dir=out_dir,
+            shard_size=shard_size,
+            with_fbank=with_fbank,
+            frontend=frontend,
+            label_csv=label_csv,
+        )
         return ["shard-000000.tar"]
 
     fake.write_shards = write_shards
     monkeypatch.setitem(sys.modules, "avmae.data.shards", fake)
-    assert tool.main(["shards", "m.json", "--out", str(tmp_path), "--shard-size", "7", "--with-fbank", "--target-length", "64", "--norm", "esc50"]) == 0
+    assert (
+        tool.main(
+            [
+                "shards",
+                "m.json",
+                "--out",
+                str(tmp_path),
+                "--shard-size",
+                "7",
+                "--with-fbank",
+                "--target-length",
+                "64",
+                "--norm",
+                "esc50",
+            ]
+        )
+        == 0
+    )
     assert calls["shard_size"] == 7 and calls["with_fbank"] and calls["frontend"].target_length == 64
     assert calls["frontend"].std == pytest.approx(5.358466)
     printed = capsys.readouterr().out
@@ -210,14 +306,35 @@ def test_manifest_items_for_videos(tool, tmp_path):
     _write_video(videos / "v1.mp4", frames=4)
     out = tmp_path / "av.json"
     assert tool.main(["manifest", str(videos), "-o", str(out), "--check", "none", "--no-progress"]) == 0
-    assert json.loads(out.read_text())["data"] == [{"wav": "clips/v1.mp4", "labels": "", "video_id": "v1", "video": "clips/v1.mp4"}]
-    assert tool.main(["manifest", str(videos), "-o", str(out), "--check", "none", "--frames", str(tmp_path / "frames"), "--no-progress"]) == 0
-    assert json.loads(out.read_text())["data"] == [{"wav": "clips/v1.mp4", "labels": "", "video_id": "v1", "video_path": "frames"}]
+    assert json.loads(out.read_text())["data"] == [
+        {"wav": "clips/v1.mp4", "labels": "", "video_id": "v1", "video": "clips/v1.mp4"}
+    ]
+    assert (
+        tool.main(
+            [
+                "manifest",
+                str(videos),
+                "-o",
+                str(out),
+                "--check",
+                "none",
+                "--frames",
+                str(tmp_path / "frames"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert json.loads(out.read_text())["data"] == [
+        {"wav": "clips/v1.mp4", "labels": "", "video_id": "v1", "video_path": "frames"}
+    ]
 
 
 def test_weights_of_an_audio_visual_manifest(tmp_path):
     pytest.importorskip("avmae.data.av_dataset")
     manifest = tmp_path / "av.json"
-    manifest.write_text(json.dumps({"data": [{"video": "a.mp4", "labels": "/m/x"}, {"video": "b.mp4", "labels": "/m/x,/m/y"}]}))
+    manifest.write_text(
+        json.dumps({"data": [{"video": "a.mp4", "labels": "/m/x"}, {"video": "b.mp4", "labels": "/m/x,/m/y"}]})
+    )
     w = balanced_weights(manifest, ["/m/x", "/m/y"])
     np.testing.assert_allclose(w.numpy(), [1000 / 2.01, 1000 / 2.01 + 1000 / 1.01])

@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Dict, List
 
 import pytest
+from conftest import import_tool
 
 import avmae.cli
 import avmae.config
 import avmae.data
-from conftest import import_tool
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
@@ -98,7 +98,9 @@ def test_every_code_block_is_run_or_skipped_with_a_reason():
     blocks = readme_blocks(README.read_text(encoding="utf-8"))
     code = [b for b in blocks if b.lang in ("bash", "sh", "shell", "python")]
     unmarked = [f"README.md:{b.line}" for b in code if not b.mark]
-    assert not unmarked, f"mark these blocks <!-- readme-test: run --> or <!-- readme-test: skip, <reason> -->: {unmarked}"
+    assert not unmarked, (
+        f"mark these blocks <!-- readme-test: run --> or <!-- readme-test: skip, <reason> -->: {unmarked}"
+    )
     assert all(b.reason for b in code if b.mark == "skip"), "a skipped block says why"
     assert sum(b.mark == "run" for b in code) >= 8
 
@@ -115,7 +117,9 @@ def test_every_link_to_a_section_finds_its_heading():
 
 
 def test_the_parser_reads_markers_continuations_and_comments():
-    text = "<!-- readme-test: run -->\n```bash\na x \\\n  y   # c\n# only a comment\n\nb\n```\ntext\n\n```python\nz\n```\n"
+    text = (
+        "<!-- readme-test: run -->\n```bash\na x \\\n  y   # c\n# only a comment\n\nb\n```\ntext\n\n```python\nz\n```\n"
+    )
     first, second = readme_blocks(text)
     assert (first.mark, first.lang, first.line) == ("run", "bash", 2)
     assert shell_commands(first.text) == ["a x    y   # c", "b"]
@@ -154,7 +158,10 @@ class Runner:
             args = argv[2:] + TOOL_SIZES.get(argv[1], [])
             status = self._call(avmae.cli.main, [argv[1], *args])
         else:
-            raise AssertionError(f"the README test cannot run {command!r}: write it as `python tools/<x>.py ...`, `avmae ...` or VAR=$(python -c \"...\"), or mark its block skip")
+            raise AssertionError(
+                f"the README test cannot run {command!r}: write it as `python tools/<x>.py ...`, `avmae ...` or"
+                ' VAR=$(python -c "..."), or mark its block skip'
+            )
         assert status == 0, f"exit status {status}"
 
     @staticmethod
@@ -197,7 +204,9 @@ def test_readme_commands_run_in_order(tmp_path, monkeypatch):
                     runner.shell(command)
                     ran += 1
         except BaseException as exc:  # name the README block that broke
-            raise AssertionError(f"README.md:{block.line} ({block.lang} block) failed: {type(exc).__name__}: {exc}") from exc
+            raise AssertionError(
+                f"README.md:{block.line} ({block.lang} block) failed: {type(exc).__name__}: {exc}"
+            ) from exc
     assert ran >= 15
     # the runs of the flow, each in its own folder, and the files the commands wrote
     for run in ("demo-pre", "demo-ft", "demo-lp", "demo-av", "mydata-ft", "demo-shards", "demo-ast", "mydata-py"):

@@ -33,13 +33,23 @@ def _code_1d(dim: int, pos: torch.Tensor) -> torch.Tensor:
 
 def _block_params(sd, prefix):
     head = prefix + "."
-    return {k[len(head):]: v.clone() for k, v in sd.items() if k.startswith(head)}
+    return {k[len(head) :]: v.clone() for k, v in sd.items() if k.startswith(head)}
 
 
 def _tiny_swin_params(dim=32, heads=4, seed=0):
     sd = ref.make_official_pretrain_state_dict(
-        embed_dim=dim, depth=0, num_heads=heads, decoder_embed_dim=dim, decoder_depth=0, decoder_num_heads=heads,
-        decoder_mode=1, img_size=(64, 64), seed=seed, swin_depth=1, swin_heads=heads, meta_dim=384,  # timm's block fixes 384
+        embed_dim=dim,
+        depth=0,
+        num_heads=heads,
+        decoder_embed_dim=dim,
+        decoder_depth=0,
+        decoder_num_heads=heads,
+        decoder_mode=1,
+        img_size=(64, 64),
+        seed=seed,
+        swin_depth=1,
+        swin_heads=heads,
+        meta_dim=384,  # timm's block fixes 384
     )
     return _block_params(sd, "decoder_blocks.0")
 
@@ -61,8 +71,14 @@ def test_pos_embed_official_quirk():
 
 def test_state_dict_uses_swapped_patch_hw():
     sd = ref.make_official_pretrain_state_dict(
-        embed_dim=32, depth=1, num_heads=4, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=4,
-        decoder_mode=0, img_size=(128, 64),
+        embed_dim=32,
+        depth=1,
+        num_heads=4,
+        decoder_embed_dim=16,
+        decoder_depth=1,
+        decoder_num_heads=4,
+        decoder_mode=0,
+        img_size=(128, 64),
     )
     # img (T=128, F=64) -> patch_hw = (F/16, T/16) = (4, 8)
     torch.testing.assert_close(sd["pos_embed"], ref.official_pos_embed(32, (4, 8)), atol=0, rtol=0)
@@ -71,8 +87,14 @@ def test_state_dict_uses_swapped_patch_hw():
 
 def test_official_shapes_vit_base():
     sd = ref.make_official_pretrain_state_dict(
-        embed_dim=768, depth=1, num_heads=12, decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16,
-        decoder_mode=1, swin_depth=2,
+        embed_dim=768,
+        depth=1,
+        num_heads=12,
+        decoder_embed_dim=512,
+        decoder_depth=8,
+        decoder_num_heads=16,
+        decoder_mode=1,
+        swin_depth=2,
     )
     assert sd["pos_embed"].shape == (1, 513, 768)
     assert sd["decoder_pos_embed"].shape == (1, 513, 512)
@@ -93,8 +115,15 @@ def test_vit_block_matches_timm():
     from timm.models.vision_transformer import Block
 
     sd = ref.make_official_pretrain_state_dict(
-        embed_dim=32, depth=1, num_heads=4, decoder_embed_dim=16, decoder_depth=0, decoder_num_heads=4,
-        decoder_mode=0, img_size=(64, 32), seed=1,
+        embed_dim=32,
+        depth=1,
+        num_heads=4,
+        decoder_embed_dim=16,
+        decoder_depth=0,
+        decoder_num_heads=4,
+        decoder_mode=0,
+        img_size=(64, 32),
+        seed=1,
     )
     p = _block_params(sd, "blocks.0")
     blk = Block(32, 4, mlp_ratio=4.0, qkv_bias=True, norm_layer=LN)
@@ -128,7 +157,9 @@ def _timm_swin(p, feat, window, shift, want_shift, heads=4):
     )
     if tuple(blk.shift_size) != tuple(want_shift):
         blk.shift_size = tuple(want_shift)
-        blk.register_buffer("attn_mask", blk.get_attn_mask(device=torch.device("cpu"), dtype=torch.float32), persistent=False)
+        blk.register_buffer(
+            "attn_mask", blk.get_attn_mask(device=torch.device("cpu"), dtype=torch.float32), persistent=False
+        )
     timm_sd = {k: v for k, v in p.items() if k != "attn.tau"}
     timm_sd["attn.logit_scale"] = torch.log(1.0 / p["attn.tau"])
     blk.load_state_dict(timm_sd, strict=True)
@@ -155,7 +186,9 @@ def test_swin_block_matches_timm(feat, window, shift):
     x = torch.randn(2, feat[0] * feat[1], 32, dtype=torch.float64)
     with torch.no_grad():
         want = blk(x.reshape(2, feat[0], feat[1], 32)).reshape(2, -1, 32)
-    got = ref.official_swin_block({k: v.double() for k, v in p.items()}, x, grid=feat, num_heads=4, window=window, shift=shift)
+    got = ref.official_swin_block(
+        {k: v.double() for k, v in p.items()}, x, grid=feat, num_heads=4, window=window, shift=shift
+    )
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
     # float32 oracle stays close to the float64 one
     got32 = ref.official_swin_block(p, x.float(), grid=feat, num_heads=4, window=window, shift=shift)
@@ -195,8 +228,18 @@ def test_region_labels_time_only_shift():
 # ------------------------------------------------------------------------------------------------
 # whole models
 # ------------------------------------------------------------------------------------------------
-TINY = dict(embed_dim=32, depth=2, num_heads=4, decoder_embed_dim=32, decoder_depth=2, decoder_num_heads=4,
-            img_size=(128, 64), swin_depth=2, swin_heads=4, meta_dim=32)
+TINY = dict(
+    embed_dim=32,
+    depth=2,
+    num_heads=4,
+    decoder_embed_dim=32,
+    decoder_depth=2,
+    decoder_num_heads=4,
+    img_size=(128, 64),
+    swin_depth=2,
+    swin_heads=4,
+    meta_dim=32,
+)
 
 
 @pytest.mark.parametrize("decoder_mode", [0, 1])
@@ -219,7 +262,14 @@ def test_tiny_pretrain_forward(decoder_mode, ratio):
         assert torch.equal(torch.nonzero(mask[b] == 0).flatten().sort().values, kept.sort().values)
     # float64 run agrees with float32
     loss64, pred64, _ = ref.official_pretrain_forward(
-        sd, imgs.double(), noise, mask_ratio=ratio, decoder_mode=decoder_mode, num_heads=4, decoder_num_heads=4, swin_heads=4
+        sd,
+        imgs.double(),
+        noise,
+        mask_ratio=ratio,
+        decoder_mode=decoder_mode,
+        num_heads=4,
+        decoder_num_heads=4,
+        swin_heads=4,
     )
     torch.testing.assert_close(pred.double(), pred64, atol=1e-4, rtol=0)
 
@@ -245,10 +295,22 @@ def test_loss_counts_masked_patches_only():
 def test_finetune_matches_timm_vit():
     from timm.models.vision_transformer import VisionTransformer
 
-    sd = ref.make_official_finetune_state_dict(embed_dim=32, depth=2, num_heads=4, num_classes=5, img_size=(128, 64), seed=4)
+    sd = ref.make_official_finetune_state_dict(
+        embed_dim=32, depth=2, num_heads=4, num_classes=5, img_size=(128, 64), seed=4
+    )
     vit = VisionTransformer(
-        img_size=(128, 64), patch_size=16, in_chans=1, num_classes=5, embed_dim=32, depth=2, num_heads=4,
-        mlp_ratio=4.0, qkv_bias=True, global_pool="avg", fc_norm=True, norm_layer=LN,
+        img_size=(128, 64),
+        patch_size=16,
+        in_chans=1,
+        num_classes=5,
+        embed_dim=32,
+        depth=2,
+        num_heads=4,
+        mlp_ratio=4.0,
+        qkv_bias=True,
+        global_pool="avg",
+        fc_norm=True,
+        norm_layer=LN,
     )
     vit.load_state_dict(sd, strict=True)
     vit = vit.double().eval()
@@ -260,7 +322,9 @@ def test_finetune_matches_timm_vit():
 
 
 def test_finetune_2d_masking():
-    sd = ref.make_official_finetune_state_dict(embed_dim=32, depth=1, num_heads=4, num_classes=3, img_size=(128, 64), seed=5)
+    sd = ref.make_official_finetune_state_dict(
+        embed_dim=32, depth=1, num_heads=4, num_classes=3, img_size=(128, 64), seed=5
+    )
     imgs = torch.randn(2, 1, 128, 64, dtype=torch.float64)
     g = torch.Generator().manual_seed(0)
     nt, nf = torch.rand(2, 8, generator=g), torch.rand(2, 4, generator=g)
@@ -272,13 +336,25 @@ def test_finetune_2d_masking():
         rows = torch.argsort(nt[b])[:6]
         cols = torch.argsort(nf[b])[:2]
         assert kept[b, :, 0].long().tolist() == [int(r) * 4 + int(c) for r in rows for c in cols]
-    masked = ref.official_finetune_forward(sd, imgs, num_heads=4, mask_t_prob=0.25, mask_f_prob=0.5, noise_t=nt, noise_f=nf)
+    masked = ref.official_finetune_forward(
+        sd, imgs, num_heads=4, mask_t_prob=0.25, mask_f_prob=0.5, noise_t=nt, noise_f=nf
+    )
     # the same token selection done with timm's modules
     from timm.models.vision_transformer import VisionTransformer
 
     vit = VisionTransformer(
-        img_size=(128, 64), patch_size=16, in_chans=1, num_classes=3, embed_dim=32, depth=1, num_heads=4,
-        mlp_ratio=4.0, qkv_bias=True, global_pool="avg", fc_norm=True, norm_layer=LN,
+        img_size=(128, 64),
+        patch_size=16,
+        in_chans=1,
+        num_classes=3,
+        embed_dim=32,
+        depth=1,
+        num_heads=4,
+        mlp_ratio=4.0,
+        qkv_bias=True,
+        global_pool="avg",
+        fc_norm=True,
+        norm_layer=LN,
     )
     vit.load_state_dict(sd, strict=True)
     vit = vit.double().eval()

@@ -54,7 +54,9 @@ class TinyMlpDecoder(Decoder):
     def __init__(self, *, depth=1, hidden=32, **kw):
         kw.pop("num_heads", None)
         super().__init__(**kw)
-        self.blocks = nn.ModuleList([nn.Sequential(nn.Linear(self.embed_dim, hidden), nn.GELU(), nn.Linear(hidden, self.embed_dim)) for _ in range(depth)])
+        d = self.embed_dim
+        mlp = lambda: nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, d))  # noqa: E731
+        self.blocks = nn.ModuleList([mlp() for _ in range(depth)])
 
     def forward_blocks(self, cls, tokens):
         out = {}
@@ -112,10 +114,17 @@ def test_plugin_decoder_is_listed_built_and_trains(plugin_path):
 def test_plugin_discovered_in_a_fresh_process(plugin_path):
     code = "import avmae; print(','.join(avmae.list_decoders()))"
     env = {"PYTHONPATH": str(plugin_path), "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**__import__("os").environ, **env})
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**__import__("os").environ, **env}
+    )
     assert out.returncode == 0, out.stderr
     assert "tiny_mlp" in out.stdout.split(",")[-1] or "tiny_mlp" in out.stdout
-    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**__import__("os").environ, **env, "AVMAE_DISABLE_PLUGINS": "1"})
+    off = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, **env, "AVMAE_DISABLE_PLUGINS": "1"},
+    )
     assert off.returncode == 0, off.stderr
     assert "tiny_mlp" not in off.stdout
 
@@ -129,7 +138,11 @@ def test_broken_plugin_names_itself(tmp_path, monkeypatch):
 
 
 def test_plugin_of_wrong_type_is_refused(tmp_path, monkeypatch):
-    _make_plugin(tmp_path, "[avmae.test_wrongtype]\nnotamodule = avmae_wrongplugin:broken_factory\nanint = builtins:len\n", name="avmae_wrongplugin")
+    _make_plugin(
+        tmp_path,
+        "[avmae.test_wrongtype]\nnotamodule = avmae_wrongplugin:broken_factory\nanint = builtins:len\n",
+        name="avmae_wrongplugin",
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     reg = Registry("decoder", "avmae.test_wrongtype", check=lambda o: None if isinstance(o, type) else "not a class")
     with pytest.raises(PluginError, match="not a class"):

@@ -11,7 +11,6 @@ def brute_force(audio, video, ks):
         hits = 0
         for i in range(q.shape[0]):
             sims = [torch.nn.functional.cosine_similarity(q[i], g[j], dim=0).item() for j in range(g.shape[0])]
-            order = sorted(range(len(sims)), key=lambda j: (-sims[j], j != i and 0))  # partner after ties
             better = sum(1 for j in range(len(sims)) if j != i and sims[j] >= sims[i])
             hits += better < k
         return hits / q.shape[0]

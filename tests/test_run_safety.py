@@ -13,7 +13,13 @@ import subprocess
 import sys
 
 import pytest
-import torch
+from cli_runs import (
+    assert_same_weights,
+    child,
+    finish,
+    train_cli,
+    wait_for,
+)  # noqa: F401 - fixtures
 
 import avmae
 from avmae.checkpoint import CheckpointError
@@ -31,8 +37,6 @@ from avmae.run_folder import (
 from avmae.train import Trainer
 from avmae.train.run_lock import RunLock, RunLockError
 
-from cli_runs import assert_same_weights, child, clips, finish, run_yaml, train_cli, uninterrupted, wait_for  # noqa: F401 - fixtures
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -41,7 +45,11 @@ def names(paths):
 
 
 def metric_steps(run_dir):
-    return [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines() if "train/loss" in line]
+    return [
+        json.loads(line)["step"]
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+        if "train/loss" in line
+    ]
 
 
 def error_lines(stderr, prefix):
@@ -81,7 +89,9 @@ def test_damaged_newest_checkpoint_resume_falls_back_with_one_warning(run_yaml, 
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     warnings = [line for line in proc.stderr.splitlines() if "is damaged" in line]
-    assert len(warnings) == 1 and "step_0000006" in warnings[0] and "model.safetensors has 1000 bytes" in warnings[0], proc.stderr[-3000:]
+    assert len(warnings) == 1 and "step_0000006" in warnings[0] and "model.safetensors has 1000 bytes" in warnings[0], (
+        proc.stderr[-3000:]
+    )
     assert "resumed from" in proc.stderr and "step_0000004" in proc.stderr
     assert (run / "checkpoints" / "damaged-step_0000006").is_dir()  # kept to look at, never listed
     assert names(step_folders(run)) == ["step_0000004", "step_0000006"]
@@ -110,7 +120,10 @@ def test_no_complete_checkpoint_is_an_error_not_a_fresh_start(run_yaml, uninterr
     run = shutil.copytree(uninterrupted, tmp_path / "run")
     for folder in step_folders(run):
         (folder / "model.safetensors").write_bytes(b"")
-    with pytest.raises(CheckpointError, match="no complete checkpoint.*step_0000004.*step_0000006|no complete checkpoint.*step_0000006.*step_0000004"):
+    with pytest.raises(
+        CheckpointError,
+        match="no complete checkpoint.*step_0000004.*step_0000006|no complete checkpoint.*step_0000006.*step_0000004",
+    ):
         Trainer(load_config([run_yaml], [f"output_dir={run}", "resume=true"])).fit()
     assert names(step_folders(run)) == ["step_0000004", "step_0000006"]  # nothing moved, nothing deleted
 
@@ -144,14 +157,20 @@ def test_init_from_a_damaged_checkpoint_is_one_line_naming_it(run_yaml, uninterr
         msg = str(info.value)
         assert str(newest) in msg and ("500 bytes" in msg or "truncated" in msg) and "\n" not in msg, msg
     # the run folder: its newest complete checkpoint, step 4 (the damaged one is named in a warning)
-    result = Trainer(load_config([run_yaml], [f"output_dir={tmp_path / 'ok'}", f"checkpoint.init_from={run}", "schedule.max_steps=1"])).fit()
+    result = Trainer(
+        load_config(
+            [run_yaml], [f"output_dir={tmp_path / 'ok'}", f"checkpoint.init_from={run}", "schedule.max_steps=1"]
+        )
+    ).fit()
     assert result.steps == 1
 
 
 # ------------------------------------------------------------------------------ metrics after a kill
 def test_metrics_hold_each_step_once_after_a_kill_before_the_first_checkpoint(run_yaml, uninterrupted, tmp_path):
     out = tmp_path / "run"
-    proc = child(out, "--pause-at", "3", config=run_yaml, overrides=["checkpoint.every_n_steps=0"])  # no checkpoint before the end
+    proc = child(
+        out, "--pause-at", "3", config=run_yaml, overrides=["checkpoint.every_n_steps=0"]
+    )  # no checkpoint before the end
     wait_for(out / "paused", proc)
     os.killpg(proc.pid, signal.SIGKILL)
     assert finish(proc)[0] == -signal.SIGKILL
@@ -195,7 +214,9 @@ def test_run_lock_in_one_process_and_a_stale_one(tmp_path, caplog):
     (tmp_path / LOCK_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": gone.pid, "started": 0}))
     with RunLock(tmp_path):
         assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
-    assert any("took over the stale lock" in r.getMessage() and f"pid {gone.pid}" in r.getMessage() for r in caplog.records)
+    assert any(
+        "took over the stale lock" in r.getMessage() and f"pid {gone.pid}" in r.getMessage() for r in caplog.records
+    )
 
 
 # ------------------------------------------------------------------------------ the command line
@@ -212,7 +233,15 @@ def test_resume_without_output_dir_is_an_error_naming_the_newest_run_of_the_conf
 
 
 def test_summary_of_a_run_whose_loss_turned_nan_says_so(run_yaml, tmp_path):
-    proc = train_cli("--config", run_yaml, "--output-dir", tmp_path / "run", "optim.lr=1e6", "train.max_nonfinite=1000", "checkpoint.every_n_steps=0")
+    proc = train_cli(
+        "--config",
+        run_yaml,
+        "--output-dir",
+        tmp_path / "run",
+        "optim.lr=1e6",
+        "train.max_nonfinite=1000",
+        "checkpoint.every_n_steps=0",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     loss = next(line for line in proc.stdout.splitlines() if line.startswith("train loss:"))
     assert loss.rstrip().endswith("nan (step 6)  (not finite)"), loss
@@ -228,7 +257,9 @@ def test_summary_of_a_run_whose_loss_turned_nan_says_so(run_yaml, tmp_path):
 def test_saved_weights_follow_the_umask(tmp_path, umask):
     before = os.umask(umask)
     try:
-        path = avmae.save_checkpoint(avmae.create_model("audiomae_tiny", target_length=32, num_mel_bins=32), tmp_path / "w.safetensors")
+        path = avmae.save_checkpoint(
+            avmae.create_model("audiomae_tiny", target_length=32, num_mel_bins=32), tmp_path / "w.safetensors"
+        )
     finally:
         os.umask(before)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask

@@ -79,7 +79,9 @@ def test_resume_position_and_epoch_pairs():
 
 
 def test_weights_from_balanced_weights_favour_rare_labels():
-    items = [{"wav": f"{i}.wav", "labels": "/m/common"} for i in range(18)] + [{"wav": f"r{i}.wav", "labels": "/m/rare"} for i in range(2)]
+    items = [{"wav": f"{i}.wav", "labels": "/m/common"} for i in range(18)] + [
+        {"wav": f"r{i}.wav", "labels": "/m/rare"} for i in range(2)
+    ]
     w = balanced_weights(items, ["/m/common", "/m/rare"])
     s = BalancedSampler(w, 4000, replacement=True, seed=0)
     rare = sum(1 for i in s if i >= 18)

@@ -28,7 +28,9 @@ def corpus(tmp_path_factory):
         labels = f"/demo/{name}" + (",/demo/tone" if i % 4 == 1 and name != "tone" else "")
         items.append({"wav": f"audio/clip.{i}.{ext}", "labels": labels, "source": "test"})
     (root / "train.json").write_text(json.dumps({"data": items}))
-    (root / "labels.csv").write_text("index,mid,display_name\n" + "".join(f"{k},/demo/{c},{c}\n" for k, c in enumerate(CLASSES)))
+    (root / "labels.csv").write_text(
+        "index,mid,display_name\n" + "".join(f"{k},/demo/{c},{c}\n" for k, c in enumerate(CLASSES))
+    )
     return root
 
 
@@ -66,7 +68,9 @@ def test_write_shards_layout(shards, corpus):
 def test_single_process_reads_every_item_once_equal_to_audio_dataset(shards, corpus):
     out, _ = shards
     ref = reference(corpus)
-    ds = ShardDataset(str(out / "shard-{000000..000007}.tar"), frontend=FE, shuffle_buffer=5, seed=3, rank=0, world_size=1)
+    ds = ShardDataset(
+        str(out / "shard-{000000..000007}.tar"), frontend=FE, shuffle_buffer=5, seed=3, rank=0, world_size=1
+    )
     assert ds.num_samples == N
     items = list(ds)
     assert sorted(it["index"] for it in items) == list(range(N))
@@ -76,7 +80,9 @@ def test_single_process_reads_every_item_once_equal_to_audio_dataset(shards, cor
 
 
 def test_stored_fbank_equals_audio_dataset(corpus, tmp_path):
-    write_shards(corpus / "train.json", tmp_path, shard_size=5, with_fbank=True, frontend=FE, label_csv=corpus / "labels.csv")
+    write_shards(
+        corpus / "train.json", tmp_path, shard_size=5, with_fbank=True, frontend=FE, label_csv=corpus / "labels.csv"
+    )
     ref = reference(corpus)
     items = list(ShardDataset(tmp_path, frontend=FE, label_csv=corpus / "labels.csv", world_size=1, rank=0))
     assert len(items) == N
@@ -94,7 +100,9 @@ def test_two_ranks_two_workers_cover_everything_once(shards):
     out, _ = shards
     seen = []
     for rank in range(2):
-        loader = make_shard_loader(out, frontend=FE, batch_size=3, num_workers=2, shuffle_buffer=4, seed=1, epoch=2, rank=rank, world_size=2)
+        loader = make_shard_loader(
+            out, frontend=FE, batch_size=3, num_workers=2, shuffle_buffer=4, seed=1, epoch=2, rank=rank, world_size=2
+        )
         for batch in loader:
             assert batch["audio"].shape[1:] == (1, 48, 128) and batch["label"].shape[1] == 3
             seen += batch["index"].tolist()
@@ -167,7 +175,9 @@ def test_indexed_shards_equal_audio_dataset_with_augmentation(shards, corpus, tm
     out, _ = shards
     aug = {"gain": True, "mixup": 0.5, "freqm": 8, "timem": 8}
     ref = AudioDataset(corpus / "train.json", corpus / "labels.csv", frontend=FE, train=True, augment=aug, seed=2)
-    ds = IndexedShardDataset(out / "shard-{000000..000007}.tar", corpus / "labels.csv", frontend=FE, train=True, augment=aug, seed=2)
+    ds = IndexedShardDataset(
+        out / "shard-{000000..000007}.tar", corpus / "labels.csv", frontend=FE, train=True, augment=aug, seed=2
+    )
     assert len(ds) == N and [it["source_index"] for it in ds.items] == list(range(N))  # written in manifest order
     ds.set_epoch(1)
     ref.set_epoch(1)
@@ -192,14 +202,26 @@ def test_trainer_pretrains_from_shards(shards, corpus, tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        cfg = load_config([], [
-            "modality=audio_shards", "model.name=audiomae_tiny",
-            f"data.train_manifest={out / 'index.json'}", f"data.eval_manifest={corpus / 'train.json'}",
-            f"data.label_csv={corpus / 'labels.csv'}", "data.target_length=48", "data.num_workers=0",
-            "train.batch_size=4", "train.cpu=true", "train.mixed_precision=no", "schedule.max_steps=3",
-            "schedule.warmup_epochs=0", "logging.progress=false", "checkpoint.every_n_epochs=0",
-            f"output_dir={tmp_path / 'run'}",
-        ])
+        cfg = load_config(
+            [],
+            [
+                "modality=audio_shards",
+                "model.name=audiomae_tiny",
+                f"data.train_manifest={out / 'index.json'}",
+                f"data.eval_manifest={corpus / 'train.json'}",
+                f"data.label_csv={corpus / 'labels.csv'}",
+                "data.target_length=48",
+                "data.num_workers=0",
+                "train.batch_size=4",
+                "train.cpu=true",
+                "train.mixed_precision=no",
+                "schedule.max_steps=3",
+                "schedule.warmup_epochs=0",
+                "logging.progress=false",
+                "checkpoint.every_n_epochs=0",
+                f"output_dir={tmp_path / 'run'}",
+            ],
+        )
         result = Trainer(cfg).fit()
     finally:
         torch.set_num_threads(threads)

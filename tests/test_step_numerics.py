@@ -30,7 +30,13 @@ def set_fused(model, fused):
 
 
 def one_step(model, inputs, noise, *, bf16, fused_adamw):
-    opt = build_optimizer(param_groups(model, 0.05), lr=LR, betas=(0.9, 0.95), fused="true" if fused_adamw else "false", devices=[torch.device("cpu")])
+    opt = build_optimizer(
+        param_groups(model, 0.05),
+        lr=LR,
+        betas=(0.9, 0.95),
+        fused="true" if fused_adamw else "false",
+        devices=[torch.device("cpu")],
+    )
     torch.manual_seed(1)  # the same dropout draws (position-bias MLP) on every path
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         loss = model(inputs, noise=noise).loss
@@ -58,7 +64,9 @@ def test_fp32_step_equals_the_reference(setup):
     from avmae.train.optim import fused_adamw_devices
 
     ours, x, noise, (loss_ref, grads_ref, params_ref) = setup
-    loss, grads, params = one_step(copy.deepcopy(ours), x, noise, bf16=False, fused_adamw="cpu" in fused_adamw_devices())
+    loss, grads, params = one_step(
+        copy.deepcopy(ours), x, noise, bf16=False, fused_adamw="cpu" in fused_adamw_devices()
+    )
     assert abs(loss - loss_ref) <= 1e-5 * abs(loss_ref)
     assert grads.keys() == grads_ref.keys()
     for n, g in grads.items():

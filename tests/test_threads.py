@@ -81,14 +81,18 @@ def test_wait_policy_is_passive_unless_chosen():
     env = {"AVMAE_OMP_WAIT_POLICY": "keep"}
     assert set_default_wait_policy(env, torch_loaded=False) == "unset" and "OMP_WAIT_POLICY" not in env
     env = {}
-    assert set_default_wait_policy(env, torch_loaded=True) is None and env == {"OMP_WAIT_POLICY": "PASSIVE"}  # children get it
+    assert set_default_wait_policy(env, torch_loaded=True) is None and env == {
+        "OMP_WAIT_POLICY": "PASSIVE"
+    }  # children get it
 
 
 def test_avmae_sets_the_policy_before_torch_loads():
     """In a fresh interpreter ``import avmae`` runs the policy hook before anything imports torch."""
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "AVMAE_OMP_WAIT_POLICY")}
     env["PYTHONPATH"] = str(ROOT)
-    code = "import avmae, os; from avmae import _openmp; print(os.environ.get('OMP_WAIT_POLICY'), _openmp.policy_at_load)"
+    code = (
+        "import avmae, os; from avmae import _openmp; print(os.environ.get('OMP_WAIT_POLICY'), _openmp.policy_at_load)"
+    )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["PASSIVE", "PASSIVE"]

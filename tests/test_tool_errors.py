@@ -13,12 +13,11 @@ import sys
 
 import pytest
 import torch
+from cli_runs import REPO, child_env, clips, run_yaml  # noqa: F401 - fixtures
 
 import avmae
 from avmae.data import ensure_demo_audio, save_audio
 from avmae.errors import explain, one_line, writable_output
-
-from cli_runs import REPO, child_env, clips, run_yaml  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -43,8 +42,13 @@ def files(tmp_path_factory):
     t = torch.arange(8000) / 16000
     audio = save_audio(root / "tone.wav", (0.3 * torch.sin(2 * torch.pi * 440 * t)).reshape(1, -1), 16000)
     return {
-        "root": root, "good": good, "truncated": truncated, "payload": root / "payload.pth",
-        "legacy": root / "legacy_payload.pth", "blocker": blocker, "audio": audio,
+        "root": root,
+        "good": good,
+        "truncated": truncated,
+        "payload": root / "payload.pth",
+        "legacy": root / "legacy_payload.pth",
+        "blocker": blocker,
+        "audio": audio,
     }
 
 
@@ -92,8 +96,14 @@ def test_each_tool_prints_one_line_for_a_bad_checkpoint_or_output(files, run_yam
         ),
     }
     procs = {
-        case: subprocess.Popen([str(a) for a in cmd], cwd=tmp_path, env={**child_env(), "AVMAE_TOOLS_DIR": str(REPO / "tools")},
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        case: subprocess.Popen(
+            [str(a) for a in cmd],
+            cwd=tmp_path,
+            env={**child_env(), "AVMAE_TOOLS_DIR": str(REPO / "tools")},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for case, (cmd, _) in cases.items()
     }
     for case, proc in procs.items():
@@ -135,7 +145,9 @@ def test_outputs_that_cannot_be_written_fail_before_any_work(files, tools, tmp_p
         "visualize": [str(files["audio"]), "-c", str(files["good"]), "-o", str(out)],
         "convert_checkpoint": [str(files["good"]), "--out", str(out)],
     }[tool]
-    monkeypatch.setattr("avmae.hub.load_pretrained", lambda *a, **k: pytest.fail("loaded the model before checking the output"))
+    monkeypatch.setattr(
+        "avmae.hub.load_pretrained", lambda *a, **k: pytest.fail("loaded the model before checking the output")
+    )
     rc = tools[tool].main(argv)
     _check_one_line(capsys.readouterr().err, ["error:", str(files["blocker"]), "is a file, not a folder"], rc, tool)
     # not writable (as root every folder is: the check is simulated)
@@ -152,7 +164,9 @@ def test_one_line_of_errors_and_of_worker_tracebacks():
     assert one_line(wrapped) == "/d/a.wav: no audio stream"
     assert one_line("a\n  b\n") == "a b"
     line, status = explain(NotADirectoryError(errno.ENOTDIR, "Not a directory", "/x/file/out"))
-    assert status == 1 and line == "error: /x/file/out: a part of this path is a file, not a folder: choose another path"
+    assert (
+        status == 1 and line == "error: /x/file/out: a part of this path is a file, not a folder: choose another path"
+    )
     assert explain(RuntimeError("a bug")) is None  # not the user's to fix: keeps its traceback
     with pytest.raises(NotADirectoryError):
         writable_output("/dev/null/x/y")
@@ -161,7 +175,9 @@ def test_one_line_of_errors_and_of_worker_tracebacks():
 # ------------------------------------------------------------------------------ one bad clip
 @pytest.fixture(scope="module")
 def one_broken(tmp_path_factory):
-    root = ensure_demo_audio(tmp_path_factory.mktemp("one_bad") / "demo", num_train_per_class=1, num_eval_per_class=1, seconds=0.5)
+    root = ensure_demo_audio(
+        tmp_path_factory.mktemp("one_bad") / "demo", num_train_per_class=1, num_eval_per_class=1, seconds=0.5
+    )
     items = json.loads((root / "train.json").read_text())["data"]
     (root / "broken.wav").write_text("not audio\n" * 20)
     items[1] = {"wav": "broken.wav", "labels": ""}
@@ -173,9 +189,21 @@ def one_broken(tmp_path_factory):
 def test_one_bad_clip_under_on_error_raise_is_one_line_naming_the_setting(one_broken, run_yaml, tmp_path, workers):
     root, broken = one_broken
     proc = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "train.py"), "--config", str(run_yaml), "--output-dir", str(tmp_path / "run"),
-         f"data.train_manifest={root / 'mixed.json'}", f"data.num_workers={workers}", "data.cache=false"],
-        env=child_env(), capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(REPO / "tools" / "train.py"),
+            "--config",
+            str(run_yaml),
+            "--output-dir",
+            str(tmp_path / "run"),
+            f"data.train_manifest={root / 'mixed.json'}",
+            f"data.num_workers={workers}",
+            "data.cache=false",
+        ],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and "DataLoader worker" not in proc.stderr, proc.stderr[-3000:]

@@ -16,19 +16,21 @@ import avmae
 from avmae.config import ConfigError, load_config
 from avmae.data import ensure_demo_audio
 from avmae.train import (
+    DATASETS,
     EpochSampler,
     NonFiniteLossError,
     PretrainTask,
     Trainer,
     list_checkpoints,
-    DATASETS,
     register_dataset,
 )
 from avmae.train.logging_utils import read_metrics
 from avmae.train.optim import fused_adamw_devices
 
 REPO = Path(__file__).resolve().parent.parent
-needs_fused_cpu = pytest.mark.skipif("cpu" not in fused_adamw_devices(), reason=f"torch {torch.__version__} has no fused AdamW for the CPU")
+needs_fused_cpu = pytest.mark.skipif(
+    "cpu" not in fused_adamw_devices(), reason=f"torch {torch.__version__} has no fused AdamW for the CPU"
+)
 # fused AdamW skips a non-finite step on the device (found_inf); the default one after reading the flags
 BOTH_ADAMWS = pytest.mark.parametrize("fused", [pytest.param("true", marks=needs_fused_cpu), "false"])
 
@@ -85,7 +87,9 @@ def test_short_run_lowers_loss_and_writes_outputs(clips, tmp_path):
     records = read_metrics(out / "metrics.jsonl")
     train = [r for r in records if "train/loss" in r]
     assert [r["step"] for r in train] == list(range(1, 11))
-    assert {"train/lr", "train/grad_norm", "train/samples_per_s", "train/skipped_steps", "train/mae_audio"} <= set(train[0])
+    assert {"train/lr", "train/grad_norm", "train/samples_per_s", "train/skipped_steps", "train/mae_audio"} <= set(
+        train[0]
+    )
     assert any("eval/loss" in r for r in records)
 
     ckpts = list_checkpoints(out)
@@ -119,9 +123,17 @@ class StopAt(Trainer):
 def test_exact_resume_after_sigterm_is_bit_identical(clips, tmp_path):
     # 12 items / (2 x 2 accumulation) = 3 steps per epoch; 8 steps cross two epoch boundaries;
     # drop path and random masking exercise the RNG state
-    extra = ("schedule.epochs=3", "schedule.max_steps=8", "train.grad_accum=2", "model.params.drop_path=0.1", "eval.every_n_epochs=1")
+    extra = (
+        "schedule.epochs=3",
+        "schedule.max_steps=8",
+        "train.grad_accum=2",
+        "model.params.drop_path=0.1",
+        "eval.every_n_epochs=1",
+    )
 
-    full = Trainer(tiny_config(clips, tmp_path / "full", *extra, "checkpoint.every_n_steps=1", "checkpoint.keep_last=2")).fit()
+    full = Trainer(
+        tiny_config(clips, tmp_path / "full", *extra, "checkpoint.every_n_steps=1", "checkpoint.keep_last=2")
+    ).fit()
     assert full.steps == 8
     # keep-last-2 rotation
     assert [c.name for c in list_checkpoints(tmp_path / "full")] == ["step_0000007", "step_0000008"]
@@ -196,7 +208,14 @@ class NaNTask(PretrainTask):
 @BOTH_ADAMWS
 def test_nonfinite_step_is_skipped_and_counted(clips, tmp_path, fused):
     # logged at steps 1, 3 and 4: the count read at step 3 includes step 2
-    cfg = tiny_config(clips, tmp_path / "nan", "schedule.max_steps=4", "eval.every_n_epochs=-1", "logging.every_n_steps=3", f"optim.fused={fused}")
+    cfg = tiny_config(
+        clips,
+        tmp_path / "nan",
+        "schedule.max_steps=4",
+        "eval.every_n_epochs=-1",
+        "logging.every_n_steps=3",
+        f"optim.fused={fused}",
+    )
     result = Trainer(cfg, task=NaNTask(cfg, bad_calls={2})).fit()
     assert result.steps == 4 and result.skipped_steps == 1
     assert all(torch.isfinite(v).all() for v in weights(tmp_path / "nan").values())
@@ -211,8 +230,20 @@ def test_too_many_nonfinite_steps_stop_with_a_clear_error(clips, tmp_path, fused
     # every step a non-finite loss from step 2: the streak reaches 2 at step 3. "sparse": checkpoints
     # at steps 2 and 4, logs at 1 and 5, so the device-side skip reads the streak at step 4 only,
     # and names the same step and checkpoint (and saves none after the streak)
-    when = ["checkpoint.every_n_steps=1"] if reads == "every step" else ["checkpoint.every_n_steps=2", "logging.every_n_steps=5"]
-    cfg = tiny_config(clips, tmp_path / "nan2", "schedule.max_steps=6", "train.max_nonfinite=2", "eval.every_n_epochs=-1", f"optim.fused={fused}", *when)
+    when = (
+        ["checkpoint.every_n_steps=1"]
+        if reads == "every step"
+        else ["checkpoint.every_n_steps=2", "logging.every_n_steps=5"]
+    )
+    cfg = tiny_config(
+        clips,
+        tmp_path / "nan2",
+        "schedule.max_steps=6",
+        "train.max_nonfinite=2",
+        "eval.every_n_epochs=-1",
+        f"optim.fused={fused}",
+        *when,
+    )
     with pytest.raises(NonFiniteLossError) as info:
         Trainer(cfg, task=NaNTask(cfg, bad_calls=range(2, 100))).fit()
     msg = str(info.value)
@@ -230,7 +261,14 @@ def test_device_side_skip_matches_the_read_path_bit_for_bit_and_resumes_exactly(
     class ReadEveryStep(Trainer):
         device_skip = False
 
-    extra = ("optim.fused=true", "schedule.epochs=2", "schedule.max_steps=8", "logging.every_n_steps=3", "eval.every_n_epochs=-1", "model.params.drop_path=0.1")
+    extra = (
+        "optim.fused=true",
+        "schedule.epochs=2",
+        "schedule.max_steps=8",
+        "logging.every_n_steps=3",
+        "eval.every_n_epochs=-1",
+        "model.params.drop_path=0.1",
+    )
     runs = {}
     for name, cls in (("read", ReadEveryStep), ("device", Trainer), ("part", StopAt)):
         cfg = tiny_config(clips, tmp_path / name, *extra)
@@ -255,8 +293,12 @@ def test_device_side_skip_matches_the_read_path_bit_for_bit_and_resumes_exactly(
         assert opt_a.keys() == opt_b.keys()
         for i in opt_a:
             assert float(opt_a[i]["step"]) == float(opt_b[i]["step"]) == 7  # the skipped step was not counted
-            assert torch.equal(opt_a[i]["exp_avg"], opt_b[i]["exp_avg"]) and torch.equal(opt_a[i]["exp_avg_sq"], opt_b[i]["exp_avg_sq"])
-        assert json.loads((ref / "trainer_state.json").read_text()) == json.loads((ckpt / "trainer_state.json").read_text())
+            assert torch.equal(opt_a[i]["exp_avg"], opt_b[i]["exp_avg"]) and torch.equal(
+                opt_a[i]["exp_avg_sq"], opt_b[i]["exp_avg_sq"]
+            )
+        assert json.loads((ref / "trainer_state.json").read_text()) == json.loads(
+            (ckpt / "trainer_state.json").read_text()
+        )
 
 
 @pytest.mark.parametrize("multilabel", [False, True])
@@ -292,7 +334,12 @@ def test_dataset_builders_are_a_registry(tmp_path):
 
         def __getitem__(self, i):
             g = torch.Generator().manual_seed(i)
-            return {"audio": torch.randn(1, 32, 32, generator=g), "extra": torch.zeros(3), "label": torch.zeros(0), "index": i}
+            return {
+                "audio": torch.randn(1, 32, 32, generator=g),
+                "extra": torch.zeros(3),
+                "label": torch.zeros(0),
+                "index": i,
+            }
 
     @register_dataset("toy")
     def build(cfg, split):
@@ -301,9 +348,21 @@ def test_dataset_builders_are_a_registry(tmp_path):
     try:
         cfg = load_config(
             [],
-            ["modality=toy", "model.name=audiomae_tiny", "model.params.decoder=global", "data.target_length=32", "data.num_mel_bins=32",
-             "data.num_workers=0", "train.batch_size=4", "train.cpu=true", "train.mixed_precision=bf16", "schedule.max_steps=2",
-             "logging.progress=false", "logging.tensorboard=false", f"output_dir={tmp_path / 'toy'}"],
+            [
+                "modality=toy",
+                "model.name=audiomae_tiny",
+                "model.params.decoder=global",
+                "data.target_length=32",
+                "data.num_mel_bins=32",
+                "data.num_workers=0",
+                "train.batch_size=4",
+                "train.cpu=true",
+                "train.mixed_precision=bf16",
+                "schedule.max_steps=2",
+                "logging.progress=false",
+                "logging.tensorboard=false",
+                f"output_dir={tmp_path / 'toy'}",
+            ],
         )
         assert Trainer(cfg).fit().steps == 2
     finally:
@@ -342,9 +401,21 @@ class RecordEpochs(PretrainTask):
 def test_set_epoch_reaches_persistent_workers(tmp_path):
     cfg = load_config(
         [],
-        ["model.name=audiomae_tiny", "model.params.decoder=global", "data.target_length=32", "data.num_mel_bins=32",
-         "data.num_workers=1", "train.batch_size=4", "train.cpu=true", "train.mixed_precision=bf16", "schedule.epochs=2", "schedule.warmup_epochs=0",
-         "logging.progress=false", "logging.tensorboard=false", f"output_dir={tmp_path / 'probe'}"],
+        [
+            "model.name=audiomae_tiny",
+            "model.params.decoder=global",
+            "data.target_length=32",
+            "data.num_mel_bins=32",
+            "data.num_workers=1",
+            "train.batch_size=4",
+            "train.cpu=true",
+            "train.mixed_precision=bf16",
+            "schedule.epochs=2",
+            "schedule.warmup_epochs=0",
+            "logging.progress=false",
+            "logging.tensorboard=false",
+            f"output_dir={tmp_path / 'probe'}",
+        ],
     )
     task = RecordEpochs(cfg)
     assert Trainer(cfg, task=task, datasets=(EpochProbe(), None)).fit().steps == 4
@@ -365,9 +436,23 @@ def test_epoch_sampler_order_depends_on_seed_and_epoch_only():
 
 def torchrun_two(script: str, clips, out, *, port: int):
     """``torchrun --nproc_per_node 2 tests/<script> clips out`` on CPU -> the two ranks' JSON reports."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port + os.getpid() % 1000),
-           str(REPO / "tests" / script), str(clips), str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(port + os.getpid() % 1000),
+        str(REPO / "tests" / script),
+        str(clips),
+        str(out),
+    ]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -416,17 +501,32 @@ def hash_state(sd):
 
 
 def test_cli_runs_from_any_directory(clips, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
     args = [
-        sys.executable, str(REPO / "tools" / "train.py"), "--modality", "audio", "--output-dir", "out",
-        "model.name=audiomae_tiny", f"data.train_manifest={clips / 'train.json'}", "data.target_length=64", "data.num_mel_bins=64",
-        "train.batch_size=4", "train.cpu=true", "schedule.max_steps=2", "logging.progress=false", "eval.every_n_epochs=-1",
+        sys.executable,
+        str(REPO / "tools" / "train.py"),
+        "--modality",
+        "audio",
+        "--output-dir",
+        "out",
+        "model.name=audiomae_tiny",
+        f"data.train_manifest={clips / 'train.json'}",
+        "data.target_length=64",
+        "data.num_mel_bins=64",
+        "train.batch_size=4",
+        "train.cpu=true",
+        "schedule.max_steps=2",
+        "logging.progress=false",
+        "eval.every_n_epochs=-1",
     ]
     proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "run folder:" in proc.stdout and "train loss:" in proc.stdout
     assert list_checkpoints(tmp_path / "out")[-1].name == "step_0000002"
-
 
 
 def test_cli_reports_config_errors_by_key(capsys):
@@ -454,7 +554,16 @@ def test_log_lines_are_written_above_the_progress_bar_not_into_it(clips, tmp_pat
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     try:
-        Trainer(tiny_config(clips, tmp_path / "run", "schedule.max_steps=3", "logging.progress=true", "logging.tensorboard=false", "train.mixed_precision=no")).fit()
+        Trainer(
+            tiny_config(
+                clips,
+                tmp_path / "run",
+                "schedule.max_steps=3",
+                "logging.progress=true",
+                "logging.tensorboard=false",
+                "train.mixed_precision=no",
+            )
+        ).fit()
         assert root.handlers == before_handlers + [handler]  # the redirection ended with the run
     finally:
         root.removeHandler(handler)

@@ -26,10 +26,21 @@ def _rel(a, b):
 def official(tmp_path_factory):
     root = tmp_path_factory.mktemp("official")
     pre = ref.make_official_pretrain_state_dict(
-        embed_dim=D, depth=2, num_heads=HEADS, decoder_embed_dim=64, decoder_depth=2, decoder_num_heads=4,
-        decoder_mode=1, img_size=(1024, 128), seed=3, swin_depth=2, swin_heads=4,
+        embed_dim=D,
+        depth=2,
+        num_heads=HEADS,
+        decoder_embed_dim=64,
+        decoder_depth=2,
+        decoder_num_heads=4,
+        decoder_mode=1,
+        img_size=(1024, 128),
+        seed=3,
+        swin_depth=2,
+        swin_heads=4,
     )
-    ft = ref.make_official_finetune_state_dict(embed_dim=D, depth=2, num_heads=HEADS, num_classes=5, img_size=(1024, 128), seed=4)
+    ft = ref.make_official_finetune_state_dict(
+        embed_dim=D, depth=2, num_heads=HEADS, num_classes=5, img_size=(1024, 128), seed=4
+    )
     ref.to_official_pretrain_checkpoint(pre, root / "pretrained.pth")
     ref.to_official_finetune_checkpoint(ft, root / "finetuned.pth")
     return pre, ft, root / "pretrained.pth", root / "finetuned.pth"
@@ -137,7 +148,9 @@ def test_learned_table_is_cut_or_interpolated_like_ast():
         mod.pos_embed.normal_()
     grid = mod.pos_embed.reshape(1, 16, 4, 32)
     assert torch.equal(mod.pos_embed_for(4), grid[:, :4].reshape(1, 16, 32))
-    want = F.interpolate(grid.permute(0, 3, 1, 2), size=(24, 4), mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
+    want = F.interpolate(grid.permute(0, 3, 1, 2), size=(24, 4), mode="bilinear", align_corners=False).permute(
+        0, 2, 3, 1
+    )
     torch.testing.assert_close(mod.pos_embed_for(24), want.reshape(1, 96, 32))
     assert mod.embed(torch.randn(1, 1, 384, 64)).shape == (1, 96, 32)
 

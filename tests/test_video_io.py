@@ -26,7 +26,6 @@ from avmae.data.video import (
 )
 
 
-
 def colour(k):
     """Frame k is a flat picture whose red and green levels spell k in base 16."""
     return np.array([(k % 16) * 16, (k // 16) * 16, 128], np.uint8)
@@ -48,7 +47,9 @@ def write_video(path, *, vcodec="libx264", acodec="aac", n=30, fps=10, size=48, 
         c.mux(v.encode(None))
         if a is not None:
             t = np.arange(int(audio_rate * n / fps)) / audio_rate
-            wav = av.AudioFrame.from_ndarray((0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None], format="fltp", layout="mono")
+            wav = av.AudioFrame.from_ndarray(
+                (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None], format="fltp", layout="mono"
+            )
             wav.sample_rate, wav.pts = audio_rate, 0
             c.mux(a.encode(wav))
             c.mux(a.encode(None))
@@ -162,7 +163,13 @@ def test_normalisation_and_resize(tmp_path):
 
 
 def test_random_resized_crop_and_flip_follow_the_generator():
-    img = torch.arange(40 * 50 * 3, dtype=torch.int64).remainder(256).to(torch.uint8).reshape(1, 40, 50, 3).repeat(3, 1, 1, 1)
+    img = (
+        torch.arange(40 * 50 * 3, dtype=torch.int64)
+        .remainder(256)
+        .to(torch.uint8)
+        .reshape(1, 40, 50, 3)
+        .repeat(3, 1, 1, 1)
+    )
     a = transform_frames(img, 24, crop="random_resized", flip=True, generator=torch.Generator().manual_seed(1))
     b = transform_frames(img, 24, crop="random_resized", flip=True, generator=torch.Generator().manual_seed(1))
     c = transform_frames(img, 24, crop="random_resized", flip=True, generator=torch.Generator().manual_seed(2))
@@ -215,7 +222,11 @@ def test_a_video_stream_without_frames_is_an_error(tmp_path):
         wav.sample_rate, wav.pts = 16000, 0
         c.mux(a.encode(wav))
         c.mux(a.encode(None))
-    for fn in (lambda: load_frames(path, 2), lambda: load_frames(path, 1, times=[0.0]), lambda: decode_all_frames(path)):
+    for fn in (
+        lambda: load_frames(path, 2),
+        lambda: load_frames(path, 1, times=[0.0]),
+        lambda: decode_all_frames(path),
+    ):
         with pytest.raises(MediaError, match="no video frames decoded"):
             fn()
 
@@ -241,7 +252,11 @@ def test_frame_folder_indices_follow_cav_mae():
 def test_frame_folder_layout_and_fallback(tmp_path):
     path = write_video(tmp_path / "clip7.mp4", n=40, size=64)
     written = extract_frame_folder(path, tmp_path / "frames", size=32)
-    assert written[3] == frame_folder_path(tmp_path / "frames", "clip7", 3) == tmp_path / "frames" / "frame_3" / "clip7.jpg"
+    assert (
+        written[3]
+        == frame_folder_path(tmp_path / "frames", "clip7", 3)
+        == tmp_path / "frames" / "frame_3" / "clip7.jpg"
+    )
     assert [p.exists() for p in written] == [True] * 10
     mid = load_frame_folder(tmp_path / "frames", "clip7", size=32)
     assert mid.shape == (1, 3, 32, 32) and index_of_normalised(mid) == [22]  # frame_5: centre of 2.0-2.4 s
@@ -269,7 +284,11 @@ def test_no_decoder_outlives_a_call(tmp_path):
     path = write_video(tmp_path / "c.mp4", n=30, gop=5)
 
     def av_objects():
-        return [o for o in gc.get_objects() if str(getattr(type(o), "__module__", "")).startswith("av.") or type(o) is V._Cursor]
+        return [
+            o
+            for o in gc.get_objects()
+            if str(getattr(type(o), "__module__", "")).startswith("av.") or type(o) is V._Cursor
+        ]
 
     gc.collect()
     gc.disable()

@@ -5,7 +5,7 @@ import torch
 
 import avmae
 from avmae.layers.pos_embed import sincos_2d, sincos_3d
-from avmae.masking import build_masker, random_masking
+from avmae.masking import build_masker
 from avmae.modalities import VideoModality
 
 
@@ -93,7 +93,10 @@ def test_tube_masking_keeps_whole_tubes():
     assert masker.keep_count(big.grid, 0.0) == 8 * 196
     # a one-step (frames) grid is masked at random, MAE's count
     frames = VideoModality(embed_dim=16)
-    assert masker.keep_count(frames.grid, 0.75) == int(196 * 0.25) and build_masker(frames.default_masking).__class__.__name__ == "RandomMasker"
+    assert (
+        masker.keep_count(frames.grid, 0.75) == int(196 * 0.25)
+        and build_masker(frames.default_masking).__class__.__name__ == "RandomMasker"
+    )
 
 
 def test_tube_noise_differs_per_sample_and_is_reproducible():

@@ -38,7 +38,9 @@ def test_reconstruct_restores_patch_statistics_under_norm_pix():
 
     pix = rec["mask"].astype(bool)
     assert pix.shape == (T, 128)
-    np.testing.assert_array_equal(pix, mod.unpatchify(out.mask["audio"][..., None].expand(-1, -1, 256))[0, 0].bool().numpy())
+    np.testing.assert_array_equal(
+        pix, mod.unpatchify(out.mask["audio"][..., None].expand(-1, -1, 256))[0, 0].bool().numpy()
+    )
     np.testing.assert_array_equal(rec["pasted"][~pix], x.numpy()[~pix])  # visible: the input itself
     np.testing.assert_allclose(rec["pasted"][pix], expected[pix], rtol=1e-5, atol=1e-5)
     assert np.isnan(rec["masked"][pix]).all() and not np.isnan(rec["masked"][~pix]).any()
@@ -108,17 +110,32 @@ def test_audio_visual_model_draws_a_row_per_modality():
 def test_visualize_tool(tmp_path, capsys, load_tool):
     model = _mae(mask_ratio=0.5)  # as the trainer builds it from masking.mask_ratio
     ckpt = avmae.save_checkpoint(
-        model, tmp_path / "ckpt" / "model.safetensors", model_name="audiomae_tiny",
-        config={"task": "pretrain", "model": {"name": "audiomae_tiny", "params": {}}, "data": {"target_length": T, "num_mel_bins": 128, "norm": "esc50"}, "masking": {"mask_ratio": 0.5}},
+        model,
+        tmp_path / "ckpt" / "model.safetensors",
+        model_name="audiomae_tiny",
+        config={
+            "task": "pretrain",
+            "model": {"name": "audiomae_tiny", "params": {}},
+            "data": {"target_length": T, "num_mel_bins": 128, "norm": "esc50"},
+            "masking": {"mask_ratio": 0.5},
+        },
     )
-    wav = save_audio(tmp_path / "clip.wav", synthesize_clip("chirp", torch.Generator().manual_seed(0), seconds=1.0).unsqueeze(0), 16000)
+    wav = save_audio(
+        tmp_path / "clip.wav",
+        synthesize_clip("chirp", torch.Generator().manual_seed(0), seconds=1.0).unsqueeze(0),
+        16000,
+    )
     out = tmp_path / "fig" / "recon.png"
     tool = load_tool("visualize")
     assert tool.main([str(wav), "--checkpoint", str(ckpt.parent), "--out", str(out), "--seed", "4"]) == 0
     assert out.read_bytes()[:4] == b"\x89PNG"
     assert "audio mask ratio 0.50" in capsys.readouterr().out  # the saved model's mask_ratio
     # a classifier checkpoint is refused with a clear message
-    clf = avmae.save_checkpoint(avmae.create_model("audiomae_tiny_cls", target_length=T, num_classes=2), tmp_path / "clf.safetensors", model_name="audiomae_tiny_cls")
+    clf = avmae.save_checkpoint(
+        avmae.create_model("audiomae_tiny_cls", target_length=T, num_classes=2),
+        tmp_path / "clf.safetensors",
+        model_name="audiomae_tiny_cls",
+    )
     assert tool.main([str(wav), "-c", str(clf), "-o", str(tmp_path / "x.png")]) == 2
     assert "pretraining checkpoint" in capsys.readouterr().err
 
@@ -128,7 +145,12 @@ def test_visualize_tool_on_an_audio_visual_model(tmp_path, load_tool):
     g = torch.Generator().manual_seed(0)
     frames = (torch.rand(8, 64, 64, 3, generator=g) * 255).to(torch.uint8)
     clip = av_demo.write_av_clip(tmp_path / "clip.mp4", frames, synthesize_clip("tone", g, seconds=0.8), fps=10)
-    ckpt = avmae.save_checkpoint(avmae.create_model("avmae_tiny"), tmp_path / "av.safetensors", model_name="avmae_tiny", config={"model": {"name": "avmae_tiny", "params": {}}})
+    ckpt = avmae.save_checkpoint(
+        avmae.create_model("avmae_tiny"),
+        tmp_path / "av.safetensors",
+        model_name="avmae_tiny",
+        config={"model": {"name": "avmae_tiny", "params": {}}},
+    )
     out = tmp_path / "av.png"
     assert load_tool("visualize").main([str(clip), "-c", str(ckpt), "-o", str(out)]) == 0
     assert out.stat().st_size > 10_000
@@ -138,9 +160,18 @@ def test_short_clip_is_reconstructed_at_its_own_length(tmp_path, capsys, load_to
     from avmae.viz import reconstruction_length
 
     model = avmae.create_model("audiomae_tiny", target_length=1024)
-    assert [reconstruction_length(model, f) for f in (30, 98, 1000, 3000)] == [32, 128, 1024, 1024]  # whole 4-row windows
+    assert [reconstruction_length(model, f) for f in (30, 98, 1000, 3000)] == [
+        32,
+        128,
+        1024,
+        1024,
+    ]  # whole 4-row windows
     assert reconstruction_length(avmae.create_model("audiomae_tiny", target_length=1024, decoder="global"), 98) == 112
     ckpt = avmae.save_checkpoint(_mae(), tmp_path / "model.safetensors", model_name="audiomae_tiny")
-    wav = save_audio(tmp_path / "clip.wav", synthesize_clip("tone", torch.Generator().manual_seed(0), seconds=0.3).unsqueeze(0), 16000)
+    wav = save_audio(
+        tmp_path / "clip.wav",
+        synthesize_clip("tone", torch.Generator().manual_seed(0), seconds=0.3).unsqueeze(0),
+        16000,
+    )
     assert load_tool("visualize").main([str(wav), "-c", str(ckpt), "-o", str(tmp_path / "r.png")]) == 0
     assert "reconstructed at 32 frames" in capsys.readouterr().err

@@ -9,7 +9,8 @@ Sections (each can be switched off):
 * ``model``: forward + backward + AdamW step of a preset on random inputs (AdamW built as the
   trainer builds it: ``--optimizer auto`` is ``optim.fused=auto``): step time (best and
   median of ``--steps`` after ``--warmup``; the configurations are built and warmed up first, then
-  timed one step each in turn, so that load from other work hits them alike), samples/s, FLOPs of one step (``FlopCounterMode``,
+  timed one step each in turn, so that load from other work hits them alike),
+  samples/s, FLOPs of one step (``FlopCounterMode``,
   forward + backward), achieved FLOP/s and its fraction of the device's matmul peak measured here
   in the same precision, peak memory (CUDA max allocated; on CPU peak RSS over the section).
 * ``baseline``: the same step with plain-math attention (timm ``fused_attn=False``,
@@ -149,7 +150,7 @@ class PeakMemory:
             pass
         return None
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         gc.collect()
         _trim_heap()
         if self.device.type == "cuda":
@@ -249,7 +250,9 @@ class TrainingStep:
     ) -> None:
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {optimizer!r}; one of {list(OPTIMIZERS)}")
-        self.opt = build_optimizer(param_groups(model, 0.05), lr=1e-4, betas=(0.9, 0.95), fused=OPTIMIZERS[optimizer], devices=[device])
+        self.opt = build_optimizer(
+            param_groups(model, 0.05), lr=1e-4, betas=(0.9, 0.95), fused=OPTIMIZERS[optimizer], devices=[device]
+        )
         self.loss_fn, self.device, self.precision = loss_fn, device, precision
         self.batch_size = batch_size
         self.optimizer = "adamw-fused" if self.opt.defaults["fused"] else "adamw"  # what "auto" resolved to
@@ -339,12 +342,34 @@ def measure_training_step(
 # op classes of ``--profile``, first match wins (self CPU time of each op; the optimizer region
 # counts whole, whatever its ops)
 OP_CLASSES = [
-    ("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addbmm", "aten::_addmm_activation",
-                "aten::matmul", "aten::linear", "aten::mkldnn_convolution", "aten::convolution_backward", "aten::_convolution",
-                "aten::convolution", "aten::conv2d", "aten::mkldnn_rnn_layer")),
+    (
+        "matmul",
+        (
+            "aten::mm",
+            "aten::addmm",
+            "aten::bmm",
+            "aten::baddbmm",
+            "aten::addbmm",
+            "aten::_addmm_activation",
+            "aten::matmul",
+            "aten::linear",
+            "aten::mkldnn_convolution",
+            "aten::convolution_backward",
+            "aten::_convolution",
+            "aten::convolution",
+            "aten::conv2d",
+            "aten::mkldnn_rnn_layer",
+        ),
+    ),
     ("attention (fused SDPA)", ("scaled_dot_product", "flash_attention", "efficient_attention")),
-    ("norms, GELU, softmax", ("layer_norm", "gelu", "softmax", "aten::relu", "threshold_backward", "aten::norm", "vector_norm")),
-    ("casts and copies", ("aten::_to_copy", "aten::copy_", "aten::to", "aten::clone", "aten::contiguous", "aten::_copy_from")),
+    (
+        "norms, GELU, softmax",
+        ("layer_norm", "gelu", "softmax", "aten::relu", "threshold_backward", "aten::norm", "vector_norm"),
+    ),
+    (
+        "casts and copies",
+        ("aten::_to_copy", "aten::copy_", "aten::to", "aten::clone", "aten::contiguous", "aten::_copy_from"),
+    ),
 ]
 
 
@@ -355,7 +380,7 @@ def op_class(name: str) -> str:
     return "elementwise, reshapes, other"
 
 
-def profile_step(step: "TrainingStep", steps: int = 1) -> Dict[str, Any]:
+def profile_step(step: TrainingStep, steps: int = 1) -> Dict[str, Any]:
     """``torch.profiler`` over ``steps`` training steps: self CPU time per op class (``OP_CLASSES``)
     and per region (forward, backward, optimizer); seconds per step. The profiler adds its own
     overhead (a few % of the step); shares, not the totals, are what to compare."""
@@ -425,14 +450,21 @@ class ModelRun:
             # FLOPs of the algorithm, counted once on the plain-math path: the counter does not
             # see inside every fused attention kernel, and both paths do the same arithmetic
             set_fused_attention(model, False)
-            plain = TrainingStep(model, lambda: default_loss(model, inputs), device=device, precision=precision, batch_size=batch_size)
+            plain = TrainingStep(
+                model, lambda: default_loss(model, inputs), device=device, precision=precision, batch_size=batch_size
+            )
             self.flops = count_step_flops(plain.forward_backward)
             model.zero_grad(set_to_none=True)
             del plain
             set_fused_attention(model, fused)
             run = torch.compile(model) if compile else model
             self.step = TrainingStep(
-                model, lambda: default_loss(run, inputs), device=device, precision=precision, batch_size=batch_size, optimizer=optimizer
+                model,
+                lambda: default_loss(run, inputs),
+                device=device,
+                precision=precision,
+                batch_size=batch_size,
+                optimizer=optimizer,
             )
             self.step.warm_up(warmup)
         self.model = model
@@ -574,7 +606,9 @@ def bench_data(
     }
 
 
-def bench_fbank(device: torch.device, *, batch_size: int, seconds: float, target_length: int, repeats: int = 3) -> List[Dict[str, Any]]:
+def bench_fbank(
+    device: torch.device, *, batch_size: int, seconds: float, target_length: int, repeats: int = 3
+) -> List[Dict[str, Any]]:
     """The fbank alone on random clips: torchaudio's Kaldi fbank per item (AudioFrontend, one CPU
     thread), the batched fbank on one CPU thread, and the batched fbank on ``device``."""
     from avmae.data import AudioFrontend
@@ -596,8 +630,15 @@ def bench_fbank(device: torch.device, *, batch_size: int, seconds: float, target
         for name, dev, fn in runs:
             fn()
             best = min(timed(fn, dev, repeats))
-            out.append({"fbank": name, "device": str(dev), "clips": batch_size, "seconds_per_clip": seconds,
-                        "clips_per_s": round(batch_size / best, 1)})
+            out.append(
+                {
+                    "fbank": name,
+                    "device": str(dev),
+                    "clips": batch_size,
+                    "seconds_per_clip": seconds,
+                    "clips_per_s": round(batch_size / best, 1),
+                }
+            )
     finally:
         torch.set_num_threads(threads)
     return out
@@ -607,42 +648,71 @@ def bench_fbank(device: torch.device, *, batch_size: int, seconds: float, target
 def format_table(result: Dict[str, Any]) -> str:
     lines = []
     m = result["machine"]
-    lines.append(f"device: {m['device']}{' (' + m['gpu'] + ')' if 'gpu' in m else ''}; CPU: {m['host_cpu']} x{m['cpus_usable']}; "
-                 f"torch {m['torch']}; threads {m['torch_threads']}; {m['date']}")
+    lines.append(
+        f"device: {m['device']}{' (' + m['gpu'] + ')' if 'gpu' in m else ''}; CPU: {m['host_cpu']} x{m['cpus_usable']};"
+        f" torch {m['torch']}; threads {m['torch_threads']}; {m['date']}"
+    )
     if result.get("matmul_peak_tflops"):
-        lines.append("matmul peak: " + ", ".join(f"{k} {v:.3f} TFLOP/s" for k, v in result["matmul_peak_tflops"].items()))
+        lines.append(
+            "matmul peak: " + ", ".join(f"{k} {v:.3f} TFLOP/s" for k, v in result["matmul_peak_tflops"].items())
+        )
     auto = result.get("precision_auto")
     if auto:
-        probe = f": F.linear fp32 {auto['fp32_gflops']:.1f}, bf16 autocast {auto['bf16_gflops']:.1f} GFLOP/s ({auto['source']})" if auto.get("fp32_gflops") else ""
+        probe = (
+            f": F.linear fp32 {auto['fp32_gflops']:.1f}, bf16 autocast {auto['bf16_gflops']:.1f} GFLOP/s"
+            f" ({auto['source']})"
+            if auto.get("fp32_gflops")
+            else ""
+        )
         lines.append(f"precision auto (as train.mixed_precision=auto) -> {auto['precision']}{probe}")
     runs = result.get("model_step", {})
     if runs:
         lines.append("")
-        lines.append(f"{'model step':34s} {'prec':5s} {'AdamW':11s} {'B':>4s} {'best s':>8s} {'median s':>9s} {'CPU s':>7s} {'samples/s':>10s} {'TFLOP/s':>8s} {'of peak':>8s} {'MFU':>6s} {'mem MB':>9s} {'compile s':>9s}")
+        lines.append(
+            f"{'model step':34s} {'prec':5s} {'AdamW':11s} {'B':>4s} {'best s':>8s} {'median s':>9s} {'CPU s':>7s}"
+            f" {'samples/s':>10s} {'TFLOP/s':>8s} {'of peak':>8s} {'MFU':>6s} {'mem MB':>9s} {'compile s':>9s}"
+        )
         for key, r in runs.items():
             if not isinstance(r, dict) or "step_s_best" not in r:
                 continue
             label = f"{key}: {r['model']}/{r['decoder'] or '-'} {'compiled' if r['compile'] else ''}".strip()
             lines.append(
-                f"{label[:34]:34s} {r['precision']:5s} {r['optimizer']:11s} {r['batch_size']:4d} {r['step_s_best']:8.3f} {r['step_s_median']:9.3f} {r.get('step_cpu_s_best') or float('nan'):7.3f} "
-                f"{r['samples_per_s']:10.2f} {r.get('tflops_achieved', float('nan')):8.3f} "
-                f"{r.get('peak_fraction', float('nan')):8.1%} {r.get('mfu', float('nan')):6.1%} {r['memory']['delta_mb']:9.0f} {r.get('compile_s', float('nan')):9.1f}"
+                f"{label[:34]:34s} {r['precision']:5s} {r['optimizer']:11s} {r['batch_size']:4d}"
+                f" {r['step_s_best']:8.3f} {r['step_s_median']:9.3f} {r.get('step_cpu_s_best') or float('nan'):7.3f}"
+                f" {r['samples_per_s']:10.2f} {r.get('tflops_achieved', float('nan')):8.3f}"
+                f" {r.get('peak_fraction', float('nan')):8.1%} {r.get('mfu', float('nan')):6.1%}"
+                f" {r['memory']['delta_mb']:9.0f} {r.get('compile_s', float('nan')):9.1f}"
             )
         if "speedup_vs_baseline" in runs:
-            lines.append(f"speed-up over the fp32 plain-math baseline: {runs['speedup_vs_baseline']:.2f}x (best step times)")
+            lines.append(
+                f"speed-up over the fp32 plain-math baseline: {runs['speedup_vs_baseline']:.2f}x (best step times)"
+            )
         profiled = {k: r["profile"] for k, r in runs.items() if isinstance(r, dict) and "profile" in r}
         if profiled:
             lines.append("")
-            lines.append("profile, self CPU time per step (s, share): " + "; ".join(f"{k} {p['profiled_s_per_step']:.3f} s" for k, p in profiled.items()))
+            lines.append(
+                "profile, self CPU time per step (s, share): "
+                + "; ".join(f"{k} {p['profiled_s_per_step']:.3f} s" for k, p in profiled.items())
+            )
             lines.append(f"{'op class':30s} " + " ".join(f"{k[:18]:>18s}" for k in profiled))
             for cls in next(iter(profiled.values()))["by_class_s"]:
-                lines.append(f"{cls:30s} " + " ".join(f"{p['by_class_s'][cls]:9.3f} {p['by_class_share'].get(cls, 0):7.1%} " for p in profiled.values()))
+                lines.append(
+                    f"{cls:30s} "
+                    + " ".join(
+                        f"{p['by_class_s'][cls]:9.3f} {p['by_class_share'].get(cls, 0):7.1%} "
+                        for p in profiled.values()
+                    )
+                )
     if result.get("data"):
         lines.append("")
-        lines.append(f"{'data pipeline':16s} {'workers':>7s} {'fbank on':>8s} {'clips/s':>9s} {'per worker':>11s} {'incl. startup':>14s}")
+        lines.append(
+            f"{'data pipeline':16s} {'workers':>7s} {'fbank on':>8s} {'clips/s':>9s} {'per worker':>11s}"
+            f" {'incl. startup':>14s}"
+        )
         for r in result["data"]:
             lines.append(
-                f"{r['mode']:16s} {r['workers']:7d} {r['fbank_device']:>8s} {r['clips_per_s']:9.1f} {r['clips_per_s_per_worker']:11.1f} {r['clips_per_s_incl_startup']:14.1f}"
+                f"{r['mode']:16s} {r['workers']:7d} {r['fbank_device']:>8s} {r['clips_per_s']:9.1f}"
+                f" {r['clips_per_s_per_worker']:11.1f} {r['clips_per_s_incl_startup']:14.1f}"
             )
     if result.get("fbank"):
         lines.append("")
@@ -661,30 +731,67 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         "--precision",
         choices=["auto", *sorted(PRECISIONS)],
         default="auto",
-        help="autocast dtype of the main run; auto: as the trainer's train.mixed_precision=auto (bf16 on CUDA; on a CPU the faster of fp32 and bf16 in its cached matmul probe)",
+        help=(
+            "autocast dtype of the main run; auto: as the trainer's train.mixed_precision=auto (bf16 on CUDA; on a CPU"
+            " the faster of fp32 and bf16 in its cached matmul probe)"
+        ),
     )
     p.add_argument(
         "--optimizer",
         choices=list(OPTIMIZERS),
         default="auto",
-        help="auto: as the trainer's default (optim.fused=auto: fused AdamW where torch has it for the device); adamw: torch's default implementation; adamw-fused: fused",
+        help=(
+            "auto: as the trainer's default (optim.fused=auto: fused AdamW where torch has it for the device); adamw:"
+            " torch's default implementation; adamw-fused: fused"
+        ),
     )
-    p.add_argument("--frames", type=int, default=None, help="the model's input length in fbank frames (target_length; default: the preset's)")
+    p.add_argument(
+        "--frames",
+        type=int,
+        default=None,
+        help="the model's input length in fbank frames (target_length; default: the preset's)",
+    )
     p.add_argument("--steps", type=int, default=5, help="timed steps")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--compile", action="store_true", help="torch.compile the model of the main run")
-    p.add_argument("--also-compile", action="store_true", help="also time every configuration of ours compiled (torch.compile), beside eager")
-    p.add_argument("--spec-peak-tflops", type=float, default=None,
-                   help="the device's dense bf16/fp16 peak from its data sheet (H100/H200 SXM: 989); MFU = achieved / this, for bf16 and fp16 runs")
+    p.add_argument(
+        "--also-compile",
+        action="store_true",
+        help="also time every configuration of ours compiled (torch.compile), beside eager",
+    )
+    p.add_argument(
+        "--spec-peak-tflops",
+        type=float,
+        default=None,
+        help=(
+            "the device's dense bf16/fp16 peak from its data sheet (H100/H200 SXM: 989); MFU = achieved / this, for"
+            " bf16 and fp16 runs"
+        ),
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
-    p.add_argument("--peak-size", type=int, default=None, help="n of the n x n x n peak matmul (default 2048 CPU, 8192 CUDA)")
-    p.add_argument("--profile", type=int, default=0, metavar="N", help="also profile N steps of every configuration: time per op class (torch.profiler)")
+    p.add_argument(
+        "--peak-size", type=int, default=None, help="n of the n x n x n peak matmul (default 2048 CPU, 8192 CUDA)"
+    )
+    p.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also profile N steps of every configuration: time per op class (torch.profiler)",
+    )
     p.add_argument("--no-model", action="store_true", help="skip the model step")
     p.add_argument("--no-baseline", action="store_true", help="skip the fp32 plain-math baseline")
     p.add_argument("--baseline-steps", type=int, default=None, help="timed steps of the baseline (default --steps)")
-    p.add_argument("--baseline-optimizer", choices=list(OPTIMIZERS), default="adamw", help="AdamW of the baseline (default: torch's default implementation)")
-    p.add_argument("--also-precision", choices=sorted(PRECISIONS), default=None, help="also time the fused model in this precision")
+    p.add_argument(
+        "--baseline-optimizer",
+        choices=list(OPTIMIZERS),
+        default="adamw",
+        help="AdamW of the baseline (default: torch's default implementation)",
+    )
+    p.add_argument(
+        "--also-precision", choices=sorted(PRECISIONS), default=None, help="also time the fused model in this precision"
+    )
     p.add_argument("--no-data", action="store_true", help="skip the data pipeline")
     p.add_argument("--manifest", type=Path, default=None, help="AudioMAE JSON manifest (default: demo train.json)")
     p.add_argument("--workers", default="0,1,2", help="comma-separated DataLoader worker counts")
@@ -722,10 +829,18 @@ def run(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             result["precision_auto"] = {**choice.as_dict(), "precision": args.precision}
             print(f"precision auto: {choice.describe()}", file=sys.stderr)
         runs: Dict[str, Any] = {}
-        common = dict(decoder=args.decoder or None, batch_size=args.batch_size, warmup=args.warmup, device=device, frames=args.frames)
+        common = dict(
+            decoder=args.decoder or None,
+            batch_size=args.batch_size,
+            warmup=args.warmup,
+            device=device,
+            frames=args.frames,
+        )
         configs = {"ours": dict(precision=args.precision, fused=True, compile=args.compile, optimizer=args.optimizer)}
         if args.also_precision and args.also_precision != args.precision:
-            configs[f"ours_{args.also_precision}"] = dict(precision=args.also_precision, fused=True, compile=args.compile, optimizer=args.optimizer)
+            configs[f"ours_{args.also_precision}"] = dict(
+                precision=args.also_precision, fused=True, compile=args.compile, optimizer=args.optimizer
+            )
         if args.also_compile and not args.compile:
             for key, cfg in list(configs.items()):
                 configs[f"{key}_compiled"] = dict(cfg, compile=True)
@@ -751,7 +866,9 @@ def run(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         gc.collect()
         if "baseline" in runs:
             runs["speedup_vs_baseline"] = round(runs["baseline"]["step_s_best"] / runs["ours"]["step_s_best"], 3)
-            runs["speedup_vs_baseline_median"] = round(runs["baseline"]["step_s_median"] / runs["ours"]["step_s_median"], 3)
+            runs["speedup_vs_baseline_median"] = round(
+                runs["baseline"]["step_s_median"] / runs["ours"]["step_s_median"], 3
+            )
         # the peaks again after the runs (on a shared machine one measurement can land in a busy
         # moment); the higher value of the two counts
         for prec in peaks:
@@ -760,7 +877,12 @@ def run(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         for r in runs.values():
             if isinstance(r, dict) and r.get("tflops_achieved") and r["precision"] in peaks:
                 r["peak_fraction"] = round(r["tflops_achieved"] * 1e12 / peaks[r["precision"]], 4)
-            if isinstance(r, dict) and r.get("tflops_achieved") and args.spec_peak_tflops and r["precision"] in ("bf16", "fp16"):
+            if (
+                isinstance(r, dict)
+                and r.get("tflops_achieved")
+                and args.spec_peak_tflops
+                and r["precision"] in ("bf16", "fp16")
+            ):
                 r["mfu"] = round(r["tflops_achieved"] / args.spec_peak_tflops, 4)
         result["model_step"] = runs
     if not args.no_data:
@@ -786,7 +908,9 @@ def run(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                 result["data"].append(r)
                 print(f"data {mode} workers={w}: {r['clips_per_s']:.1f} clips/s", file=sys.stderr)
     if not args.no_fbank:
-        result["fbank"] = bench_fbank(device, batch_size=args.fbank_batch, seconds=args.fbank_seconds, target_length=args.target_length)
+        result["fbank"] = bench_fbank(
+            device, batch_size=args.fbank_batch, seconds=args.fbank_seconds, target_length=args.target_length
+        )
     print(format_table(result))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -63,11 +63,20 @@ def _save_tensors(sd: Dict[str, torch.Tensor], path: Path, meta: Optional[Dict[s
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="avmae convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="avmae convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("source", help="checkpoint file, checkpoint folder or run folder")
     p.add_argument("--out", "-o", required=True, help="output file")
-    p.add_argument("--to", choices=("avmae", "timm", "official", "pretrained"), default="avmae", help="target layout (default: %(default)s)")
-    p.add_argument("--model", default=None, help="registered model name to build (default: what the file says or looks like)")
+    p.add_argument(
+        "--to",
+        choices=("avmae", "timm", "official", "pretrained"),
+        default="avmae",
+        help="target layout (default: %(default)s)",
+    )
+    p.add_argument(
+        "--model", default=None, help="registered model name to build (default: what the file says or looks like)"
+    )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model param override (JSON values)")
     return p
 
@@ -86,7 +95,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     model, report = load_pretrained(args.source, model_name=args.model, **_parse_sets(args.set))
     print(report.summary(), file=sys.stderr)
     if args.to == "avmae":
-        config = {"model": {"name": report.model_name, "params": report.model_params}, "converted_from": {"path": report.path, "format": report.format}}
+        config = {
+            "model": {"name": report.model_name, "params": report.model_params},
+            "converted_from": {"path": report.path, "format": report.format},
+        }
         if report.config and isinstance(report.config.get("data"), dict):
             config["data"] = report.config["data"]  # keeps the normalisation stats
         avmae.save_checkpoint(model, out, model_name=report.model_name, config=config)
@@ -94,8 +106,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     elif args.to == "pretrained":
         from avmae.hub import save_pretrained
 
-        save_pretrained(model, out, config=report.config, metrics=_last_eval(Path(report.path)),
-                        model_name=report.model_name, model_params=report.model_params)
+        save_pretrained(
+            model,
+            out,
+            config=report.config,
+            metrics=_last_eval(Path(report.path)),
+            model_name=report.model_name,
+            model_params=report.model_params,
+        )
         print(f"wrote {out}/ (config.json, model.safetensors, README.md; avmae.hub.from_pretrained loads it)")
     elif args.to == "timm":
         try:

@@ -40,10 +40,18 @@ DEFAULT_CONFIG = "configs/audiomae/finetune_esc50.yaml"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="esc50_folds", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="esc50_folds", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--esc50", required=True, help="ESC-50 folder (with meta/esc50.csv and audio/)")
     p.add_argument("--output-dir", required=True, help="manifests, one run folder per fold, summary.json")
-    p.add_argument("--config", action="append", default=None, metavar="YAML", help=f"fine-tuning config(s) (default: {DEFAULT_CONFIG})")
+    p.add_argument(
+        "--config",
+        action="append",
+        default=None,
+        metavar="YAML",
+        help=f"fine-tuning config(s) (default: {DEFAULT_CONFIG})",
+    )
     p.add_argument("--folds", default=None, help="comma-separated folds to run (default: every fold in the metadata)")
     p.add_argument("--prepare-only", action="store_true", help="write the manifests and label CSV, train nothing")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every fold")
@@ -64,7 +72,15 @@ def read_meta(root: Path) -> List[Dict[str, Any]]:
     if missing:
         raise SystemExit(f"esc50_folds: {meta} lacks columns {sorted(missing)}")
     audio = (root / "audio").resolve()
-    return [{"wav": str(audio / r["filename"]), "fold": int(r["fold"]), "target": int(r["target"]), "category": r["category"].strip()} for r in rows]
+    return [
+        {
+            "wav": str(audio / r["filename"]),
+            "fold": int(r["fold"]),
+            "target": int(r["target"]),
+            "category": r["category"].strip(),
+        }
+        for r in rows
+    ]
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -96,7 +112,7 @@ def write_fold_files(rows: Sequence[Dict[str, Any]], out: Path) -> Dict[int, Dic
     files = {}
     for k in folds:
         paths = {"label_csv": label_csv}
-        for split, keep in (("train", lambda r: r["fold"] != k), ("eval", lambda r: r["fold"] == k)):
+        for split, keep in (("train", lambda r, k=k: r["fold"] != k), ("eval", lambda r, k=k: r["fold"] == k)):
             items = [{"wav": r["wav"], "labels": r["category"]} for r in rows if keep(r)]
             paths[split] = out / f"fold{k}_{split}.json"
             _write_atomic(paths[split], json.dumps({"data": items}, indent=1))
@@ -107,7 +123,9 @@ def write_fold_files(rows: Sequence[Dict[str, Any]], out: Path) -> Dict[int, Dic
 # ------------------------------------------------------------------------------ runs
 
 
-def run_fold(fold: int, files: Dict[str, Path], config_files: Sequence[str], overrides: Sequence[str], out: Path) -> Dict[str, Any]:
+def run_fold(
+    fold: int, files: Dict[str, Path], config_files: Sequence[str], overrides: Sequence[str], out: Path
+) -> Dict[str, Any]:
     """Fine-tune on the other folds, evaluate on ``fold`` -> {"acc", "best_acc", ...}."""
     from avmae.config import load_config, resolve_config_path
     from avmae.errors import TERMINATED
@@ -156,7 +174,9 @@ def _mean(values: List[Optional[float]]) -> Optional[float]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_intermixed_args(argv)  # key=value overrides before and after options
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     for noisy in ("accelerate.checkpointing", "accelerate.accelerator"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     main_process = int(os.environ.get("RANK", "0")) == 0
@@ -168,7 +188,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         try:
             chosen = [int(k) for k in args.folds.split(",") if k.strip()]
         except ValueError:
-            raise SystemExit(f"esc50_folds: --folds must list fold numbers, got {args.folds!r}")
+            raise SystemExit(f"esc50_folds: --folds must list fold numbers, got {args.folds!r}") from None
         unknown = sorted(set(chosen) - set(folds))
         if unknown:
             raise SystemExit(f"esc50_folds: folds {unknown} are not in the metadata (folds: {folds})")
@@ -191,7 +211,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             r = results[-1]
             print(f"fold {k}: acc {r['acc']:.4f} (best {r['best_acc']:.4f}) in {r['seconds']:.0f} s")
     summary = {
-        "folds": {str(r["fold"]): {"acc": r["acc"], "best_acc": r["best_acc"], "output_dir": r["output_dir"]} for r in results},
+        "folds": {
+            str(r["fold"]): {"acc": r["acc"], "best_acc": r["best_acc"], "output_dir": r["output_dir"]} for r in results
+        },
         "mean_acc": _mean([r["acc"] for r in results]),
         "mean_best_acc": _mean([r["best_acc"] for r in results]),
         "config": args.config or [DEFAULT_CONFIG],
@@ -199,7 +221,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     }
     if main_process:
         _write_atomic(out / "summary.json", json.dumps(summary, indent=1))
-        print(f"ESC-50 mean accuracy over folds {folds}: {summary['mean_acc']:.4f} (mean of best evaluations {summary['mean_best_acc']:.4f})")
+        print(
+            f"ESC-50 mean accuracy over folds {folds}: {summary['mean_acc']:.4f} (mean of best evaluations"
+            f" {summary['mean_best_acc']:.4f})"
+        )
         print(f"summary: {out / 'summary.json'}")
     return 0
 

@@ -44,36 +44,79 @@ if __package__ in (None, "") and __name__ == "__main__":  # run as a script from
 
 from avmae.errors import tool_main, writable_output  # noqa: E402
 
-
 TASKS = ("auto", "classify", "reconstruction", "retrieval", "knn", "linear")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="avmae evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", "-c", required=True, help="run folder, checkpoint folder, weights file or official .pth")
-    p.add_argument("--data", "-d", default=None, help="manifest to evaluate on (default: the run's data.eval_manifest, or the demo eval split of a demo run)")
+    p = argparse.ArgumentParser(
+        prog="avmae evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--checkpoint", "-c", required=True, help="run folder, checkpoint folder, weights file or official .pth"
+    )
+    p.add_argument(
+        "--data",
+        "-d",
+        default=None,
+        help="manifest to evaluate on (default: the run's data.eval_manifest, or the demo eval split of a demo run)",
+    )
     p.add_argument("--label-csv", default=None, help="index,mid,display_name CSV (default: the run's data.label_csv)")
     p.add_argument("--output", "-o", default=None, help="write the results as JSON here")
-    p.add_argument("--task", choices=TASKS, default="auto", help="what to evaluate (default: classify a classifier, reconstruction for a pretraining model)")
-    p.add_argument("--train-data", default=None, help="knn / linear: manifest of the labelled reference clips (default: the run's data.train_manifest)")
+    p.add_argument(
+        "--task",
+        choices=TASKS,
+        default="auto",
+        help="what to evaluate (default: classify a classifier, reconstruction for a pretraining model)",
+    )
+    p.add_argument(
+        "--train-data",
+        default=None,
+        help="knn / linear: manifest of the labelled reference clips (default: the run's data.train_manifest)",
+    )
     p.add_argument("--k", type=int, default=20, help="knn: neighbours (default: %(default)s)")
     p.add_argument("--epochs", type=int, default=30, help="linear: epochs of the linear head (default: %(default)s)")
-    p.add_argument("--mask-ratio", type=float, default=None, help="reconstruction: fraction of patches masked (default: the model's)")
-    p.add_argument("--seed", type=int, default=0, help="reconstruction masks, linear head initialisation (default: %(default)s)")
-    p.add_argument("--model-name", default=None, help="build this registered model instead of the one the checkpoint names")
-    label = p.add_mutually_exclusive_group()
-    label.add_argument("--multilabel", dest="multilabel", action="store_true", default=None, help="score as multi-label (mAP)")
-    label.add_argument("--single-label", dest="multilabel", action="store_false", help="score as single-label (accuracy)")
     p.add_argument(
-        "--video-views", type=int, default=None, metavar="V",
-        help="audio-visual classifiers: views of each clip's video, class probabilities averaged (default: the run's eval.video_views, else 1)",
+        "--mask-ratio",
+        type=float,
+        default=None,
+        help="reconstruction: fraction of patches masked (default: the model's)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="reconstruction masks, linear head initialisation (default: %(default)s)"
+    )
+    p.add_argument(
+        "--model-name", default=None, help="build this registered model instead of the one the checkpoint names"
+    )
+    label = p.add_mutually_exclusive_group()
+    label.add_argument(
+        "--multilabel", dest="multilabel", action="store_true", default=None, help="score as multi-label (mAP)"
+    )
+    label.add_argument(
+        "--single-label", dest="multilabel", action="store_false", help="score as single-label (accuracy)"
+    )
+    p.add_argument(
+        "--video-views",
+        type=int,
+        default=None,
+        metavar="V",
+        help=(
+            "audio-visual classifiers: views of each clip's video, class probabilities averaged (default: the run's"
+            " eval.video_views, else 1)"
+        ),
     )
     p.add_argument("--batch-size", type=int, default=32, help="per process (default: %(default)s)")
     p.add_argument("--num-workers", type=int, default=2)
-    p.add_argument("--norm", default=None, help="fbank normalisation stats by name (default: the run config's, else audioset)")
+    p.add_argument(
+        "--norm", default=None, help="fbank normalisation stats by name (default: the run config's, else audioset)"
+    )
     p.add_argument("--mean", type=float, default=None, help="fbank mean (with --std; overrides --norm)")
     p.add_argument("--std", type=float, default=None)
-    p.add_argument("--precision", choices=("no", "bf16", "fp16"), default="no", help="autocast of the forward pass (default: %(default)s)")
+    p.add_argument(
+        "--precision",
+        choices=("no", "bf16", "fp16"),
+        default="no",
+        help="autocast of the forward pass (default: %(default)s)",
+    )
     p.add_argument("--cpu", action="store_true", help="stay on the CPU even with a GPU")
     p.add_argument("--save-logits", default=None, metavar="FILE.pt", help="also save logits, labels and file paths")
     return p
@@ -125,7 +168,9 @@ def resolve_views(args: argparse.Namespace, config: Optional[Dict[str, Any]], ha
         if args.video_views > 1 and not has_video:
             raise SystemExit("evaluate: --video-views needs a model with a video input")
         if args.video_views > 1 and args.task != "classify":
-            raise SystemExit(f"evaluate: --video-views averages a classifier's predictions; --task {args.task} uses one view")
+            raise SystemExit(
+                f"evaluate: --video-views averages a classifier's predictions; --task {args.task} uses one view"
+            )
         return args.video_views
     section = (config or {}).get("eval")
     views = section.get("video_views", 1) if isinstance(section, dict) else 1
@@ -145,7 +190,9 @@ def build_dataset(model, config, manifest: Path, label_csv: Optional[Path], args
     if has_video:
         video = mods["video"]
         frames, _, height, _ = video.input_shape
-        return AVDataset(manifest, label_csv, num_frames=int(frames), image_size=int(height), eval_views=views, **common)
+        return AVDataset(
+            manifest, label_csv, num_frames=int(frames), image_size=int(height), eval_views=views, **common
+        )
     return AudioDataset(manifest, label_csv, **common)
 
 
@@ -179,9 +226,15 @@ def resolve_task(args: argparse.Namespace, model, name: str) -> str:
             "audio-visual pretraining model (cav_mae_*, avmae_*). Try --task knn or --task linear for an audio encoder."
         )
     if task == "classify" and pretraining:
-        raise SystemExit(f"evaluate --task classify: {name} is a pretraining model without a class head; use --task reconstruction (its default), knn or linear")
+        raise SystemExit(
+            f"evaluate --task classify: {name} is a pretraining model without a class head; use --task reconstruction"
+            " (its default), knn or linear"
+        )
     if task == "reconstruction" and not pretraining:
-        raise SystemExit(f"evaluate --task reconstruction: {name} is a classifier without a decoder; use --task classify (its default), knn or linear")
+        raise SystemExit(
+            f"evaluate --task reconstruction: {name} is a classifier without a decoder; use --task classify (its"
+            " default), knn or linear"
+        )
     if task in ("knn", "linear") and "audio" not in (getattr(model, "modalities", None) or {}):
         raise SystemExit(f"evaluate --task {task}: {name} has no audio input to embed")
     return task
@@ -202,10 +255,14 @@ def classify(model, dataset, loader, accelerator, args, config=None) -> Dict[str
     if expected is not None and expected != dataset.num_classes:
         raise SystemExit(f"evaluate: the model predicts {expected} classes, the label CSV has {dataset.num_classes}")
     # views are averaged as the run's loss read the logits (sigmoids under BCE, also on single-label data)
-    logits, labels = collect_predictions(model, loader, accelerator, multilabel=sigmoid_outputs(config, dataset.multilabel))
+    logits, labels = collect_predictions(
+        model, loader, accelerator, multilabel=sigmoid_outputs(config, dataset.multilabel)
+    )
     if logits.shape[0] != len(dataset):
         raise RuntimeError(f"gathered {logits.shape[0]} predictions for {len(dataset)} items")
-    summary, per_class = score(logits, labels, multilabel=dataset.multilabel, class_names=dataset.class_names, class_ids=dataset.class_ids)
+    summary, per_class = score(
+        logits, labels, multilabel=dataset.multilabel, class_names=dataset.class_names, class_ids=dataset.class_ids
+    )
     if args.save_logits and accelerator.is_main_process:
         import torch
 
@@ -245,10 +302,12 @@ def reconstruction(model, dataset, loader, accelerator, args) -> Dict[str, Any]:
     keys = sorted(sums)
     totals = accelerator.reduce(torch.stack([sums[k] for k in keys] + [count]), "sum")
     metrics = {k: (totals[i] / totals[-1]).item() for i, k in enumerate(keys)}
-    ratios = {m: (inner.mask_ratio[m] if ratio is None else ratio) for m in inner.modalities}
+    ratios = {m: inner.mask_ratio[m] if ratio is None else ratio for m in inner.modalities}
     out = {"metrics": metrics, "num_items": int(totals[-1].item()), "mask_ratio": ratios, "seed": args.seed}
     if supports_retrieval(inner):
-        out["metrics"].update({k.replace("/", "_"): v for k, v in retrieval(model, dataset, loader, accelerator, args)["metrics"].items()})
+        out["metrics"].update(
+            {k.replace("/", "_"): v for k, v in retrieval(model, dataset, loader, accelerator, args)["metrics"].items()}
+        )
     return out
 
 
@@ -265,17 +324,34 @@ def embedding_probe(model, config, args, task: str, manifest: Path, label_csv: P
     sets = {}
     for split, path in (("train", train_manifest), ("eval", manifest)):
         items = read_manifest(path)
-        x, kept = embed_items([it["wav"] for it in items], extractor, batch_size=args.batch_size, num_workers=args.num_workers)
+        x, kept = embed_items(
+            [it["wav"] for it in items], extractor, batch_size=args.batch_size, num_workers=args.num_workers
+        )
         sets[split] = (x, label_matrix([items[i] for i in kept], class_ids, str(path)))
     (xt, yt), (xe, ye) = sets["train"], sets["eval"]
-    multilabel = args.multilabel if args.multilabel is not None else bool((yt.sum(1) > 1).any() or (ye.sum(1) > 1).any())
+    multilabel = (
+        args.multilabel if args.multilabel is not None else bool((yt.sum(1) > 1).any() or (ye.sum(1) > 1).any())
+    )
     if task == "knn":
-        scores, how = knn_scores(xt, yt, xe, k=args.k), {"k": min(args.k, xt.shape[0]), "similarity": "cosine", "temperature": 0.07}
+        scores, how = (
+            knn_scores(xt, yt, xe, k=args.k),
+            {"k": min(args.k, xt.shape[0]), "similarity": "cosine", "temperature": 0.07},
+        )
     else:
-        scores, how = linear_probe(xt, yt, xe, multilabel=multilabel, epochs=args.epochs, seed=args.seed), {"epochs": args.epochs, "seed": args.seed}
+        scores, how = (
+            linear_probe(xt, yt, xe, multilabel=multilabel, epochs=args.epochs, seed=args.seed),
+            {"epochs": args.epochs, "seed": args.seed},
+        )
     summary, per_class = score(scores, ye, multilabel=multilabel, class_names=class_names, class_ids=class_ids)
-    return {"multilabel": multilabel, "train_data": str(train_manifest), "num_train": int(xt.shape[0]), **how,
-            "embedding": extractor.settings(), "metrics": summary, "classes": per_class}
+    return {
+        "multilabel": multilabel,
+        "train_data": str(train_manifest),
+        "num_train": int(xt.shape[0]),
+        **how,
+        "embedding": extractor.settings(),
+        "metrics": summary,
+        "classes": per_class,
+    }
 
 
 @tool_main()
@@ -284,7 +360,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     for out in (args.output, args.save_logits):
         if out:
             writable_output(out)  # before any work
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     for noisy in ("accelerate", "avmae.checkpoint", "avmae.hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if (args.mean is None) != (args.std is None):
@@ -305,7 +383,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     manifest, label_csv = resolve_data(args, config)
     if task in ("knn", "linear"):
         if accelerator.num_processes > 1:
-            raise SystemExit(f"evaluate --task {task} runs in one process (it embeds every clip once); run it without accelerate launch")
+            raise SystemExit(
+                f"evaluate --task {task} runs in one process (it embeds every clip once); run it without accelerate"
+                " launch"
+            )
         model.to(accelerator.device)
         result = embedding_probe(model, config, args, task, manifest, label_csv)
     else:
@@ -337,12 +418,23 @@ def main(argv: Optional[List[str]] = None) -> int:
         count = int(metrics.get("num_items", result.get("num_items", 0)) or 0)
         what = {
             "classify": "classification",
-            "reconstruction": f"masked reconstruction loss (mask ratio {', '.join(f'{m} {r:g}' for m, r in result.get('mask_ratio', {}).items())}, seed {args.seed})",
+            "reconstruction": (
+                "masked reconstruction loss (mask ratio"
+                f" {', '.join(f'{m} {r:g}' for m, r in result.get('mask_ratio', {}).items())}, seed {args.seed})"
+            ),
             "retrieval": "audio <-> video retrieval",
-            "knn": f"kNN (k={result.get('k')}, cosine) on frozen embeddings of {result.get('num_train')} reference clips",
-            "linear": f"linear probe ({args.epochs} epochs) on frozen embeddings of {result.get('num_train')} reference clips",
+            "knn": (
+                f"kNN (k={result.get('k')}, cosine) on frozen embeddings of {result.get('num_train')} reference clips"
+            ),
+            "linear": (
+                f"linear probe ({args.epochs} epochs) on frozen embeddings of {result.get('num_train')} reference clips"
+            ),
         }[task]
-        shown = {k: v for k, v in metrics.items() if k != "classes_with_positives" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        shown = {
+            k: v
+            for k, v in metrics.items()
+            if k != "classes_with_positives" and isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
         from avmae.train.logging_utils import format_metrics
 
         print(f"{report.model_name} on {manifest} ({count} items), {what}: " + format_metrics(shown))

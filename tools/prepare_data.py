@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Dataset preparation: manifests, normalisation stats, balanced-sampling weights, video frames, shards.
 
-    python tools/prepare_data.py manifest ROOT --out train.json [--labels labels.csv] [--label-csv class_labels_indices.csv]
+    python tools/prepare_data.py manifest ROOT --out train.json [--labels labels.csv] \
+        [--label-csv class_labels_indices.csv]
     python tools/prepare_data.py stats train.json --config my_run.yaml [--max-files 1000]
     python tools/prepare_data.py weights train.json --label-csv class_labels_indices.csv --out weights.csv
     python tools/prepare_data.py frames VIDEOS --out frames/ [--num-frames 10] [--size 224]
@@ -10,7 +11,8 @@
 manifest: scans ROOT recursively for audio/video files and writes AudioMAE's JSON
     ({"data": [{"wav": "rel/path.flac", "labels": "/m/09x0r,/m/05zppz"}, ...]}) with paths relative
     to the manifest's folder; video files also get "video" (or, with --frames, CAV-MAE's
-    "video_path" frame folder) and "video_id", for the audio-visual datasets. --labels maps files to label ids: a CSV whose rows are
+    "video_path" frame folder) and "video_id", for the audio-visual datasets.
+    --labels maps files to label ids: a CSV whose rows are
     ``<file name, stem or relative path>,<"id1,id2">`` (a header naming the columns is optional;
     AudioSet's segment CSVs, ``YTID, start, end, "labels"`` with '#' comments, read as they are).
     Files that cannot be read are left out and listed.
@@ -32,9 +34,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import os
-import random
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,11 +43,23 @@ from typing import Dict, Iterable, List, Optional, Sequence
 if __package__ in (None, "") and __name__ == "__main__":  # run as a script from a source checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch
 
 from avmae.errors import tool_main, writable_output
 
-_KEY_COLUMNS = ("file", "filename", "file_name", "name", "path", "wav", "stem", "video_id", "ytid", "id", "clip", "clip_id")
+_KEY_COLUMNS = (
+    "file",
+    "filename",
+    "file_name",
+    "name",
+    "path",
+    "wav",
+    "stem",
+    "video_id",
+    "ytid",
+    "id",
+    "clip",
+    "clip_id",
+)
 _LABEL_COLUMNS = ("labels", "label", "positive_labels", "mids", "mid", "classes", "class")
 
 
@@ -63,7 +75,11 @@ def read_label_map(path: os.PathLike | str) -> Dict[str, str]:
     column (file, name, stem, video_id, YTID, ...) and a label column (labels, positive_labels,
     ...), those are used; otherwise the first column is the key and the last the labels."""
     with open(path, newline="", encoding="utf-8") as f:
-        rows = [r for r in csv.reader((line for line in f if not line.lstrip().startswith("#")), skipinitialspace=True) if r and any(c.strip() for c in r)]
+        rows = [
+            r
+            for r in csv.reader((line for line in f if not line.lstrip().startswith("#")), skipinitialspace=True)
+            if r and any(c.strip() for c in r)
+        ]
     if not rows:
         return {}
     head = [c.strip().lower() for c in rows[0]]
@@ -85,7 +101,13 @@ def read_label_map(path: os.PathLike | str) -> Dict[str, str]:
 def _lookup(labels: Dict[str, str], path: Path, root: Path) -> Optional[str]:
     rel = path.relative_to(root)
     stem = path.stem
-    for key in (rel.as_posix(), rel.with_suffix("").as_posix(), path.name, stem, stem[1:] if stem.startswith("Y") else None):
+    for key in (
+        rel.as_posix(),
+        rel.with_suffix("").as_posix(),
+        path.name,
+        stem,
+        stem[1:] if stem.startswith("Y") else None,
+    ):
         if key and key in labels:
             return labels[key]
     return None
@@ -190,8 +212,16 @@ def build_manifest(
 def cmd_manifest(args: argparse.Namespace) -> int:
     exts = [e.strip() for e in args.extensions.split(",") if e.strip()] if args.extensions else ()
     rep = build_manifest(
-        args.root, args.out, labels=args.labels, label_csv=args.label_csv, extensions=exts, check=args.check,
-        absolute=args.absolute, require_labels=args.require_labels, frames=args.frames, progress=not args.no_progress,
+        args.root,
+        args.out,
+        labels=args.labels,
+        label_csv=args.label_csv,
+        extensions=exts,
+        check=args.check,
+        absolute=args.absolute,
+        require_labels=args.require_labels,
+        frames=args.frames,
+        progress=not args.no_progress,
     )
     print(f"wrote {args.out}: {len(rep.items)} item(s)")
     if rep.unlabelled:
@@ -245,11 +275,19 @@ def cmd_stats(args: argparse.Namespace) -> int:
         return 1
     length, rate, mels, where = _stats_settings(args)
     res = fbank_stats(
-        paths, max_files=args.max_files or None, seed=args.seed, sample_rate=rate, num_mel_bins=mels,
-        target_length=length, progress=not args.no_progress,
+        paths,
+        max_files=args.max_files or None,
+        seed=args.seed,
+        sample_rate=rate,
+        num_mel_bins=mels,
+        target_length=length,
+        progress=not args.no_progress,
     )
     view = f"each clip padded or cropped to {length} frames ({where})" if length else "whole clips, no padding"
-    print(f"fbank mean {res['mean']:.7g}, std {res['std']:.7g} over {res['files']} file(s), {res['frames']} frames: {view}")
+    print(
+        f"fbank mean {res['mean']:.7g}, std {res['std']:.7g} over {res['files']} file(s), {res['frames']} frames:"
+        f" {view}"
+    )
     print(f"config: data.mean={res['mean']:.7g} data.std={res['std']:.7g}")
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=1), encoding="utf-8")
@@ -268,7 +306,10 @@ def cmd_weights(args: argparse.Namespace) -> int:
     w = balanced_weights(args.manifest, args.label_csv)
     save_weights(w, args.out)
     nz = w[w > 0]
-    print(f"wrote {args.out}: {w.numel()} weights (min {float(nz.min()) if nz.numel() else 0:.4g}, max {float(w.max()):.4g}; {int((w == 0).sum())} unlabelled at 0)")
+    print(
+        f"wrote {args.out}: {w.numel()} weights (min {float(nz.min()) if nz.numel() else 0:.4g}, max"
+        f" {float(w.max()):.4g}; {int((w == 0).sum())} unlabelled at 0)"
+    )
     return 0
 
 
@@ -279,7 +320,10 @@ def cmd_frames(args: argparse.Namespace) -> int:
     try:
         from avmae.data.video import extract_frame_folder
     except ImportError as exc:
-        _err(f"error: frame extraction needs avmae.data.video.extract_frame_folder, which this installation lacks ({exc})")
+        _err(
+            "error: frame extraction needs avmae.data.video.extract_frame_folder, which this installation lacks"
+            f" ({exc})"
+        )
         return 2
     from avmae.data import MediaError
     from avmae.extract import VIDEO_EXTENSIONS
@@ -300,7 +344,10 @@ def cmd_frames(args: argparse.Namespace) -> int:
             extract_frame_folder(p, args.out, num_frames=args.num_frames, size=args.size, quality=args.quality)
         except MediaError as err:
             failed.append(str(err))
-    print(f"wrote {args.num_frames} frame(s) of {len(paths) - len(failed)} video(s) to {args.out}/frame_{{0..{args.num_frames - 1}}}/<video_id>.jpg")
+    print(
+        f"wrote {args.num_frames} frame(s) of {len(paths) - len(failed)} video(s) to"
+        f" {args.out}/frame_{{0..{args.num_frames - 1}}}/<video_id>.jpg"
+    )
     if failed:
         _err(f"{len(failed)} unreadable video(s) skipped:")
         for line in failed:
@@ -322,12 +369,28 @@ def cmd_shards(args: argparse.Namespace) -> int:
         from avmae.data import NORM_STATS, AudioFrontend
 
         mean, std = (args.mean, args.std) if args.mean is not None and args.std is not None else NORM_STATS[args.norm]
-        frontend = AudioFrontend(sample_rate=args.sample_rate, num_mel_bins=args.num_mel_bins, target_length=args.target_length, mean=mean, std=std)
-    result = write_shards(args.manifest, args.out, shard_size=args.shard_size, with_fbank=args.with_fbank, frontend=frontend, label_csv=args.label_csv)
-    shards = [Path(x) for x in (result or [])]
+        frontend = AudioFrontend(
+            sample_rate=args.sample_rate,
+            num_mel_bins=args.num_mel_bins,
+            target_length=args.target_length,
+            mean=mean,
+            std=std,
+        )
+    result = write_shards(
+        args.manifest,
+        args.out,
+        shard_size=args.shard_size,
+        with_fbank=args.with_fbank,
+        frontend=frontend,
+        label_csv=args.label_csv,
+    )
+    shards = [Path(x) for x in result or []]
     names = ", ".join(x.name for x in shards) if len(shards) <= 3 else f"{shards[0].name} ... {shards[-1].name}"
     index = Path(args.out) / "index.json"
-    print(f"wrote {len(shards)} shard(s) to {args.out}: {names}" + (f"; train from them with modality=audio_shards data.train_manifest={index}" if index.is_file() else ""))
+    print(
+        f"wrote {len(shards)} shard(s) to {args.out}: {names}"
+        + (f"; train from them with modality=audio_shards data.train_manifest={index}" if index.is_file() else "")
+    )
     return 0
 
 
@@ -335,30 +398,68 @@ def cmd_shards(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="avmae prepare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="avmae prepare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="{manifest,stats,weights,frames,shards}")
 
     m = sub.add_parser("manifest", help="scan a folder into an AudioMAE JSON manifest")
     m.add_argument("root", help="folder of audio/video files (searched recursively)")
     m.add_argument("--out", "-o", required=True, help="manifest path (.json)")
     m.add_argument("--labels", default=None, help="CSV: file name/stem -> label ids")
-    m.add_argument("--label-csv", default=None, help="class_labels_indices.csv to check label ids against (display names become ids)")
+    m.add_argument(
+        "--label-csv",
+        default=None,
+        help="class_labels_indices.csv to check label ids against (display names become ids)",
+    )
     m.add_argument("--extensions", default=None, help="comma-separated suffixes (default: common audio and video)")
-    m.add_argument("--check", choices=("none", "probe", "full"), default="probe", help="readability check (default: decode the first second)")
-    m.add_argument("--absolute", action="store_true", help="write absolute paths (a file outside the manifest's folder always gets one)")
+    m.add_argument(
+        "--check",
+        choices=("none", "probe", "full"),
+        default="probe",
+        help="readability check (default: decode the first second)",
+    )
+    m.add_argument(
+        "--absolute",
+        action="store_true",
+        help="write absolute paths (a file outside the manifest's folder always gets one)",
+    )
     m.add_argument("--require-labels", action="store_true", help="leave out files with no entry in --labels")
-    m.add_argument("--frames", default=None, help="video items read their frames from this CAV-MAE frame folder (see 'frames') instead of the video file")
+    m.add_argument(
+        "--frames",
+        default=None,
+        help="video items read their frames from this CAV-MAE frame folder (see 'frames') instead of the video file",
+    )
     m.add_argument("--no-progress", action="store_true")
     m.set_defaults(func=cmd_manifest)
 
     s = sub.add_parser("stats", help="fbank mean/std for the normaliser")
     s.add_argument("sources", nargs="+", help="manifests, folders or files")
-    s.add_argument("--max-files", type=int, default=1000, help="seeded random sample of this many files (0 = all; default: %(default)s)")
+    s.add_argument(
+        "--max-files",
+        type=int,
+        default=1000,
+        help="seeded random sample of this many files (0 = all; default: %(default)s)",
+    )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--sample-rate", type=int, default=16000)
     s.add_argument("--num-mel-bins", type=int, default=128)
-    s.add_argument("--target-length", type=int, default=None, help="pad/crop to this many frames first (0 = whole clips; default: the --config's data.target_length, else 1024)")
-    s.add_argument("--config", action="append", default=[], metavar="YAML", help="the run config: its data.target_length, sample_rate and num_mel_bins")
+    s.add_argument(
+        "--target-length",
+        type=int,
+        default=None,
+        help=(
+            "pad/crop to this many frames first (0 = whole clips; default: the --config's data.target_length, else"
+            " 1024)"
+        ),
+    )
+    s.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="YAML",
+        help="the run config: its data.target_length, sample_rate and num_mel_bins",
+    )
     s.add_argument("--out", "-o", default=None, help="also write the numbers as JSON")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_stats)
@@ -373,7 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("sources", nargs="+", help="video files, folders or manifests")
     f.add_argument("--out", "-o", required=True, help="root of frame_{i}/ folders")
     f.add_argument("--num-frames", type=int, default=10)
-    f.add_argument("--size", type=int, default=224, help="short side resize and square centre crop (default: %(default)s)")
+    f.add_argument(
+        "--size", type=int, default=224, help="short side resize and square centre crop (default: %(default)s)"
+    )
     f.add_argument("--quality", type=int, default=95, help="JPEG quality (default: %(default)s)")
     f.add_argument("--extensions", default=None, help="comma-separated video suffixes")
     f.add_argument("--no-progress", action="store_true")
@@ -384,7 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--out", "-o", required=True)
     h.add_argument("--shard-size", type=int, default=1000)
     h.add_argument("--label-csv", default=None)
-    h.add_argument("--with-fbank", action="store_true", help="store normalised fbanks instead of decoding at training time")
+    h.add_argument(
+        "--with-fbank", action="store_true", help="store normalised fbanks instead of decoding at training time"
+    )
     h.add_argument("--sample-rate", type=int, default=16000)
     h.add_argument("--num-mel-bins", type=int, default=128)
     h.add_argument("--target-length", type=int, default=1024)

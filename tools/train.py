@@ -44,12 +44,27 @@ from avmae.train.logging_utils import format_metrics
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--modality", default=None, help="the dataset builder: audio | av | audio_shards (or a plugin's); without --config, the demo of audio or av (default: the config's, else audio)")
-    p.add_argument("--config", action="append", default=[], metavar="YAML", help="config delta(s), merged in order (default: configs/demo_<modality>.yaml)")
+    p.add_argument(
+        "--modality",
+        default=None,
+        help=(
+            "the dataset builder: audio | av | audio_shards (or a plugin's); without --config, the demo of audio or av"
+            " (default: the config's, else audio)"
+        ),
+    )
+    p.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="YAML",
+        help="config delta(s), merged in order (default: configs/demo_<modality>.yaml)",
+    )
     p.add_argument("--output-dir", default=None, help="run folder (default: runs/<modality>-<task>-<timestamp>)")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --output-dir")
     p.add_argument("--print-config", action="store_true", help="print the merged config and exit")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.blr=1e-3 train.batch_size=4")
+    p.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.blr=1e-3 train.batch_size=4"
+    )
     return p.parse_intermixed_args(argv)  # key=value overrides before and after options
 
 
@@ -61,9 +76,16 @@ def check_modality(modality: str, *, demo_needed: bool) -> None:
 
     valid = DATASETS.names()
     if modality not in valid:
-        raise ConfigError("--modality", f"unknown modality {modality!r}; valid: {', '.join(valid)} (demo data: {', '.join(DEMO_DATA)})")
+        raise ConfigError(
+            "--modality",
+            f"unknown modality {modality!r}; valid: {', '.join(valid)} (demo data: {', '.join(DEMO_DATA)})",
+        )
     if demo_needed and not (CONFIG_DIR / f"demo_{modality}.yaml").is_file():
-        raise ConfigError("--modality", f"{modality!r} has no demo config (demos: {', '.join(DEMO_DATA)}); pass --config with its data.train_manifest")
+        raise ConfigError(
+            "--modality",
+            f"{modality!r} has no demo config (demos: {', '.join(DEMO_DATA)}); pass --config with its"
+            " data.train_manifest",
+        )
 
 
 def newest_run_like(cfg, runs: Path = Path("runs")):
@@ -75,7 +97,11 @@ def newest_run_like(cfg, runs: Path = Path("runs")):
         if not ckpts or not (folder / CONFIG_FILE).is_file():
             continue
         try:
-            same = not [k for k in diff(load_config([folder / CONFIG_FILE], check=False), cfg) if k not in ("output_dir", "resume")]
+            same = not [
+                k
+                for k in diff(load_config([folder / CONFIG_FILE], check=False), cfg)
+                if k not in ("output_dir", "resume")
+            ]
         except Exception:  # noqa: BLE001 - an unreadable config is not a match
             continue
         if same:
@@ -114,7 +140,11 @@ def build_config(args: argparse.Namespace):
 def main(argv=None) -> int:
     args = parse_args(argv)
     main_rank = int(os.environ.get("RANK", "0")) == 0  # set by torchrun / accelerate launch
-    logging.basicConfig(level=logging.INFO if main_rank else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO if main_rank else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     for noisy in ("accelerate.checkpointing", "accelerate.accelerator"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     cfg = build_config(args)
@@ -134,18 +164,30 @@ def print_summary(result, cfg) -> None:
     out = result.output_dir
     print(f"\nrun folder:   {out}")
     print(f"checkpoint:   {result.last_checkpoint}  (weights: model.safetensors, config: config.yaml)")
-    print(f"metrics:      {out / 'metrics.jsonl'}" + (f"  (TensorBoard: tensorboard --logdir {out / 'tensorboard'})" if cfg.logging.tensorboard else ""))
+    print(
+        f"metrics:      {out / 'metrics.jsonl'}"
+        + (f"  (TensorBoard: tensorboard --logdir {out / 'tensorboard'})" if cfg.logging.tensorboard else "")
+    )
     if result.loss_history:
         (s0, first), (s1, last) = result.loss_history[0], result.loss_history[-1]
-        print(f"train loss:   {first:.4f} (step {s0}) -> {last:.4f} (step {s1})" + ("" if math.isfinite(last) else "  (not finite)"))
+        print(
+            f"train loss:   {first:.4f} (step {s0}) -> {last:.4f} (step {s1})"
+            + ("" if math.isfinite(last) else "  (not finite)")
+        )
     if result.eval:
         print("eval:         " + format_metrics(result.eval))
     if result.skipped_steps:
-        print(f"skipped:      {result.skipped_steps} of {result.steps} steps had a non-finite loss or gradient (train.max_nonfinite={cfg.train.max_nonfinite})")
+        print(
+            f"skipped:      {result.skipped_steps} of {result.steps} steps had a non-finite loss or gradient"
+            f" (train.max_nonfinite={cfg.train.max_nonfinite})"
+        )
     if result.skipped_items:
         print(f"unreadable:   {result.skipped_items} clip(s) skipped, listed in {out / 'skipped.tsv'}")
     resumed = f", resumed at step {result.start_step}" if result.start_step else ""
-    print(f"time:         {result.seconds:.0f} s for {result.steps - result.start_step} steps{resumed} on {result.plan.device} ({'fp32' if result.plan.mixed_precision == 'no' else result.plan.mixed_precision})")
+    print(
+        f"time:         {result.seconds:.0f} s for {result.steps - result.start_step} steps{resumed} on"
+        f" {result.plan.device} ({'fp32' if result.plan.mixed_precision == 'no' else result.plan.mixed_precision})"
+    )
     if result.interrupted:
         print(f"interrupted:  resume with  python tools/train.py --output-dir {out} --resume")
 

@@ -1,4 +1,5 @@
-"""Audio and video data: PyAV decoding, AudioMAE's Kaldi fbank frontend, frame sampling, manifest datasets, demo data."""
+"""Audio and video data: PyAV decoding, AudioMAE's Kaldi fbank frontend, frame sampling, manifest datasets,
+demo data."""
 
 from .audio import NORM_STATS, AudioFrontend, fbank
 from .av_dataset import AVDataset, read_av_manifest
@@ -10,13 +11,20 @@ from .datasets import (
     collect_skipped,
     read_label_csv,
     read_manifest,
-    write_label_csv,
-    write_manifest,
     seed_worker,
     worker_init_fn,
+    write_label_csv,
+    write_manifest,
 )
 from .demo import ensure_demo_audio, synthesize_clip
-from .fast_fbank import BatchedAudioFrontend, BatchedFbank, WaveformDataset, collate_waveforms, decode_audio, pad_waveforms
+from .fast_fbank import (
+    BatchedAudioFrontend,
+    BatchedFbank,
+    WaveformDataset,
+    collate_waveforms,
+    decode_audio,
+    pad_waveforms,
+)
 from .io import MediaError, load_audio, save_audio
 from .shards import IndexedShardDataset, ShardDataset, make_shard_loader, write_shards
 from .video import (

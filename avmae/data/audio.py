@@ -109,7 +109,7 @@ class AudioFrontend(nn.Module):
         self.std = float(std)
 
     @classmethod
-    def for_dataset(cls, name: str, **kwargs) -> "AudioFrontend":
+    def for_dataset(cls, name: str, **kwargs) -> AudioFrontend:
         """Frontend with the normalisation stats of a named dataset (a key of ``NORM_STATS``)."""
         if name not in NORM_STATS:
             raise KeyError(f"unknown dataset {name!r}; known: {sorted(NORM_STATS)}")

@@ -134,9 +134,7 @@ def mixup_waveforms(
     return mixed, label, lam
 
 
-def random_gain(
-    wave: torch.Tensor, generator: Optional[torch.Generator] = None, alpha: float = 10.0
-) -> torch.Tensor:
+def random_gain(wave: torch.Tensor, generator: Optional[torch.Generator] = None, alpha: float = 10.0) -> torch.Tensor:
     """``wave * g`` with ``g = Beta(alpha, alpha) + 0.5`` (AudioMAE's magnitude augmentation)."""
     return wave * (sample_beta(alpha, alpha, generator) + 0.5)
 
@@ -150,7 +148,9 @@ def random_roll(wave: torch.Tensor, generator: Optional[torch.Generator] = None)
     return torch.roll(wave, shifts=shift, dims=-1)
 
 
-def random_time_shift(fbank: torch.Tensor, target_length: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def random_time_shift(
+    fbank: torch.Tensor, target_length: int, generator: Optional[torch.Generator] = None
+) -> torch.Tensor:
     """Move a clip in time without cutting it in two: ``fbank [T, F]`` (un-normalised, not padded)
     -> ``[target_length, F]``.
 
@@ -169,9 +169,7 @@ def random_time_shift(fbank: torch.Tensor, target_length: int, generator: Option
     return out
 
 
-def fbank_noise(
-    fbank: torch.Tensor, generator: Optional[torch.Generator] = None, max_shift: int = 10
-) -> torch.Tensor:
+def fbank_noise(fbank: torch.Tensor, generator: Optional[torch.Generator] = None, max_shift: int = 10) -> torch.Tensor:
     """Official ``noise`` option on a normalised ``fbank: [T, F]``: add
     ``U(0,1)[T, F] * U(0,1) / 10``, then roll in time by ``randint(-max_shift, max_shift)`` frames.
     """

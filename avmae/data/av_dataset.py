@@ -48,7 +48,9 @@ def _resolve(root: Path, value: str) -> str:
     return str(p if p.is_absolute() else root / p)
 
 
-def _normalise_item(item: Any, i: int, where: str, root: Optional[Path], resolve: Optional[ManifestPaths] = None) -> Dict[str, Any]:
+def _normalise_item(
+    item: Any, i: int, where: str, root: Optional[Path], resolve: Optional[ManifestPaths] = None
+) -> Dict[str, Any]:
     if not isinstance(item, dict):
         raise ManifestError(f"{where}: item {i} is not an object: {item!r}"[:300])
     out = dict(item)
@@ -72,7 +74,9 @@ def _normalise_item(item: Any, i: int, where: str, root: Optional[Path], resolve
             raise ManifestError(f'{where}: item {i} reads frames from a folder, so it needs a "wav" path')
     else:
         raise ManifestError(
-            f'{where}: item {i} has neither "video" (a file) nor "video_path" + "video_id" (a frame folder): {item!r}'[:300]
+            f'{where}: item {i} has neither "video" (a file) nor "video_path" + "video_id" (a frame folder): {item!r}'[
+                :300
+            ]
         )
     return out
 
@@ -157,7 +161,10 @@ class AVDataset(AudioDataset):
         if eval_views < 1:
             raise ValueError(f"eval_views must be >= 1, got {eval_views}")
         if eval_views > 1 and frame_index is not None:
-            raise ValueError(f"eval_views={eval_views} reads frames across the clip; it cannot be combined with frame_index={frame_index}")
+            raise ValueError(
+                f"eval_views={eval_views} reads frames across the clip; it cannot be combined with"
+                f" frame_index={frame_index}"
+            )
         super().__init__(
             items,
             label_csv,
@@ -183,18 +190,23 @@ class AVDataset(AudioDataset):
         self.num_total_frames = int(num_total_frames)
         self.frame_index = frame_index
         self.eval_views = int(eval_views)
-        if self.eval_views > 1 and self.num_frames * self.eval_views > self.num_total_frames and any("video_path" in it for it in self.items):
+        if (
+            self.eval_views > 1
+            and self.num_frames * self.eval_views > self.num_total_frames
+            and any("video_path" in it for it in self.items)
+        ):
             raise ValueError(
-                f"{self.manifest_path}: eval_views={self.eval_views} (eval.video_views / --video-views) of num_frames={self.num_frames} "
-                f"need {self.num_frames * self.eval_views} frames; the manifest's frame folders hold num_total_frames={self.num_total_frames}"
+                f"{self.manifest_path}: eval_views={self.eval_views} (eval.video_views / --video-views) of"
+                f" num_frames={self.num_frames} need {self.num_frames * self.eval_views} frames; the manifest's frame"
+                f" folders hold num_total_frames={self.num_total_frames}"
             )
         self.seek_threshold = float(seek_threshold)
 
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}(items={len(self)}, classes={self.num_classes}, "
-            f"num_frames={self.num_frames}, eval_views={self.eval_views}, image_size={self.image_size}, train={self.train}, "
-            f"on_error={self.on_error!r}, manifest={self.manifest_path!r})"
+            f"{type(self).__name__}(items={len(self)}, classes={self.num_classes}, num_frames={self.num_frames},"
+            f" eval_views={self.eval_views}, image_size={self.image_size}, train={self.train},"
+            f" on_error={self.on_error!r}, manifest={self.manifest_path!r})"
         )
 
     @property
@@ -218,18 +230,31 @@ class AVDataset(AudioDataset):
         count = self.num_frames * views
         crop = self.crop if train else "center"
         common = dict(
-            size=self.image_size, short_side=self.short_side, crop=crop, flip=self.flip and train,
-            generator=generator, mean=self.mean, std=self.std,
+            size=self.image_size,
+            short_side=self.short_side,
+            crop=crop,
+            flip=self.flip and train,
+            generator=generator,
+            mean=self.mean,
+            std=self.std,
         )
         if "video" in item:
             frames = load_frames(
-                item["video"], count, mode="random" if train else "uniform",
-                seek_threshold=self.seek_threshold, **common,
+                item["video"],
+                count,
+                mode="random" if train else "uniform",
+                seek_threshold=self.seek_threshold,
+                **common,
             )
         else:
             frames = load_frame_folder(
-                item["video_path"], item["video_id"], count, num_total=self.num_total_frames,
-                frame_index=None if train else self.frame_index, train=train, **common,
+                item["video_path"],
+                item["video_id"],
+                count,
+                num_total=self.num_total_frames,
+                frame_index=None if train else self.frame_index,
+                train=train,
+                **common,
             )
         if views == 1:
             return frames

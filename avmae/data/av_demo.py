@@ -13,7 +13,8 @@ So audio and video agree on the class and, frame by frame, on timing; a model ca
 the class and which picture goes with which sound (retrieval). Layout:
 
     root/
-      train.json, eval.json          {"data": [{"video": "video/train_tone_000.mp4", "video_id": "train_tone_000", "labels": "/demo/tone"}, ...]}
+      train.json, eval.json          {"data": [{"video": "video/train_tone_000.mp4",
+                                               "video_id": "train_tone_000", "labels": "/demo/tone"}, ...]}
       class_labels_indices.csv       index,mid,display_name
       video/*.mp4
       .complete                      marker (JSON of the generation parameters)
@@ -115,7 +116,9 @@ def render_frames(
     hue_t = torch.tensor(hue) * u(0.85, 1.0)
     bg_a, bg_b = torch.rand(3, generator=g) * 0.25, torch.rand(3, generator=g) * 0.25
     angle = u(0.0, 2 * math.pi)
-    ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij"
+    )
     ramp = ((xs * math.cos(angle) + ys * math.sin(angle)) / (size * 1.5) + 0.5).clamp(0, 1)
     background = bg_a.view(3, 1, 1) * (1 - ramp) + bg_b.view(3, 1, 1) * ramp  # [3, H, W]
     margin = 0.3 * size

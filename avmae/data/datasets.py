@@ -287,9 +287,7 @@ class AudioDataset(Dataset):
         if not 0.0 <= max_skip_fraction <= 1.0:
             raise ValueError(f"max_skip_fraction must be in [0, 1], got {max_skip_fraction}")
         if frontend.sample_rate != sample_rate:
-            raise ValueError(
-                f"frontend.sample_rate={frontend.sample_rate} differs from sample_rate={sample_rate}"
-            )
+            raise ValueError(f"frontend.sample_rate={frontend.sample_rate} differs from sample_rate={sample_rate}")
         unknown = set(augment or {}) - set(AUGMENT_DEFAULTS)
         if unknown:
             raise ValueError(f"unknown augment keys {sorted(unknown)}; valid: {sorted(AUGMENT_DEFAULTS)}")
@@ -316,13 +314,9 @@ class AudioDataset(Dataset):
                 continue
             bad = [m for m in mids if m not in index_of]
             if bad:
-                raise KeyError(
-                    f"{where}: label {bad[0]!r} of {item['wav']} is not in label CSV {label_csv}"
-                )
+                raise KeyError(f"{where}: label {bad[0]!r} of {item['wav']} is not in label CSV {label_csv}")
             self._targets.append([index_of[m] for m in mids])
-        self.multilabel = (
-            any(len(t) > 1 for t in self._targets) if multilabel is None else bool(multilabel)
-        )
+        self.multilabel = any(len(t) > 1 for t in self._targets) if multilabel is None else bool(multilabel)
 
         self.frontend = frontend
         self.sample_rate = int(sample_rate)
@@ -429,9 +423,12 @@ class AudioDataset(Dataset):
         if wave.shape[-1] < 0.9 * samples:
             self._roll_warned = True
             _logger.warning(
-                "data.augment.roll rolls circularly and splits clips shorter than the %d-frame input (one has %.2f s of %.2f s): "
-                "a sound ends up half at the end, half at the start; data.augment.shift=true moves clips within their padding instead",
-                target, wave.shape[-1] / self.sample_rate, samples / self.sample_rate,
+                "data.augment.roll rolls circularly and splits clips shorter than the %d-frame input (one has %.2f s of"
+                " %.2f s): a sound ends up half at the end, half at the start; data.augment.shift=true moves clips"
+                " within their padding instead",
+                target,
+                wave.shape[-1] / self.sample_rate,
+                samples / self.sample_rate,
             )
 
     def _item_generators(self, index: int) -> Tuple[int, torch.Generator, torch.Generator]:
@@ -463,9 +460,7 @@ class AudioDataset(Dataset):
             partner = int(torch.randint(0, len(self), (1,), generator=g))
             partner, sample2 = self._load_readable(partner, replace)
             wave2 = self._augment_wave(self._sample_wave(sample2), g)
-            wave, label, lam = mixup_waveforms(
-                wave, wave2, label, self.label(partner), g, alpha=aug["mixup_alpha"]
-            )
+            wave, label, lam = mixup_waveforms(wave, wave2, label, self.label(partner), g, alpha=aug["mixup_alpha"])
             return wave, label, (sample2, lam)
         return wave, label, None
 

@@ -64,8 +64,8 @@ def _envelope(n: int, sr: int, g: torch.Generator, min_frac: float = 0.35) -> to
     ramp = torch.linspace(0.0, 1.0, min(fade, length // 2) + 1)[1:]
     seg = torch.ones(length)
     seg[: ramp.numel()] = ramp
-    seg[length - ramp.numel():] = ramp.flip(0)
-    env[onset: onset + length] = seg
+    seg[length - ramp.numel() :] = ramp.flip(0)
+    env[onset : onset + length] = seg
     return env
 
 
@@ -281,8 +281,6 @@ def ensure_demo_audio(
 
     def write(out: Path) -> None:
         _logger.info("generating demo audio in %s", root)
-        _write_dataset(
-            out, {"train": num_train_per_class, "eval": num_eval_per_class}, seed, seconds, sample_rate
-        )
+        _write_dataset(out, {"train": num_train_per_class, "eval": num_eval_per_class}, seed, seconds, sample_rate)
 
     return _ensure_generated(root, params, write)

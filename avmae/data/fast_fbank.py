@@ -22,10 +22,8 @@ frames ``[B, M, W]`` (M frames of W samples); features ``[B, M, F]``.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
-
 import os
-from typing import BinaryIO
+from typing import Any, BinaryIO, Dict, List, Optional, Sequence, Tuple, Union
 
 import av
 import numpy as np
@@ -267,7 +265,9 @@ class BatchedFbank(nn.Module):
         frame_ok = torch.arange(M, device=mel.device)[None, :] < self.num_frames(lengths)[:, None]
         return torch.where(frame_ok[..., None], mel, torch.full_like(mel, self.pad_value))
 
-    def _forward_per_item(self, waves: torch.Tensor, lengths: Optional[torch.Tensor], M: int, center: bool) -> torch.Tensor:
+    def _forward_per_item(
+        self, waves: torch.Tensor, lengths: Optional[torch.Tensor], M: int, center: bool
+    ) -> torch.Tensor:
         # CPU: one item at a time, so its frames (~2 MB for 10 s) stay in cache through every
         # step and only its own valid frames are computed. Each item's mean is the same
         # reduction as ``w.mean()`` on the item alone, so results are bit-identical to the
@@ -318,7 +318,7 @@ class BatchedAudioFrontend(nn.Module):
         self.center = center
 
     @classmethod
-    def from_frontend(cls, frontend: AudioFrontend, **kwargs) -> "BatchedAudioFrontend":
+    def from_frontend(cls, frontend: AudioFrontend, **kwargs) -> BatchedAudioFrontend:
         """The batched twin of an ``AudioFrontend`` (which must have a fixed ``target_length``)."""
         if frontend.target_length is None:
             raise ValueError("BatchedAudioFrontend needs a fixed target_length")
@@ -326,7 +326,9 @@ class BatchedAudioFrontend(nn.Module):
             frontend.sample_rate, frontend.num_mel_bins, frontend.target_length, frontend.mean, frontend.std, **kwargs
         )
 
-    def forward(self, waves: Union[torch.Tensor, List[torch.Tensor]], lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self, waves: Union[torch.Tensor, List[torch.Tensor]], lengths: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """waves ``[B, N]`` (or a list of ``[1, N_i]``), lengths ``[B]`` -> ``[B, 1, target_length, F]``."""
         if isinstance(waves, (list, tuple)):
             waves, lengths = pad_waveforms(waves)
@@ -371,5 +373,7 @@ class WaveformDataset(AudioDataset):
                 partner = int(torch.randint(0, len(self), (1,), generator=g))
                 partner, wave2 = self._load_readable(partner, replace)
                 wave2 = self._augment_wave(wave2, g)
-                wave, label, _ = mixup_waveforms(wave, wave2, label, self.label(partner), g, alpha=self.augment["mixup_alpha"])
+                wave, label, _ = mixup_waveforms(
+                    wave, wave2, label, self.label(partner), g, alpha=self.augment["mixup_alpha"]
+                )
         return {"wave": wave.float(), "label": label, "index": index}

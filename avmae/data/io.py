@@ -268,9 +268,7 @@ def save_audio(
             stream.codec_context.options = {"strict": "experimental"}
         if bit_rate is not None:
             stream.codec_context.bit_rate = int(bit_rate)
-        frame = av.AudioFrame.from_ndarray(
-            wave.clamp(-1.0, 1.0).numpy(), format="fltp", layout=layout
-        )
+        frame = av.AudioFrame.from_ndarray(wave.clamp(-1.0, 1.0).numpy(), format="fltp", layout=layout)
         frame.sample_rate = int(sample_rate)
         frame.pts = 0
         for packet in stream.encode(frame):
@@ -278,4 +276,3 @@ def save_audio(
         for packet in stream.encode(None):
             container.mux(packet)
     return path
-

@@ -386,7 +386,12 @@ class ShardDataset(IterableDataset):
         index = int(meta.get("index", -1))
         label = self._label(meta)
         fe = self.frontend
-        if not self.return_waveform and self.use_stored_fbank and "fbank.npy" in sample and self._stored_fbank_fits(meta):
+        if (
+            not self.return_waveform
+            and self.use_stored_fbank
+            and "fbank.npy" in sample
+            and self._stored_fbank_fits(meta)
+        ):
             x = torch.from_numpy(np.load(io.BytesIO(sample["fbank.npy"]), allow_pickle=False))
             return {"audio": fe.normalize(x).unsqueeze(0).float(), "label": label, "index": index}
         ext = _audio_member(sample)
@@ -498,7 +503,9 @@ class IndexedShardDataset(AudioDataset):
             raise ValueError(f"no shards found for {urls!r}")
         bad = [u for u in self.shards if "://" in u or u.startswith("pipe:") or not os.path.isfile(u)]
         if bad:
-            raise ValueError(f"IndexedShardDataset reads local shard files; not a file: {bad[0]} (stream it with ShardDataset)")
+            raise ValueError(
+                f"IndexedShardDataset reads local shard files; not a file: {bad[0]} (stream it with ShardDataset)"
+            )
         self._members: List[Dict[str, tuple]] = []  # per sample: {ext: (shard index, offset, size)}
         items: List[Dict[str, Any]] = []
         for s_idx, shard in enumerate(self.shards):
@@ -516,13 +523,15 @@ class IndexedShardDataset(AudioDataset):
                         raw.seek(off)
                         meta = json.loads(raw.read(size))
                     ext = _audio_member(members)
-                    items.append({
-                        **{k: v for k, v in meta.items() if k not in ("wav", "labels", "index")},
-                        "wav": f"{shard}:{key}.{ext}",
-                        "labels": str(meta.get("labels", "")),
-                        "source": meta.get("wav"),
-                        "source_index": meta.get("index"),
-                    })
+                    items.append(
+                        {
+                            **{k: v for k, v in meta.items() if k not in ("wav", "labels", "index")},
+                            "wav": f"{shard}:{key}.{ext}",
+                            "labels": str(meta.get("labels", "")),
+                            "source": meta.get("wav"),
+                            "source_index": meta.get("index"),
+                        }
+                    )
                     self._members.append(members)
         self.use_stored_fbank = use_stored_fbank
         self._files: Dict[int, Any] = {}
@@ -564,7 +573,11 @@ class IndexedShardDataset(AudioDataset):
         fb, fe = self.items[index].get("fbank"), self.frontend
         if not (self.use_stored_fbank and fb and "fbank.npy" in self._members[index]):
             return None
-        if (fb["sample_rate"], fb["num_mel_bins"], fb["target_length"]) != (fe.sample_rate, fe.num_mel_bins, fe.target_length):
+        if (fb["sample_rate"], fb["num_mel_bins"], fb["target_length"]) != (
+            fe.sample_rate,
+            fe.num_mel_bins,
+            fe.target_length,
+        ):
             return None
         return torch.from_numpy(np.load(io.BytesIO(self._read(index, "fbank.npy")), allow_pickle=False))
 

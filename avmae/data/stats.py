@@ -64,8 +64,14 @@ class ClipSurvey:
         mean = float(total / n)
         var = float((total_sq - n * mean * mean) / (n - 1))
         return {
-            "mean": mean, "std": math.sqrt(max(var, 0.0)), "files": len(self.frames), "frames": frames, "skipped": list(self.skipped),
-            "target_length": target_length, "sample_rate": self.sample_rate, "num_mel_bins": self.num_mel_bins,
+            "mean": mean,
+            "std": math.sqrt(max(var, 0.0)),
+            "files": len(self.frames),
+            "frames": frames,
+            "skipped": list(self.skipped),
+            "target_length": target_length,
+            "sample_rate": self.sample_rate,
+            "num_mel_bins": self.num_mel_bins,
         }
 
 
@@ -116,11 +122,15 @@ def fbank_stats(
     """Mean and (unbiased) std of every un-normalised fbank value over a seeded sample of
     ``max_files`` files (all when None). ``target_length``: pad/crop each clip as the frontend
     does (None: whole clips). -> dict(mean, std, files, frames, skipped, ...)."""
-    survey = survey_clips(paths, max_files=max_files, seed=seed, sample_rate=sample_rate, num_mel_bins=num_mel_bins, progress=progress)
+    survey = survey_clips(
+        paths, max_files=max_files, seed=seed, sample_rate=sample_rate, num_mel_bins=num_mel_bins, progress=progress
+    )
     return survey.stats(target_length)
 
 
-def choose_target_length(frames: Sequence[int], *, percentile: float = 95.0, step: int = 16, minimum: int = 32, maximum: int = 1024) -> int:
+def choose_target_length(
+    frames: Sequence[int], *, percentile: float = 95.0, step: int = 16, minimum: int = 32, maximum: int = 1024
+) -> int:
     """The input length for clips of ``frames`` fbank frames: the ``percentile`` of the lengths
     (nearest rank), rounded up to a multiple of ``step`` (the patch size), within
     [``minimum``, ``maximum``]. Shorter clips are padded, the few longer ones cropped."""

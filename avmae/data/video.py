@@ -95,7 +95,9 @@ class VideoInfo:
 
 
 def _open(source: MediaSource, name: str, timeout: Optional[float] = None):
-    """Open ``source`` for reading (a file object from its start); a path is checked first so that the reason is precise."""
+    """Open ``source`` for reading (a file object from its start); a path is checked first so that the reason is
+    precise.
+    """
     return _open_media(source, name, timeout, rewind=True)
 
 
@@ -189,11 +191,15 @@ def _frame_time(frame, stream, start: float, count: int, rate: Optional[Fraction
 class _Cursor:
     """Decodes the video stream forward from where the last seek left it."""
 
-    def __init__(self, container, stream, name: str, timeout: Optional[float] = None, deadline: Optional[float] = None) -> None:
+    def __init__(
+        self, container, stream, name: str, timeout: Optional[float] = None, deadline: Optional[float] = None
+    ) -> None:
         self.container, self.stream, self.name = container, stream, name
         self.timeout, self.deadline = timeout, deadline
         self.time_base = stream.time_base
-        self.start = float(stream.start_time * stream.time_base) if stream.start_time is not None and stream.time_base else 0.0
+        self.start = (
+            float(stream.start_time * stream.time_base) if stream.start_time is not None and stream.time_base else 0.0
+        )
         self.rate = stream.average_rate or stream.guessed_rate
         self.seeks = 0
         self.decoded = 0
@@ -271,7 +277,10 @@ def _to_rgb(frames: list) -> torch.Tensor:
     shapes = {tuple(a.shape) for a in arrays}
     if len(shapes) > 1:  # resolution changes mid-stream: bring every frame to the first's size
         h, w = arrays[0].shape[:2]
-        arrays = [a if a.shape[:2] == (h, w) else TF.resize(a.permute(2, 0, 1), [h, w], antialias=True).permute(1, 2, 0) for a in arrays]
+        arrays = [
+            a if a.shape[:2] == (h, w) else TF.resize(a.permute(2, 0, 1), [h, w], antialias=True).permute(1, 2, 0)
+            for a in arrays
+        ]
     return torch.stack(arrays)
 
 
@@ -355,7 +364,13 @@ def decode_frames(
         raise MediaError(name, f"corrupt or truncated video ({type(err).__name__}: {err})") from err
 
 
-def _decode_sequential(path: MediaSource, name: str, targets: List[float], timeout: Optional[float] = None, deadline: Optional[float] = None) -> torch.Tensor:
+def _decode_sequential(
+    path: MediaSource,
+    name: str,
+    targets: List[float],
+    timeout: Optional[float] = None,
+    deadline: Optional[float] = None,
+) -> torch.Tensor:
     container = _open(path, name, timeout)
     with container:
         cursor = _Cursor(container, _video_stream(container, name), name, timeout, deadline)
@@ -365,7 +380,9 @@ def _decode_sequential(path: MediaSource, name: str, targets: List[float], timeo
             cursor.close()
 
 
-def decode_all_frames(path: MediaSource, *, timeout: Optional[float] = DEFAULT_DECODE_TIMEOUT) -> Tuple[torch.Tensor, torch.Tensor]:
+def decode_all_frames(
+    path: MediaSource, *, timeout: Optional[float] = DEFAULT_DECODE_TIMEOUT
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """Every frame of the first video stream, in presentation order ->
     ``(frames [N, H, W, 3] uint8, times [N] float64 seconds from the stream start)``."""
     name = _source_name(path)
@@ -489,7 +506,14 @@ def load_frames(
     (``mode="random"``, training; draws from ``generator``, which also drives a random crop).
     """
     raw = decode_frames(
-        path, num_frames, times=times, mode=mode, generator=generator, seek=seek, seek_threshold=seek_threshold, timeout=timeout
+        path,
+        num_frames,
+        times=times,
+        mode=mode,
+        generator=generator,
+        seek=seek,
+        seek_threshold=seek_threshold,
+        timeout=timeout,
     )
     return transform_frames(
         raw, size, short_side=short_side, crop=crop, flip=flip, generator=generator, mean=mean, std=std
@@ -588,7 +612,10 @@ def load_frame_folder(
             _logger.debug("%s: frame %d missing, using frame %d", name, idx, k)
         images.append(_read_jpeg(path, name))
     h, w = images[0].shape[:2]
-    images = [im if im.shape[:2] == (h, w) else TF.resize(im.permute(2, 0, 1), [h, w], antialias=True).permute(1, 2, 0) for im in images]
+    images = [
+        im if im.shape[:2] == (h, w) else TF.resize(im.permute(2, 0, 1), [h, w], antialias=True).permute(1, 2, 0)
+        for im in images
+    ]
     return transform_frames(
         torch.stack(images), size, short_side=short_side, crop=crop, flip=flip, generator=generator, mean=mean, std=std
     )

@@ -104,8 +104,9 @@ class Decoder(nn.Module):
             L = spec.num_tokens
             if info.ids_restore.shape[1] != L:
                 raise ValueError(
-                    f"the decoder was built for {L} {m} tokens (grid {spec.grid}), the input has {info.ids_restore.shape[1]}: "
-                    "build the model at this input length (avmae.hub.load_pretrained(path, target_length=...))"
+                    f"the decoder was built for {L} {m} tokens (grid {spec.grid}), the input has"
+                    f" {info.ids_restore.shape[1]}: build the model at this input length"
+                    " (avmae.hub.load_pretrained(path, target_length=...))"
                 )
             fill = self.mask_token.to(x.dtype).expand(B, L - info.num_visible, d)
             seq = torch.cat([vis, fill], dim=1)

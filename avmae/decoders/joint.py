@@ -101,7 +101,9 @@ class JointDecoder(Decoder):
         local_modalities = {m: dict(cfg or {}) for m, cfg in (local_modalities or {}).items()}
         unknown = set(local_modalities) - set(self.specs)
         if unknown:
-            raise ValueError(f"local_modalities names {sorted(unknown)}, not among the decoder's modalities {list(self.specs)}")
+            raise ValueError(
+                f"local_modalities names {sorted(unknown)}, not among the decoder's modalities {list(self.specs)}"
+            )
         if local_depth is None:
             local_depth = depth // 2 if local_modalities else 0
         if not 0 <= local_depth <= depth:
@@ -133,7 +135,11 @@ class JointDecoder(Decoder):
                     meta_drop=meta_drop,
                     norm_eps=norm_eps,
                 )
-            other = make_block(self.embed_dim, num_heads, mlp_ratio=mlp_ratio, norm_eps=norm_eps) if (others or self.has_cls) else None
+            other = (
+                make_block(self.embed_dim, num_heads, mlp_ratio=mlp_ratio, norm_eps=norm_eps)
+                if (others or self.has_cls)
+                else None
+            )
             blocks.append(MixedBlock(local, other))
         for _ in range(depth - local_depth):
             blocks.append(make_block(self.embed_dim, num_heads, mlp_ratio=mlp_ratio, norm_eps=norm_eps))

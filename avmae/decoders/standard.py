@@ -35,7 +35,11 @@ def _official_blocks(sd: Mapping[str, torch.Tensor]) -> Tuple[int, List[int], Op
     pretraining state dict: a window block carries ``attn.tau`` (one per head) or the log-CPB MLP."""
     idx = {int(k.split(".")[1]) for k in sd if k.startswith("decoder_blocks.") and k.split(".")[1].isdigit()}
     depth = max(idx) + 1 if idx else 0
-    local = [i for i in range(depth) if f"decoder_blocks.{i}.attn.tau" in sd or f"decoder_blocks.{i}.attn.meta_mlp.fc1.weight" in sd]
+    local = [
+        i
+        for i in range(depth)
+        if f"decoder_blocks.{i}.attn.tau" in sd or f"decoder_blocks.{i}.attn.meta_mlp.fc1.weight" in sd
+    ]
     tau = sd.get(f"decoder_blocks.{local[0]}.attn.tau") if local else None
     return depth, local, None if tau is None else int(tau.shape[0])
 
@@ -137,7 +141,7 @@ class SwinDecoder(_LocalMixin, Decoder):
         return {"depth": depth, "num_heads": heads} if depth and len(local) == depth else None
 
     def forward_blocks(self, cls, tokens):
-        (m, x), = tokens.items()
+        ((m, x),) = tokens.items()
         for blk in self.blocks:
             x = blk(x)
         return {m: x}
@@ -194,7 +198,7 @@ class HybridDecoder(_LocalMixin, Decoder):
         return {"depth": depth, "global_depth": depth - len(local), "num_heads": heads}
 
     def forward_blocks(self, cls, tokens):
-        (m, x), = tokens.items()
+        ((m, x),) = tokens.items()
         for blk in self.blocks:
             x = blk(x)
         return {m: x}

@@ -15,7 +15,9 @@ from timm.models.vision_transformer import Block
 __all__ = ["make_block", "init_mae_weights", "drop_path_rates"]
 
 
-def make_block(dim: int, num_heads: int, *, mlp_ratio: float = 4.0, drop_path: float = 0.0, norm_eps: float = 1e-6) -> Block:
+def make_block(
+    dim: int, num_heads: int, *, mlp_ratio: float = 4.0, drop_path: float = 0.0, norm_eps: float = 1e-6
+) -> Block:
     """A pre-norm ViT block with qkv bias and LayerNorm(eps)."""
     return Block(
         dim,

@@ -113,7 +113,9 @@ class WindowAttention(nn.Module):
             k = k / k.norm(dim=-1, keepdim=True).clamp(min=1e-6)
             q, k, v = (t.reshape(Bw // nW, nW * h, n, -1) for t in (q, k, v))
             drop = self.attn_drop if self.training else 0.0
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.reshape(1, nW * h, n, n), dropout_p=drop, scale=1.0)
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=bias.reshape(1, nW * h, n, n), dropout_p=drop, scale=1.0
+            )
             out = out.view(Bw, h, n, -1)
         else:
             # plain math, the released code's formula: q.k / clamp(|q| |k|) / tau + bias

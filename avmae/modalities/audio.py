@@ -35,9 +35,8 @@ from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
-from einops import rearrange
-
 import torch.nn.functional as F
+from einops import rearrange
 
 from ..registry import register_modality
 from ..structures import GridSpec, pos_table
@@ -93,15 +92,23 @@ class AudioModality(Modality):
     ) -> None:
         super().__init__()
         base_length = target_length if pos_base_length is None else pos_base_length
-        for name, v in (("target_length", target_length), ("num_mel_bins", num_mel_bins), ("pos_base_length", base_length)):
+        for name, v in (
+            ("target_length", target_length),
+            ("num_mel_bins", num_mel_bins),
+            ("pos_base_length", base_length),
+        ):
             if v <= 0 or v % patch_size:
                 raise ValueError(f"{name}={v} must be a positive multiple of patch_size={patch_size}")
         if layout not in ("tf", "ft"):
-            raise ValueError(f"audio layout must be 'tf' (time-major, AudioMAE) or 'ft' (frequency-major, CAV-MAE), got {layout!r}")
+            raise ValueError(
+                f"audio layout must be 'tf' (time-major, AudioMAE) or 'ft' (frequency-major, CAV-MAE), got {layout!r}"
+            )
         if pos_embed is None:
             pos_embed = "audiomae" if layout == "tf" else "sincos2d"
         if layout == "ft" and pos_embed == "audiomae":
-            raise ValueError("pos_embed='audiomae' is AudioMAE's table for the 'tf' layout; use 'sincos2d' with layout='ft'")
+            raise ValueError(
+                "pos_embed='audiomae' is AudioMAE's table for the 'tf' layout; use 'sincos2d' with layout='ft'"
+            )
         self.patch_size = patch_size
         self.layout = layout
         self.input_shape = (1, target_length, num_mel_bins)
@@ -120,7 +127,13 @@ class AudioModality(Modality):
         nn.init.zeros_(self.patch_embed.proj.bias)
 
     def spec(self) -> GridSpec:
-        return GridSpec(name=self.key, grid=tuple(self.grid), patch_dim=self.patch_dim, pos_embed=self.pos_embed_kind, pos_base=self.pos_base)
+        return GridSpec(
+            name=self.key,
+            grid=tuple(self.grid),
+            patch_dim=self.patch_dim,
+            pos_embed=self.pos_embed_kind,
+            pos_base=self.pos_base,
+        )
 
     # ------------------------------------------------------------------ input length
     @property
@@ -145,7 +158,9 @@ class AudioModality(Modality):
                 f"multiple of {self.patch_size} ({T} as built), got {list(x.shape)}"
             )
 
-    def resize_pos_table(self, table: torch.Tensor, time_patches: int, *, learned: Optional[bool] = None) -> torch.Tensor:
+    def resize_pos_table(
+        self, table: torch.Tensor, time_patches: int, *, learned: Optional[bool] = None
+    ) -> torch.Tensor:
         """A positional table of this modality's layout for another number of time rows.
 
         table: [1, t0 * F', D] (any width D: the decoder's tables too); -> [1, time_patches * F', D].
@@ -156,7 +171,9 @@ class AudioModality(Modality):
         f = self.input_shape[2] // self.patch_size
         D = table.shape[-1]
         if table.dim() != 3 or table.shape[1] % f:
-            raise ValueError(f"a positional table of this audio modality has a multiple of {f} rows, got shape {list(table.shape)}")
+            raise ValueError(
+                f"a positional table of this audio modality has a multiple of {f} rows, got shape {list(table.shape)}"
+            )
         t0 = table.shape[1] // f
         if time_patches == t0:
             return table
@@ -165,12 +182,18 @@ class AudioModality(Modality):
         if time_patches < t0:
             out = grid[:, :time_patches]
         elif learned if learned is not None else self.pos_embed.requires_grad:
-            out = F.interpolate(grid.permute(0, 3, 1, 2).float(), size=(time_patches, f), mode="bilinear", align_corners=False)
+            out = F.interpolate(
+                grid.permute(0, 3, 1, 2).float(), size=(time_patches, f), mode="bilinear", align_corners=False
+            )
             out = out.permute(0, 2, 3, 1).to(table.dtype)
         else:
             full_grid = (time_patches, f) if self.layout == "tf" else (f, time_patches)
             full = pos_table(self.pos_embed_kind, D, full_grid, base=self.pos_base).to(table)
-            full = full.reshape(1, time_patches, f, D) if self.layout == "tf" else full.reshape(1, f, time_patches, D).transpose(1, 2)
+            full = (
+                full.reshape(1, time_patches, f, D)
+                if self.layout == "tf"
+                else full.reshape(1, f, time_patches, D).transpose(1, 2)
+            )
             out = torch.cat([grid, full[:, t0:]], dim=1)
         out = out if self.layout == "tf" else out.transpose(1, 2)
         return out.reshape(1, time_patches * f, D)

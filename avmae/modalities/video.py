@@ -100,7 +100,9 @@ class VideoModality(Modality):
             raise ValueError(f"video pos_embed must be 'sincos', got {pos_embed!r}")
         masking = masking or ("random" if tubelet == 1 else "tube")
         if masking not in MASKERS:
-            raise ValueError(f"video masking must name a registered masker ({', '.join(MASKERS.names())}), got {masking!r}")
+            raise ValueError(
+                f"video masking must name a registered masker ({', '.join(MASKERS.names())}), got {masking!r}"
+            )
         self.num_frames = num_frames
         self.tubelet = tubelet
         self.patch_size = patch_size
@@ -115,7 +117,9 @@ class VideoModality(Modality):
         if tubelet == 1:
             self.patch_embed: nn.Module = PatchEmbed2d(in_chans=in_chans, embed_dim=embed_dim, patch_size=patch_size)
         else:
-            self.patch_embed = TubeletEmbed(in_chans=in_chans, embed_dim=embed_dim, patch_size=patch_size, tubelet=tubelet)
+            self.patch_embed = TubeletEmbed(
+                in_chans=in_chans, embed_dim=embed_dim, patch_size=patch_size, tubelet=tubelet
+            )
         table = pos_table(self.pos_embed_kind, embed_dim, self.grid).unsqueeze(0)
         self.pos_embed = nn.Parameter(table, requires_grad=pos_trainable)
         w = self.patch_embed.proj.weight.data
@@ -149,7 +153,13 @@ class VideoModality(Modality):
         return rearrange(
             patches,
             "b (t h w) (u p q c) -> b (t u) c (h p) (w q)",
-            t=self.time_steps, h=gh, w=gw, u=self.tubelet, p=p, q=p, c=self.in_chans,
+            t=self.time_steps,
+            h=gh,
+            w=gw,
+            u=self.tubelet,
+            p=p,
+            q=p,
+            c=self.in_chans,
         )
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:

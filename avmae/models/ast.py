@@ -108,7 +108,9 @@ def resample_pos_grid(pos: torch.Tensor, src_grid: Grid, dst_grid: Grid) -> torc
     return rearrange(grid, "b d f t -> b (f t) d").to(dtype)
 
 
-def adapt_pos_embed(pos_embed: torch.Tensor, src_grid: Grid, dst_grid: Grid, num_prefix: int = _NUM_PREFIX) -> torch.Tensor:
+def adapt_pos_embed(
+    pos_embed: torch.Tensor, src_grid: Grid, dst_grid: Grid, num_prefix: int = _NUM_PREFIX
+) -> torch.Tensor:
     """[1, P + F*T, D] -> [1, P + F'*T', D]: the P prefix rows (cls, dist) kept, the grid resampled."""
     prefix, grid = pos_embed[:, :num_prefix], pos_embed[:, num_prefix:]
     return torch.cat([prefix, resample_pos_grid(grid, src_grid, dst_grid)], dim=1)
@@ -174,13 +176,20 @@ class ASTEncoder(nn.Module):
         self.grid = ast_grid(num_mel_bins, target_length, fstride, tstride, patch_size)
         self.strides = (fstride, tstride)
         self.embed_dim = embed_dim
-        self.patch_embed = PatchEmbed2d(in_chans=1, embed_dim=embed_dim, patch_size=patch_size, stride=(fstride, tstride))
+        self.patch_embed = PatchEmbed2d(
+            in_chans=1, embed_dim=embed_dim, patch_size=patch_size, stride=(fstride, tstride)
+        )
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.dist_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, _NUM_PREFIX + self.num_patches, embed_dim))
         self.pos_drop = nn.Dropout(drop_rate)
         dpr = [drop_path * i / max(depth - 1, 1) for i in range(depth)]  # stochastic depth, linear in depth
-        self.blocks = nn.ModuleList([make_block(embed_dim, num_heads, mlp_ratio=mlp_ratio, drop_path=dpr[i], norm_eps=norm_eps) for i in range(depth)])
+        self.blocks = nn.ModuleList(
+            [
+                make_block(embed_dim, num_heads, mlp_ratio=mlp_ratio, drop_path=dpr[i], norm_eps=norm_eps)
+                for i in range(depth)
+            ]
+        )
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
         self.blocks.apply(_init_vit)
         self.norm.apply(_init_vit)
@@ -302,7 +311,9 @@ class ASTClassifier(nn.Module):
     def _make_head(self, num_classes: int) -> nn.Module:
         if num_classes <= 0:
             return nn.Identity()
-        return nn.Sequential(nn.LayerNorm(self.embed_dim, eps=self.head_norm_eps), nn.Linear(self.embed_dim, num_classes))
+        return nn.Sequential(
+            nn.LayerNorm(self.embed_dim, eps=self.head_norm_eps), nn.Linear(self.embed_dim, num_classes)
+        )
 
     def reset_head(self, num_classes: Optional[int] = None) -> None:
         """A fresh head (LayerNorm and Linear, PyTorch's default init), as the released code makes
@@ -334,7 +345,9 @@ class ASTClassifier(nn.Module):
         return self.head(self.forward_features(inputs))
 
 
-def ast_classifier(size: str, *, deit_checkpoint: Optional[Union[str, os.PathLike]] = None, **overrides: Any) -> ASTClassifier:
+def ast_classifier(
+    size: str, *, deit_checkpoint: Optional[Union[str, os.PathLike]] = None, **overrides: Any
+) -> ASTClassifier:
     """AST of a named size (``AST_SIZES``); ``deit_checkpoint`` initialises it from a DeiT file."""
     if size not in AST_SIZES:
         raise KeyError(f"unknown AST size {size!r}; valid: {', '.join(AST_SIZES)}")
@@ -349,7 +362,10 @@ def _register(size: str) -> None:
         return ast_classifier(size, **kw)
 
     s = AST_SIZES[size]
-    factory.__doc__ = f"AST with a DeiT-{size} backbone ({s['embed_dim']}-d, {s['depth']} blocks, {s['num_heads']} heads); see avmae.models.ast.ast_classifier."
+    factory.__doc__ = (
+        f"AST with a DeiT-{size} backbone ({s['embed_dim']}-d, {s['depth']} blocks, {s['num_heads']} heads); see"
+        " avmae.models.ast.ast_classifier."
+    )
     register_model(f"ast_{size}")(factory)
 
 
@@ -363,7 +379,9 @@ for _size in AST_SIZES:
 
 def _require_ast(model: nn.Module) -> ASTClassifier:
     if not isinstance(model, ASTClassifier):
-        raise CheckpointError(f"an AST checkpoint needs an AST model (e.g. create_model('ast_base')), got {type(model).__name__}")
+        raise CheckpointError(
+            f"an AST checkpoint needs an AST model (e.g. create_model('ast_base')), got {type(model).__name__}"
+        )
     return model
 
 
@@ -462,13 +480,19 @@ def init_from_deit(
     own = model.state_dict()
     for k, v in mapped.items():
         if k in own and v.shape != own[k].shape:
-            raise CheckpointError(f"{path}: tensor {k!r} has shape {tuple(v.shape)} in the checkpoint but {tuple(own[k].shape)} in the model (another size?)")
+            raise CheckpointError(
+                f"{path}: tensor {k!r} has shape {tuple(v.shape)} in the checkpoint but {tuple(own[k].shape)} in the"
+                " model (another size?)"
+            )
     missing = sorted(set(own) - set(mapped))
     report.reinitialized = sorted(k for k in set(fresh) if k in own)
     report.missing = [k for k in missing if k not in fresh]
     report.unexpected = sorted(set(mapped) - set(own))
     if strict and (report.missing or report.unexpected):
-        raise CheckpointError(f"{path} does not fit {type(model).__name__}: missing {report.missing[:8]}, unexpected {report.unexpected[:8]}")
+        raise CheckpointError(
+            f"{path} does not fit {type(model).__name__}: missing {report.missing[:8]}, unexpected"
+            f" {report.unexpected[:8]}"
+        )
     to_load = {k: v for k, v in mapped.items() if k in own}
     model.load_state_dict(to_load, strict=False)
     report.loaded = len(to_load)

@@ -40,19 +40,43 @@ __all__ = ["AV_SIZES", "avmae_av"]
 
 AV_SIZES: Dict[str, Dict[str, Any]] = {
     "vit_base": dict(
-        embed_dim=768, depth=12, joint_depth=1, num_heads=12,
-        decoder_dim=512, decoder_depth=8, decoder_heads=16, local_depth=4,
-        target_length=1024, num_frames=8, image_size=224,
+        embed_dim=768,
+        depth=12,
+        joint_depth=1,
+        num_heads=12,
+        decoder_dim=512,
+        decoder_depth=8,
+        decoder_heads=16,
+        local_depth=4,
+        target_length=1024,
+        num_frames=8,
+        image_size=224,
     ),
     "demo": dict(
-        embed_dim=192, depth=4, joint_depth=1, num_heads=3,
-        decoder_dim=128, decoder_depth=2, decoder_heads=4, local_depth=1,
-        target_length=256, num_frames=4, image_size=64,
+        embed_dim=192,
+        depth=4,
+        joint_depth=1,
+        num_heads=3,
+        decoder_dim=128,
+        decoder_depth=2,
+        decoder_heads=4,
+        local_depth=1,
+        target_length=256,
+        num_frames=4,
+        image_size=64,
     ),
     "tiny": dict(
-        embed_dim=64, depth=2, joint_depth=1, num_heads=4,
-        decoder_dim=64, decoder_depth=2, decoder_heads=4, local_depth=1,
-        target_length=64, num_frames=4, image_size=64,
+        embed_dim=64,
+        depth=2,
+        joint_depth=1,
+        num_heads=4,
+        decoder_dim=64,
+        decoder_depth=2,
+        decoder_heads=4,
+        local_depth=1,
+        target_length=64,
+        num_frames=4,
+        image_size=64,
     ),
 }
 
@@ -84,17 +108,26 @@ def avmae_av(
         raise ValueError(f"unknown avmae size {size!r}; valid: {', '.join(AV_SIZES)}")
     s = AV_SIZES[size]
     modalities = {
-        "audio": dict(target_length=target_length or s["target_length"], num_mel_bins=num_mel_bins, pos_embed="audiomae"),
-        "video": dict(num_frames=num_frames or s["num_frames"], image_size=image_size or s["image_size"], tubelet=tubelet),
+        "audio": dict(
+            target_length=target_length or s["target_length"], num_mel_bins=num_mel_bins, pos_embed="audiomae"
+        ),
+        "video": dict(
+            num_frames=num_frames or s["num_frames"], image_size=image_size or s["image_size"], tubelet=tubelet
+        ),
     }
     params: Dict[str, Any] = dict(embed_dim=s["decoder_dim"], depth=s["decoder_depth"], num_heads=s["decoder_heads"])
     if decoder == "joint":
-        params.update(local_modalities={"audio": {"window": list(local_window), "shift": list(local_shift)}}, local_depth=s["local_depth"])
+        params.update(
+            local_modalities={"audio": {"window": list(local_window), "shift": list(local_shift)}},
+            local_depth=s["local_depth"],
+        )
     params.update(dict(decoder_params or {}))
     if params.get("local_depth") == 0:
         params.pop("local_modalities", None)
     kw: Dict[str, Any] = dict(
-        embed_dim=s["embed_dim"], depth=s["depth"], num_heads=s["num_heads"],
+        embed_dim=s["embed_dim"],
+        depth=s["depth"],
+        num_heads=s["num_heads"],
         joint_depth=s["joint_depth"] if joint_depth is None else joint_depth,
     )
     kw.update(overrides)

@@ -100,20 +100,31 @@ class ModalityNormBlock(nn.Module):
 def _modality_configs(audio_length: int, num_mel_bins: int, image_size: int, patch_size: int, pos_trainable: bool):
     return {
         "audio": dict(
-            target_length=audio_length, num_mel_bins=num_mel_bins, patch_size=patch_size, layout="ft", pos_embed="sincos2d", pos_trainable=pos_trainable
+            target_length=audio_length,
+            num_mel_bins=num_mel_bins,
+            patch_size=patch_size,
+            layout="ft",
+            pos_embed="sincos2d",
+            pos_trainable=pos_trainable,
         ),
-        "video": dict(num_frames=1, image_size=image_size, patch_size=patch_size, tubelet=1, pos_trainable=pos_trainable),
+        "video": dict(
+            num_frames=1, image_size=image_size, patch_size=patch_size, tubelet=1, pos_trainable=pos_trainable
+        ),
     }
 
 
 def _check_depths(depth: int, modality_specific_depth: int) -> None:
     if not 0 <= modality_specific_depth < depth:
-        raise ValueError(f"modality_specific_depth={modality_specific_depth} must leave at least one shared block of depth={depth}")
+        raise ValueError(
+            f"modality_specific_depth={modality_specific_depth} must leave at least one shared block of depth={depth}"
+        )
 
 
 def _shared_blocks(embed_dim: int, num_heads: int, mlp_ratio: float, drop_paths: List[float]) -> nn.ModuleList:
     """The blocks both modalities share, one per stochastic-depth rate in ``drop_paths``."""
-    return nn.ModuleList([ModalityNormBlock(embed_dim, num_heads, mlp_ratio=mlp_ratio, drop_path=d) for d in drop_paths])
+    return nn.ModuleList(
+        [ModalityNormBlock(embed_dim, num_heads, mlp_ratio=mlp_ratio, drop_path=d) for d in drop_paths]
+    )
 
 
 class CAVMAE(MaskedAutoencoder):
@@ -176,7 +187,13 @@ class CAVMAE(MaskedAutoencoder):
             joint_depth=depth - modality_specific_depth,
             cls_token=False,
             decoder="joint",
-            decoder_params=dict(embed_dim=decoder_embed_dim, depth=decoder_depth, num_heads=decoder_num_heads, mlp_ratio=mlp_ratio, norm_eps=LN_EPS),
+            decoder_params=dict(
+                embed_dim=decoder_embed_dim,
+                depth=decoder_depth,
+                num_heads=decoder_num_heads,
+                mlp_ratio=mlp_ratio,
+                norm_eps=LN_EPS,
+            ),
             norm_pix_loss=norm_pix_loss,
             mask_ratio={"audio": mask_ratio_a, "video": mask_ratio_v},
             loss_weights={"audio": mae_loss_weight, "video": mae_loss_weight},
@@ -259,13 +276,20 @@ class CAVMAEClassifier(nn.Module):
         self.mode = mode
         self.num_classes = num_classes
         self.embed_dim = embed_dim
-        self.modalities = build_modalities(_modality_configs(audio_length, num_mel_bins, image_size, patch_size, pos_trainable), embed_dim)
+        self.modalities = build_modalities(
+            _modality_configs(audio_length, num_mel_bins, image_size, patch_size, pos_trainable), embed_dim
+        )
         self.modality_embed = nn.ParameterDict({m: nn.Parameter(torch.zeros(1, 1, embed_dim)) for m in MODALITY_KEYS})
         dpr = drop_path_rates(drop_path, depth)
         norm = partial(nn.LayerNorm, eps=LN_EPS)
         self.modality_blocks = nn.ModuleDict(
             {
-                m: nn.ModuleList([make_block(embed_dim, num_heads, mlp_ratio=mlp_ratio, drop_path=dpr[i], norm_eps=LN_EPS) for i in range(modality_specific_depth)])
+                m: nn.ModuleList(
+                    [
+                        make_block(embed_dim, num_heads, mlp_ratio=mlp_ratio, drop_path=dpr[i], norm_eps=LN_EPS)
+                        for i in range(modality_specific_depth)
+                    ]
+                )
                 for m in MODALITY_KEYS
             }
         )
@@ -300,7 +324,9 @@ class CAVMAEClassifier(nn.Module):
         mode = mode or self.mode
         if mode not in FT_MODES:
             raise ValueError(f"unknown CAV-MAE mode {mode!r}; valid: {', '.join(FT_MODES)}")
-        need = {"multimodal": MODALITY_KEYS, "audioonly": ("audio",), "missingaudioonly": ("audio",)}.get(mode, ("video",))
+        need = {"multimodal": MODALITY_KEYS, "audioonly": ("audio",), "missingaudioonly": ("audio",)}.get(
+            mode, ("video",)
+        )
         missing = [m for m in need if m not in inputs]
         if missing:
             raise KeyError(f"mode {mode!r} needs inputs {list(need)}; missing {missing}")
@@ -323,11 +349,26 @@ class CAVMAEClassifier(nn.Module):
 
 CAV_MAE_SIZES: Dict[str, Dict[str, Any]] = {
     # the release: ViT-B towers of 11 blocks + 1 shared block, 8 x 512 joint decoder
-    "base": dict(embed_dim=768, depth=12, modality_specific_depth=11, num_heads=12, decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16),
+    "base": dict(
+        embed_dim=768,
+        depth=12,
+        modality_specific_depth=11,
+        num_heads=12,
+        decoder_embed_dim=512,
+        decoder_depth=8,
+        decoder_num_heads=16,
+    ),
     # for tests: 64-d, 1 + 1 blocks; 64 x 128 spectrograms (8 x 4 = 32 tokens), 64 x 64 frames (16 tokens)
     "tiny": dict(
-        embed_dim=64, depth=2, modality_specific_depth=1, num_heads=4, decoder_embed_dim=32, decoder_depth=2, decoder_num_heads=4,
-        audio_length=64, image_size=64,
+        embed_dim=64,
+        depth=2,
+        modality_specific_depth=1,
+        num_heads=4,
+        decoder_embed_dim=32,
+        decoder_depth=2,
+        decoder_num_heads=4,
+        audio_length=64,
+        image_size=64,
     ),
 }
 _DECODER_KEYS = ("decoder_embed_dim", "decoder_depth", "decoder_num_heads")
@@ -340,7 +381,10 @@ def _check_size(size: str) -> None:
 
 def _check_one_frame(num_frames: int) -> None:
     if num_frames != 1:
-        raise ValueError(f"CAV-MAE takes one video frame per clip; got num_frames={num_frames} (leave model.params.num_frames out, or 1)")
+        raise ValueError(
+            f"CAV-MAE takes one video frame per clip; got num_frames={num_frames} (leave model.params.num_frames out,"
+            " or 1)"
+        )
 
 
 def _audio_length(target_length: Optional[int], overrides: Dict[str, Any]) -> None:
@@ -480,7 +524,9 @@ def _map_block(rest: str, shared: bool) -> Optional[str]:
 def _map_cav_mae(sd: Dict[str, torch.Tensor], model: nn.Module):
     """The release's keys (``module.`` already stripped) -> this module's models."""
     if not isinstance(model, (CAVMAE, CAVMAEClassifier)):
-        raise CheckpointError(f"a CAV-MAE checkpoint loads into CAVMAE / CAVMAEClassifier (cav_mae_* models), not {type(model).__name__}")
+        raise CheckpointError(
+            f"a CAV-MAE checkpoint loads into CAVMAE / CAVMAEClassifier (cav_mae_* models), not {type(model).__name__}"
+        )
     pretrain = isinstance(model, CAVMAE)
     out: Dict[str, torch.Tensor] = {}
     ignored: List[str] = []
@@ -522,14 +568,20 @@ def _map_cav_mae(sd: Dict[str, torch.Tensor], model: nn.Module):
             elif head == "mask_token":
                 new = "decoder.mask_token"
             else:  # decoder_embed, decoder_norm
-                new = f"decoder.{head[len('decoder_'):]}" + (f".{rest}" if rest else "")
+                new = f"decoder.{head[len('decoder_') :]}" + (f".{rest}" if rest else "")
         else:
             new = k  # left for the strict check to report
         if new is None:
             ignored.append(k)
         else:
             out[new] = v
-    fresh = [] if pretrain else [k for k in ("mlp_head.0.weight", "mlp_head.0.bias", "mlp_head.1.weight", "mlp_head.1.bias") if k not in out]
+    fresh = (
+        []
+        if pretrain
+        else [
+            k for k in ("mlp_head.0.weight", "mlp_head.0.bias", "mlp_head.1.weight", "mlp_head.1.bias") if k not in out
+        ]
+    )
     return out, ignored, fresh
 
 

@@ -1,7 +1,7 @@
 """Classifier on a pretrained encoder: AudioMAE's fine-tuning model.
 
-    x --embed--> tokens --(train: structured time/freq masking)--> [cls] + tokens --blocks-->
-        mean over patch tokens --fc_norm--> head --> logits [B, C]
+x --embed--> tokens --(train: structured time/freq masking)--> [cls] + tokens --blocks-->
+    mean over patch tokens --fc_norm--> head --> logits [B, C]
 """
 
 from __future__ import annotations
@@ -75,7 +75,12 @@ class EncoderClassifier(nn.Module):
             self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
             self.cls_pos_embed = nn.Parameter(torch.zeros(1, 1, embed_dim), requires_grad=False)
         dpr = drop_path_rates(drop_path, depth)
-        self.blocks = nn.ModuleList([make_block(embed_dim, num_heads, mlp_ratio=mlp_ratio, drop_path=dpr[i], norm_eps=norm_eps) for i in range(depth)])
+        self.blocks = nn.ModuleList(
+            [
+                make_block(embed_dim, num_heads, mlp_ratio=mlp_ratio, drop_path=dpr[i], norm_eps=norm_eps)
+                for i in range(depth)
+            ]
+        )
         self.fc_norm = nn.LayerNorm(embed_dim, eps=norm_eps)
         self.head_drop = nn.Dropout(head_drop)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()

@@ -137,8 +137,13 @@ class MaskedAutoencoder(nn.Module):
             objectives = [{"name": "mae_mse", "norm_pix": norm_pix_loss, "modality_weights": dict(loss_weights or {})}]
             if contrastive_weight > 0:
                 objectives.append(
-                    {"name": "info_nce", "weight": contrastive_weight, "temperature": contrastive_temperature,
-                     "bidirectional": contrastive_bidirectional, "gather": contrastive_gather}
+                    {
+                        "name": "info_nce",
+                        "weight": contrastive_weight,
+                        "temperature": contrastive_temperature,
+                        "bidirectional": contrastive_bidirectional,
+                        "gather": contrastive_gather,
+                    }
                 )
         objective_list = build_objectives(objectives)
         if not objective_list:
@@ -153,7 +158,12 @@ class MaskedAutoencoder(nn.Module):
             self.cls_pos_embed = nn.Parameter(torch.zeros(1, 1, embed_dim), requires_grad=False)
         self.modality_blocks = nn.ModuleDict(
             {
-                m: nn.ModuleList([make_block(embed_dim, num_heads, mlp_ratio=mlp_ratio, drop_path=dpr[i], norm_eps=norm_eps) for i in range(specific)])
+                m: nn.ModuleList(
+                    [
+                        make_block(embed_dim, num_heads, mlp_ratio=mlp_ratio, drop_path=dpr[i], norm_eps=norm_eps)
+                        for i in range(specific)
+                    ]
+                )
                 for m in names
             }
             if specific
@@ -162,7 +172,10 @@ class MaskedAutoencoder(nn.Module):
         if not single:
             self.modality_embed = nn.ParameterDict({m: nn.Parameter(torch.zeros(1, 1, embed_dim)) for m in names})
         self.blocks = nn.ModuleList(
-            [make_block(embed_dim, num_heads, mlp_ratio=mlp_ratio, drop_path=dpr[specific + i], norm_eps=norm_eps) for i in range(joint_depth)]
+            [
+                make_block(embed_dim, num_heads, mlp_ratio=mlp_ratio, drop_path=dpr[specific + i], norm_eps=norm_eps)
+                for i in range(joint_depth)
+            ]
         )
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
 
@@ -218,7 +231,9 @@ class MaskedAutoencoder(nn.Module):
     def _check_inputs(self, inputs: Mapping[str, torch.Tensor]) -> None:
         missing = [m for m in self.modalities if m not in inputs]
         if missing:
-            raise KeyError(f"inputs lack modalities {missing}; this model expects {list(self.modalities)}, got {list(inputs)}")
+            raise KeyError(
+                f"inputs lack modalities {missing}; this model expects {list(self.modalities)}, got {list(inputs)}"
+            )
 
     def embed_and_mask(
         self, inputs: Mapping[str, torch.Tensor], mask_ratio=None, noise=None, *, num_clones: int = 1
@@ -234,7 +249,9 @@ class MaskedAutoencoder(nn.Module):
                 x = x + self.modality_embed[m].to(x.dtype)
             if num_clones > 1:
                 x = x.repeat_interleave(num_clones, dim=0)
-            x, mask, ids_restore, _ = self.maskers[m](x, mod.input_grid(inputs[m]), ratios[m], None if noise is None else noise.get(m))
+            x, mask, ids_restore, _ = self.maskers[m](
+                x, mod.input_grid(inputs[m]), ratios[m], None if noise is None else noise.get(m)
+            )
             for blk in self.modality_blocks[m] if m in self.modality_blocks else ():
                 x = blk(x)
             tokens[m] = x
@@ -253,7 +270,9 @@ class MaskedAutoencoder(nn.Module):
             x = blk(x)
         return self.norm(x)
 
-    def forward_encoder(self, inputs, mask_ratio=None, noise=None) -> Tuple[torch.Tensor, Dict[str, MaskInfo], Dict[str, torch.Tensor]]:
+    def forward_encoder(
+        self, inputs, mask_ratio=None, noise=None
+    ) -> Tuple[torch.Tensor, Dict[str, MaskInfo], Dict[str, torch.Tensor]]:
         """-> latent [B', (1+) sum K_m, D], masks, per-modality tokens before the joint blocks."""
         tokens, masks = self.embed_and_mask(inputs, mask_ratio, noise, num_clones=self.num_clones)
         return self.joint(tokens), masks, tokens
@@ -283,7 +302,13 @@ class MaskedAutoencoder(nn.Module):
         latent, masks, tokens = self.forward_encoder(inputs, mask_ratio, noise)
         pred = self.forward_decoder(latent, masks)
         out = MAEOutput(
-            loss=None, losses={}, pred=pred, mask={m: i.mask for m, i in masks.items()}, latent=latent, tokens=tokens, num_clones=self.num_clones
+            loss=None,
+            losses={},
+            pred=pred,
+            mask={m: i.mask for m, i in masks.items()},
+            latent=latent,
+            tokens=tokens,
+            num_clones=self.num_clones,
         )
         return self.forward_loss(inputs, out)
 
@@ -308,7 +333,9 @@ class MaskedAutoencoder(nn.Module):
         return outs
 
     @torch.no_grad()
-    def forward_features(self, inputs: Mapping[str, torch.Tensor], contextual_from: Optional[int] = None) -> torch.Tensor:
+    def forward_features(
+        self, inputs: Mapping[str, torch.Tensor], contextual_from: Optional[int] = None
+    ) -> torch.Tensor:
         """Encoder on all tokens (no masking). -> [B, N, D] after the final norm.
 
         contextual_from: when given, average the normed outputs of every joint block with index

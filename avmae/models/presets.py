@@ -27,6 +27,7 @@ SIZES: Dict[str, Dict[str, Any]] = {
     "vit_large": dict(embed_dim=1024, depth=24, num_heads=16, decoder_dim=512, decoder_heads=16),
 }
 
+
 def _decoder_params(size: str, decoder: str, params: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
     """The decoder's width and heads at ``size``, its own params at that size
     (``Decoder.preset_params``: fewer blocks at the small sizes), then ``params``."""
@@ -39,7 +40,9 @@ def _decoder_params(size: str, decoder: str, params: Optional[Mapping[str, Any]]
     return out
 
 
-def _audio(target_length: int, num_mel_bins: int, pos_embed: str, pos_base_length: Optional[int] = None) -> Dict[str, Any]:
+def _audio(
+    target_length: int, num_mel_bins: int, pos_embed: str, pos_base_length: Optional[int] = None
+) -> Dict[str, Any]:
     params: Dict[str, Any] = dict(target_length=target_length, num_mel_bins=num_mel_bins, pos_embed=pos_embed)
     if pos_base_length is not None:
         params["pos_base_length"] = pos_base_length
@@ -91,7 +94,9 @@ def audiomae_cls(
     s = SIZES[size]
     kw: Dict[str, Any] = dict(embed_dim=s["embed_dim"], depth=s["depth"], num_heads=s["num_heads"])
     kw.update(overrides)
-    return EncoderClassifier(modalities=_audio(target_length, num_mel_bins, pos_embed, pos_base_length), num_classes=num_classes, **kw)
+    return EncoderClassifier(
+        modalities=_audio(target_length, num_mel_bins, pos_embed, pos_base_length), num_classes=num_classes, **kw
+    )
 
 
 def _register(size: str) -> None:

@@ -8,4 +8,12 @@ from .base import Objective, ObjectiveOutput, ObjectiveSpec, build_objective, bu
 from .contrastive import InfoNCE
 from .reconstruction import MaskedReconstruction
 
-__all__ = ["Objective", "ObjectiveOutput", "ObjectiveSpec", "build_objective", "build_objectives", "MaskedReconstruction", "InfoNCE"]
+__all__ = [
+    "Objective",
+    "ObjectiveOutput",
+    "ObjectiveSpec",
+    "build_objective",
+    "build_objectives",
+    "MaskedReconstruction",
+    "InfoNCE",
+]

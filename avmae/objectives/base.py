@@ -51,7 +51,9 @@ class Objective(nn.Module):
     def attach(self, model: nn.Module) -> None:
         """Called once by the model that owns this objective, after the model is built."""
 
-    def forward(self, model: nn.Module, inputs: Mapping[str, torch.Tensor], out: Any) -> ObjectiveOutput:  # pragma: no cover - abstract
+    def forward(
+        self, model: nn.Module, inputs: Mapping[str, torch.Tensor], out: Any
+    ) -> ObjectiveOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def after_step(self, model: nn.Module, step: int, total_steps: int) -> None:
@@ -83,7 +85,10 @@ def build_objective(spec: ObjectiveSpec) -> Objective:
     except TypeError as exc:
         raise ValueError(f"objective {name!r} rejected its params {params}: {exc}") from None
     if not isinstance(obj, Objective):
-        raise TypeError(f"objective {name!r} ({OBJECTIVES.source(name)}) built a {type(obj).__name__}, not an avmae.objectives.Objective")
+        raise TypeError(
+            f"objective {name!r} ({OBJECTIVES.source(name)}) built a {type(obj).__name__}, not an"
+            " avmae.objectives.Objective"
+        )
     return obj
 
 

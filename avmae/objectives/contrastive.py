@@ -51,7 +51,14 @@ class InfoNCE(Objective):
         pa, pb = (model.single_modality(m, out.tokens[m]).mean(dim=1) for m in (a, b))
         logits = contrastive_logits(pa, pb, self.temperature, self.gather)
         loss = info_nce_from_logits(logits, self.bidirectional)
-        return ObjectiveOutput(loss=loss, terms={"contrastive": loss}, metrics={"contrastive_acc": accuracy_from_logits(logits, self.bidirectional)})
+        return ObjectiveOutput(
+            loss=loss,
+            terms={"contrastive": loss},
+            metrics={"contrastive_acc": accuracy_from_logits(logits, self.bidirectional)},
+        )
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, pair={self.pair}, temperature={self.temperature:g}, bidirectional={self.bidirectional}, gather={self.gather}"
+        return (
+            f"{super().extra_repr()}, pair={self.pair}, temperature={self.temperature:g},"
+            f" bidirectional={self.bidirectional}, gather={self.gather}"
+        )

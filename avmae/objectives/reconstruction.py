@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from typing import Mapping, Optional
 
-import torch
-
 from ..losses import masked_mse
 from ..registry import register_objective
 from .base import Objective, ObjectiveOutput
@@ -22,7 +20,9 @@ class MaskedReconstruction(Objective):
     Targets are ``model.modalities[m].patchify(inputs[m])``, repeated for the model's masked
     clones (``out.num_clones``)."""
 
-    def __init__(self, *, weight: float = 1.0, norm_pix: bool = True, modality_weights: Optional[Mapping[str, float]] = None) -> None:
+    def __init__(
+        self, *, weight: float = 1.0, norm_pix: bool = True, modality_weights: Optional[Mapping[str, float]] = None
+    ) -> None:
         super().__init__(weight=weight)
         self.norm_pix = bool(norm_pix)
         self.modality_weights = {str(m): float(w) for m, w in (modality_weights or {}).items()}

@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, List, Optional, Tuple
 
-
 import avmae
 
 from ..checkpoint import CheckpointError, fsync_dir, save_checkpoint
@@ -127,7 +126,9 @@ class RunCheckpoints:
         acc = self.acc
         if step_folders(self.output_dir) and not self.cfg.resume:  # every process raises
             raise ConfigError(
-                "resume", f"{self.output_dir} already holds checkpoints; pass --resume (resume=true) to continue it, or choose another --output-dir"
+                "resume",
+                f"{self.output_dir} already holds checkpoints; pass --resume (resume=true) to continue it, or choose"
+                " another --output-dir",
             )
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -139,7 +140,11 @@ class RunCheckpoints:
 
     def write_run_info(self, plan: RunPlan) -> None:
         if self.acc.is_main_process:
-            info = {"plan": dataclasses.asdict(plan), "avmae_version": avmae.__version__, "torch_version": __import__("torch").__version__}
+            info = {
+                "plan": dataclasses.asdict(plan),
+                "avmae_version": avmae.__version__,
+                "torch_version": __import__("torch").__version__,
+            }
             (self.output_dir / RUN_INFO_FILE).write_text(json.dumps(info, indent=1), encoding="utf-8")
 
     def register_weight_hooks(self) -> None:
@@ -179,7 +184,9 @@ class RunCheckpoints:
         check_pickled_states(ckpt)
         rng_file = ckpt / f"random_states_{self.acc.process_index}.pkl"
         if not rng_file.is_file():
-            _logger.warning("%s lacks %s: the random streams restart, so the continuation is not bit-exact", ckpt, rng_file.name)
+            _logger.warning(
+                "%s lacks %s: the random streams restart, so the continuation is not bit-exact", ckpt, rng_file.name
+            )
         try:
             self.acc.load_state(str(ckpt))
         except CheckpointError:
@@ -192,7 +199,9 @@ class RunCheckpoints:
         state.last_checkpoint = str(ckpt)
         old_cfg = ckpt / CONFIG_FILE
         if old_cfg.is_file():
-            changed = [k for k in diff(load_config([old_cfg], check=False), self.cfg) if k not in ("resume", "output_dir")]
+            changed = [
+                k for k in diff(load_config([old_cfg], check=False), self.cfg) if k not in ("resume", "output_dir")
+            ]
             if changed:
                 _logger.warning("resuming with a config that differs from the checkpoint's in: %s", ", ".join(changed))
         if state.global_batch != plan.effective_batch or state.num_processes != plan.num_processes:
@@ -200,13 +209,19 @@ class RunCheckpoints:
             consumed = state.epoch_step * state.global_batch
             state.epoch_step = consumed // plan.effective_batch
             _logger.warning(
-                "resuming with effective batch %d on %d process(es) (checkpoint: %d on %d); the continuation is not bit-exact",
-                plan.effective_batch, plan.num_processes, state.global_batch, state.num_processes,
+                "resuming with effective batch %d on %d process(es) (checkpoint: %d on %d); the continuation is not"
+                " bit-exact",
+                plan.effective_batch,
+                plan.num_processes,
+                state.global_batch,
+                state.num_processes,
             )
             state.global_batch, state.num_processes = plan.effective_batch, plan.num_processes
         if state.epoch_step > plan.steps_per_epoch:
             state.epoch, state.epoch_step = state.epoch + 1, 0
-        _logger.info("resumed from %s at step %d (epoch %d, step %d of it)", ckpt, state.step, state.epoch, state.epoch_step)
+        _logger.info(
+            "resumed from %s at step %d (epoch %d, step %d of it)", ckpt, state.step, state.epoch, state.epoch_step
+        )
         return state
 
     def _checkpoint_to_resume(self) -> Optional[Path]:
@@ -227,15 +242,22 @@ class RunCheckpoints:
                 error = (
                     f"{self.output_dir}: no complete checkpoint to resume from ("
                     + "; ".join(f"{d.name}: {why}" for d, why in damaged)
-                    + f"). Move these folders out of {self.output_dir / CHECKPOINT_DIR} to start the run over, or choose another --output-dir"
+                    + f"). Move these folders out of {self.output_dir / CHECKPOINT_DIR} to start the run over, or"
+                    " choose another --output-dir"
                 )
                 if any(why.startswith("no manifest") for _, why in damaged):
-                    error += "; a checkpoint written before manifests existed that you trust can be accepted with avmae.run_folder.write_manifest(<its folder>)"
+                    error += (
+                        "; a checkpoint written before manifests existed that you trust can be accepted with"
+                        " avmae.run_folder.write_manifest(<its folder>)"
+                    )
             for folder, why in damaged if chosen is not None else ():
                 aside = _set_aside(folder)
                 _logger.warning(
                     "resume: checkpoint %s is damaged (%s); moved to %s, resuming from the previous complete one, %s",
-                    folder, why, aside.name, Path(chosen).name,
+                    folder,
+                    why,
+                    aside.name,
+                    Path(chosen).name,
                 )
         chosen, error = self._share((chosen, error))
         if error is not None:

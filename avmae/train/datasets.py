@@ -67,7 +67,9 @@ def audio_frontend(cfg: Config):
 
     d = cfg.data
     mean, std = (d.mean, d.std) if d.mean is not None else NORM_STATS[d.norm]
-    return AudioFrontend(sample_rate=d.sample_rate, num_mel_bins=d.num_mel_bins, target_length=d.target_length, mean=mean, std=std)
+    return AudioFrontend(
+        sample_rate=d.sample_rate, num_mel_bins=d.num_mel_bins, target_length=d.target_length, mean=mean, std=std
+    )
 
 
 def dataset_options(cfg: Config, split: str) -> Dict[str, Any]:
@@ -111,13 +113,19 @@ def video_input_size(cfg: Config) -> Tuple[int, int]:
         with torch.device("meta"):
             model = avmae.create_model(cfg.model.name, **base_model_params(cfg))
     except (TypeError, ValueError, KeyError) as exc:
-        raise ConfigError("model.params", f"cannot build {cfg.model.name!r} to read its video input size: {exc}") from exc
+        raise ConfigError(
+            "model.params", f"cannot build {cfg.model.name!r} to read its video input size: {exc}"
+        ) from exc
     shape = input_shapes(model).get("video")
     if shape is None:
-        raise ConfigError("model.name", f"{cfg.model.name!r} takes no video input; the 'av' modality set needs an audio-visual model")
+        raise ConfigError(
+            "model.name", f"{cfg.model.name!r} takes no video input; the 'av' modality set needs an audio-visual model"
+        )
     frames, _, height, width = shape
     if height != width:
-        raise ConfigError("model.params.image_size", f"the av dataset makes square frames; the model takes {height}x{width}")
+        raise ConfigError(
+            "model.params.image_size", f"the av dataset makes square frames; the model takes {height}x{width}"
+        )
     return int(num_frames or frames), int(size or height)
 
 

@@ -17,7 +17,8 @@ Evaluation: logits and labels of the eval split are gathered with ``gather_for_m
 item dropped or counted twice across processes). An eval set whose items hold several views of an
 input (its ``input_views``, e.g. the frames of a video evaluated one at a time: ``eval.video_views``
 of the "av" modality set) is scored by the average of the views' class probabilities (sigmoid
-with the BCE loss, softmax with cross-entropy), as CAV-MAE's multi-frame evaluation does. Multi-label: ``mAP`` (``avmae.train.metrics``),
+with the BCE loss, softmax with cross-entropy), as CAV-MAE's multi-frame evaluation does.
+Multi-label: ``mAP`` (``avmae.train.metrics``),
 ``mAUC``; single-label: ``acc`` (top-1), ``acc5``. ``best_<metric>`` joins every eval record in
 ``metrics.jsonl``; per-class results go to ``<output_dir>/eval/per_class_last.json`` and
 ``per_class_best.json``.
@@ -68,13 +69,15 @@ LOSSES = ("auto", "bce", "ce")
 
 
 def resolve_loss(choice: str, multilabel: bool) -> str:
-    """"auto" -> "bce" for multi-label data, "ce" for single-label data."""
+    """ "auto" -> "bce" for multi-label data, "ce" for single-label data."""
     if choice not in LOSSES:
         raise ConfigError("train.loss", f"must be one of {list(LOSSES)}, got {choice!r}")
     return ("bce" if multilabel else "ce") if choice == "auto" else choice
 
 
-def classification_loss(logits: torch.Tensor, target: torch.Tensor, loss: str, label_smoothing: float = 0.0) -> torch.Tensor:
+def classification_loss(
+    logits: torch.Tensor, target: torch.Tensor, loss: str, label_smoothing: float = 0.0
+) -> torch.Tensor:
     """``logits [B, C]``, ``target [B, C]`` (multi-hot, one-hot or soft) -> scalar loss.
 
     "bce": mean BCE-with-logits over all B*C entries (AudioMAE's AudioSet loss).
@@ -105,11 +108,15 @@ def input_views(dataset: Any) -> Dict[str, int]:
     dimension (``dataset.input_views``); empty for one view. Every listed input has the same V."""
     views = {str(k): int(v) for k, v in dict(getattr(dataset, "input_views", None) or {}).items() if int(v) != 1}
     if any(v < 1 for v in views.values()) or len(set(views.values())) > 1:
-        raise ValueError(f"{type(dataset).__name__}.input_views must give every input the same number of views >= 1, got {views}")
+        raise ValueError(
+            f"{type(dataset).__name__}.input_views must give every input the same number of views >= 1, got {views}"
+        )
     return views
 
 
-def predict_views(model: nn.Module, inputs: Mapping[str, torch.Tensor], views: Mapping[str, int], multilabel: bool) -> torch.Tensor:
+def predict_views(
+    model: nn.Module, inputs: Mapping[str, torch.Tensor], views: Mapping[str, int], multilabel: bool
+) -> torch.Tensor:
     """Logits ``[B, C]`` of inputs holding several views: the model sees view k of every input in
     ``views`` (``[B, V, ...]`` -> ``[B, ...]``) with the other inputs unchanged, one view at a
     time; the views' probabilities are averaged (``ensemble_logits``)."""
@@ -126,7 +133,9 @@ def predict_views(model: nn.Module, inputs: Mapping[str, torch.Tensor], views: M
 
 
 @torch.no_grad()
-def collect_predictions(model: nn.Module, loader, accelerator, *, multilabel: Optional[bool] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+def collect_predictions(
+    model: nn.Module, loader, accelerator, *, multilabel: Optional[bool] = None
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """Logits ``[N, C]`` and labels ``[N, C]`` of every item of ``loader`` (float32, CPU), in
     dataset order, gathered from all processes with ``gather_for_metrics`` (the padding that
     evens out the processes' shares is dropped).
@@ -189,17 +198,28 @@ class FinetuneTask(Task):
     def model_params(self, train_set: Dataset) -> Dict[str, Any]:
         num_classes = int(getattr(train_set, "num_classes", 0) or 0)
         if num_classes < 1:
-            raise ConfigError("data.label_csv", f"task {self.name!r} needs labelled data; the training set has no classes")
+            raise ConfigError(
+                "data.label_csv", f"task {self.name!r} needs labelled data; the training set has no classes"
+            )
         self.multilabel = bool(getattr(train_set, "multilabel", False))
         self.loss = resolve_loss(self.cfg.train.loss, self.multilabel)
         self.class_ids = list(getattr(train_set, "class_ids", []) or [])
         self.class_names = list(getattr(train_set, "class_names", []) or [])
         _logger.info(
-            "%s: %d classes, %s data, %s loss%s", self.name, num_classes, "multi-label" if self.multilabel else "single-label",
-            self.loss.upper(), f" (label smoothing {self.cfg.train.label_smoothing:g})" if self.cfg.train.label_smoothing else "",
+            "%s: %d classes, %s data, %s loss%s",
+            self.name,
+            num_classes,
+            "multi-label" if self.multilabel else "single-label",
+            self.loss.upper(),
+            f" (label smoothing {self.cfg.train.label_smoothing:g})" if self.cfg.train.label_smoothing else "",
         )
         m = self.cfg.masking
-        return {**super().model_params(train_set), "num_classes": num_classes, "mask_t_prob": m.mask_t_prob, "mask_f_prob": m.mask_f_prob}
+        return {
+            **super().model_params(train_set),
+            "num_classes": num_classes,
+            "mask_t_prob": m.mask_t_prob,
+            "mask_f_prob": m.mask_f_prob,
+        }
 
     # ------------------------------------------------------------------ loss
     def loss_fn(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -219,7 +239,13 @@ class FinetuneTask(Task):
         logits, labels = collect_predictions(model, loader, accelerator, multilabel=self.loss == "bce")
         if logits.numel() == 0:
             return {}
-        summary, per_class = classification_report(logits, labels, multilabel=self.multilabel, class_names=self.class_names or None, class_ids=self.class_ids or None)
+        summary, per_class = classification_report(
+            logits,
+            labels,
+            multilabel=self.multilabel,
+            class_names=self.class_names or None,
+            class_ids=self.class_ids or None,
+        )
         out: Dict[str, float] = {"loss": self.loss_fn(logits, labels).item()}
         if self.multilabel:
             out.update({"mAP": summary["mAP"], "mAUC": summary["mAUC"], "acc": summary["acc"]})
@@ -249,10 +275,14 @@ class FinetuneTask(Task):
         chance = math.log(num_classes)
         if out["loss"] >= 0.98 * chance and out["acc"] <= 1.5 / num_classes:
             _logger.warning(
-                "eval loss %.3f is at chance level (ln %d = %.3f, accuracy %.1f %%): the classifier still predicts the class prior. "
-                "If this lasts, the learning rate may not suit this model and data (optim.lr / optim.blr); "
-                "a short clip also needs data.target_length near its length and data.augment.shift, not roll",
-                out["loss"], num_classes, chance, 100 * out["acc"],
+                "eval loss %.3f is at chance level (ln %d = %.3f, accuracy %.1f %%): the classifier still predicts the"
+                " class prior. If this lasts, the learning rate may not suit this model and data (optim.lr /"
+                " optim.blr); a short clip also needs data.target_length near its length and data.augment.shift, not"
+                " roll",
+                out["loss"],
+                num_classes,
+                chance,
+                100 * out["acc"],
             )
 
     def _load_best(self) -> None:
@@ -282,7 +312,9 @@ def classifier_head(model: nn.Module) -> Tuple[str, nn.Module]:
     try:
         return name, model.get_submodule(name)
     except AttributeError:
-        raise AttributeError(f"{type(model).__name__}.head_name is {name!r}, which is not one of its submodules") from None
+        raise AttributeError(
+            f"{type(model).__name__}.head_name is {name!r}, which is not one of its submodules"
+        ) from None
 
 
 @register_task("linprobe")
@@ -305,8 +337,12 @@ class LinearProbeTask(FinetuneTask):
             raise ConfigError("model.name", f"task 'linprobe' trains a classifier's head alone: {exc}") from None
         trainable = {id(p) for p in head.parameters()}
         if not trainable:
-            raise ConfigError("model.name", f"{self.cfg.model.name}'s head `{name}` has no parameters to probe (num_classes=0?)")
+            raise ConfigError(
+                "model.name", f"{self.cfg.model.name}'s head `{name}` has no parameters to probe (num_classes=0?)"
+            )
         for p in model.parameters():
             p.requires_grad_(id(p) in trainable)
-        _logger.info("linprobe: training `%s` (%d parameters), the rest frozen", name, sum(p.numel() for p in head.parameters()))
+        _logger.info(
+            "linprobe: training `%s` (%d parameters), the rest frozen", name, sum(p.numel() for p in head.parameters())
+        )
         return model

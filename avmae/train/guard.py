@@ -50,16 +50,18 @@ class _Counts:
 
 class NonFiniteGuard:
     """Args:
-        accelerator: the run's ``Accelerator`` (device, processes, fp16 scaler).
-        optimizer: the prepared optimizer.
-        state: the run's ``TrainState`` (``skipped_steps``, ``nonfinite_streak``,
-            ``last_checkpoint``), updated in place.
-        limit: ``train.max_nonfinite``.
-        stop_requested: whether this process was asked to stop (SIGTERM).
-        on_device: decide on the device where the optimizer can (False: read every step).
+    accelerator: the run's ``Accelerator`` (device, processes, fp16 scaler).
+    optimizer: the prepared optimizer.
+    state: the run's ``TrainState`` (``skipped_steps``, ``nonfinite_streak``,
+        ``last_checkpoint``), updated in place.
+    limit: ``train.max_nonfinite``.
+    stop_requested: whether this process was asked to stop (SIGTERM).
+    on_device: decide on the device where the optimizer can (False: read every step).
     """
 
-    def __init__(self, accelerator, optimizer, state, *, limit: int, stop_requested: Callable[[], bool], on_device: bool = True) -> None:
+    def __init__(
+        self, accelerator, optimizer, state, *, limit: int, stop_requested: Callable[[], bool], on_device: bool = True
+    ) -> None:
         self.acc = accelerator
         self.optimizer = optimizer
         self.state = state
@@ -68,6 +70,7 @@ class NonFiniteGuard:
         self.on_device = on_device and accelerator.scaler is None and skips_on_found_inf(optimizer)
         self.stop_agreed = False  # the stop flag every process agrees on, as of the last read
         if self.on_device:
+
             def scalar(value: int) -> torch.Tensor:
                 return torch.full((), value, dtype=torch.long, device=accelerator.device)
 
@@ -76,7 +79,9 @@ class NonFiniteGuard:
             self._tripped, self._tripped_streak, self._tripped_loss = scalar(0), scalar(0), scalar(0)
             self._stop = scalar(0)
             self._seen: Optional[_Counts] = None
-        _logger.info("non-finite steps: skipped %s", "on the device" if self.on_device else "after reading the flags every step")
+        _logger.info(
+            "non-finite steps: skipped %s", "on the device" if self.on_device else "after reading the flags every step"
+        )
 
     # ------------------------------------------------------------------------ the decision
     def step(self, step: int, nonfinite_losses: torch.Tensor, grad_norm: torch.Tensor):
@@ -103,7 +108,10 @@ class NonFiniteGuard:
             what = "loss" if bad_loss else "gradient"
             _logger.warning(
                 "non-finite %s at step %d: optimizer step skipped (%d in a row, %d in all)",
-                what, step, self.state.nonfinite_streak, self.state.skipped_steps,
+                what,
+                step,
+                self.state.nonfinite_streak,
+                self.state.skipped_steps,
             )
             if self.state.nonfinite_streak >= self.limit:
                 raise self._error(self.state.nonfinite_streak, what, step)
@@ -126,7 +134,12 @@ class NonFiniteGuard:
             _logger.warning(
                 "%d optimizer step(s) skipped for a non-finite loss or gradient up to step %d, the last at step %d "
                 "(non-finite %s; %d in a row now, %d in all)",
-                new, self.state.step, seen.last, "loss" if seen.last_loss else "gradient", seen.streak, seen.skipped,
+                new,
+                self.state.step,
+                seen.last,
+                "loss" if seen.last_loss else "gradient",
+                seen.streak,
+                seen.skipped,
             )
         if seen.tripped:
             raise self._error(seen.tripped_streak, "loss" if seen.tripped_loss else "gradient", seen.tripped)
@@ -142,7 +155,9 @@ class NonFiniteGuard:
             [
                 nonfinite_losses.to(device=device, dtype=torch.float32).reshape(()),
                 (~torch.isfinite(grad_norm.detach().float())).float().reshape(()),
-                torch.full((), 1.0 if self.stop_requested() else 0.0, device=device),  # a fill, not a host-to-device copy
+                torch.full(
+                    (), 1.0 if self.stop_requested() else 0.0, device=device
+                ),  # a fill, not a host-to-device copy
             ]
         )
         if self.acc.num_processes > 1:
@@ -168,9 +183,20 @@ class NonFiniteGuard:
 
     def _read(self) -> _Counts:
         if self._seen is None:
-            values = [self._streak, self._skipped, self._last, self._last_loss, self._tripped, self._tripped_streak, self._tripped_loss, self._stop]
+            values = [
+                self._streak,
+                self._skipped,
+                self._last,
+                self._last_loss,
+                self._tripped,
+                self._tripped_streak,
+                self._tripped_loss,
+                self._stop,
+            ]
             streak, skipped, last, last_loss, tripped, tripped_streak, tripped_loss, stop = torch.stack(values).tolist()
-            self._seen = _Counts(streak, skipped, last, bool(last_loss), tripped, tripped_streak, bool(tripped_loss), bool(stop))
+            self._seen = _Counts(
+                streak, skipped, last, bool(last_loss), tripped, tripped_streak, bool(tripped_loss), bool(stop)
+            )
         return self._seen
 
     def _error(self, count: int, what: str, step: int) -> NonFiniteLossError:

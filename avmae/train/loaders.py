@@ -69,7 +69,10 @@ def die_with_launcher() -> bool:
     """``die_with_parent`` in a training process started by a launcher: torchrun's elastic agent
     (which ``python -m avmae.launch`` and a multi-process ``accelerate launch`` run too; it sets
     ``TORCHELASTIC_RUN_ID``) or a one-process ``accelerate launch``; else nothing."""
-    if not (os.environ.get("TORCHELASTIC_RUN_ID") or (os.environ.get("ACCELERATE_USE_CPU") is not None and _parent_is_accelerate_launch())):
+    if not (
+        os.environ.get("TORCHELASTIC_RUN_ID")
+        or (os.environ.get("ACCELERATE_USE_CPU") is not None and _parent_is_accelerate_launch())
+    ):
         return False
     return die_with_parent()
 
@@ -86,7 +89,15 @@ def _init_worker(worker_id: int, parent: Optional[int] = None) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def build_loader(dataset: Dataset, batch_size: int, *, num_workers: int, seed: int, pin_memory: bool, sampler: Optional[Sampler] = None) -> DataLoader:
+def build_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    num_workers: int,
+    seed: int,
+    pin_memory: bool,
+    sampler: Optional[Sampler] = None,
+) -> DataLoader:
     """A loader of ``dataset``: in ``sampler``'s order with whole batches (training), else in
     order with every item (evaluation); persistent, seeded workers."""
     g = torch.Generator()
@@ -130,7 +141,7 @@ class StopRequest:
     def requested(self) -> bool:
         return self.signal is not None
 
-    def __enter__(self) -> "StopRequest":
+    def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
 
             def handler(signum, frame):

@@ -74,7 +74,11 @@ class MetricsWriter:
         """Drop records with ``step > step`` (a resumed run repeats them)."""
         if not self.enabled or not self.path.exists():
             return
-        kept = [line for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip() and _step_of(line) <= step]
+        kept = [
+            line
+            for line in self.path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and _step_of(line) <= step
+        ]
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
         os.replace(tmp, self.path)
@@ -147,10 +151,16 @@ class TrainLog:
         self.cfg = cfg
         self.plan = plan
         self.every = cfg.logging.every_n_steps
-        self.metrics = MetricsWriter(Path(output_dir) / "metrics.jsonl", accelerator if cfg.logging.tensorboard else None, enabled=accelerator.is_main_process)
+        self.metrics = MetricsWriter(
+            Path(output_dir) / "metrics.jsonl",
+            accelerator if cfg.logging.tensorboard else None,
+            enabled=accelerator.is_main_process,
+        )
         if cfg.logging.tensorboard:
             accelerator.init_trackers("tensorboard")
-        if accelerator.is_main_process:  # a resumed run (or one restarted before its first checkpoint) repeats these steps
+        if (
+            accelerator.is_main_process
+        ):  # a resumed run (or one restarted before its first checkpoint) repeats these steps
             self.metrics.truncate_after(state.step)
         show = accelerator.is_local_main_process and cfg.logging.progress
         self.bar = tqdm(total=plan.total_steps, initial=state.step, disable=not show, dynamic_ncols=True)

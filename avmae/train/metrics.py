@@ -45,7 +45,10 @@ def _as_2d(scores: torch.Tensor, targets: torch.Tensor) -> Tuple[torch.Tensor, t
     if squeeze:
         scores, targets = scores.unsqueeze(1), targets.reshape(-1, 1)
     if scores.dim() != 2 or scores.shape != targets.shape:
-        raise ValueError(f"scores and targets must both be [N] or [N, C] of one shape, got {list(scores.shape)} and {list(targets.shape)}")
+        raise ValueError(
+            f"scores and targets must both be [N] or [N, C] of one shape, got {list(scores.shape)} and"
+            f" {list(targets.shape)}"
+        )
     return scores.detach().double().cpu(), (targets.detach().double().cpu() >= 0.5).double(), squeeze
 
 
@@ -190,7 +193,9 @@ def classification_report(
         summary.update({"mAP": mean_ap, "mAUC": mean_auc, "classes_with_positives": int((positives > 0).sum())})
         summary["acc"] = accuracy(logits, onehot, (1,))["acc1"]
         for j in range(c):
-            per_class.append({"index": j, "ap": _finite(float(ap[j])), "auc": _finite(float(auc[j])), "positives": int(positives[j])})
+            per_class.append(
+                {"index": j, "ap": _finite(float(ap[j])), "auc": _finite(float(auc[j])), "positives": int(positives[j])}
+            )
     else:
         summary.update({("acc" if k == "acc1" else k): v for k, v in accuracy(logits, onehot, topk).items()})
         summary["mAP"] = mean_ap

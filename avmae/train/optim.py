@@ -75,7 +75,9 @@ def layer_id(name: str, num_layers: int, num_specific: int = 0) -> int:
     """AudioMAE's layer id (``util/lr_decay.py``): embeddings 0, encoder block i -> i + 1, rest
     (final norms, head, decoder) -> ``num_layers``. Joint blocks come after ``num_specific``
     modality-specific blocks."""
-    if name in ("cls_token", "cls_pos_embed", "pos_embed") or name.startswith(("patch_embed.", "modality_embed.", "modalities.")):
+    if name in ("cls_token", "cls_pos_embed", "pos_embed") or name.startswith(
+        ("patch_embed.", "modality_embed.", "modalities.")
+    ):
         return 0  # embeddings: patch embed and pos tables live under modalities.<m>.
     m = _MOD_BLOCK.match(name)
     if m:
@@ -118,7 +120,12 @@ def param_groups(
         else:
             key, scale = kind, 1.0
         if key not in groups:
-            groups[key] = {"params": [], "weight_decay": weight_decay if decay else 0.0, "lr_scale": scale, "group": key}
+            groups[key] = {
+                "params": [],
+                "weight_decay": weight_decay if decay else 0.0,
+                "lr_scale": scale,
+                "group": key,
+            }
         groups[key]["params"].append(p)
     return list(groups.values())
 
@@ -146,7 +153,9 @@ def resolve_fused(choice: Union[str, bool], devices: Iterable[Union[str, torch.d
     types = {torch.device(d).type for d in devices}
     missing = sorted(types - fused_adamw_devices())
     if choice == "true" and missing:
-        raise ConfigError("optim.fused", f"torch {torch.__version__} has no fused AdamW for {', '.join(missing)}; use auto or false")
+        raise ConfigError(
+            "optim.fused", f"torch {torch.__version__} has no fused AdamW for {', '.join(missing)}; use auto or false"
+        )
     return not missing
 
 

@@ -102,7 +102,9 @@ class FinetunePlan:
 # ------------------------------------------------------------------------------ labelled data
 
 
-def labelled_items(source: PathLike, label_csv: Optional[PathLike] = None) -> Tuple[List[Dict[str, Any]], Optional[List[Tuple[str, str]]]]:
+def labelled_items(
+    source: PathLike, label_csv: Optional[PathLike] = None
+) -> Tuple[List[Dict[str, Any]], Optional[List[Tuple[str, str]]]]:
     """Items ``{"wav": absolute path, "labels": "id1,id2"}`` of a class-per-subfolder folder or a
     manifest, and the classes ``[(id, display name)]`` it defines (a folder: its subfolders; a
     manifest: those of ``label_csv``, else None: to be derived from the labels)."""
@@ -114,13 +116,19 @@ def labelled_items(source: PathLike, label_csv: Optional[PathLike] = None) -> Tu
         classes = sorted(p.name for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
         loose = [p.name for p in src.iterdir() if p.is_file() and p.suffix.lower() in MEDIA_EXTENSIONS]
         if loose:
-            raise ConfigError("data", f"{src}: {len(loose)} audio file(s) directly in the folder (e.g. {loose[0]}); put each class's files in a subfolder named after the class")
+            raise ConfigError(
+                "data",
+                f"{src}: {len(loose)} audio file(s) directly in the folder (e.g. {loose[0]}); put each class's files in"
+                " a subfolder named after the class",
+            )
         items: List[Dict[str, Any]] = []
         for name in classes:
             found, _ = find_media(src / name, MEDIA_EXTENSIONS)
             items += [{"wav": str(p.resolve()), "labels": name} for p in found]
         if not items:
-            raise ConfigError("data", f"{src}: no audio files in class subfolders (one subfolder per class, named after it)")
+            raise ConfigError(
+                "data", f"{src}: no audio files in class subfolders (one subfolder per class, named after it)"
+            )
         used = sorted({it["labels"] for it in items})
         return items, [(c, c) for c in used]
     if not src.is_file():
@@ -136,7 +144,9 @@ def _labels_of(item: Mapping) -> List[str]:
     return [x.strip() for x in str(item.get("labels", "")).split(",") if x.strip()]
 
 
-def _stratified_split(items: List[Dict[str, Any]], fraction: float, seed: int) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
+def _stratified_split(
+    items: List[Dict[str, Any]], fraction: float, seed: int
+) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
     """(train, held out): ``fraction`` of each class (by first label), at least one clip of every
     class with two or more, chosen with ``seed``."""
     by_class: Dict[str, List[int]] = {}
@@ -159,6 +169,7 @@ def classifier_for(init: PathLike) -> Tuple[str, Dict[str, Any], Any]:
     """(classifier name, its params, the checkpoint's ``PretrainedReport``) for fine-tuning from
     ``init``: the checkpoint's own architecture with a classification head."""
     import avmae
+
     from ..hub import describe_checkpoint
 
     rep = describe_checkpoint(init)
@@ -168,7 +179,9 @@ def classifier_for(init: PathLike) -> Tuple[str, Dict[str, Any], Any]:
     elif f"{name}_cls" in avmae.list_models():
         cls_name = f"{name}_cls"
     else:
-        raise ConfigError("--init", f"{init} holds a {name}, which has no classifier counterpart ({name}_cls) to fine-tune")
+        raise ConfigError(
+            "--init", f"{init} holds a {name}, which has no classifier counterpart ({name}_cls) to fine-tune"
+        )
     for key in _PRETRAIN_ONLY + ("num_classes", "target_length", "num_mel_bins", "mask_t_prob", "mask_f_prob"):
         params.pop(key, None)
     if cls_name.startswith("audiomae_") and "pos_base_length" not in params and rep.model_params.get("target_length"):
@@ -236,7 +249,10 @@ def plan_finetune(
     held_out = eval_data is None
     if held_out:
         train_items, eval_items = _stratified_split(train_items, HOLD_OUT, seed)
-        notes.append(f"evaluation: no --eval given, so {len(eval_items)} training clips (a seeded, stratified {HOLD_OUT:.0%}) are held out")
+        notes.append(
+            f"evaluation: no --eval given, so {len(eval_items)} training clips (a seeded, stratified {HOLD_OUT:.0%})"
+            " are held out"
+        )
     else:
         eval_items, _ = labelled_items(eval_data, label_csv)  # its labels must be training classes (below)
     if classes is None:
@@ -246,7 +262,10 @@ def plan_finetune(
         for it in items:
             bad = [lab for lab in _labels_of(it) if lab not in known]
             if bad:
-                raise ConfigError("--eval" if where == "evaluation" else "data", f"{it['wav']}: label {bad[0]!r} of the {where} split is not a training class ({len(known)} known)")
+                raise ConfigError(
+                    "--eval" if where == "evaluation" else "data",
+                    f"{it['wav']}: label {bad[0]!r} of the {where} split is not a training class ({len(known)} known)",
+                )
     if len(classes) < 2:
         raise ConfigError("data", f"{train}: {len(classes)} class(es); a classifier needs at least two")
     if not eval_items:
@@ -256,8 +275,11 @@ def plan_finetune(
     eval_manifest = write_manifest(data_dir / "eval.json", eval_items)
     labels = write_label_csv(data_dir / "labels.csv", classes)
     multilabel = any(len(_labels_of(it)) > 1 for it in train_items + eval_items)
-    notes.append(f"data: {len(train_items)} training and {len(eval_items)} evaluation clips of {len(classes)} classes"
-                 f" ({'multi-label: BCE, mAP' if multilabel else 'single-label: cross-entropy, accuracy'}); manifests in {data_dir}")
+    notes.append(
+        f"data: {len(train_items)} training and {len(eval_items)} evaluation clips of {len(classes)} classes"
+        f" ({'multi-label: BCE, mAP' if multilabel else 'single-label: cross-entropy, accuracy'}); manifests in"
+        f" {data_dir}"
+    )
 
     # the model and what it expects
     params: Dict[str, Any] = {"drop_path": 0.1}
@@ -270,7 +292,9 @@ def plan_finetune(
         num_mel_bins = int(init_rep.model_params.get("num_mel_bins") or 128)
         notes.append(f"model: {name}, initialised from {init} ({init_rep.model_name}, {init_rep.format})")
         if model is not None and model != name:
-            raise ConfigError("--model", f"--init {init} holds a {init_rep.model_name}: its classifier is {name}, not {model}")
+            raise ConfigError(
+                "--model", f"--init {init} holds a {init_rep.model_name}: its classifier is {name}, not {model}"
+            )
     else:
         name = model or DEFAULT_MODEL
         notes.append(f"model: {name} from scratch" + ("" if model else " (the default; --model picks another)"))
@@ -278,13 +302,15 @@ def plan_finetune(
     # the input length, from the clips
     survey = survey_clips([it["wav"] for it in train_items], max_files=max_files, seed=seed, num_mel_bins=num_mel_bins)
     if not survey.frames:
-        raise ConfigError("data", f"none of the {len(train_items)} training clips could be read; first: {survey.skipped[:1]}")
+        raise ConfigError(
+            "data", f"none of the {len(train_items)} training clips could be read; first: {survey.skipped[:1]}"
+        )
     target_length = choose_target_length(survey.frames, maximum=max_length)
     frames = sorted(survey.frames)
     notes.append(
-        f"input length: {target_length} frames ({target_length / 100:.2f} s): the 95th percentile of {len(frames)} training clips "
-        f"(shortest {frames[0] / 100:.2f} s, median {frames[len(frames) // 2] / 100:.2f} s, longest {frames[-1] / 100:.2f} s), "
-        f"rounded up to 16 frames, at most {max_length}"
+        f"input length: {target_length} frames ({target_length / 100:.2f} s): the 95th percentile of {len(frames)}"
+        f" training clips (shortest {frames[0] / 100:.2f} s, median {frames[len(frames) // 2] / 100:.2f} s, longest"
+        f" {frames[-1] / 100:.2f} s), rounded up to 16 frames, at most {max_length}"
     )
 
     # the normalisation statistics: one rule
@@ -294,7 +320,10 @@ def plan_finetune(
     else:
         st = survey.stats(target_length)
         mean, std = float(st["mean"]), float(st["std"])
-        notes.append(f"statistics: mean {mean:.6g}, std {std:.6g} of the training clips at {target_length} frames (padding included)")
+        notes.append(
+            f"statistics: mean {mean:.6g}, std {std:.6g} of the training clips at {target_length} frames (padding"
+            " included)"
+        )
 
     # length of the run, learning rate
     batch = int(min(BATCH_SIZE, max(4, len(train_items) // 10)))  # a small set still makes ~10 steps an epoch
@@ -309,22 +338,44 @@ def plan_finetune(
         + ("a pretrained encoder, layer-wise decay 0.75" if pretrained else "from scratch")
         + f"), {epochs} epochs of {steps_per_epoch} steps, 2 of warm-up"
     )
-    notes.append("augmentation: time shift within the padding (never splits a clip), gain, mixup 0.5, SpecAugment"
-                 + (", 2-D token masking 0.2/0.2" if pretrained else ""))
+    notes.append(
+        "augmentation: time shift within the padding (never splits a clip), gain, mixup 0.5, SpecAugment"
+        + (", 2-D token masking 0.2/0.2" if pretrained else "")
+    )
 
     base = [
-        "task=finetune", "modality=audio", f"model.name={name}",
-        f"data.train_manifest={train_manifest}", f"data.eval_manifest={eval_manifest}", f"data.label_csv={labels}",
-        f"data.target_length={target_length}", f"data.num_mel_bins={num_mel_bins}", f"data.mean={mean!r}", f"data.std={std!r}",
-        "data.augment.shift=true", "data.augment.roll=false", "data.augment.gain=true", "data.augment.mixup=0.5",
-        f"data.augment.freqm={num_mel_bins // 5}", f"data.augment.timem={max(1, target_length // 8)}",
-        f"masking.mask_t_prob={0.2 if pretrained else 0.0}", f"masking.mask_f_prob={0.2 if pretrained else 0.0}",
-        f"optim.blr={blr!r}", "optim.weight_decay=0.05", "optim.betas=[0.9,0.999]", f"optim.layer_decay={0.75 if pretrained else 1.0}",
-        f"schedule.epochs={epochs}", "schedule.warmup_epochs=2", "schedule.min_lr=1e-6",
-        f"train.batch_size={batch}", f"train.seed={seed}",
+        "task=finetune",
+        "modality=audio",
+        f"model.name={name}",
+        f"data.train_manifest={train_manifest}",
+        f"data.eval_manifest={eval_manifest}",
+        f"data.label_csv={labels}",
+        f"data.target_length={target_length}",
+        f"data.num_mel_bins={num_mel_bins}",
+        f"data.mean={mean!r}",
+        f"data.std={std!r}",
+        "data.augment.shift=true",
+        "data.augment.roll=false",
+        "data.augment.gain=true",
+        "data.augment.mixup=0.5",
+        f"data.augment.freqm={num_mel_bins // 5}",
+        f"data.augment.timem={max(1, target_length // 8)}",
+        f"masking.mask_t_prob={0.2 if pretrained else 0.0}",
+        f"masking.mask_f_prob={0.2 if pretrained else 0.0}",
+        f"optim.blr={blr!r}",
+        "optim.weight_decay=0.05",
+        "optim.betas=[0.9,0.999]",
+        f"optim.layer_decay={0.75 if pretrained else 1.0}",
+        f"schedule.epochs={epochs}",
+        "schedule.warmup_epochs=2",
+        "schedule.min_lr=1e-6",
+        f"train.batch_size={batch}",
+        f"train.seed={seed}",
         f"eval.every_n_epochs={max(1, epochs // 5)}",
         f"logging.every_n_steps={max(1, min(50, steps_per_epoch))}",
-        "checkpoint.every_n_epochs=0", "checkpoint.keep_last=1", f"output_dir={out}",
+        "checkpoint.every_n_epochs=0",
+        "checkpoint.keep_last=1",
+        f"output_dir={out}",
     ]
     base += [f"model.params.{k}={json.dumps(v)}" for k, v in params.items()]
     if init is not None:
@@ -337,4 +388,12 @@ def plan_finetune(
         for lab in _labels_of(it)[:1]:
             counts[lab] = counts.get(lab, 0) + 1
     chance = max(counts.values()) / len(eval_items) if counts and not multilabel else 1.0 / len(classes)
-    return FinetunePlan(config=cfg, notes=notes, num_classes=len(classes), num_train=len(train_items), num_eval=len(eval_items), held_out=held_out, chance=chance)
+    return FinetunePlan(
+        config=cfg,
+        notes=notes,
+        num_classes=len(classes),
+        num_train=len(train_items),
+        num_eval=len(eval_items),
+        held_out=held_out,
+        chance=chance,
+    )

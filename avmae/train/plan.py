@@ -1,8 +1,8 @@
 """The run plan: the values derived from the config and the world, computed in one place and logged.
 
-    effective batch = train.batch_size x train.grad_accum x processes
-    lr              = optim.lr, else optim.blr x effective batch / 256 (MAE's rule)
-    steps           = schedule.max_steps, else schedule.epochs x (items per epoch // effective batch)
+effective batch = train.batch_size x train.grad_accum x processes
+lr              = optim.lr, else optim.blr x effective batch / 256 (MAE's rule)
+steps           = schedule.max_steps, else schedule.epochs x (items per epoch // effective batch)
 """
 
 from __future__ import annotations
@@ -38,14 +38,16 @@ class RunPlan:
 
     def describe(self) -> str:
         return (
-            f"{self.num_processes} process(es) x batch {self.batch_size} x accum {self.grad_accum} = effective batch {self.effective_batch}; "
-            f"lr {self.lr:.3g} ({self.lr_rule}); {self.train_items} items -> {self.steps_per_epoch} steps/epoch, "
-            f"{self.total_steps} steps ({self.epochs} epochs), warm-up {self.warmup_steps} steps; "
-            f"precision {self.mixed_precision} on {self.device}"
+            f"{self.num_processes} process(es) x batch {self.batch_size} x accum {self.grad_accum} = effective batch"
+            f" {self.effective_batch}; lr {self.lr:.3g} ({self.lr_rule}); {self.train_items} items ->"
+            f" {self.steps_per_epoch} steps/epoch, {self.total_steps} steps ({self.epochs} epochs), warm-up"
+            f" {self.warmup_steps} steps; precision {self.mixed_precision} on {self.device}"
         )
 
 
-def plan_run(cfg: Config, train_items: int, num_processes: int, *, mixed_precision: str = "no", device: str = "cpu") -> RunPlan:
+def plan_run(
+    cfg: Config, train_items: int, num_processes: int, *, mixed_precision: str = "no", device: str = "cpu"
+) -> RunPlan:
     """Effective batch, absolute lr, steps: the one place these are derived."""
     t, s = cfg.train, cfg.schedule
     effective = t.batch_size * t.grad_accum * num_processes
@@ -56,7 +58,9 @@ def plan_run(cfg: Config, train_items: int, num_processes: int, *, mixed_precisi
     steps_per_epoch = train_items // effective
     if steps_per_epoch < 1:
         raise ConfigError(
-            "train.batch_size", f"the effective batch ({effective} = batch_size x grad_accum x processes) exceeds the {train_items} training items"
+            "train.batch_size",
+            f"the effective batch ({effective} = batch_size x grad_accum x processes) exceeds the {train_items}"
+            " training items",
         )
     total = s.max_steps if s.max_steps is not None else s.epochs * steps_per_epoch
     warmup = min(s.warmup_steps if s.warmup_steps is not None else int(round(s.warmup_epochs * steps_per_epoch)), total)

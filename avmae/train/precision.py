@@ -99,7 +99,9 @@ def linear_shapes(model: nn.Module, *, limit: int = 2, rows: int = PROBE_ROWS) -
     return [(rows, k, n) for (k, n), _ in counts.most_common(limit)] or list(DEFAULT_SHAPES)
 
 
-def probe_matmul(shapes: Sequence[Shape] = DEFAULT_SHAPES, *, budget_s: float = 0.05, slow_factor: float = 4.0) -> Dict[str, float]:
+def probe_matmul(
+    shapes: Sequence[Shape] = DEFAULT_SHAPES, *, budget_s: float = 0.05, slow_factor: float = 4.0
+) -> Dict[str, float]:
     """FLOP/s of ``F.linear`` on the CPU over ``shapes`` in fp32 and under bf16 autocast (fp32
     inputs and weights, as a training forward sees them). -> {"fp32": FLOP/s, "bf16": FLOP/s}.
 
@@ -109,7 +111,10 @@ def probe_matmul(shapes: Sequence[Shape] = DEFAULT_SHAPES, *, budget_s: float = 
     tenth of fp32 or less, and more rounds would only cost time (a few ms where bf16 runs well,
     a few hundred where it does not; then once per machine, as the result is cached)."""
     gen = torch.Generator().manual_seed(0)
-    args = [(torch.randn(m, k, generator=gen), torch.randn(n, k, generator=gen) * k**-0.5, torch.zeros(n)) for m, k, n in shapes]
+    args = [
+        (torch.randn(m, k, generator=gen), torch.randn(n, k, generator=gen) * k**-0.5, torch.zeros(n))
+        for m, k, n in shapes
+    ]
     flops = sum(2 * m * k * n for m, k, n in shapes)
 
     def run(bf16: bool) -> float:
@@ -145,8 +150,8 @@ class PrecisionChoice:
         if self.fp32_gflops is None:
             return f"{self.mixed_precision} on {self.device} ({self.reason})"
         return (
-            f"{self.mixed_precision} on {self.device}: F.linear at {self.shapes} runs {self.fp32_gflops:.1f} GFLOP/s in fp32, "
-            f"{self.bf16_gflops:.1f} GFLOP/s under bf16 autocast ({self.source}); {self.reason}"
+            f"{self.mixed_precision} on {self.device}: F.linear at {self.shapes} runs {self.fp32_gflops:.1f} GFLOP/s in"
+            f" fp32, {self.bf16_gflops:.1f} GFLOP/s under bf16 autocast ({self.source}); {self.reason}"
         )
 
     def as_dict(self) -> Dict[str, object]:
@@ -194,14 +199,25 @@ def _measured(shapes: Sequence[Shape], probe: Optional[Probe], use_cache: bool) 
     path, key = probe_cache_path(), _cache_key(shapes)
     if use_cache:
         entry = _read_cache(path).get(key)
-        if isinstance(entry, dict) and isinstance(entry.get("fp32"), (int, float)) and isinstance(entry.get("bf16"), (int, float)):
-            return {"fp32": float(entry["fp32"]), "bf16": float(entry["bf16"])}, f"cached in {path}, measured {entry.get('date', '?')}"
+        if (
+            isinstance(entry, dict)
+            and isinstance(entry.get("fp32"), (int, float))
+            and isinstance(entry.get("bf16"), (int, float))
+        ):
+            return {
+                "fp32": float(entry["fp32"]),
+                "bf16": float(entry["bf16"]),
+            }, f"cached in {path}, measured {entry.get('date', '?')}"
     threads = torch.get_num_threads()
     t = time.perf_counter()
     found = probe_matmul(shapes)
     took = time.perf_counter() - t
     if use_cache:
-        _write_cache(path, key, {**found, "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"), "probe_s": round(took, 3)})
+        _write_cache(
+            path,
+            key,
+            {**found, "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"), "probe_s": round(took, 3)},
+        )
     return found, f"measured now in {took * 1000:.0f} ms, {threads} thread(s)"
 
 
@@ -220,10 +236,14 @@ def choose_precision(
     device = torch.device(device)
     if device.type == "cuda":
         bf16 = torch.cuda.is_bf16_supported()
-        return PrecisionChoice("bf16" if bf16 else "fp16", str(device), "GPU with bf16" if bf16 else "GPU without bf16: fp16 with loss scaling")
+        return PrecisionChoice(
+            "bf16" if bf16 else "fp16",
+            str(device),
+            "GPU with bf16" if bf16 else "GPU without bf16: fp16 with loss scaling",
+        )
     if device.type != "cpu":
         return PrecisionChoice("no", str(device), f"no measured mixed precision on {device.type}")
-    shapes = [tuple(int(v) for v in s) for s in (shapes or DEFAULT_SHAPES)]
+    shapes = [tuple(int(v) for v in s) for s in shapes or DEFAULT_SHAPES]
     found, source = _measured(shapes, probe, use_cache)
     fp32, bf16 = found["fp32"], found["bf16"]
     faster = bf16 >= BF16_MARGIN * fp32
@@ -232,7 +252,8 @@ def choose_precision(
         if faster
         else f"bf16 {bf16 / fp32:.2f}x fp32 (< {BF16_MARGIN}x) -> fp32"
     )
-    return PrecisionChoice("bf16" if faster else "no", str(device), reason, fp32 / 1e9, bf16 / 1e9, shapes, source)  # type: ignore[arg-type]
+    choice = "bf16" if faster else "no"
+    return PrecisionChoice(choice, str(device), reason, fp32 / 1e9, bf16 / 1e9, shapes, source)  # type: ignore[arg-type]
 
 
 def resolve_mixed_precision(
@@ -249,5 +270,7 @@ def resolve_mixed_precision(
         _logger.info("train.mixed_precision=auto: %s", picked.describe())
         return picked.mixed_precision
     if choice == "fp16" and torch.device(device).type != "cuda":
-        raise ConfigError("train.mixed_precision", f"fp16 needs a GPU (loss scaling); use bf16 or no on {torch.device(device).type}")
+        raise ConfigError(
+            "train.mixed_precision", f"fp16 needs a GPU (loss scaling); use bf16 or no on {torch.device(device).type}"
+        )
     return choice

@@ -61,7 +61,10 @@ class PretrainTask(Task):
             return None
         unknown = set(per) - set(getattr(model, "modalities", {}))
         if unknown:
-            raise ConfigError("masking.per_modality", f"names {sorted(unknown)}, not modalities of {self.cfg.model.name} ({list(model.modalities)})")
+            raise ConfigError(
+                "masking.per_modality",
+                f"names {sorted(unknown)}, not modalities of {self.cfg.model.name} ({list(model.modalities)})",
+            )
         base = self.cfg.masking.mask_ratio
         defaults = getattr(model, "mask_ratio", None)
         defaults = defaults if isinstance(defaults, Mapping) else {}
@@ -69,8 +72,8 @@ class PretrainTask(Task):
         if unset:
             raise ConfigError(
                 "masking.per_modality",
-                f"gives no ratio for {unset} and {self.cfg.model.name} has no default ratio per modality (a `mask_ratio` mapping); "
-                "name every modality here or set masking.mask_ratio",
+                f"gives no ratio for {unset} and {self.cfg.model.name} has no default ratio per modality (a"
+                " `mask_ratio` mapping); name every modality here or set masking.mask_ratio",
             )
         return {m: per[m] if m in per else (base if base is not None else defaults[m]) for m in model.modalities}
 

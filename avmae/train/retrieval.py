@@ -22,6 +22,7 @@ def _modalities(model: nn.Module) -> Dict[str, nn.Module]:
     mods = getattr(model, "modalities", None)
     return dict(mods.items()) if isinstance(mods, (Mapping, nn.ModuleDict)) else {}
 
+
 @torch.no_grad()
 def pooled_embeddings(model: nn.Module, inputs: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """``{modality: [B, D]}``: each modality alone, unmasked, through its blocks and the joint
@@ -33,9 +34,8 @@ def pooled_embeddings(model: nn.Module, inputs: Mapping[str, torch.Tensor]) -> D
 
 
 def supports_retrieval(model: nn.Module) -> bool:
-    return (
-        {"audio", "video"} <= set(_modalities(model))
-        and all(hasattr(model, a) for a in ("embed_and_mask", "single_modality", "_identity_noise"))
+    return {"audio", "video"} <= set(_modalities(model)) and all(
+        hasattr(model, a) for a in ("embed_and_mask", "single_modality", "_identity_noise")
     )
 
 

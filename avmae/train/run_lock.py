@@ -128,14 +128,19 @@ class RunLock:
                 continue
             previous = _read_holder(fd)
             if previous:
-                _logger.warning("took over the stale lock of a trainer that is gone (%s): %s", _describe(previous), self.path)
+                _logger.warning(
+                    "took over the stale lock of a trainer that is gone (%s): %s", _describe(previous), self.path
+                )
             os.ftruncate(fd, 0)
             os.pwrite(fd, self._me(), 0)
             os.fsync(fd)
             self._fd = fd
             _HELD.add(key)
             return
-        raise RunLockError(f"{self.path}: could not take the run lock (it kept changing); is another trainer starting on {self.run_dir}?")
+        raise RunLockError(
+            f"{self.path}: could not take the run lock (it kept changing); is another trainer starting on"
+            f" {self.run_dir}?"
+        )
 
     def _acquire_by_file(self) -> None:
         """Exclusive creation of the lock file, for filesystems without record locks."""
@@ -146,7 +151,9 @@ class RunLock:
                 with open(self.path, "rb") as f:
                     holder = _read_holder(f.fileno())
                 if holder.get("host") == socket.gethostname() and not _pid_alive(holder.get("pid")):
-                    _logger.warning("took over the stale lock of a trainer that is gone (%s): %s", _describe(holder), self.path)
+                    _logger.warning(
+                        "took over the stale lock of a trainer that is gone (%s): %s", _describe(holder), self.path
+                    )
                     self.path.unlink(missing_ok=True)
                     continue
                 raise self._busy(holder) from None
@@ -170,7 +177,7 @@ class RunLock:
             os.close(fd)  # drops the record lock
             _HELD.discard(self._key)
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         self.acquire()
         return self
 

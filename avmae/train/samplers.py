@@ -179,7 +179,12 @@ class BalancedSampler(Sampler):
         if total < 1:
             raise ValueError(f"{requested} items per epoch are fewer than one global batch of {multiple}")
         if total != requested:
-            _logger.info("balanced sampling: %d items per epoch (the %d asked for, cut to whole batches of %d)", total, requested, multiple)
+            _logger.info(
+                "balanced sampling: %d items per epoch (the %d asked for, cut to whole batches of %d)",
+                total,
+                requested,
+                multiple,
+            )
         self.weights = w
         self.replacement = bool(replacement)
         self.seed = int(seed)
@@ -242,13 +247,27 @@ def balanced_sampler(cfg, train_set, items_per_epoch: int, *, global_batch: int)
     if d.sample_weights is not None:
         weights = load_weights(d.sample_weights)
         if weights.numel() != len(train_set):
-            raise ConfigError("data.sample_weights", f"{d.sample_weights} holds {weights.numel()} weights for {len(train_set)} training items")
+            raise ConfigError(
+                "data.sample_weights",
+                f"{d.sample_weights} holds {weights.numel()} weights for {len(train_set)} training items",
+            )
     else:
         items, class_ids = getattr(train_set, "items", None), getattr(train_set, "class_ids", None)
         if items is None or not class_ids:
-            raise ConfigError("data.balanced", f"needs labelled items to weight ({type(train_set).__name__} has no items/class_ids); give data.sample_weights")
+            raise ConfigError(
+                "data.balanced",
+                f"needs labelled items to weight ({type(train_set).__name__} has no items/class_ids); give"
+                " data.sample_weights",
+            )
         weights = balanced_weights(items, class_ids)
     try:
-        return BalancedSampler(weights, items_per_epoch, replacement=d.replacement, seed=cfg.train.seed, global_batch=global_batch, with_epoch=True)
+        return BalancedSampler(
+            weights,
+            items_per_epoch,
+            replacement=d.replacement,
+            seed=cfg.train.seed,
+            global_batch=global_batch,
+            with_epoch=True,
+        )
     except ValueError as exc:
         raise ConfigError("data.epoch_len", str(exc)) from None

@@ -34,7 +34,15 @@ from .optim import param_groups
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["Task", "base_model_params", "build_model", "model_inputs", "input_shapes", "data_statistics", "warn_other_statistics"]
+__all__ = [
+    "Task",
+    "base_model_params",
+    "build_model",
+    "model_inputs",
+    "input_shapes",
+    "data_statistics",
+    "warn_other_statistics",
+]
 
 
 def base_model_params(cfg: Config) -> Dict[str, Any]:
@@ -55,7 +63,11 @@ def build_model(name: str, params: Mapping[str, Any]) -> nn.Module:
 def input_shapes(model: nn.Module) -> Dict[str, Tuple[int, ...]]:
     """``{modality: input shape without the batch}`` of a model (its modalities' ``input_shape``)."""
     mods = getattr(model, "modalities", None) or {}
-    return {m: tuple(int(v) for v in mod.input_shape) for m, mod in mods.items() if getattr(mod, "input_shape", None) is not None}
+    return {
+        m: tuple(int(v) for v in mod.input_shape)
+        for m, mod in mods.items()
+        if getattr(mod, "input_shape", None) is not None
+    }
 
 
 def model_inputs(model: nn.Module, batch: Mapping[str, Any], accelerator=None) -> Dict[str, torch.Tensor]:
@@ -63,7 +75,9 @@ def model_inputs(model: nn.Module, batch: Mapping[str, Any], accelerator=None) -
     inner = accelerator.unwrap_model(model, keep_torch_compile=False) if accelerator is not None else model
     keys = getattr(inner, "modalities", None)
     if keys is None:
-        raise TypeError(f"{type(inner).__name__} has no `modalities`; the trainer cannot tell which batch entries are inputs")
+        raise TypeError(
+            f"{type(inner).__name__} has no `modalities`; the trainer cannot tell which batch entries are inputs"
+        )
     inputs = {k: batch[k] for k in keys if k in batch}
     if not inputs:
         raise KeyError(f"batch keys {sorted(batch)} hold none of the model's modalities {list(keys)}")
@@ -97,12 +111,23 @@ def warn_other_statistics(cfg: Config, init_from) -> None:
     ours = data_statistics(dataclasses.asdict(cfg.data))
     if theirs is None or ours is None:
         return
-    if abs(theirs[0] - ours[0]) > 1e-3 * max(1.0, abs(theirs[0])) or abs(theirs[1] - ours[1]) > 1e-3 * max(1.0, abs(theirs[1])):
+    if abs(theirs[0] - ours[0]) > 1e-3 * max(1.0, abs(theirs[0])) or abs(theirs[1] - ours[1]) > 1e-3 * max(
+        1.0, abs(theirs[1])
+    ):
         where = "its run config" if saved else "assumed for a file without a run config, as the released AudioMAE"
         _logger.warning(
-            "checkpoint.init_from was trained on fbank statistics mean %.4g, std %.4g (%s, %s); this run normalises with mean %.4g, "
-            "std %.4g (%s), so the pretrained weights see inputs on another scale. Keep theirs (data.mean=%.7g data.std=%.7g) "
-            "unless that is meant.", theirs[0], theirs[1], theirs[2], where, ours[0], ours[1], ours[2], theirs[0], theirs[1],
+            "checkpoint.init_from was trained on fbank statistics mean %.4g, std %.4g (%s, %s); this run normalises"
+            " with mean %.4g, std %.4g (%s), so the pretrained weights see inputs on another scale. Keep theirs"
+            " (data.mean=%.7g data.std=%.7g) unless that is meant.",
+            theirs[0],
+            theirs[1],
+            theirs[2],
+            where,
+            ours[0],
+            ours[1],
+            ours[2],
+            theirs[0],
+            theirs[1],
         )
 
 
@@ -158,7 +183,9 @@ class Task:
         return EpochSampler(len(train_set), global_batch=plan.effective_batch, seed=self.cfg.train.seed)
 
     # ------------------------------------------------------------------ steps
-    def compute_loss(self, model: nn.Module, inputs: Dict[str, torch.Tensor], batch: Mapping[str, Any]) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    def compute_loss(
+        self, model: nn.Module, inputs: Dict[str, torch.Tensor], batch: Mapping[str, Any]
+    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         raise NotImplementedError
 
     def after_step(self, model: nn.Module, step: int, total_steps: int) -> None:

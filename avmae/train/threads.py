@@ -80,7 +80,9 @@ def _parse(threads: Union[str, int, None]) -> Optional[int]:
     return n
 
 
-def configure_threads(threads: Union[str, int, None] = "auto", *, device: Optional[torch.device] = None) -> ThreadSettings:
+def configure_threads(
+    threads: Union[str, int, None] = "auto", *, device: Optional[torch.device] = None
+) -> ThreadSettings:
     """Set this process's intra-op threads (see the module doc) -> what was set, logged.
 
     ``threads``: ``train.threads`` ("auto" or a count). On a GPU the CPU threads matter little;
@@ -98,11 +100,17 @@ def configure_threads(threads: Union[str, int, None] = "auto", *, device: Option
     torch.set_num_threads(n)
     policy = _openmp.policy_at_load
     if policy is None:
-        policy = f"unknown (torch was imported before avmae; {_openmp.WAIT_POLICY}={os.environ.get(_openmp.WAIT_POLICY, 'unset')} for child processes)"
+        policy = (
+            "unknown (torch was imported before avmae;"
+            f" {_openmp.WAIT_POLICY}={os.environ.get(_openmp.WAIT_POLICY, 'unset')} for child processes)"
+        )
     settings = ThreadSettings(n, usable, source, policy)
     _logger.info("threads: %s", settings.describe())
     if policy == "unset" and n > 1:
-        _logger.info("OpenMP threads spin while idle (OMP_WAIT_POLICY unset): a run beside another busy process may slow down many times")
+        _logger.info(
+            "OpenMP threads spin while idle (OMP_WAIT_POLICY unset): a run beside another busy process may slow down"
+            " many times"
+        )
     return settings
 
 

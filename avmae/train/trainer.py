@@ -112,7 +112,9 @@ class Trainer:
 
     device_skip: bool = True
 
-    def __init__(self, cfg: Config, *, task: Optional[Task] = None, datasets: Optional[Tuple[Dataset, Optional[Dataset]]] = None) -> None:
+    def __init__(
+        self, cfg: Config, *, task: Optional[Task] = None, datasets: Optional[Tuple[Dataset, Optional[Dataset]]] = None
+    ) -> None:
         from accelerate import Accelerator, PartialState
         from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
@@ -129,7 +131,9 @@ class Trainer:
         self.task = task if task is not None else task_cls(cfg)
         self._datasets = datasets
         self.threads = configure_threads(cfg.train.threads)  # before the precision probe: it runs on them
-        self.mixed_precision = resolve_mixed_precision(cfg.train.mixed_precision, state.device, shapes=self._probe_shapes(cfg, state.device))
+        self.mixed_precision = resolve_mixed_precision(
+            cfg.train.mixed_precision, state.device, shapes=self._probe_shapes(cfg, state.device)
+        )
         fresh_precision_state(state.num_processes)
         self.accelerator = Accelerator(
             cpu=cfg.train.cpu,
@@ -182,7 +186,14 @@ class Trainer:
             log = TrainLog(self.output_dir, acc, cfg, plan, state)
             params = [p for p in model.parameters() if p.requires_grad]
             clip = cfg.optim.clip_grad if cfg.optim.clip_grad is not None else math.inf
-            guard = NonFiniteGuard(acc, optimizer, state, limit=cfg.train.max_nonfinite, stop_requested=self.stop.requested, on_device=self.device_skip)
+            guard = NonFiniteGuard(
+                acc,
+                optimizer,
+                state,
+                limit=cfg.train.max_nonfinite,
+                stop_requested=self.stop.requested,
+                on_device=self.device_skip,
+            )
             try:
                 with self.stop:
                     while state.step < plan.total_steps and not interrupted:
@@ -195,13 +206,21 @@ class Trainer:
                                 log.add(loss, parts, cfg.train.batch_size)
                                 if not acc.sync_gradients:
                                     continue
-                                lr = lr_at(state.step, base_lr=plan.lr, min_lr=plan.min_lr, warmup_steps=plan.warmup_steps, total_steps=plan.total_steps)
+                                lr = lr_at(
+                                    state.step,
+                                    base_lr=plan.lr,
+                                    min_lr=plan.min_lr,
+                                    warmup_steps=plan.warmup_steps,
+                                    total_steps=plan.total_steps,
+                                )
                                 set_lr(optimizer, lr)
                                 grad_norm = acc.clip_grad_norm_(params, clip)
                                 guard.step(state.step + 1, log.take_nonfinite(), grad_norm)
                             state.step += 1
                             state.epoch_step += 1
-                            task.after_step(acc.unwrap_model(model, keep_torch_compile=False), state.step, plan.total_steps)
+                            task.after_step(
+                                acc.unwrap_model(model, keep_torch_compile=False), state.step, plan.total_steps
+                            )
                             if self._after_step(run, log, guard, lr, grad_norm, stop_after):
                                 interrupted = True
                                 break
@@ -216,12 +235,23 @@ class Trainer:
                 acc.end_training()
                 skipped_items = self._skip_report(run.train_set, check=False, final=True)
         if interrupted:
-            _logger.info("stopped at step %d (%s); resume with resume=true", state.step, self.stop.signal or "stop requested")
+            _logger.info(
+                "stopped at step %d (%s); resume with resume=true", state.step, self.stop.signal or "stop requested"
+            )
         return TrainResult(
-            output_dir=self.output_dir, steps=state.step, last_checkpoint=Path(state.last_checkpoint) if state.last_checkpoint else None,
-            first_loss=log.history[0][1] if log.history else None, last_loss=log.history[-1][1] if log.history else None,
-            start_step=start_step, loss_history=log.history, eval=run.eval_metrics, skipped_steps=state.skipped_steps,
-            interrupted=interrupted, seconds=time.time() - t_start, plan=plan, skipped_items=skipped_items,
+            output_dir=self.output_dir,
+            steps=state.step,
+            last_checkpoint=Path(state.last_checkpoint) if state.last_checkpoint else None,
+            first_loss=log.history[0][1] if log.history else None,
+            last_loss=log.history[-1][1] if log.history else None,
+            start_step=start_step,
+            loss_history=log.history,
+            eval=run.eval_metrics,
+            skipped_steps=state.skipped_steps,
+            interrupted=interrupted,
+            seconds=time.time() - t_start,
+            plan=plan,
+            skipped_items=skipped_items,
         )
 
     def after_step(self, step: int) -> None:
@@ -243,11 +273,21 @@ class Trainer:
             eval_set = MemoryCached(eval_set) if eval_set is not None else None
         if model is None:
             model = task.build_model(train_set)
-        plan = plan_run(cfg, task.items_per_epoch(train_set), acc.num_processes, mixed_precision=self.mixed_precision, device=str(acc.device))
+        plan = plan_run(
+            cfg,
+            task.items_per_epoch(train_set),
+            acc.num_processes,
+            mixed_precision=self.mixed_precision,
+            device=str(acc.device),
+        )
         _logger.info("run plan: %s", plan.describe())
         fused = resolve_fused(cfg.optim.fused, self._param_devices())
-        optimizer = build_optimizer(task.param_groups(model), lr=plan.lr, betas=cfg.optim.betas, eps=cfg.optim.eps, fused=fused)
-        _logger.info("optimizer: AdamW, %s implementation (optim.fused=%s)", "fused" if fused else "default", cfg.optim.fused)
+        optimizer = build_optimizer(
+            task.param_groups(model), lr=plan.lr, betas=cfg.optim.betas, eps=cfg.optim.eps, fused=fused
+        )
+        _logger.info(
+            "optimizer: AdamW, %s implementation (optim.fused=%s)", "fused" if fused else "default", cfg.optim.fused
+        )
         sampler = task.build_sampler(train_set, plan)
         loader_kw = dict(num_workers=cfg.data.num_workers, seed=cfg.train.seed, pin_memory=acc.device.type == "cuda")
         train_loader = build_loader(EpochIndexed(train_set), cfg.train.batch_size, sampler=sampler, **loader_kw)
@@ -263,9 +303,27 @@ class Trainer:
         if state.last_checkpoint:
             set_fused(optimizer, fused)  # the loaded state carries the implementation that wrote it
         self.checkpoints.write_run_info(plan)
-        return _Run(model, optimizer, train_set, train_loader, eval_loader, sampler, plan, state, saved_at=state.step if state.last_checkpoint else -1)
+        return _Run(
+            model,
+            optimizer,
+            train_set,
+            train_loader,
+            eval_loader,
+            sampler,
+            plan,
+            state,
+            saved_at=state.step if state.last_checkpoint else -1,
+        )
 
-    def _after_step(self, run: _Run, log: TrainLog, guard: NonFiniteGuard, lr: float, grad_norm: torch.Tensor, stop_after: Optional[int]) -> bool:
+    def _after_step(
+        self,
+        run: _Run,
+        log: TrainLog,
+        guard: NonFiniteGuard,
+        lr: float,
+        grad_norm: torch.Tensor,
+        stop_after: Optional[int],
+    ) -> bool:
         """Progress, log and checkpoint of the step just taken -> whether to stop now."""
         cfg, state = self.cfg, run.state
         multi = self.accelerator.num_processes > 1
@@ -296,7 +354,11 @@ class Trainer:
         if run.eval_loader is not None and self._eval_due(state.epoch, done):
             self._evaluate(run, log)
         self._skip_report(run.train_set, check=True)
-        if cfg.checkpoint.every_n_epochs and state.epoch % cfg.checkpoint.every_n_epochs == 0 and run.saved_at != state.step:
+        if (
+            cfg.checkpoint.every_n_epochs
+            and state.epoch % cfg.checkpoint.every_n_epochs == 0
+            and run.saved_at != state.step
+        ):
             self._save(run, guard)
         return self._stop_now(guard)
 
@@ -374,14 +436,17 @@ class Trainer:
             _logger.warning("could not write %s: %s", self.output_dir / SKIPPED_FILE, exc)
         if found and acc.is_main_process and len(found) != getattr(self, "_skips_logged", 0):
             self._skips_logged = len(found)
-            _logger.info("%d unreadable clip(s) skipped so far, listed in %s", len(found), self.output_dir / SKIPPED_FILE)
+            _logger.info(
+                "%d unreadable clip(s) skipped so far, listed in %s", len(found), self.output_dir / SKIPPED_FILE
+            )
         log_dir, fraction = getattr(train_set, "skip_log_dir", None), getattr(train_set, "max_skip_fraction", None)
         if check and log_dir is not None and fraction is not None:
             skipped = len(collect_skipped(log_dir)) if Path(log_dir).is_dir() else 0
             if skipped > fraction * len(train_set):
                 raise TooManySkippedError(
-                    f"{skipped} of {len(train_set)} training clips are unreadable, more than data.max_skip_fraction={fraction} "
-                    f"(listed in {self.output_dir / SKIPPED_FILE}). Check the data (or raise data.max_skip_fraction)."
+                    f"{skipped} of {len(train_set)} training clips are unreadable, more than"
+                    f" data.max_skip_fraction={fraction} (listed in {self.output_dir / SKIPPED_FILE}). Check the data"
+                    " (or raise data.max_skip_fraction)."
                 )
         return len(found)
 

@@ -63,7 +63,9 @@ class EMATeacherRegression(Objective):
     # ------------------------------------------------------------------ the teacher
     def attach(self, model: nn.Module) -> None:
         if list(model.modalities) != [self.modality]:
-            raise ValueError(f"eat_latent regresses one modality ({self.modality!r}); the model has {list(model.modalities)}")
+            raise ValueError(
+                f"eat_latent regresses one modality ({self.modality!r}); the model has {list(model.modalities)}"
+            )
         if not getattr(model, "has_cls", False):
             raise ValueError("eat_latent's utterance loss needs a model with a cls token")
         if self.top_k > len(model.blocks):
@@ -91,7 +93,7 @@ class EMATeacherRegression(Objective):
     def targets(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, ...] input of the modality -> targets [B, L, D] (float32)."""
         self.teacher.eval()
-        layers = self.teacher.block_outputs({self.modality: x})[-self.top_k:]
+        layers = self.teacher.block_outputs({self.modality: x})[-self.top_k :]
         outs = []
         for y in layers:
             y = y[:, 1:].float()  # the cls token is not a target
@@ -109,7 +111,10 @@ class EMATeacherRegression(Objective):
         target = self.targets(inputs[m])
         pred = out.pred[m].float()
         if pred.shape[-1] != target.shape[-1]:
-            raise ValueError(f"eat_latent: the decoder predicts {pred.shape[-1]} values per token, the targets have {target.shape[-1]} (decoder out_dim)")
+            raise ValueError(
+                f"eat_latent: the decoder predicts {pred.shape[-1]} values per token, the targets have"
+                f" {target.shape[-1]} (decoder out_dim)"
+            )
         per_token = (pred - target.repeat_interleave(c, dim=0)).pow(2).mean(dim=-1)
         mask = out.mask[m].float()
         frame = (per_token * mask).sum() / mask.sum().clamp(min=1.0)
@@ -119,6 +124,6 @@ class EMATeacherRegression(Objective):
 
     def extra_repr(self) -> str:
         return (
-            f"{super().extra_repr()}, top_k={self.top_k}, decay={self.decay}->{self.end_decay} over {self.anneal_steps} steps, "
-            f"frame_weight={self.frame_weight}, utterance_weight={self.utterance_weight}"
+            f"{super().extra_repr()}, top_k={self.top_k}, decay={self.decay}->{self.end_decay} over {self.anneal_steps}"
+            f" steps, frame_weight={self.frame_weight}, utterance_weight={self.utterance_weight}"
         )

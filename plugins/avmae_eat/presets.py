@@ -21,7 +21,9 @@ from avmae.models import MaskedAutoencoder
 __all__ = ["EAT_SIZES", "eat", "eat_vit_base", "eat_demo", "eat_tiny"]
 
 EAT_SIZES: Dict[str, Dict[str, Any]] = {
-    "vit_base": dict(embed_dim=768, depth=12, num_heads=12, target_length=1024, num_clones=16, block=5, decoder_depth=6),
+    "vit_base": dict(
+        embed_dim=768, depth=12, num_heads=12, target_length=1024, num_clones=16, block=5, decoder_depth=6
+    ),
     "demo": dict(embed_dim=192, depth=4, num_heads=3, target_length=256, num_clones=8, block=3, decoder_depth=2),
     "tiny": dict(embed_dim=64, depth=2, num_heads=4, target_length=64, num_clones=4, block=3, decoder_depth=2),
 }
@@ -53,17 +55,27 @@ def eat(
     kw: Dict[str, Any] = dict(embed_dim=width, depth=s["depth"], num_heads=s["num_heads"])
     kw.update(overrides)
     return MaskedAutoencoder(
-        modalities={"audio": dict(target_length=target_length or s["target_length"], num_mel_bins=num_mel_bins, pos_embed="audiomae")},
+        modalities={
+            "audio": dict(
+                target_length=target_length or s["target_length"], num_mel_bins=num_mel_bins, pos_embed="audiomae"
+            )
+        },
         cls_token=True,
         decoder="eat_cnn",
-        decoder_params=dict(embed_dim=width, out_dim=kw["embed_dim"], depth=decoder_depth or s["decoder_depth"], groups=decoder_groups),
+        decoder_params=dict(
+            embed_dim=width, out_dim=kw["embed_dim"], depth=decoder_depth or s["decoder_depth"], groups=decoder_groups
+        ),
         mask_ratio=mask_ratio,
         maskers={"audio": {"name": "inverse_block", "block": block or s["block"]}},
         num_clones=num_clones or s["num_clones"],
         objectives=[
             {
-                "name": "eat_latent", "top_k": top_k or kw["depth"], "decay": decay, "end_decay": end_decay,
-                "anneal_steps": anneal_steps, "utterance_weight": utterance_weight,
+                "name": "eat_latent",
+                "top_k": top_k or kw["depth"],
+                "decay": decay,
+                "end_decay": end_decay,
+                "anneal_steps": anneal_steps,
+                "utterance_weight": utterance_weight,
             }
         ],
         **kw,

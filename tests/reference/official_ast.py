@@ -66,7 +66,14 @@ def official_num_params(embed_dim: int, depth: int, num_classes: int, num_patche
     d = embed_dim
     h = int(d * mlp_ratio)
     block = 2 * d + (3 * d * d + 3 * d) + (d * d + d) + 2 * d + (h * d + h) + (d * h + d)
-    return depth * block + (d * PATCH * PATCH + d) + (num_patches + 2) * d + 2 * d + 2 * d + (2 * d + d * num_classes + num_classes)
+    return (
+        depth * block
+        + (d * PATCH * PATCH + d)
+        + (num_patches + 2) * d
+        + 2 * d
+        + 2 * d
+        + (2 * d + d * num_classes + num_classes)
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -268,13 +275,21 @@ def _block(x: torch.Tensor, sd: StateDict, p: str, num_heads: int) -> torch.Tens
     bsz, n, d = x.shape
     hd = d // num_heads
     h = _layer_norm(x, sd[p + "norm1.weight"], sd[p + "norm1.bias"], LN_EPS)
-    qkv = _linear(h, sd[p + "attn.qkv.weight"], sd[p + "attn.qkv.bias"]).reshape(bsz, n, 3, num_heads, hd).permute(2, 0, 3, 1, 4)
+    qkv = (
+        _linear(h, sd[p + "attn.qkv.weight"], sd[p + "attn.qkv.bias"])
+        .reshape(bsz, n, 3, num_heads, hd)
+        .permute(2, 0, 3, 1, 4)
+    )
     q, k, v = qkv[0], qkv[1], qkv[2]
     attn = _softmax((q @ k.transpose(-2, -1)) * hd**-0.5)
     a = (attn @ v).transpose(1, 2).reshape(bsz, n, d)
     x = x + _linear(a, sd[p + "attn.proj.weight"], sd[p + "attn.proj.bias"])
     h = _layer_norm(x, sd[p + "norm2.weight"], sd[p + "norm2.bias"], LN_EPS)
-    h = _linear(_gelu(_linear(h, sd[p + "mlp.fc1.weight"], sd[p + "mlp.fc1.bias"])), sd[p + "mlp.fc2.weight"], sd[p + "mlp.fc2.bias"])
+    h = _linear(
+        _gelu(_linear(h, sd[p + "mlp.fc1.weight"], sd[p + "mlp.fc1.bias"])),
+        sd[p + "mlp.fc2.weight"],
+        sd[p + "mlp.fc2.bias"],
+    )
     return x + h
 
 

@@ -130,7 +130,9 @@ def _fill_vit_block(f: _Filler, sd: StateDict, prefix: str, dim: int, mlp_ratio:
     f.linear(sd, f"{prefix}.mlp.fc2", dim, hidden)
 
 
-def _fill_swin_block(f: _Filler, sd: StateDict, prefix: str, dim: int, heads: int, mlp_ratio: float, meta_dim: int) -> None:
+def _fill_swin_block(
+    f: _Filler, sd: StateDict, prefix: str, dim: int, heads: int, mlp_ratio: float, meta_dim: int
+) -> None:
     # AudioMAE-patched SwinTransformerBlock: attn(tau, qkv, proj, meta_mlp.fc1/fc2), norm1, mlp, norm2
     hidden = int(dim * mlp_ratio)
     sd[f"{prefix}.attn.tau"] = f.uniform(heads, low=0.5, high=1.5)
@@ -243,7 +245,7 @@ def make_official_finetune_state_dict(
 def _sub(sd: StateDict, prefix: str, dtype: torch.dtype) -> StateDict:
     """The entries under ``prefix.`` with the prefix stripped, cast to ``dtype``."""
     head = prefix + "."
-    return {k[len(head):]: v.to(dtype) for k, v in sd.items() if k.startswith(head)}
+    return {k[len(head) :]: v.to(dtype) for k, v in sd.items() if k.startswith(head)}
 
 
 def _count_blocks(sd: StateDict, prefix: str) -> int:
@@ -547,7 +549,9 @@ def official_forward_decoder(
     return pred
 
 
-def official_forward_loss(imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, *, norm_pix_loss: bool) -> torch.Tensor:
+def official_forward_loss(
+    imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, *, norm_pix_loss: bool
+) -> torch.Tensor:
     """Per-patch MSE averaged over masked patches only; norm_pix uses the unbiased variance + 1e-6."""
     patch = int(round(math.sqrt(pred.shape[-1])))
     target = official_patchify(imgs, patch)
@@ -604,7 +608,12 @@ def official_pretrain_forward(
 # fine-tuning model
 # ------------------------------------------------------------------------------------------------
 def _finetune_mask_2d(
-    x: torch.Tensor, grid: Tuple[int, int], mask_t_prob: float, mask_f_prob: float, noise_t: torch.Tensor, noise_f: torch.Tensor
+    x: torch.Tensor,
+    grid: Tuple[int, int],
+    mask_t_prob: float,
+    mask_f_prob: float,
+    noise_t: torch.Tensor,
+    noise_f: torch.Tensor,
 ) -> torch.Tensor:
     """models_vit ``random_masking_2d``: drop whole time rows, then whole frequency columns.
 
@@ -739,7 +748,18 @@ def to_official_pretrain_checkpoint(sd: StateDict, path, *, epoch: int = 3, **ar
 
 def to_official_finetune_checkpoint(sd: StateDict, path, *, epoch: int = 3, **args_overrides) -> None:
     """The same container for a fine-tuned state dict (main_finetune_as.py saves with save_model too)."""
-    defaults = dict(model="vit_base_patch16", nb_classes=527, global_pool=True, drop_path=0.1, layer_decay=0.75,
-                    mask_2d=True, mask_t_prob=0.2, mask_f_prob=0.2, blr=0.0002, epochs=100, warmup_epochs=10)
+    defaults = dict(
+        model="vit_base_patch16",
+        nb_classes=527,
+        global_pool=True,
+        drop_path=0.1,
+        layer_decay=0.75,
+        mask_2d=True,
+        mask_t_prob=0.2,
+        mask_f_prob=0.2,
+        blr=0.0002,
+        epochs=100,
+        warmup_epochs=10,
+    )
     defaults.update(args_overrides)
     _save_official(sd, path, epoch, _official_args(**defaults))

@@ -167,7 +167,9 @@ def make_official_cav_mae_state_dict(
     # child modules in registration order
     sd["patch_embed_a.proj.weight"] = f.normal(embed_dim, 1, patch_size, patch_size, std=patch_size**-1)
     sd["patch_embed_a.proj.bias"] = f.normal(embed_dim, std=0.02)
-    sd["patch_embed_v.proj.weight"] = f.normal(embed_dim, in_chans, patch_size, patch_size, std=(in_chans * patch_size**2) ** -0.5)
+    sd["patch_embed_v.proj.weight"] = f.normal(
+        embed_dim, in_chans, patch_size, patch_size, std=(in_chans * patch_size**2) ** -0.5
+    )
     sd["patch_embed_v.proj.bias"] = f.normal(embed_dim, std=0.02)
     for branch in ("blocks_a", "blocks_v"):
         for i in range(modality_specific_depth):
