@@ -18,10 +18,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _in_tree_plugin_entry_points() -> str:
-    """The ``[project.entry-points."avmae.*"]`` tables of pyproject.toml, as an entry_points.txt."""
+    """The ``[project.entry-points."avmae.*"]`` tables of the in-tree plugin's own pyproject.toml
+    (plugins/avmae_eat, a distribution of its own), as an entry_points.txt."""
     import tomllib
 
-    eps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"].get("entry-points", {})
+    eps = tomllib.loads((ROOT / "plugins" / "avmae_eat" / "pyproject.toml").read_text())["project"].get(
+        "entry-points", {}
+    )
     return "".join(
         f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in table.items()) + "\n"
         for group, table in eps.items()
@@ -32,9 +35,9 @@ def _in_tree_plugin_entry_points() -> str:
 def _register_in_tree_plugins() -> None:
     """The tests check this tree's in-tree plugins (plugins/), whatever was installed: their folder
     goes first on sys.path (and PYTHONPATH, for child processes), so an install made from another
-    checkout, or one that has since moved, does not decide which code runs. An install made before
-    the plugins existed lacks their entry points: they are then made visible as ``pip install -e .``
-    would (a dist-info on sys.path)."""
+    checkout, or one that has since moved, does not decide which code runs. Without the plugin
+    installed (``pip install -e plugins/avmae_eat``) its entry points are made visible as that
+    install would (a dist-info on sys.path), so the tests run in a clone without installing it."""
     from importlib import metadata
 
     paths = [str(ROOT / "plugins")]
@@ -71,8 +74,25 @@ def one_thread(monkeypatch):
     torch.set_num_threads(n)
 
 
+# tools/<name>.py -> the avmae.cli module it wraps (the commands' code lives in the package)
+TOOL_MODULES = {"prepare_data": "prepare", "convert_checkpoint": "convert"}
+COMMAND_TOOLS = (
+    "train",
+    "finetune",
+    "evaluate",
+    "extract",
+    "visualize",
+    "prepare_data",
+    "convert_checkpoint",
+    "benchmark",
+)
+
+
 def import_tool(name: str):
-    """Import ``tools/<name>.py`` as module ``tool_<name>``."""
+    """The module behind ``tools/<name>.py``: ``avmae.cli.<command>`` for a command's wrapper,
+    else the script itself imported as module ``tool_<name>``."""
+    if name in COMMAND_TOOLS:
+        return importlib.import_module(f"avmae.cli.{TOOL_MODULES.get(name, name)}")
     spec = importlib.util.spec_from_file_location(f"tool_{name}", ROOT / "tools" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod  # dataclasses look their module up

@@ -7,6 +7,8 @@ A task is a class registered in ``avmae.registry.TASKS`` (``@register_task("name
     param_groups(model) -> list                  AdamW groups (weight decay, lr_scale)
     items_per_epoch(train_set) / build_sampler   the length and the order of an epoch
     compute_loss(model, inputs, batch)           -> (loss, {name: scalar}) of one batch
+    validate(cfg) (classmethod)                  what only the task knows about a config
+    options                                      a dataclass of its ``task_params`` (``self.params``)
     after_step(model, step, total_steps)         after every optimizer step (an EMA teacher)
     evaluate(model, loader, accelerator)         -> {name: float}, identical on every process
 
@@ -141,9 +143,25 @@ class Task:
 
     name = "task"
     model_needs_data = True
+    options: Optional[type] = None  # a dataclass of the task's own ``task_params`` (see avmae.options)
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
+        self.params = self.options_of(cfg)
+
+    @classmethod
+    def options_of(cls, cfg: Config) -> Any:
+        """``task_params`` as an instance of ``options`` (None when the task declares none)."""
+        if cls.options is None:
+            return None
+        from ..options import merge_options
+
+        return merge_options(cls.options, cfg.task_params, "task_params", f"task {cfg.task!r}")
+
+    @classmethod
+    def validate(cls, cfg: Config) -> None:
+        """What only this task knows about a config; a ``ConfigError`` naming the key. Called by
+        ``avmae.config.validate`` (after the generic checks, with ``task_params`` merged)."""
 
     # ------------------------------------------------------------------ model
     def model_params(self, train_set: Optional[Dataset]) -> Dict[str, Any]:
