@@ -56,7 +56,10 @@ class MaskedAutoencoder(nn.Module):
 
     Args:
         modalities: {input key: modality params}, e.g. {"audio": {"target_length": 1024}}.
-        embed_dim, depth, num_heads, mlp_ratio: encoder size.
+        embed_dim: encoder width.
+        depth: encoder blocks.
+        num_heads: encoder attention heads.
+        mlp_ratio: encoder MLP width, in multiples of ``embed_dim``.
         joint_depth: blocks over the concatenated modalities (the rest are per modality);
             ignored with one modality (all blocks are joint).
         cls_token: prepend a learned cls token to the joint sequence (AudioMAE does).
@@ -74,7 +77,8 @@ class MaskedAutoencoder(nn.Module):
         loss_weights: {modality: weight} for the reconstruction terms (default 1 each).
         contrastive_weight: weight of InfoNCE between the first two modalities' pooled
             single-modality representations (0 = off).
-        contrastive_temperature, contrastive_bidirectional: InfoNCE options.
+        contrastive_temperature: InfoNCE temperature.
+        contrastive_bidirectional: average both InfoNCE directions.
         contrastive_gather: take negatives from every process when ``torch.distributed`` is
             initialised (see ``avmae.losses``); the loss then equals the global-batch loss.
         drop_path: stochastic depth of the encoder.
