@@ -28,6 +28,9 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .config_error import ConfigError
+from .options import check_entries
+
 __all__ = [
     "list_configs",
     "resolve_config_path",
@@ -90,14 +93,6 @@ def param_source(message: str) -> Optional[str]:
 
 # values of data.demo: the generated demo clips, each read by the dataset builder of the same name
 DEMO_DATA: Tuple[str, ...] = ("audio", "av")
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot run. The message starts with the offending key."""
-
-    def __init__(self, key: str, message: str) -> None:
-        self.key = key
-        super().__init__(f"{key}: {message}")
 
 
 # ------------------------------------------------------------------------------------ schema
@@ -713,6 +708,4 @@ def validate(cfg: Config) -> Config:
             Path(c.init_from).expanduser().exists(), "checkpoint.init_from", f"no such file or folder: {c.init_from}"
         )
     # what only the task and the dataset builder know, and the entries' own options (avmae.options)
-    from .options import check_entries
-
     return check_entries(cfg)

@@ -42,7 +42,10 @@ from typing import Any, Dict, Mapping
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .config import Config, ConfigError
+from .config_error import ConfigError
+from .registry import DATASETS, MASKERS, OBJECTIVES, TASKS
+
+Config = Any  # an avmae.config.Config (not imported: avmae.config imports this module)
 
 __all__ = ["merge_options", "options_dict", "check_entries", "dataset_name"]
 
@@ -93,8 +96,6 @@ def check_entries(cfg: Config) -> Config:
     (``task_params``, ``data.params``) are merged into ``cfg``, typed; maskers' and objectives'
     options are checked; then the builder's ``validate(cfg)`` and ``Task.validate(cfg)``. Also
     makes ``dataset`` and ``modality`` agree (``dataset`` wins; ``modality`` alone still works)."""
-    from .registry import DATASETS, MASKERS, OBJECTIVES, TASKS
-
     if cfg.dataset is not None and cfg.modality not in (cfg.dataset, "audio"):
         raise ConfigError(
             "dataset",

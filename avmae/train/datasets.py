@@ -43,6 +43,7 @@ from torch.utils.data import Dataset
 import avmae
 
 from ..config import DEMO_DATA, Config, ConfigError, require_training_data
+from ..options import merge_options
 from ..registry import DATASETS, register_dataset
 from ..run_folder import SKIP_DIR
 from .task import base_model_params, input_shapes
@@ -133,8 +134,6 @@ class DatasetBuilder:
         """``data.params`` as an instance of ``options`` (None when the builder declares none)."""
         if self.options is None:
             return None
-        from ..options import merge_options
-
         return merge_options(self.options, cfg.data.params, "data.params", f"dataset {cfg.dataset or cfg.modality!r}")
 
     def validate(self, cfg: Config) -> None:

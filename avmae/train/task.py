@@ -31,6 +31,7 @@ import avmae
 
 from ..checkpoint import CheckpointError, load_checkpoint
 from ..config import Config, ConfigError, param_source
+from ..options import merge_options
 from ..run_folder import resolve_weights
 from .optim import param_groups
 
@@ -154,8 +155,6 @@ class Task:
         """``task_params`` as an instance of ``options`` (None when the task declares none)."""
         if cls.options is None:
             return None
-        from ..options import merge_options
-
         return merge_options(cls.options, cfg.task_params, "task_params", f"task {cfg.task!r}")
 
     @classmethod
