@@ -29,6 +29,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
+from .files import atomic_path, fsync_dir, give_umask_mode
+
 _logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -483,39 +485,6 @@ def save_checkpoint(
     return write_safetensors(sd, path, metadata=meta)
 
 
-def _umask() -> int:
-    try:  # Linux: read it without changing it (os.umask sets it, for all threads)
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def give_umask_mode(path: PathLike) -> None:
-    """Set a file's mode to what the process umask gives a new file (the safetensors writer
-    creates its files 0600, unreadable for the colleagues of a shared cluster)."""
-    os.chmod(path, 0o666 & ~_umask())
-
-
-def fsync_dir(path: PathLike) -> None:
-    """Flush a folder's entries (a rename or a new file in it) to disk, where the OS allows it."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some filesystems refuse fsync on a folder
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_safetensors(
     tensors: Mapping[str, torch.Tensor], path: PathLike, *, metadata: Optional[Mapping[str, str]] = None
 ) -> Path:
@@ -524,18 +493,12 @@ def write_safetensors(
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(
-        {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()},
-        str(tmp),
-        metadata=dict(metadata) if metadata else None,
-    )
-    give_umask_mode(tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    with atomic_path(path) as tmp:
+        save_file(
+            {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()},
+            str(tmp),
+            metadata=dict(metadata) if metadata else None,
+        )
     return path
 
 

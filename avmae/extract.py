@@ -44,9 +44,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .checkpoint import give_umask_mode
 from .data import AudioFrontend, MediaError, load_audio, read_manifest
 from .data.datasets import ManifestError
+from .files import give_umask_mode
 from .hub import input_size, length_step
 
 _logger = logging.getLogger(__name__)

@@ -42,6 +42,7 @@ import torch
 import torch.nn as nn
 
 from .checkpoint import _HEAD_PREFIXES, CheckpointError, LoadReport, load_checkpoint, read_state_dict
+from .files import atomic_write
 from .run_folder import CONFIG_FILE, WEIGHTS_FILE, resolve_weights
 
 _logger = logging.getLogger(__name__)
@@ -603,9 +604,7 @@ def save_pretrained(
     info["metrics"] = dict(metrics or {})
     if cfg is not None:
         info["training_config"] = cfg
-    tmp = out / (PRETRAINED_CONFIG + ".tmp")
-    tmp.write_text(json.dumps(info, indent=1, default=str), encoding="utf-8")
-    os.replace(tmp, out / PRETRAINED_CONFIG)
+    atomic_write(out / PRETRAINED_CONFIG, json.dumps(info, indent=1, default=str))
     (out / MODEL_CARD).write_text(model_card(info), encoding="utf-8")
     _logger.info("wrote %s (%s)", out, name)
     return out

@@ -45,6 +45,7 @@ if __package__ in (None, "") and __name__ == "__main__":  # run as a script from
 
 
 from avmae.errors import tool_main, writable_output
+from avmae.files import atomic_write
 
 _KEY_COLUMNS = (
     "file",
@@ -202,10 +203,7 @@ def build_manifest(
             else:  # CAV-MAE's frame folders: frames/frame_{i}/<video_id>.jpg
                 item["video_path"] = _manifest_path(Path(frames), base, absolute)
         report.items.append(item)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps({"data": report.items}, indent=1), encoding="utf-8")
-    os.replace(tmp, out)
+    atomic_write(out, json.dumps({"data": report.items}, indent=1))
     return report
 
 

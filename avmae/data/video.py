@@ -50,6 +50,7 @@ from PIL import Image
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from ..files import atomic_path
 from .io import DEFAULT_DECODE_TIMEOUT, MediaError, _open_media, _source_name, _time_limit, load_audio
 
 _logger = logging.getLogger(__name__)
@@ -647,9 +648,7 @@ def extract_frame_folder(
     written = []
     for i in range(num_frames):
         out = frame_folder_path(root, video_id, i)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        Image.fromarray(x[i].permute(1, 2, 0).numpy()).save(tmp, format="JPEG", quality=quality)
-        os.replace(tmp, out)
+        with atomic_path(out) as tmp:
+            Image.fromarray(x[i].permute(1, 2, 0).numpy()).save(tmp, format="JPEG", quality=quality)
         written.append(out)
     return written

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..config import Config, ConfigError
+from ..files import atomic_write
 from ..registry import register_task
 from .metrics import classification_report
 from .task import Task, model_inputs
@@ -173,12 +174,7 @@ def _plain(obj: Any) -> Any:
 
 def write_json(path: os.PathLike, obj: Any) -> Path:
     """Write ``obj`` as indented JSON (NaN as null), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_plain(obj), indent=1, allow_nan=False), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, json.dumps(_plain(obj), indent=1, allow_nan=False))
 
 
 @register_task("finetune")

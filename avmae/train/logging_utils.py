@@ -28,6 +28,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 
+from ..files import atomic_write
+
 __all__ = ["MetricsWriter", "LossWindow", "read_metrics", "format_metrics"]
 
 _logger = logging.getLogger(__name__)
@@ -79,9 +81,7 @@ class MetricsWriter:
             for line in self.path.read_text(encoding="utf-8").splitlines()
             if line.strip() and _step_of(line) <= step
         ]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-        os.replace(tmp, self.path)
+        atomic_write(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> Dict[str, Any]:
         record = {"step": int(step), "time": round(time.time(), 3)}

@@ -16,12 +16,10 @@ probe runs once; every decision is logged with the figures it used.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import hashlib
 import json
 import logging
-import os
 import platform
 import time
 from collections import Counter
@@ -34,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ConfigError
+from ..files import atomic_write
 
 _logger = logging.getLogger(__name__)
 
@@ -179,17 +178,12 @@ def _read_cache(path: Path) -> Dict[str, dict]:
 
 
 def _write_cache(path: Path, key: str, entry: dict) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
         doc = _read_cache(path)
         doc[key] = entry
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(doc, indent=1))
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(doc, indent=1))
     except OSError as exc:  # a read-only home: measure again next time
         _logger.debug("could not cache the precision probe in %s: %s", path, exc)
-        with contextlib.suppress(OSError):
-            tmp.unlink()
 
 
 def _measured(shapes: Sequence[Shape], probe: Optional[Probe], use_cache: bool) -> Tuple[Dict[str, float], str]:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ import torch.nn as nn
 from torch.utils.data import Dataset, Sampler
 
 from ..config import Config, ConfigError, validate
+from ..files import atomic_write
 from ..registry import DATASETS, TASKS, RegistryError
 from ..run_folder import SKIP_DIR, SKIPPED_FILE
 from .checkpointing import RunCheckpoints, TrainState
@@ -426,10 +426,7 @@ class Trainer:
                 for path, reason in collect_skipped(folder).items():
                     found.setdefault(path, reason)
             if found and acc.is_main_process:
-                out = self.output_dir / SKIPPED_FILE
-                tmp = out.with_name(out.name + ".tmp")
-                tmp.write_text("".join(f"{p}\t{r}\n" for p, r in sorted(found.items())), encoding="utf-8")
-                os.replace(tmp, out)
+                atomic_write(self.output_dir / SKIPPED_FILE, "".join(f"{p}\t{r}\n" for p, r in sorted(found.items())))
         except OSError as exc:
             if not final:
                 raise
