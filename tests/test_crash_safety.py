@@ -8,13 +8,16 @@ import signal
 
 import pytest
 import torch
-from cli_runs import (
+from cli_runs import (  # fixtures: clips, run_yaml, uninterrupted
     assert_same_weights,
     child,
+    clips,  # noqa: F401
     finish,
+    run_yaml,  # noqa: F401
+    uninterrupted,  # noqa: F401
     wait_for,
     weights,
-)  # noqa: F401 - fixtures
+)
 
 from avmae.checkpoint import CheckpointError
 from avmae.config import ConfigError, load_config

@@ -13,13 +13,16 @@ import subprocess
 import sys
 
 import pytest
-from cli_runs import (
+from cli_runs import (  # fixtures: clips, run_yaml, uninterrupted
     assert_same_weights,
     child,
+    clips,  # noqa: F401
     finish,
+    run_yaml,  # noqa: F401
     train_cli,
+    uninterrupted,  # noqa: F401
     wait_for,
-)  # noqa: F401 - fixtures
+)
 
 import avmae
 from avmae.checkpoint import CheckpointError
