@@ -17,7 +17,6 @@ as the only non-tensor class (it carries plain values, no code). Anything else i
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import pickle
@@ -29,7 +28,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
-from .files import atomic_path, fsync_dir, give_umask_mode
+from .files import atomic_path, fsync_dir, give_umask_mode, to_json
 
 _logger = logging.getLogger(__name__)
 
@@ -475,13 +474,13 @@ def save_checkpoint(
     if isinstance(spec, Mapping) and (model_name is None or model_name == spec.get("name")):
         model_name = spec.get("name")
         try:
-            meta["model_params"] = json.dumps(spec.get("params") or {})
+            meta["model_params"] = to_json(spec.get("params") or {})
         except (TypeError, ValueError) as exc:  # a param JSON cannot hold: the config must describe the model
             _logger.warning("%s: the model's params are not JSON (%s); the file names its model only", path, exc)
     if model_name:
         meta["model"] = model_name
     if config is not None:
-        meta["config"] = json.dumps(config, default=str)
+        meta["config"] = to_json(config, default=str)
     return write_safetensors(sd, path, metadata=meta)
 
 

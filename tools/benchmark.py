@@ -34,7 +34,6 @@ import argparse
 import copy
 import datetime as _dt
 import gc
-import json
 import os
 import platform
 import resource
@@ -49,6 +48,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import avmae  # noqa: E402
+from avmae.files import to_json  # noqa: E402
 from avmae.layers import WindowAttention  # noqa: E402
 from avmae.train.optim import build_optimizer, param_groups  # noqa: E402
 from avmae.train.precision import choose_precision, linear_shapes  # noqa: E402
@@ -914,7 +914,7 @@ def run(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     print(format_table(result))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1))
+        args.json.write_text(to_json(result, indent=1))
     return result
 
 

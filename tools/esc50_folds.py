@@ -35,7 +35,7 @@ from typing import Any, Dict, List, Optional, Sequence
 if __package__ in (None, "") and __name__ == "__main__":  # run as a script from a source checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from avmae.files import atomic_write  # every process may write the same file: its temp names are unique
+from avmae.files import atomic_write, write_json  # every process may write the same file: its temp names are unique
 
 DEFAULT_CONFIG = "configs/audiomae/finetune_esc50.yaml"
 
@@ -107,7 +107,7 @@ def write_fold_files(rows: Sequence[Dict[str, Any]], out: Path) -> Dict[int, Dic
         for split, keep in (("train", lambda r, k=k: r["fold"] != k), ("eval", lambda r, k=k: r["fold"] == k)):
             items = [{"wav": r["wav"], "labels": r["category"]} for r in rows if keep(r)]
             paths[split] = out / f"fold{k}_{split}.json"
-            atomic_write(paths[split], json.dumps({"data": items}, indent=1))
+            write_json(paths[split], {"data": items})
         files[k] = paths
     return files
 
@@ -154,7 +154,7 @@ def run_fold(
         "checkpoint": None if result.last_checkpoint is None else str(result.last_checkpoint),
     }
     if trainer.accelerator.is_main_process:
-        atomic_write(done, json.dumps(record, indent=1))
+        write_json(done, record)
     trainer.accelerator.wait_for_everyone()
     return record
 
@@ -212,7 +212,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "overrides": args.overrides,
     }
     if main_process:
-        atomic_write(out / "summary.json", json.dumps(summary, indent=1))
+        write_json(out / "summary.json", summary)
         print(
             f"ESC-50 mean accuracy over folds {folds}: {summary['mean_acc']:.4f} (mean of best evaluations"
             f" {summary['mean_best_acc']:.4f})"

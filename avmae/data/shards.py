@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ..files import atomic_path
+from ..files import atomic_path, to_json
 from .audio import AudioFrontend
 from .augment import fbank_noise, spec_augment
 from .datasets import AudioDataset, _mix64, item_generator, read_label_csv, read_manifest
@@ -152,7 +152,7 @@ def write_shards(
                     "num_mel_bins": frontend.num_mel_bins,
                     "target_length": frontend.target_length,
                 }
-            members["json"] = json.dumps(meta, sort_keys=True).encode("utf-8")
+            members["json"] = to_json(meta, sort_keys=True).encode("utf-8")
 
             if tar is None or counts[-1] >= shard_size:
                 close()
@@ -172,7 +172,7 @@ def write_shards(
         "skipped": skipped,
         "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    (out_dir / INDEX_NAME).write_text(json.dumps(index_doc, indent=1), encoding="utf-8")
+    (out_dir / INDEX_NAME).write_text(to_json(index_doc, indent=1), encoding="utf-8")
     _logger.info("wrote %d samples into %d shards in %s (%d skipped)", sum(counts), len(shards), out_dir, len(skipped))
     return shards
 

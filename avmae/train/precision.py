@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ConfigError
-from ..files import atomic_write
+from ..files import atomic_write, to_json
 
 _logger = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ def _write_cache(path: Path, key: str, entry: dict) -> None:
     try:
         doc = _read_cache(path)
         doc[key] = entry
-        atomic_write(path, json.dumps(doc, indent=1))
+        atomic_write(path, to_json(doc, indent=1))
     except OSError as exc:  # a read-only home: measure again next time
         _logger.debug("could not cache the precision probe in %s: %s", path, exc)
 
