@@ -41,6 +41,8 @@ __all__ = [
     "DEFAULT_SHAPES",
     "PrecisionChoice",
     "choose_precision",
+    "cpu_flags",
+    "cpu_model",
     "fresh_precision_state",
     "linear_shapes",
     "probe_cache_path",
@@ -70,12 +72,18 @@ def _cpuinfo(field: str) -> Optional[str]:
     return None
 
 
-def _cpu_flags() -> set:
+def cpu_flags() -> set:
+    """The CPU's feature flags from /proc/cpuinfo (``avx2``, ``avx512_bf16``, ``amx_bf16``, ...);
+    empty where there is no /proc/cpuinfo."""
     return set((_cpuinfo("flags") or "").split())
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, else what ``platform`` says."""
     return _cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+_cpu_flags, _cpu_model = cpu_flags, cpu_model  # the probe cache's key reads these (tests replace them)
 
 
 def fresh_precision_state(num_processes: int) -> None:
