@@ -8,13 +8,13 @@ import signal
 
 import pytest
 import torch
-from cli_runs import (  # fixtures: clips, run_yaml, uninterrupted
+from cli_runs import (  # noqa: F401 (fixtures named as test arguments)
     assert_same_weights,
     child,
-    clips,  # noqa: F401
+    clips,
     finish,
-    run_yaml,  # noqa: F401
-    uninterrupted,  # noqa: F401
+    run_yaml,
+    uninterrupted,
     wait_for,
     weights,
 )

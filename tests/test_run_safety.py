@@ -13,14 +13,14 @@ import subprocess
 import sys
 
 import pytest
-from cli_runs import (  # fixtures: clips, run_yaml, uninterrupted
+from cli_runs import (  # noqa: F401 (fixtures named as test arguments)
     assert_same_weights,
     child,
-    clips,  # noqa: F401
+    clips,
     finish,
-    run_yaml,  # noqa: F401
+    run_yaml,
     train_cli,
-    uninterrupted,  # noqa: F401
+    uninterrupted,
     wait_for,
 )
 

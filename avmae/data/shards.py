@@ -254,7 +254,8 @@ class ShardDataset(IterableDataset):
         shuffle_buffer: samples held for shuffling (<= 1: shard order only, no sample shuffle).
         shuffle_shards: shuffle the shard order each epoch.
         seed: base seed; ``set_epoch`` changes the order per epoch.
-        rank, world_size: this process's share (default: ``dist_info()``).
+        rank: this process's rank (default: ``dist_info()``).
+        world_size: the number of processes sharing the shards (default: ``dist_info()``).
         on_error: "skip" (log and continue past unreadable audio or shards) or "raise".
         return_waveform: yield ``{"wave": [1, N] (mean removed), "label", "index"}`` instead of an
             fbank, for ``collate_waveforms`` + ``BatchedAudioFrontend(center=False)``.

@@ -92,8 +92,7 @@ def build_modalities(configs: ModalityConfig, embed_dim: int) -> nn.ModuleDict:
     mods = nn.ModuleDict()
     for key, params in configs.items():
         params = dict(params or {})
-        cls = MODALITIES.get(params.pop("type", key))
-        mod = cls(embed_dim=embed_dim, **params)
+        mod = MODALITIES.build(params.pop("type", key), params, embed_dim=embed_dim)
         mod.key = key
         mods[key] = mod
     if not len(mods):
@@ -102,18 +101,8 @@ def build_modalities(configs: ModalityConfig, embed_dim: int) -> nn.ModuleDict:
 
 
 def build_decoder(spec: Union[str, Mapping[str, Any]], params: Optional[Mapping[str, Any]], **common) -> nn.Module:
-    """``"swin"`` or ``{"name": "swin", ...params}`` -> a registered decoder."""
-    if isinstance(spec, Mapping):
-        spec = dict(spec)
-        name = spec.pop("name")
-        params = {**spec, **dict(params or {})}
-    else:
-        name = spec
-    cls = DECODERS.get(name)
-    decoder = cls(**common, **dict(params or {}))
-    if not isinstance(decoder, nn.Module) or not callable(getattr(decoder, "forward", None)):
-        raise TypeError(f"decoder {name!r} did not build an nn.Module")
-    return decoder
+    """``"swin"`` or ``{"name": "swin", ...params}`` (``params`` merged over) -> a registered decoder."""
+    return DECODERS.build(spec, params, **common)
 
 
 class MaskedAutoencoder(nn.Module):
@@ -121,7 +110,10 @@ class MaskedAutoencoder(nn.Module):
 
     Args:
         modalities: {input key: modality params}, e.g. {"audio": {"target_length": 1024}}.
-        embed_dim, depth, num_heads, mlp_ratio: encoder size.
+        embed_dim: encoder width.
+        depth: encoder blocks.
+        num_heads: encoder attention heads.
+        mlp_ratio: encoder MLP width, in multiples of ``embed_dim``.
         joint_depth: blocks over the concatenated modalities (the rest are per modality);
             ignored with one modality (all blocks are joint).
         cls_token: prepend a learned cls token to the joint sequence (AudioMAE does).
