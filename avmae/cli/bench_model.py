@@ -18,7 +18,7 @@ import torch
 import avmae
 from avmae.layers import WindowAttention
 from avmae.train.optim import build_optimizer, param_groups
-from avmae.train.precision import linear_shapes
+from avmae.train.precision import cpu_flags, cpu_model, linear_shapes
 
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # --optimizer -> optim.fused: "auto" is the trainer's default, the others force one implementation
@@ -28,20 +28,15 @@ REGION_FORWARD, REGION_BACKWARD, REGION_OPTIMIZER = "step::forward", "step::back
 
 
 # ----------------------------------------------------------------------------------- machine
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+MATRIX_FLAGS = {"avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_fp16"}
 
 
 def machine_info(device: torch.device) -> Dict[str, Any]:
     info: Dict[str, Any] = {
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "host_cpu": cpu_model(),
+        # what decides bf16 speed on a CPU (BENCHMARKS.md's CPU kinds): AVX2 only, AVX-512 BF16, AMX
+        "host_cpu_flags": sorted(cpu_flags() & MATRIX_FLAGS),
         "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "torch_threads": torch.get_num_threads(),

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
-import json
 import sys
 import time
 from pathlib import Path
@@ -40,6 +39,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from avmae.files import to_json
 from avmae.train.precision import choose_precision
 
 from .bench_model import (  # noqa: F401  (the names tests and users reach through this module)
@@ -224,7 +224,8 @@ def format_table(result: Dict[str, Any]) -> str:
     lines = []
     m = result["machine"]
     lines.append(
-        f"device: {m['device']}{' (' + m['gpu'] + ')' if 'gpu' in m else ''}; CPU: {m['host_cpu']} x{m['cpus_usable']};"
+        f"device: {m['device']}{' (' + m['gpu'] + ')' if 'gpu' in m else ''}; CPU: {m['host_cpu']} x{m['cpus_usable']}"
+        f"{' (' + ' '.join(m['host_cpu_flags']) + ')' if m.get('host_cpu_flags') else ''};"
         f" torch {m['torch']}; threads {m['torch_threads']}; {m['date']}"
     )
     if result.get("matmul_peak_tflops"):
@@ -489,7 +490,7 @@ def run(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     print(format_table(result))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1))
+        args.json.write_text(to_json(result, indent=1))
     return result
 
 

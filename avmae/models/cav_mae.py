@@ -44,7 +44,7 @@ from timm.models.vision_transformer import Attention
 from ..checkpoint import CheckpointError, register_format
 from ..layers import drop_path_rates, init_mae_weights, make_block
 from ..registry import register_model
-from .mae import MaskedAutoencoder, build_modalities
+from .mae import MaskedAutoencoder, build_modalities, mae_objectives
 
 __all__ = [
     "ModalityNormBlock",
@@ -202,13 +202,16 @@ class CAVMAE(MaskedAutoencoder):
                 mlp_ratio=mlp_ratio,
                 norm_eps=LN_EPS,
             ),
-            norm_pix_loss=norm_pix_loss,
             mask_ratio={"audio": mask_ratio_a, "video": mask_ratio_v},
-            loss_weights={"audio": mae_loss_weight, "video": mae_loss_weight},
-            contrastive_weight=contrast_loss_weight,
-            contrastive_temperature=0.05,
-            contrastive_bidirectional=bidirect_contrast,
-            contrastive_gather=contrastive_gather,
+            objectives=mae_objectives(
+                2,
+                norm_pix_loss=norm_pix_loss,
+                loss_weights={"audio": mae_loss_weight, "video": mae_loss_weight},
+                contrastive_weight=contrast_loss_weight,
+                contrastive_temperature=0.05,
+                contrastive_bidirectional=bidirect_contrast,
+                contrastive_gather=contrastive_gather,
+            ),
             drop_path=drop_path,
             norm_eps=LN_EPS,
         )
