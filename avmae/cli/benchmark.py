@@ -43,6 +43,7 @@ from avmae.files import to_json
 from avmae.train.precision import choose_precision
 
 from .bench_model import (  # noqa: F401  (the names tests and users reach through this module)
+    MATRIX_FLAGS,
     OP_CLASSES,
     OPTIMIZERS,
     PRECISIONS,

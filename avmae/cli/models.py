@@ -30,7 +30,7 @@ def list_all(pattern: str = "") -> str:
         ("maskers", MASKERS),
         ("objectives", OBJECTIVES),
         ("tasks", TASKS),
-        ("datasets (modality: ...)", DATASETS),
+        ("datasets (dataset: ...)", DATASETS),
         ("checkpoint formats", CHECKPOINT_FORMATS),
     ):
         names = reg.names(pattern)
