@@ -9,7 +9,7 @@ registry               entry-point group      what an entry decides
 ``MASKERS``            ``avmae.maskers``      which tokens are hidden (``avmae.masking.Masker``)
 ``OBJECTIVES``         ``avmae.objectives``   what a pretraining step optimises (``avmae.objectives``)
 ``TASKS``              ``avmae.tasks``        what a run does (``avmae.train.Task``: pretrain, finetune)
-``DATASETS``           ``avmae.datasets``     how items reach the loader (``cfg.modality``: audio, av)
+``DATASETS``           ``avmae.datasets``     how items reach the loader (``dataset:``, formerly ``modality:``)
 ``CHECKPOINT_FORMATS`` ``avmae.checkpoint_    a checkpoint layout the loaders read: detect, convert
                        formats``              keys, describe the model (``avmae.checkpoint.CheckpointFormat``)
 =====================  =====================  ==================================================

@@ -2,8 +2,8 @@
 its former name, still works).
 
 A builder is a ``DatasetBuilder`` subclass registered in ``avmae.registry.DATASETS``
-(``@avmae.register_dataset("name")`` or the ``avmae.datasets`` entry-point group); an instance is
-made for each use. Its parts::
+(``@avmae.register_dataset("name")`` or the ``avmae.datasets`` entry-point group; a registered class
+is instantiated without arguments for each use, a registered instance is used as it is). Its parts::
 
     build(cfg, split) -> Dataset | None    split "train" or "eval"; None: the run has no such split
     options                                a dataclass of its own keys, ``data.params.<key>`` in the
@@ -276,7 +276,6 @@ def _require_shards(cfg: Config) -> None:
         raise ConfigError("data.train_manifest", "modality audio_shards needs the training shards (their index.json)")
 
 
-@register_dataset("audio")
 class AudioBuilder(DatasetBuilder):
     """``build_audio_dataset``: an AudioMAE manifest or the audio demo clips."""
 
@@ -286,7 +285,6 @@ class AudioBuilder(DatasetBuilder):
         return build_audio_dataset(cfg, split)
 
 
-@register_dataset("av")
 class AVBuilder(DatasetBuilder):
     """``build_av_dataset``: audio-visual clips (several views of the video for evaluation)."""
 
@@ -297,7 +295,6 @@ class AVBuilder(DatasetBuilder):
         return build_av_dataset(cfg, split)
 
 
-@register_dataset("audio_shards")
 class AudioShardBuilder(DatasetBuilder):
     """``build_audio_shard_dataset``: tar shards by their index.json."""
 
@@ -308,3 +305,9 @@ class AudioShardBuilder(DatasetBuilder):
 
     def check(self, cfg: Config) -> None:
         _require_shards(cfg)
+
+
+# registered as instances: ``DATASETS.get(name)(cfg, split)``, the former way to call a builder, still works
+register_dataset("audio")(AudioBuilder())
+register_dataset("av")(AVBuilder())
+register_dataset("audio_shards")(AudioShardBuilder())
