@@ -30,6 +30,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from .config_error import ConfigError
 from .options import check_entries
+from .registry import CONFIG_FOLDERS
 
 __all__ = [
     "list_configs",
@@ -399,22 +400,32 @@ def _deep_update(a: Dict[str, Any], b: Mapping[str, Any]) -> Dict[str, Any]:
 def resolve_config_path(path: PathLike) -> Path:
     """A config file: ``path`` as given when it exists, else a shipped config by name
     (``audiomae/pretrain_as2m``, with or without ``.yaml``, also as ``configs/audiomae/...``,
-    the path in a clone). An unknown name is returned as given (reading it names the file)."""
+    the path in a clone), else a plugin's (``eat/demo``: the folder its ``avmae.configs`` entry
+    point names). An unknown name is returned as given (reading it names the file)."""
     p = Path(path)
     if p.is_file() or p.is_absolute():
         return p
     parts = p.parts[1:] if p.parts[:1] == ("configs",) else p.parts
-    if parts:
-        rel = Path(*parts)
-        for candidate in (CONFIG_DIR / rel, CONFIG_DIR / rel.with_name(rel.name + ".yaml")):
-            if candidate.is_file():
-                return candidate
+    if not parts:
+        return p
+    rel = Path(*parts)
+    folders = [CONFIG_DIR / rel]
+    if len(parts) > 1 and parts[0] in CONFIG_FOLDERS:
+        folders.append(Path(CONFIG_FOLDERS.get(parts[0])).joinpath(*parts[1:]))
+    for candidate in folders:
+        for file in (candidate, candidate.with_name(candidate.name + ".yaml")):
+            if file.is_file():
+                return file
     return p
 
 
 def list_configs() -> List[str]:
-    """The shipped configs' names, as ``--config`` takes them (``audiomae/pretrain_as2m``), sorted."""
-    return sorted(f.relative_to(CONFIG_DIR).with_suffix("").as_posix() for f in CONFIG_DIR.rglob("*.yaml"))
+    """The configs by the name ``--config`` takes (``audiomae/pretrain_as2m``), sorted: the shipped
+    ones, then the plugins' (``eat/demo``)."""
+    names = [f.relative_to(CONFIG_DIR).with_suffix("").as_posix() for f in CONFIG_DIR.rglob("*.yaml")]
+    for prefix, folder in CONFIG_FOLDERS.items():
+        names += [f"{prefix}/{f.relative_to(folder).with_suffix('').as_posix()}" for f in Path(folder).rglob("*.yaml")]
+    return sorted(set(names))
 
 
 def merge_overrides(

@@ -103,12 +103,13 @@ def check_entries(cfg: Config) -> Config:
             " give one of them",
         )
     name = dataset_name(cfg)
+    key = "dataset" if cfg.dataset is not None else "modality"  # the key the config used
     cfg.dataset = cfg.modality = name
 
     if cfg.task not in TASKS:
         raise ConfigError("task", f"unknown task {cfg.task!r}; registered: {', '.join(TASKS.names())}")
     if name not in DATASETS:
-        raise ConfigError("dataset", f"unknown dataset builder {name!r}; registered: {', '.join(DATASETS.names())}")
+        raise ConfigError(key, f"unknown dataset builder {name!r}; registered: {', '.join(DATASETS.names())}")
 
     task = TASKS.get(cfg.task)
     options = getattr(task, "options", None)

@@ -12,6 +12,7 @@ registry               entry-point group      what an entry decides
 ``DATASETS``           ``avmae.datasets``     how items reach the loader (``dataset:``, formerly ``modality:``)
 ``CHECKPOINT_FORMATS`` ``avmae.checkpoint_    a checkpoint layout the loaders read: detect, convert
                        formats``              keys, describe the model (``avmae.checkpoint.CheckpointFormat``)
+``CONFIG_FOLDERS``     ``avmae.configs``      a plugin's YAML configs, by name: ``<entry>/<file>``
 =====================  =====================  ==================================================
 
 Every registry has a decorator exported from ``avmae``: ``register_model``, ``register_modality``,
@@ -56,6 +57,7 @@ __all__ = [
     "TASKS",
     "DATASETS",
     "CHECKPOINT_FORMATS",
+    "CONFIG_FOLDERS",
     "register_model",
     "register_decoder",
     "register_modality",
@@ -328,6 +330,14 @@ TASKS = Registry(
 )
 DATASETS = Registry("dataset", "avmae.datasets", check=_check_callable, builtins="avmae.train")
 CHECKPOINT_FORMATS = Registry("checkpoint format", "avmae.checkpoint_formats", check=_check_has("detect", "convert"))
+
+
+def _check_folder(obj: Any) -> Optional[str]:
+    return None if isinstance(obj, (str, os.PathLike)) else f"expected a folder path, got {type(obj).__name__}"
+
+
+# a plugin's configs: entry ``eat = "avmae_eat:CONFIG_DIR"`` makes --config eat/demo read <CONFIG_DIR>/demo.yaml
+CONFIG_FOLDERS = Registry("config folder", "avmae.configs", check=_check_folder)
 
 
 def _decorator(reg: Registry, name: Any):

@@ -41,7 +41,14 @@ def _register_in_tree_plugins() -> None:
     from importlib import metadata
 
     paths = [str(ROOT / "plugins")]
-    if not any(ep.name == "eat_vit_base" for ep in metadata.entry_points(group="avmae.models")):
+    have = {(ep.group, ep.name) for d in metadata.distributions() for ep in d.entry_points}
+    wanted = {
+        (group, line.split(" = ")[0])
+        for group, _, body in (t.partition("]\n") for t in _in_tree_plugin_entry_points().split("[")[1:])
+        for line in body.splitlines()
+        if " = " in line
+    }
+    if not wanted <= have:  # not installed, or installed before some of its entry points existed
         import tempfile
 
         site = Path(tempfile.mkdtemp(prefix="avmae-intree-"))

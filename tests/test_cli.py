@@ -109,6 +109,10 @@ def test_configs_resolve_by_name_and_by_path_and_are_listed(tmp_path, monkeypatc
 
     names = list_configs()
     assert {"demo_audio", "demo_av", "audiomae/pretrain_as2m"} <= set(names)
+    # a plugin's configs, through its avmae.configs entry point (the in-tree EAT plugin's)
+    assert {"eat/demo", "eat/pretrain_as2m"} <= set(names)
+    eat = REPO / "plugins" / "avmae_eat" / "configs" / "demo.yaml"
+    assert resolve_config_path("eat/demo") == resolve_config_path("configs/eat/demo.yaml") == eat
     target = CONFIG_DIR / "audiomae" / "pretrain_as2m.yaml"
     monkeypatch.chdir(tmp_path)
     for spelling in ("audiomae/pretrain_as2m", "audiomae/pretrain_as2m.yaml", "configs/audiomae/pretrain_as2m.yaml"):

@@ -13,6 +13,7 @@ def list_all(pattern: str = "") -> str:
     import avmae.train  # noqa: F401  (registers the built-in tasks and dataset builders)
     from avmae.registry import (
         CHECKPOINT_FORMATS,
+        CONFIG_FOLDERS,
         DATASETS,
         DECODERS,
         MASKERS,
@@ -32,6 +33,7 @@ def list_all(pattern: str = "") -> str:
         ("tasks", TASKS),
         ("datasets (dataset: ...)", DATASETS),
         ("checkpoint formats", CHECKPOINT_FORMATS),
+        ("plugin config folders (--config <folder>/<name>)", CONFIG_FOLDERS),
     ):
         names = reg.names(pattern)
         lines.append(f"{title} ({len(names)}):")
