@@ -336,7 +336,7 @@ def _check_folder(obj: Any) -> Optional[str]:
     return None if isinstance(obj, (str, os.PathLike)) else f"expected a folder path, got {type(obj).__name__}"
 
 
-# a plugin's configs: entry ``eat = "avmae_eat:CONFIG_DIR"`` makes --config eat/demo read <CONFIG_DIR>/demo.yaml
+# a plugin's configs: the entry ``mine = "my_pkg:CONFIG_DIR"`` makes --config mine/x read <CONFIG_DIR>/x.yaml
 CONFIG_FOLDERS = Registry("config folder", "avmae.configs", check=_check_folder)
 
 
