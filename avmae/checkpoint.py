@@ -157,6 +157,21 @@ def _torch_load(path: Path) -> Any:
     raise CheckpointError(f"{path}: not a readable torch checkpoint")
 
 
+def _torch_obj(path: Path) -> Any:
+    """``_torch_load``; a file whose only refused globals are the config classes a fairseq
+    checkpoint pickles (omegaconf, enums, Namespace) is read by ``avmae.formats.fairseq``'s
+    restricted unpickler instead, which maps them to plain values and refuses anything else."""
+    try:
+        return _torch_load(path)
+    except CheckpointError as exc:
+        from .formats.fairseq import is_config_global, restricted_load
+
+        found = re.search(r"asks to import ([\w.]+)", str(exc))
+        if found is None or not is_config_global(found.group(1)):
+            raise
+        return restricted_load(path)
+
+
 def _resolve_global(name: str) -> Any:
     import importlib
 
@@ -192,7 +207,12 @@ def read_state_dict(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str, 
                 " again"
             ) from None
         return sd, meta
-    obj = _torch_load(path)
+    obj = _torch_obj(path)
+    from .formats.fairseq import fairseq_state, is_fairseq_container
+
+    if is_fairseq_container(obj):  # fairseq: ``_ema`` flattened, the config kept as JSON metadata
+        sd, cfg = fairseq_state(obj, path)
+        return sd, {"fairseq_cfg": json.dumps(cfg, default=str)}
     for key in ("model", "state_dict", "module", "model_state"):
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
             obj = obj[key]

@@ -232,15 +232,19 @@ def _detect_spec(sd: Mapping[str, torch.Tensor], fmt: str, num_mel_bins: int = 1
     return f"audiomae_{size}", params
 
 
-# format name -> detector(state dict) -> (model name, params) or None; tried before AudioMAE's
-SpecDetector = Callable[[Mapping[str, torch.Tensor]], Optional[Tuple[str, Dict[str, Any]]]]
+# format name -> detector(state dict[, metadata]) -> (model name, params[, config]) or None;
+# tried before AudioMAE's
+SpecDetector = Callable[..., Optional[Tuple[Any, ...]]]
 SPEC_DETECTORS: Dict[str, SpecDetector] = {}
 
 
 def register_spec_detector(name: str, detect: SpecDetector) -> None:
     """Teach ``load_pretrained`` to rebuild the model of a foreign file that carries no model name
     (e.g. a released checkpoint of another architecture): ``detect(sd)`` returns
-    ``(registered model name, factory params)`` for files it recognises, else None."""
+    ``(registered model name, factory params)`` for files it recognises, else None. A detector
+    that takes a second argument also gets the file's metadata (``read_state_dict``'s: e.g. a
+    fairseq file's config as JSON under ``fairseq_cfg``) and may return a third item, the
+    config the model's inputs follow (``{"data": {"mean", "std", ...}}``, see ``frontend_for``)."""
     SPEC_DETECTORS[name] = detect
 
 
@@ -275,10 +279,15 @@ def _describe(weights: Path, sd, meta, num_mel_bins: int) -> PretrainedReport:
     else:
         probe = sd if not all(k.startswith("module.") for k in sd) else {k[7:]: v for k, v in sd.items()}
         source = "detected"
+        side = weights.parent / PRETRAINED_CONFIG
+        if side.is_file() and "folder_config" not in meta:  # another project's folder (an HF port)
+            meta = {**meta, "folder_config": side.read_text(encoding="utf-8", errors="replace")}
         for fmt, detect in SPEC_DETECTORS.items():  # noqa: B007 (fmt names the match after the loop)
-            spec = detect(probe)
+            spec = detect(probe, meta) if _takes_meta(detect) else detect(probe)
             if spec is not None:
-                name, params = spec
+                name, params = spec[0], spec[1]
+                if len(spec) > 2 and spec[2] is not None:
+                    cfg, source = spec[2], "detected"
                 break
         else:
             try:
@@ -294,6 +303,20 @@ def _describe(weights: Path, sd, meta, num_mel_bins: int) -> PretrainedReport:
     return PretrainedReport(
         path=str(weights), format=fmt, model_name=name, model_params=params, config=cfg, source=source
     )
+
+
+def _takes_meta(detect: Callable[..., Any]) -> bool:
+    import inspect
+
+    try:
+        params = [
+            p
+            for p in inspect.signature(detect).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+        ]
+    except (TypeError, ValueError):
+        return False
+    return len(params) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
 
 
 def _foreign_format(sd: Mapping[str, torch.Tensor]) -> str:
@@ -315,6 +338,7 @@ def load_pretrained(
     model_name: Optional[str] = None,
     strict: bool = True,
     map_location: Union[str, torch.device, None] = None,
+    teacher: bool = False,
     **overrides: Any,
 ) -> Tuple[nn.Module, PretrainedReport]:
     """Build the model a checkpoint describes and load its weights. -> (model in eval mode, report).
@@ -326,6 +350,8 @@ def load_pretrained(
         strict: fail on keys that do not fit. An encoder-only file loaded into a pretraining
             model leaves its decoder untrained: allowed, and listed in ``report.missing``.
         map_location: device to move the model to.
+        teacher: load the EMA teacher a pretraining file holds (EAT / data2vec ``_ema``) instead of
+            the student (which feature extraction and fine-tuning use by default).
         **overrides: ``create_model`` params that win over the file's. ``target_length=`` other
             than the saved model's builds the model for that input length with the positions the
             saved one was trained with (``pos_base_length``, for the AudioMAE presets; the saved
@@ -335,6 +361,13 @@ def load_pretrained(
 
     weights = resolve_weights(path)
     sd, meta = read_state_dict(weights)
+    if teacher:
+        from .formats.fairseq import take_teacher
+
+        try:
+            sd = take_teacher(sd)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{weights}: {exc}") from None
     if model_name is not None:
         cfg, source = _read_config(weights, meta)
         info = PretrainedReport(
@@ -393,6 +426,8 @@ def load_pretrained(
     model.eval()
     if map_location is not None:
         model.to(map_location)
+    if info.source == "detected" and info.config is not None:
+        model.avmae_config = info.config  # the input statistics of a foreign file, for frontend_for
     _logger.info("built %s(%s) as described by its %s", info.model_name, _fmt_params(params), info.source)
     return model, out
 
@@ -693,6 +728,8 @@ def from_pretrained(
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{cfg_path}: not valid JSON ({exc})") from None
     if not isinstance(info, dict) or not info.get("model_name"):
+        if (folder / WEIGHTS_FILE).is_file():  # another project's folder (an HF port): its weights describe it
+            return load_pretrained(folder, map_location=map_location, **overrides)[0]
         raise CheckpointError(f"{cfg_path}: names no model_name")
     weights = folder / WEIGHTS_FILE
     described = describe_checkpoint(weights)
