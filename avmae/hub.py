@@ -446,10 +446,13 @@ def audio_modality(model: nn.Module, key: str = "audio"):
 def length_step(model: nn.Module) -> Optional[int]:
     """Frames an input length must be a multiple of when ``model`` takes audio inputs of other
     lengths than its own (an AudioMAE-style single-modality encoder: its patch size; see
-    ``avmae.modalities.audio``); None when it takes only its own (AST, audio-visual models). A
+    ``avmae.modalities.audio``); None when it takes only its own (AST, audio-visual models) or its
+    short inputs are padded to its own length by rule (``model.pad_to_target``: EAT). A
     pretraining model's decoder still needs its own length; its encoder does not."""
     mods = getattr(model, "modalities", None)
     if mods is None or list(mods) != ["audio"] or not hasattr(mods["audio"], "accepts_length"):
+        return None
+    if getattr(model, "pad_to_target", False):  # its inputs are padded to its length (EAT), not cut to theirs
         return None
     return int(mods["audio"].patch_size)
 

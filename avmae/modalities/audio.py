@@ -65,7 +65,8 @@ class AudioModality(Modality):
         target_length: time frames T (multiple of patch_size).
         num_mel_bins: mel bins F (multiple of patch_size).
         patch_size: square patch side (16).
-        pos_embed: "audiomae" (the released checkpoints' table) or "sincos2d" (true grid geometry).
+        pos_embed: "audiomae" (the released checkpoints' table) or "sincos2d" (true grid geometry;
+            "sincos2d_f32": the same computed in float32, EAT's table).
             Default: "audiomae" for layout "tf", "sincos2d" for layout "ft" (CAV-MAE's table).
         pos_trainable: learn the positional table instead of keeping it fixed.
         layout: "tf" (time-major tokens, AudioMAE) or "ft" (frequency-major tokens, CAV-MAE).

@@ -7,9 +7,10 @@ and keys), built from avmae's parts:
 
 - the block variant: ``post_norm=True`` (``x = norm1(x + attn(x)); x = norm2(x + mlp(x))``);
 - the pre-norm: ``pre_norm=True`` (a LayerNorm over ``[cls; patches + positions]``);
-- the position rule: ``pos_embed="sincos2d"`` on the time-major grid (first D/2 channels the
-  frequency index, last D/2 the time index) stored for ``pos_max_length`` = 768 x 16 frames and
-  sliced to the input's token count, so any input length up to 12,288 frames runs as theirs does;
+- the position rule: ``pos_embed="sincos2d_f32"`` (MAE's 2-D sin-cos computed in float32 as
+  theirs is) on the time-major grid (first D/2 channels the frequency index, last D/2 the time
+  index), stored for ``pos_max_length`` = 768 x 16 frames and sliced to the input's token count,
+  so any input length up to 12,288 frames runs as theirs does;
 - every LayerNorm eps 1e-6; no final norm.
 
 ``eat_base`` / ``eat_large``: the encoder (a ``MaskedAutoencoder`` without a decoder unless one is
@@ -18,7 +19,10 @@ given: ``forward_features`` returns every token, cls first, as EAT's ``extract_f
 ``head``; ``global_pool="avg"`` averages the patch tokens only, their ``MEAN_POOLING``).
 
 The frontend is AudioMAE's (Kaldi fbank, zero padding to ``target_length`` before normalising),
-with EAT's rounded statistics (``EAT_STATS``).
+with EAT's rounded statistics (``EAT_STATS``). The models carry ``pad_to_target = True``: EAT
+extracts features of a short clip padded to ``target_length`` (no padding mask), so
+``avmae.extract`` and the HEAR wrapper pad short clips to the window instead of running them at
+their own length (``avmae.hub.length_step``).
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ def _audio(target_length: int, num_mel_bins: int, pos_max_length: Optional[int])
     return dict(
         target_length=target_length,
         num_mel_bins=num_mel_bins,
-        pos_embed="sincos2d",
+        pos_embed="sincos2d_f32",
         pos_max_length=pos_max_length or EAT_TABLE_ROWS * 16,
     )
 
@@ -78,7 +82,7 @@ def eat_encoder(
     other keyword arguments go to ``MaskedAutoencoder`` (a decoder, maskers and objectives make
     it a pretraining model: ``avmae_eat``'s ``eat_vit_base(faithful=True)``)."""
     s = _shape(size, kw)
-    return MaskedAutoencoder(
+    model = MaskedAutoencoder(
         modalities={"audio": _audio(target_length, num_mel_bins, pos_max_length)},
         cls_token=True,
         decoder=decoder,
@@ -89,6 +93,8 @@ def eat_encoder(
         **s,
         **kw,
     )
+    model.pad_to_target = True
+    return model
 
 
 def eat_classifier(
@@ -105,7 +111,7 @@ def eat_classifier(
     ``CLS_TOKEN`` mode; "avg": the mean of the patch tokens), ``fc_norm`` (eps 1e-6), ``head``.
     Other keyword arguments go to ``EncoderClassifier`` (``mask_t_prob``, ``drop_path``, ...)."""
     s = _shape(size, kw)
-    return EncoderClassifier(
+    model = EncoderClassifier(
         modalities={"audio": _audio(target_length, num_mel_bins, pos_max_length)},
         num_classes=num_classes,
         cls_token=True,
@@ -116,6 +122,8 @@ def eat_classifier(
         **s,
         **kw,
     )
+    model.pad_to_target = True
+    return model
 
 
 def _register(size: str) -> None:

@@ -240,10 +240,10 @@ def _trainer_fields() -> Dict[str, Any]:
 
 def write_fairseq_pretrain(sd: StateDict, path: Path, *, num_heads: int, ema: Optional[StateDict] = None) -> Path:
     """A pretraining ``.pt``: the student (with the CNN decoder) and ``_ema``: the teacher's
-    parameters (``ema``; default: the student's own values plus 1, so a test can tell them apart),
+    parameters (``ema``; default: the student's own values times 0.9, so a test can tell them apart),
     the config a DictConfig (``cfg.model``: the data2vec_multi model; ``cfg.task``)."""
     student = {k: v for k, v in sd.items() if not k.startswith(("fc_norm.", "head."))}
-    teacher = ema if ema is not None else {k: v + 1.0 for k, v in student.items() if "positions" not in k}
+    teacher = ema if ema is not None else {k: v * 0.9 for k, v in student.items() if "positions" not in k}
     dim = student[P + "local_encoder.proj.weight"].shape[0]
     cfg = {
         "_name": None,
