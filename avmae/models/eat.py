@@ -80,7 +80,7 @@ def eat_encoder(
 ) -> MaskedAutoencoder:
     """The EAT encoder of a named size (``EAT_SIZES``). ``decoder=None``: the encoder alone;
     other keyword arguments go to ``MaskedAutoencoder`` (a decoder, maskers and objectives make
-    it a pretraining model: ``avmae_eat``'s ``eat_vit_base(faithful=True)``)."""
+    it a pretraining model, as the EAT pretraining plugin's ``faithful=True`` presets do)."""
     s = _shape(size, kw)
     model = MaskedAutoencoder(
         modalities={"audio": _audio(target_length, num_mel_bins, pos_max_length)},
