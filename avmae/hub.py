@@ -480,7 +480,9 @@ def frontend_for(
     Input size from the model (its audio modality); sample rate and normalisation from the run
     config's ``data`` section (``mean``/``std``, else the stats named by ``norm``), else AudioSet's.
     ``norm=`` names other stats (a key of ``avmae.data.NORM_STATS``); ``overrides`` (``mean=``,
-    ``std=``, ``sample_rate=``, ``target_length=``) win over everything.
+    ``std=``, ``sample_rate=``, ``target_length=``) win over everything. ``data.fbank_style``
+    picks another fbank (``"beats"``) and ``data.pad_to_length: false`` keeps each clip's own
+    frames (``target_length=None``), as a foreign checkpoint's description may say.
     """
     from .data import NORM_STATS, AudioFrontend
 
@@ -504,6 +506,10 @@ def frontend_for(
         mean=mean,
         std=std,
     )
+    if data.get("fbank_style"):  # another fbank than AudioMAE's (BEATs')
+        kw["style"] = str(data["fbank_style"])
+    if data.get("pad_to_length") is False:  # the model takes each clip's own frames (BEATs)
+        kw["target_length"] = None
     kw.update({k: v for k, v in overrides.items() if v is not None})
     return AudioFrontend(**kw)
 

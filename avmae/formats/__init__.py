@@ -13,11 +13,13 @@ from __future__ import annotations
 def _register() -> None:
     from ..checkpoint import register_format
     from ..hub import register_spec_detector
-    from . import eat
+    from . import beats, eat
 
     for layout in ("eat-pretrain", "eat-finetune", "eat-hf"):
         register_format(layout, lambda sd, _layout=layout: eat.eat_layout(sd) == _layout, eat.map_eat)
     register_spec_detector("eat", eat.eat_spec)
+    register_format("beats", beats.detect_beats, beats.map_beats)
+    register_spec_detector("beats", beats.beats_spec)
 
 
 _register()
