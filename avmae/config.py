@@ -491,9 +491,12 @@ def _in(key: str, value: Any, allowed: Sequence[Any]) -> None:
 
 def _check_plugin_spec(key: str, spec: Any, registry) -> None:
     """A registered name, or a mapping with a registered ``name`` (its params are checked when built)."""
-    name = spec.get("name") if isinstance(spec, Mapping) else spec
+    try:
+        name = registry.parse(spec)[0]
+    except ValueError:
+        name = None
     _check(
-        isinstance(name, str) and bool(name),
+        bool(name),
         key,
         f"must be a registered {registry.kind} name or {{name: ..., <params>}}, got {spec!r}",
     )

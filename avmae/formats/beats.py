@@ -23,9 +23,11 @@ import torch
 import torch.nn as nn
 
 from ..checkpoint import CheckpointError
+from ..checkpoint_formats import CheckpointFormat, Conversion
 from ..models.beats import BEATS_FBANK, BEATS_STATS
+from ..registry import register_checkpoint_format
 
-__all__ = ["detect_beats", "map_beats", "beats_spec"]
+__all__ = ["BEATsFormat", "detect_beats", "map_beats", "beats_spec"]
 
 _LAYER = re.compile(r"^encoder\.layers\.(\d+)\.(.+)$")
 _LAYER_NAMES = {
@@ -132,3 +134,17 @@ def beats_spec(
         "data": {"sample_rate": 16000, "mean": mean, "std": std, "fbank_style": BEATS_FBANK, "pad_to_length": False}
     }
     return name, params, frontend
+
+
+@register_checkpoint_format("beats")
+class BEATsFormat(CheckpointFormat):
+    """The checkpoint-format entry for BEATs ``.pt`` files."""
+
+    def detect(self, sd: Mapping[str, torch.Tensor]) -> bool:
+        return detect_beats(sd)
+
+    def convert(self, sd: Dict[str, torch.Tensor], model: nn.Module) -> Conversion:
+        return Conversion(*map_beats(sd, model))
+
+    def describe(self, sd, num_mel_bins: int = 128, meta: Optional[Mapping[str, str]] = None):
+        return beats_spec(sd, meta, num_mel_bins=num_mel_bins)

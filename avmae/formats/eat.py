@@ -34,12 +34,15 @@ import torch
 import torch.nn as nn
 
 from ..checkpoint import CheckpointError
+from ..checkpoint_formats import CheckpointFormat, Conversion
 from ..models.eat import EAT_SIZES, EAT_STATS
+from ..registry import register_checkpoint_format
 from .fairseq import EMA_PREFIX
 
 _logger = logging.getLogger(__name__)
 
 __all__ = [
+    "EATFormat",
     "eat_layout",
     "detect_eat",
     "canonical_eat",
@@ -210,3 +213,21 @@ def eat_spec(
         }
     }
     return name, params, frontend
+
+
+@register_checkpoint_format("eat")
+class EATFormat(CheckpointFormat):
+    """The checkpoint-format entry: fairseq pretraining / fine-tuned files and HF-port folders,
+    reported as ``eat-pretrain``, ``eat-finetune`` or ``eat-hf``."""
+
+    def detect(self, sd: Mapping[str, torch.Tensor]) -> bool:
+        return detect_eat(sd)
+
+    def convert(self, sd: Dict[str, torch.Tensor], model: nn.Module) -> Conversion:
+        return Conversion(*map_eat(sd, model))
+
+    def describe(self, sd, num_mel_bins: int = 128, meta: Optional[Mapping[str, str]] = None):
+        return eat_spec(sd, meta, num_mel_bins=num_mel_bins)
+
+    def label(self, sd: Mapping[str, torch.Tensor]) -> str:
+        return eat_layout(sd) or self.name

@@ -38,8 +38,7 @@ def build_modalities(configs: ModalityConfig, embed_dim: int) -> nn.ModuleDict:
     mods = nn.ModuleDict()
     for key, params in configs.items():
         params = dict(params or {})
-        cls = MODALITIES.get(params.pop("type", key))
-        mod = cls(embed_dim=embed_dim, **params)
+        mod = MODALITIES.build(params.pop("type", key), params, embed_dim=embed_dim)
         mod.key = key
         mods[key] = mod
     if not len(mods):
@@ -48,18 +47,8 @@ def build_modalities(configs: ModalityConfig, embed_dim: int) -> nn.ModuleDict:
 
 
 def build_decoder(spec: Union[str, Mapping[str, Any]], params: Optional[Mapping[str, Any]], **common) -> nn.Module:
-    """``"swin"`` or ``{"name": "swin", ...params}`` -> a registered decoder."""
-    if isinstance(spec, Mapping):
-        spec = dict(spec)
-        name = spec.pop("name")
-        params = {**spec, **dict(params or {})}
-    else:
-        name = spec
-    cls = DECODERS.get(name)
-    decoder = cls(**common, **dict(params or {}))
-    if not isinstance(decoder, nn.Module) or not callable(getattr(decoder, "forward", None)):
-        raise TypeError(f"decoder {name!r} did not build an nn.Module")
-    return decoder
+    """``"swin"`` or ``{"name": "swin", ...params}`` (``params`` merged over) -> a registered decoder."""
+    return DECODERS.build(spec, params, **common)
 
 
 class MaskedAutoencoder(nn.Module):

@@ -65,9 +65,8 @@ def audiomae(
     """AudioMAE pretraining model of a named size. ``pos_base_length``: frames the fixed positional
     tables are laid out for (default ``target_length``; see ``avmae.modalities.audio``)."""
     s = SIZES[size]
-    name = decoder["name"] if isinstance(decoder, Mapping) else decoder
-    if isinstance(decoder, Mapping):
-        decoder_params = {**{k: v for k, v in decoder.items() if k != "name"}, **dict(decoder_params or {})}
+    name, own = DECODERS.parse(decoder)
+    decoder_params = {**own, **dict(decoder_params or {})}
     kw: Dict[str, Any] = dict(embed_dim=s["embed_dim"], depth=s["depth"], num_heads=s["num_heads"])
     kw.update(overrides)
     return MaskedAutoencoder(

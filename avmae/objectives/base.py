@@ -68,29 +68,12 @@ ObjectiveSpec = Union[str, Mapping[str, Any], Objective]
 
 def build_objective(spec: ObjectiveSpec) -> Objective:
     """An objective from a registered name, ``{"name": ..., "weight": w, <param>: ...}`` (params may
-    also sit under ``params``), or an ``Objective``."""
-    if isinstance(spec, Objective):
-        return spec
-    if isinstance(spec, str):
-        name, params = spec, {}
-    elif isinstance(spec, Mapping) and "name" in spec:
-        params = dict(spec)
-        name = params.pop("name")
-        params.update(params.pop("params", None) or {})
-    else:
-        raise ValueError(f"an objective is a registered name or {{name: ..., weight: ..., <params>}}, got {spec!r}")
-    cls = OBJECTIVES.get(name)
-    try:
-        obj = cls(**params)
-    except TypeError as exc:
-        raise ValueError(f"objective {name!r} rejected its params {params}: {exc}") from None
-    if not isinstance(obj, Objective):
-        raise TypeError(
-            f"objective {name!r} ({OBJECTIVES.source(name)}) built a {type(obj).__name__}, not an"
-            " avmae.objectives.Objective"
-        )
-    return obj
+    also sit under ``params``), or an ``Objective`` (``OBJECTIVES.build``)."""
+    return OBJECTIVES.build(spec)
 
 
 def build_objectives(specs: Iterable[ObjectiveSpec]) -> List[Objective]:
     return [build_objective(s) for s in specs]
+
+
+OBJECTIVES.product = Objective
