@@ -100,3 +100,22 @@ def test_extract_and_convert_a_beats_file(files, waves, tmp_path, capsys):
     capsys.readouterr()
     again, report = load_pretrained(conv)
     assert report.source == "metadata" and frontend_for(again, report.config).style == "beats"
+
+
+def test_hear_and_knn_on_a_beats_file(files, tmp_path, capsys):
+    from test_finetune import write_clips
+
+    import avmae.hear as hear
+
+    model = hear.load_model(str(files["pretrain"][0]))
+    assert model.frontend.style == "beats" and model.frontend.mean == BEATS_STATS[0]
+    audio = torch.randn(2, 24000, generator=torch.Generator().manual_seed(0)) * 0.1
+    emb, stamps = hear.get_timestamp_embeddings(audio, model)
+    assert emb.shape[0] == 2 and emb.shape[-1] == 64 and emb.shape[:2] == stamps.shape and torch.isfinite(emb).all()
+    train, evals, labels = write_clips(tmp_path / "clips", {"train": 3, "eval": 2}, seconds=0.64)
+    out = tmp_path / "knn.json"
+    argv = ["evaluate", "-c", str(files["pretrain"][0]), "--task", "knn", "--data", str(evals), "--train-data"]
+    argv += [str(train), "--label-csv", str(labels), "--num-workers", "0", "--cpu", "-o", str(out)]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    got = json.loads(out.read_text())
+    assert got["num_train"] == 6 and got["metrics"]["num_items"] == 4

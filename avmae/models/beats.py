@@ -59,6 +59,7 @@ class _Patches(nn.Module):
     """The audio input side: 16x16 conv (no bias), LayerNorm(512), projection to the width."""
 
     key = "audio"
+    layout = "tf"  # time-major tokens, as AudioMAE's audio modality
 
     def __init__(self, *, embed_dim: int, patch_dim: int, target_length: int, num_mel_bins: int, patch: int) -> None:
         super().__init__()
