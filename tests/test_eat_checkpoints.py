@@ -47,6 +47,7 @@ def files(weights, tmp_path_factory):
         ),
         "hf": write_hf_folder(pre, root / "EAT-base_epoch30_pretrain", num_heads=HEADS),
         "hf-finetune": write_hf_folder(ft, root / "EAT-base_epoch30_finetune_AS2M", num_heads=HEADS),
+        "hf-bin": write_hf_folder(pre, root / "EAT-large_epoch20_pretrain", num_heads=HEADS, torch_bin=True),
     }
 
 
@@ -64,11 +65,12 @@ def test_the_position_rule_is_the_released_table():
     torch.testing.assert_close(model.modalities["audio"].pos_embed_for(10), ours[:, :80])
 
 
-@pytest.mark.parametrize("layout", ["pretrain", "hf"])
+@pytest.mark.parametrize("layout", ["pretrain", "hf", "hf-bin"])
 @pytest.mark.parametrize("frames", [1024, 160])
 def test_encoder_features_equal_the_reference(files, weights, fbank, layout, frames):
     model, report = load_pretrained(files[layout])
-    assert report.model_name == "eat_base" and report.format == f"eat-{layout}" and not report.missing
+    assert report.model_name == "eat_base" and report.format == f"eat-{layout[:2] if layout != 'pretrain' else layout}"
+    assert not report.missing
     assert report.model_params["num_heads"] == HEADS
     x = fbank[:, :, :frames]
     got = model.forward_features({"audio": x})
@@ -219,6 +221,8 @@ def test_hear_wrapper_on_an_eat_folder(files):
     emb, stamps = hear.get_timestamp_embeddings(audio, model)
     assert emb.shape[0] == 2 and emb.shape[-1] == DIM and torch.isfinite(emb).all()
     assert hear.get_scene_embeddings(audio, model).shape == (2, DIM)
+    xares = hear.XaresEncoder(str(files["finetune-mean-esc50"]))
+    assert xares.embedder.frontend.mean == EAT_STATS["esc50"][0] and xares.output_dim == DIM
 
 
 def test_knn_evaluation_on_an_eat_file(files, clips, tmp_path, capsys):

@@ -293,9 +293,10 @@ def write_fairseq_finetune(
     return path
 
 
-def write_hf_folder(sd: StateDict, folder: Path, *, num_heads: int) -> Path:
-    """The HF-port folder: ``config.json`` and ``model.safetensors`` with ``model.*`` keys
-    (``context_encoder.norm`` -> ``model.pre_norm``), decoder and teacher dropped."""
+def write_hf_folder(sd: StateDict, folder: Path, *, num_heads: int, torch_bin: bool = False) -> Path:
+    """The HF-port folder: ``config.json`` and ``model.safetensors`` (``pytorch_model.bin`` with
+    ``torch_bin``) with ``model.*`` keys (``context_encoder.norm`` -> ``model.pre_norm``), decoder
+    and teacher dropped."""
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -309,7 +310,12 @@ def write_hf_folder(sd: StateDict, folder: Path, *, num_heads: int) -> Path:
             out["model." + k[len(P) :]] = v
         else:
             out["model." + k] = v
-    save_file({k: v.contiguous() for k, v in out.items()}, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    if torch_bin:
+        torch.save(out, folder / "pytorch_model.bin")
+    else:
+        save_file(
+            {k: v.contiguous() for k, v in out.items()}, str(folder / "model.safetensors"), metadata={"format": "pt"}
+        )
     dim = int(sd[P + "local_encoder.proj.weight"].shape[0])
     config = {"model_type": "eat", "architectures": ["EATModel"], "embed_dim": dim, "num_heads": num_heads}
     (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
