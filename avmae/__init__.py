@@ -20,9 +20,11 @@ from __future__ import annotations
 
 from typing import Any, List
 
-import torch.nn as nn  # noqa: E402
-
 from . import _openmp  # noqa: F401  (first: OpenMP's wait policy, read when torch loads it)
+
+# isort: split
+import torch.nn as nn
+
 from . import decoders as _decoders  # noqa: F401  (registers built-in decoders)
 from . import formats as _formats  # noqa: F401  (registers the released layouts of other code: EAT, BEATs)
 from . import modalities as _modalities  # noqa: F401  (registers built-in modalities)

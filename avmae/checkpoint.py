@@ -20,7 +20,6 @@ as the only non-tensor class (it carries plain values, no code). Anything else i
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import pickle
@@ -39,6 +38,7 @@ from .checkpoint_formats import (
     find_format,
     register_format,
 )
+from .files import atomic_path, fsync_dir, give_umask_mode, to_json
 from .registry import CHECKPOINT_FORMATS, register_checkpoint_format
 
 _logger = logging.getLogger(__name__)
@@ -428,47 +428,14 @@ def save_checkpoint(
     if isinstance(spec, Mapping) and (model_name is None or model_name == spec.get("name")):
         model_name = spec.get("name")
         try:
-            meta["model_params"] = json.dumps(spec.get("params") or {})
+            meta["model_params"] = to_json(spec.get("params") or {})
         except (TypeError, ValueError) as exc:  # a param JSON cannot hold: the config must describe the model
             _logger.warning("%s: the model's params are not JSON (%s); the file names its model only", path, exc)
     if model_name:
         meta["model"] = model_name
     if config is not None:
-        meta["config"] = json.dumps(config, default=str)
+        meta["config"] = to_json(config, default=str)
     return write_safetensors(sd, path, metadata=meta)
-
-
-def _umask() -> int:
-    try:  # Linux: read it without changing it (os.umask sets it, for all threads)
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def give_umask_mode(path: PathLike) -> None:
-    """Set a file's mode to what the process umask gives a new file (the safetensors writer
-    creates its files 0600, unreadable for the colleagues of a shared cluster)."""
-    os.chmod(path, 0o666 & ~_umask())
-
-
-def fsync_dir(path: PathLike) -> None:
-    """Flush a folder's entries (a rename or a new file in it) to disk, where the OS allows it."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some filesystems refuse fsync on a folder
-        pass
-    finally:
-        os.close(fd)
 
 
 def write_safetensors(
@@ -479,18 +446,12 @@ def write_safetensors(
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(
-        {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()},
-        str(tmp),
-        metadata=dict(metadata) if metadata else None,
-    )
-    give_umask_mode(tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    with atomic_path(path) as tmp:
+        save_file(
+            {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()},
+            str(tmp),
+            metadata=dict(metadata) if metadata else None,
+        )
     return path
 
 

@@ -449,12 +449,9 @@ def to_yaml(cfg: Config) -> str:
 
 def save_config(cfg: Config, path: PathLike) -> Path:
     """Write ``cfg`` as YAML (atomically); ``load_config([path])`` gives it back."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(to_yaml(cfg), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    from .files import atomic_write
+
+    return atomic_write(path, to_yaml(cfg))
 
 
 def diff(a: Config, b: Config) -> List[str]:

@@ -53,6 +53,7 @@ from .checkpoint import (
     load_checkpoint,
     read_state_dict,
 )
+from .files import to_json, write_json
 from .run_folder import CONFIG_FILE, WEIGHTS_FILE, resolve_weights
 
 _logger = logging.getLogger(__name__)
@@ -548,7 +549,7 @@ def _plain_config(config: Any) -> Optional[Dict[str, Any]]:
     if config is None:
         return None
     if isinstance(config, Mapping):
-        return json.loads(json.dumps(dict(config), default=str))
+        return json.loads(to_json(dict(config), default=str))
     from .config import Config, to_dict
 
     if isinstance(config, Config):
@@ -607,9 +608,7 @@ def save_pretrained(
     info["metrics"] = dict(metrics or {})
     if cfg is not None:
         info["training_config"] = cfg
-    tmp = out / (PRETRAINED_CONFIG + ".tmp")
-    tmp.write_text(json.dumps(info, indent=1, default=str), encoding="utf-8")
-    os.replace(tmp, out / PRETRAINED_CONFIG)
+    write_json(out / PRETRAINED_CONFIG, info, default=str)
     (out / MODEL_CARD).write_text(model_card(info), encoding="utf-8")
     _logger.info("wrote %s (%s)", out, name)
     return out

@@ -14,8 +14,8 @@ moves with it to the device, and resumes exactly. Three seams:
   encoder here);
 - ``forward(model, inputs, out) -> ObjectiveOutput``: the loss (unweighted; the model applies
   ``weight``), named terms for the logs (``out.losses``) and metrics (``out.extras``);
-- ``after_step(model, step, total_steps)``: after every optimizer step (an EMA update), called by
-  the pretraining task.
+- ``after_optimizer_step(model, step, total_steps)``: after every optimizer step (an EMA update),
+  called by the pretraining task (the old name ``after_step`` still works, with a DeprecationWarning).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Union
 import torch
 import torch.nn as nn
 
+from ..deprecation import deprecated_alias
 from ..registry import OBJECTIVES
 
 __all__ = ["Objective", "ObjectiveOutput", "ObjectiveSpec", "build_objective", "build_objectives"]
@@ -56,8 +57,10 @@ class Objective(nn.Module):
     ) -> ObjectiveOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def after_step(self, model: nn.Module, step: int, total_steps: int) -> None:
+    def after_optimizer_step(self, model: nn.Module, step: int, total_steps: int) -> None:
         """After optimizer step ``step`` (1-based) of ``total_steps``; ``model`` is the bare model."""
+
+    after_step = deprecated_alias("after_optimizer_step", "after_step")
 
     def extra_repr(self) -> str:
         return f"weight={self.weight:g}"
