@@ -228,7 +228,7 @@ def read_state_dict(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str, 
 
     if is_fairseq_container(obj):  # fairseq: ``_ema`` flattened, the config kept as JSON metadata
         sd, cfg = fairseq_state(obj, path)
-        return sd, {"fairseq_cfg": json.dumps(cfg, default=str)}
+        return sd, {"fairseq_cfg": to_json(cfg, default=str)}
     for key in ("model", "state_dict", "module", "model_state"):
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
             obj = obj[key]
