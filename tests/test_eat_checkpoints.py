@@ -245,3 +245,14 @@ def test_finetune_init_from_an_eat_file(files, clips, tmp_path, capsys):
     assert code == 0, out
     assert "model: eat_base_cls, initialised from" in out and "mean -4.268, std 4.569" in out
     assert "held-out accuracy:" in out
+
+
+def test_the_legacy_torch_format_reads_the_same(files, tmp_path):
+    """A fairseq file in torch's pre-zip serialisation goes through the same restricted unpickler."""
+    obj = torch.load(files["pretrain"], weights_only=False)  # trusted: written by this test's reference
+    legacy = tmp_path / "legacy.pt"
+    torch.save(obj, legacy, _use_new_zipfile_serialization=False)
+    sd, meta = avmae.checkpoint.read_state_dict(legacy)
+    assert json.loads(meta["fairseq_cfg"])["model"]["num_heads"] == HEADS and "_ema.blocks.0.norm1.weight" in sd
+    ref, _ = avmae.checkpoint.read_state_dict(files["pretrain"])
+    assert sd.keys() == ref.keys() and all(torch.equal(sd[k], ref[k]) for k in sd)

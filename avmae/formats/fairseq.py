@@ -24,6 +24,7 @@ naming the file and the global, before anything runs. Nothing is imported while 
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import pickle
@@ -137,7 +138,7 @@ def to_plain(obj: Any, _depth: int = 0) -> Any:
         pass
     if isinstance(obj, types.SimpleNamespace) or type(obj).__name__ == "Namespace":
         return to_plain(vars(obj), _depth + 1)
-    if hasattr(obj, "name") and hasattr(obj, "value") and type(obj).__mro__[-2].__name__ == "Enum":
+    if isinstance(obj, enum.Enum):
         return obj.name
     return obj
 
