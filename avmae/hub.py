@@ -54,7 +54,7 @@ from .checkpoint import (
     read_state_dict,
 )
 from .files import to_json, write_json
-from .run_folder import CONFIG_FILE, WEIGHTS_FILE, resolve_weights
+from .run_folder import CONFIG_FILE, HF_TORCH_WEIGHTS, WEIGHTS_FILE, resolve_weights
 
 _logger = logging.getLogger(__name__)
 
@@ -696,7 +696,8 @@ def from_pretrained(
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{cfg_path}: not valid JSON ({exc})") from None
     if not isinstance(info, dict) or not info.get("model_name"):
-        if (folder / WEIGHTS_FILE).is_file():  # another project's folder (an HF port): its weights describe it
+        if (folder / WEIGHTS_FILE).is_file() or (folder / HF_TORCH_WEIGHTS).is_file():
+            # another project's folder (an HF port): its weights describe it
             return load_pretrained(folder, map_location=map_location, **overrides)[0]
         raise CheckpointError(f"{cfg_path}: names no model_name")
     weights = folder / WEIGHTS_FILE

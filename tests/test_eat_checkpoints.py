@@ -221,6 +221,7 @@ def test_hear_wrapper_on_an_eat_folder(files):
     emb, stamps = hear.get_timestamp_embeddings(audio, model)
     assert emb.shape[0] == 2 and emb.shape[-1] == DIM and torch.isfinite(emb).all()
     assert hear.get_scene_embeddings(audio, model).shape == (2, DIM)
+    assert hear.load_model(str(files["hf-bin"])).frontend.mean == EAT_STATS["audioset"][0]  # pytorch_model.bin
     xares = hear.XaresEncoder(str(files["finetune-mean-esc50"]))
     assert xares.embedder.frontend.mean == EAT_STATS["esc50"][0] and xares.output_dim == DIM
 
