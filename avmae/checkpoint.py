@@ -466,7 +466,11 @@ def to_audiomae_official(model: nn.Module) -> Dict[str, torch.Tensor]:
     (``cls_token``, ``pos_embed`` with its cls row, ``patch_embed``, ``blocks``, ``norm``/``fc_norm``, ``head``).
     """
     key = _single_key(model)
+    if getattr(model, "pre_norm", None) is not None:
+        raise CheckpointError("post-LN blocks with a pre-norm (EAT) have no place in AudioMAE's layout")
     sd = model.state_dict()
+    if "blocks.0.attn.qkv.weight" not in sd:
+        raise CheckpointError(f"{type(model).__name__} is not an AudioMAE-style ViT (no fused qkv blocks)")
     out: Dict[str, torch.Tensor] = {}
     for k, v in sd.items():
         if k == "cls_pos_embed" or k.startswith(

@@ -493,6 +493,8 @@ def timm_kwargs(model: nn.Module) -> Dict[str, Any]:
         raise ValueError(
             f"{type(model).__name__} is not an AudioMAE-style ViT (MaskedAutoencoder or EncoderClassifier)"
         )
+    if getattr(model, "pre_norm", None) is not None or type(model.blocks[0]).__name__ == "PostNormBlock":
+        raise ValueError("post-LN blocks with a pre-norm (EAT) have no timm VisionTransformer equivalent")
     mod = audio_modality(model)
     if getattr(mod, "layout", "tf") != "tf":
         raise ValueError("only the time-major ('tf', AudioMAE) audio layout maps onto timm's ViT patch order")

@@ -100,6 +100,9 @@ def test_extract_and_convert_a_beats_file(files, waves, tmp_path, capsys):
     capsys.readouterr()
     again, report = load_pretrained(conv)
     assert report.source == "metadata" and frontend_for(again, report.config).style == "beats"
+    for to in ("timm", "official"):  # AudioMAE-style layouts cannot hold BEATs: refused, nothing written
+        assert cli.main(["convert", str(files["pretrain"][0]), "--out", str(tmp_path / f"b-{to}.pth"), "--to", to]) == 2
+        assert not (tmp_path / f"b-{to}.pth").exists()
 
 
 def test_hear_and_knn_on_a_beats_file(files, tmp_path, capsys):

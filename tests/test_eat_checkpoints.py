@@ -172,6 +172,9 @@ def test_convert_writes_safetensors_and_a_folder_that_load_alone(files, fbank, t
             torch.testing.assert_close(model({"audio": fbank}), ref)
         assert frontend_for(model, report.config).mean == EAT_STATS["esc50"][0]
     assert json.loads((folder / "config.json").read_text())["frontend"]["std"] == EAT_STATS["esc50"][1]
+    for to in ("timm", "official"):  # layouts that cannot hold EAT's blocks: refused, nothing written
+        assert cli.main(["convert", str(files["pretrain"]), "--out", str(tmp_path / f"x-{to}.pth"), "--to", to]) == 2
+        assert "EAT" in capsys.readouterr().err and not (tmp_path / f"x-{to}.pth").exists()
     teacher = tmp_path / "teacher.safetensors"
     assert cli.main(["convert", str(files["pretrain"]), "--out", str(teacher), "--teacher"]) == 0
     t_model, _ = load_pretrained(teacher)
