@@ -32,7 +32,6 @@ Files that cannot be read (``avmae.data.MediaError``) are skipped and reported, 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -44,9 +43,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .checkpoint import give_umask_mode
 from .data import AudioFrontend, MediaError, load_audio, read_manifest
 from .data.datasets import ManifestError
+from .files import give_umask_mode, to_json
 from .hub import input_size, length_step
 
 _logger = logging.getLogger(__name__)
@@ -527,7 +526,7 @@ def write_archive(
         save_file(
             {k: np.ascontiguousarray(v) for k, v in arrays.items()},
             str(path),
-            metadata={k: json.dumps(v) for k, v in info.items()},
+            metadata={k: to_json(v) for k, v in info.items()},
         )
         give_umask_mode(path)
     elif path.suffix == ".npz":
@@ -538,7 +537,7 @@ def write_archive(
             names=np.array(row_names, dtype=str),
             skipped=np.array(info["skipped"], dtype=str),
             skipped_reasons=np.array(info["skipped_reasons"], dtype=str),
-            meta=np.array(json.dumps(info["meta"])),
+            meta=np.array(to_json(info["meta"])),
         )
     else:
         raise ValueError(f"{path}: an archive must end in .npz or .safetensors")

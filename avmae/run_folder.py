@@ -42,6 +42,7 @@ from typing import Any, Dict, List, Optional, Union
 import torch
 
 from .checkpoint import CheckpointError, fsync_dir, unpickling_reason
+from .files import to_json
 
 _logger = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ def write_manifest(folder: PathLike) -> Dict[str, Any]:
         files[f.name] = {"size": f.stat().st_size, "sha256": h.hexdigest()}
     manifest = {"format": 1, "files": files}
     with open(folder / MANIFEST_FILE, "w", encoding="utf-8") as fh:
-        fh.write(json.dumps(manifest, indent=1))
+        fh.write(to_json(manifest, indent=1))
         fh.flush()
         os.fsync(fh.fileno())
     fsync_dir(folder)

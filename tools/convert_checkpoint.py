@@ -37,6 +37,7 @@ if __package__ in (None, "") and __name__ == "__main__":  # run as a script from
 import torch
 
 from avmae.errors import tool_main, writable_output
+from avmae.files import to_json
 
 
 def _parse_sets(items: List[str]) -> Dict[str, Any]:
@@ -121,9 +122,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         except (ValueError, AttributeError) as exc:
             print(f"error: {report.model_name} has no plain timm ViT equivalent: {exc}", file=sys.stderr)
             return 2
-        _save_tensors(sd, out, {"timm_kwargs": json.dumps(kwargs)})
+        _save_tensors(sd, out, {"timm_kwargs": to_json(kwargs)})
         side = out.with_suffix(".json")
-        side.write_text(json.dumps(kwargs, indent=1), encoding="utf-8")
+        side.write_text(to_json(kwargs, indent=1), encoding="utf-8")
         args_text = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
         print(f"wrote {out} and {side}\n  timm.models.vision_transformer.VisionTransformer({args_text})")
     else:

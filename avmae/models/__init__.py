@@ -2,6 +2,7 @@
 
 from . import (
     ast,  # noqa: F401  (registers the AST presets and its checkpoint format)
+    audiomae_format,  # noqa: F401  (registers AudioMAE's checkpoint format)
     av_presets,  # noqa: F401  (registers the audio-visual presets)
     cav_mae,  # noqa: F401  (registers CAV-MAE and its checkpoint format)
     presets,  # noqa: F401  (registers the presets)

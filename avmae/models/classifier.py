@@ -24,8 +24,9 @@ class EncoderClassifier(nn.Module):
     Args:
         modalities: {input key: modality params}; exactly one for now.
         num_classes: head outputs (0 gives the pooled features as output).
-        mask_t_prob, mask_f_prob: training-time structured masking of time rows / frequency
-            columns of the token grid (AudioMAE fine-tuning; 0 disables).
+        mask_t_prob: training-time masking of time rows of the token grid (AudioMAE
+            fine-tuning; 0 disables).
+        mask_f_prob: the same for frequency columns.
         drop_path: stochastic depth.
         head_init_std: std of the head's normal init (AudioMAE: 2e-5).
         global_pool: "avg" (mean over patch tokens, cls excluded) or "cls".
