@@ -112,6 +112,15 @@ def test_config_json_of_the_wrong_shape(folder, tmp_path):
         assert str(edited / "config.json") in _one_line(exc)
 
 
+def test_a_folder_without_weights_builds_nothing(folder, tmp_path, built_on):
+    edited = _with_params(folder, tmp_path)
+    (edited / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="no such checkpoint file") as exc:
+        from_pretrained(edited)
+    assert str(edited / "model.safetensors") in _one_line(exc)
+    assert built_on == []
+
+
 def test_the_folder_loads_unchanged(folder):
     model = from_pretrained(folder)
     assert model.head.weight.shape == (3, 64)
