@@ -54,7 +54,7 @@ from .checkpoint import (
     read_state_dict,
 )
 from .files import to_json, write_json
-from .run_folder import CONFIG_FILE, WEIGHTS_FILE, resolve_weights
+from .run_folder import CONFIG_FILE, HF_TORCH_WEIGHTS, WEIGHTS_FILE, resolve_weights
 from .weights_fit import build_on_meta, check_fits, describe_call, stand_ins
 
 _logger = logging.getLogger(__name__)
@@ -213,7 +213,9 @@ def register_spec_detector(name: str, detect: SpecDetector) -> None:
     """Teach ``load_pretrained`` to rebuild the model of a foreign file that carries no model name
     (e.g. a released checkpoint of another architecture): ``detect(sd)`` returns
     ``(registered model name, factory params)`` for files it recognises, else None. A format that
-    also converts keys is one ``avmae.checkpoint.CheckpointFormat`` with a ``describe`` method."""
+    also converts keys is one ``avmae.checkpoint.CheckpointFormat`` with a ``describe`` method
+    (whose ``describe`` may take ``meta=``, the file's metadata, and return a third item: the
+    config its inputs follow, see ``_describe_format``)."""
     CHECKPOINT_FORMATS.add(name, _SpecOnly(detect))
 
 
@@ -251,10 +253,15 @@ def _describe(weights: Path, sd, meta, num_mel_bins: int) -> PretrainedReport:
     else:
         probe = sd if not all(k.startswith("module.") for k in sd) else {k[7:]: v for k, v in sd.items()}
         source = "detected"
+        side = weights.parent / PRETRAINED_CONFIG
+        if side.is_file() and "folder_config" not in meta:  # another project's folder (an HF port)
+            meta = {**meta, "folder_config": side.read_text(encoding="utf-8", errors="replace")}
         for found in checkpoint_formats():
-            spec = found.describe(probe, num_mel_bins)
+            spec = _describe_format(found, probe, num_mel_bins, meta)
             if spec is not None:
-                name, params = spec
+                name, params = spec[0], spec[1]
+                if len(spec) > 2 and spec[2] is not None:
+                    cfg = spec[2]  # the input statistics of a foreign file (``frontend_for``)
                 fmt = found.label(probe) if found.detect(probe) else found.name
                 break
         else:
@@ -275,6 +282,20 @@ def _describe(weights: Path, sd, meta, num_mel_bins: int) -> PretrainedReport:
     )
 
 
+def _describe_format(fmt: CheckpointFormat, sd, num_mel_bins: int, meta: Mapping[str, str]):
+    """``fmt.describe(sd, num_mel_bins)``; a format whose ``describe`` takes ``meta`` also gets the
+    file's metadata (``read_state_dict``'s: a fairseq file's config as JSON under ``fairseq_cfg``,
+    an HF-port folder's ``config.json`` under ``folder_config``) and may return
+    ``(name, params, config)``, the config holding the input statistics (``{"data": {...}}``)."""
+    import inspect
+
+    try:
+        takes_meta = "meta" in inspect.signature(fmt.describe).parameters
+    except (TypeError, ValueError):
+        takes_meta = False
+    return fmt.describe(sd, num_mel_bins, meta=meta) if takes_meta else fmt.describe(sd, num_mel_bins)
+
+
 # ------------------------------------------------------------------------------ loading
 
 # PretrainedReport.source -> where the params of the model came from (for error messages)
@@ -291,6 +312,7 @@ def load_pretrained(
     model_name: Optional[str] = None,
     strict: bool = True,
     map_location: Union[str, torch.device, None] = None,
+    teacher: bool = False,
     **overrides: Any,
 ) -> Tuple[nn.Module, PretrainedReport]:
     """Build the model a checkpoint describes and load its weights. -> (model in eval mode, report).
@@ -302,6 +324,8 @@ def load_pretrained(
         strict: fail on keys that do not fit. An encoder-only file loaded into a pretraining
             model leaves its decoder untrained: allowed, and listed in ``report.missing``.
         map_location: device to move the model to.
+        teacher: load the EMA teacher a pretraining file holds (EAT / data2vec ``_ema``) instead of
+            the student (which feature extraction and fine-tuning use by default).
         **overrides: ``create_model`` params that win over the file's. ``target_length=`` other
             than the saved model's builds the model for that input length with the positions the
             saved one was trained with (``pos_base_length``, for the AudioMAE presets; the saved
@@ -316,6 +340,13 @@ def load_pretrained(
 
     weights = resolve_weights(path)
     sd, meta = read_state_dict(weights)
+    if teacher:
+        from .formats.fairseq import take_teacher
+
+        try:
+            sd = take_teacher(sd)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{weights}: {exc}") from None
     if model_name is not None:
         cfg, source = _read_config(weights, meta)
         info = PretrainedReport(
@@ -381,6 +412,8 @@ def load_pretrained(
     model.eval()
     if map_location is not None:
         model.to(map_location)
+    if info.source == "detected" and info.config is not None:
+        model.avmae_config = info.config  # the input statistics of a foreign file, for frontend_for
     _logger.info("built %s(%s) as described by its %s", info.model_name, _fmt_params(params), info.source)
     return model, out
 
@@ -399,10 +432,13 @@ def audio_modality(model: nn.Module, key: str = "audio"):
 def length_step(model: nn.Module) -> Optional[int]:
     """Frames an input length must be a multiple of when ``model`` takes audio inputs of other
     lengths than its own (an AudioMAE-style single-modality encoder: its patch size; see
-    ``avmae.modalities.audio``); None when it takes only its own (AST, audio-visual models). A
+    ``avmae.modalities.audio``); None when it takes only its own (AST, audio-visual models) or its
+    short inputs are padded to its own length by rule (``model.pad_to_target``: EAT). A
     pretraining model's decoder still needs its own length; its encoder does not."""
     mods = getattr(model, "modalities", None)
     if mods is None or list(mods) != ["audio"] or not hasattr(mods["audio"], "accepts_length"):
+        return None
+    if getattr(model, "pad_to_target", False):  # its inputs are padded to its length (EAT), not cut to theirs
         return None
     return int(mods["audio"].patch_size)
 
@@ -430,7 +466,9 @@ def frontend_for(
     Input size from the model (its audio modality); sample rate and normalisation from the run
     config's ``data`` section (``mean``/``std``, else the stats named by ``norm``), else AudioSet's.
     ``norm=`` names other stats (a key of ``avmae.data.NORM_STATS``); ``overrides`` (``mean=``,
-    ``std=``, ``sample_rate=``, ``target_length=``) win over everything.
+    ``std=``, ``sample_rate=``, ``target_length=``) win over everything. ``data.fbank_style``
+    picks another fbank (``"beats"``) and ``data.pad_to_length: false`` keeps each clip's own
+    frames (``target_length=None``), as a foreign checkpoint's description may say.
     """
     from .data import NORM_STATS, AudioFrontend
 
@@ -454,6 +492,10 @@ def frontend_for(
         mean=mean,
         std=std,
     )
+    if data.get("fbank_style"):  # another fbank than AudioMAE's (BEATs')
+        kw["style"] = str(data["fbank_style"])
+    if data.get("pad_to_length") is False:  # the model takes each clip's own frames (BEATs)
+        kw["target_length"] = None
     kw.update({k: v for k, v in overrides.items() if v is not None})
     return AudioFrontend(**kw)
 
@@ -476,6 +518,8 @@ def timm_kwargs(model: nn.Module) -> Dict[str, Any]:
         raise ValueError(
             f"{type(model).__name__} is not an AudioMAE-style ViT (MaskedAutoencoder or EncoderClassifier)"
         )
+    if getattr(model, "pre_norm", None) is not None or type(model.blocks[0]).__name__ == "PostNormBlock":
+        raise ValueError("post-LN blocks with a pre-norm (EAT) have no timm VisionTransformer equivalent")
     mod = audio_modality(model)
     if getattr(mod, "layout", "tf") != "tf":
         raise ValueError("only the time-major ('tf', AudioMAE) audio layout maps onto timm's ViT patch order")
@@ -679,6 +723,9 @@ def from_pretrained(
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{cfg_path}: not valid JSON ({exc})") from None
     if not isinstance(info, dict) or not info.get("model_name"):
+        if (folder / WEIGHTS_FILE).is_file() or (folder / HF_TORCH_WEIGHTS).is_file():
+            # another project's folder (an HF port): its weights describe it
+            return load_pretrained(folder, map_location=map_location, **overrides)[0]
         raise CheckpointError(f"{cfg_path}: names no model_name")
     if not isinstance(info["model_name"], str):
         raise CheckpointError(f"{cfg_path}: model_name must be a string, got {info['model_name']!r}")
