@@ -54,7 +54,8 @@ from .checkpoint import (
     read_state_dict,
 )
 from .files import to_json, write_json
-from .run_folder import CONFIG_FILE, WEIGHTS_FILE, resolve_weights
+from .run_folder import CONFIG_FILE, HF_TORCH_WEIGHTS, WEIGHTS_FILE, resolve_weights
+from .weights_fit import build_on_meta, check_fits, describe_call, stand_ins
 
 _logger = logging.getLogger(__name__)
 
@@ -155,6 +156,8 @@ def _spec_from_config(
     name = meta.get("model") or model_cfg.get("name") or (cfg["model"] if isinstance(cfg.get("model"), str) else None)
     if not name:
         raise CheckpointError("the checkpoint's config names no model (model.name)")
+    if not isinstance(model_cfg.get("params") or {}, Mapping):
+        raise CheckpointError(f"the checkpoint's config: model.params must be a mapping, got {model_cfg['params']!r}")
     params: Dict[str, Any] = dict(model_cfg.get("params") or {})
     data = cfg.get("data") if isinstance(cfg.get("data"), Mapping) else None
     for k in ("target_length", "num_mel_bins"):
@@ -210,7 +213,9 @@ def register_spec_detector(name: str, detect: SpecDetector) -> None:
     """Teach ``load_pretrained`` to rebuild the model of a foreign file that carries no model name
     (e.g. a released checkpoint of another architecture): ``detect(sd)`` returns
     ``(registered model name, factory params)`` for files it recognises, else None. A format that
-    also converts keys is one ``avmae.checkpoint.CheckpointFormat`` with a ``describe`` method."""
+    also converts keys is one ``avmae.checkpoint.CheckpointFormat`` with a ``describe`` method
+    (whose ``describe`` may take ``meta=``, the file's metadata, and return a third item: the
+    config its inputs follow, see ``_describe_format``)."""
     CHECKPOINT_FORMATS.add(name, _SpecOnly(detect))
 
 
@@ -240,15 +245,23 @@ def _describe(weights: Path, sd, meta, num_mel_bins: int) -> PretrainedReport:
         )
     if cfg is not None or meta.get("model"):
         source = source or "metadata"
-        name, params = _spec_from_config(cfg or {}, meta, sd)
+        try:
+            name, params = _spec_from_config(cfg or {}, meta, sd)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{weights}: {exc}") from None
         fmt = "avmae"
     else:
         probe = sd if not all(k.startswith("module.") for k in sd) else {k[7:]: v for k, v in sd.items()}
         source = "detected"
+        side = weights.parent / PRETRAINED_CONFIG
+        if side.is_file() and "folder_config" not in meta:  # another project's folder (an HF port)
+            meta = {**meta, "folder_config": side.read_text(encoding="utf-8", errors="replace")}
         for found in checkpoint_formats():
-            spec = found.describe(probe, num_mel_bins)
+            spec = _describe_format(found, probe, num_mel_bins, meta)
             if spec is not None:
-                name, params = spec
+                name, params = spec[0], spec[1]
+                if len(spec) > 2 and spec[2] is not None:
+                    cfg = spec[2]  # the input statistics of a foreign file (``frontend_for``)
                 fmt = found.label(probe) if found.detect(probe) else found.name
                 break
         else:
@@ -269,7 +282,28 @@ def _describe(weights: Path, sd, meta, num_mel_bins: int) -> PretrainedReport:
     )
 
 
+def _describe_format(fmt: CheckpointFormat, sd, num_mel_bins: int, meta: Mapping[str, str]):
+    """``fmt.describe(sd, num_mel_bins)``; a format whose ``describe`` takes ``meta`` also gets the
+    file's metadata (``read_state_dict``'s: a fairseq file's config as JSON under ``fairseq_cfg``,
+    an HF-port folder's ``config.json`` under ``folder_config``) and may return
+    ``(name, params, config)``, the config holding the input statistics (``{"data": {...}}``)."""
+    import inspect
+
+    try:
+        takes_meta = "meta" in inspect.signature(fmt.describe).parameters
+    except (TypeError, ValueError):
+        takes_meta = False
+    return fmt.describe(sd, num_mel_bins, meta=meta) if takes_meta else fmt.describe(sd, num_mel_bins)
+
+
 # ------------------------------------------------------------------------------ loading
+
+# PretrainedReport.source -> where the params of the model came from (for error messages)
+_PARAMS_FROM = {
+    "metadata": "the file's metadata 'model_params'",
+    "config.yaml": f"the {CONFIG_FILE} beside it",
+    "detected": "its tensors",
+}
 
 
 def load_pretrained(
@@ -278,6 +312,7 @@ def load_pretrained(
     model_name: Optional[str] = None,
     strict: bool = True,
     map_location: Union[str, torch.device, None] = None,
+    teacher: bool = False,
     **overrides: Any,
 ) -> Tuple[nn.Module, PretrainedReport]:
     """Build the model a checkpoint describes and load its weights. -> (model in eval mode, report).
@@ -289,15 +324,29 @@ def load_pretrained(
         strict: fail on keys that do not fit. An encoder-only file loaded into a pretraining
             model leaves its decoder untrained: allowed, and listed in ``report.missing``.
         map_location: device to move the model to.
+        teacher: load the EMA teacher a pretraining file holds (EAT / data2vec ``_ema``) instead of
+            the student (which feature extraction and fine-tuning use by default).
         **overrides: ``create_model`` params that win over the file's. ``target_length=`` other
             than the saved model's builds the model for that input length with the positions the
             saved one was trained with (``pos_base_length``, for the AudioMAE presets; the saved
             table is cut or continued, see ``avmae.modalities.audio``).
+
+    The params (the file's, or given) are checked against the weights' shapes before the model
+    is built (``avmae.weights_fit``): a tensor of another shape, or more than
+    ``MAX_UNBACKED_ELEMENTS`` (2**28) elements no weights stand behind, is a ``CheckpointError``
+    and nothing is allocated.
     """
     import avmae
 
     weights = resolve_weights(path)
     sd, meta = read_state_dict(weights)
+    if teacher:
+        from .formats.fairseq import take_teacher
+
+        try:
+            sd = take_teacher(sd)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{weights}: {exc}") from None
     if model_name is not None:
         cfg, source = _read_config(weights, meta)
         info = PretrainedReport(
@@ -306,8 +355,15 @@ def load_pretrained(
     else:
         info = _describe(weights, sd, meta, int(overrides.get("num_mel_bins", 128)))
     params = {**info.model_params, **overrides}
+    shapes = stand_ins(sd)
 
     def build(**extra: Any) -> nn.Module:
+        # params read from a file are checked against the weights' shapes on the meta device
+        # before anything is allocated (avmae.weights_fit)
+        call = {**params, **extra}
+        where = _PARAMS_FROM.get(info.source, "")
+        meta = build_on_meta(weights, info.model_name, call, where=where, type_errors_of=tuple(extra))
+        check_fits(weights, meta, shapes, call=describe_call(info.model_name, call), where=where)
         try:
             return avmae.create_model(info.model_name, **params, **extra)
         except TypeError as exc:
@@ -356,6 +412,8 @@ def load_pretrained(
     model.eval()
     if map_location is not None:
         model.to(map_location)
+    if info.source == "detected" and info.config is not None:
+        model.avmae_config = info.config  # the input statistics of a foreign file, for frontend_for
     _logger.info("built %s(%s) as described by its %s", info.model_name, _fmt_params(params), info.source)
     return model, out
 
@@ -374,10 +432,13 @@ def audio_modality(model: nn.Module, key: str = "audio"):
 def length_step(model: nn.Module) -> Optional[int]:
     """Frames an input length must be a multiple of when ``model`` takes audio inputs of other
     lengths than its own (an AudioMAE-style single-modality encoder: its patch size; see
-    ``avmae.modalities.audio``); None when it takes only its own (AST, audio-visual models). A
+    ``avmae.modalities.audio``); None when it takes only its own (AST, audio-visual models) or its
+    short inputs are padded to its own length by rule (``model.pad_to_target``: EAT). A
     pretraining model's decoder still needs its own length; its encoder does not."""
     mods = getattr(model, "modalities", None)
     if mods is None or list(mods) != ["audio"] or not hasattr(mods["audio"], "accepts_length"):
+        return None
+    if getattr(model, "pad_to_target", False):  # its inputs are padded to its length (EAT), not cut to theirs
         return None
     return int(mods["audio"].patch_size)
 
@@ -405,7 +466,9 @@ def frontend_for(
     Input size from the model (its audio modality); sample rate and normalisation from the run
     config's ``data`` section (``mean``/``std``, else the stats named by ``norm``), else AudioSet's.
     ``norm=`` names other stats (a key of ``avmae.data.NORM_STATS``); ``overrides`` (``mean=``,
-    ``std=``, ``sample_rate=``, ``target_length=``) win over everything.
+    ``std=``, ``sample_rate=``, ``target_length=``) win over everything. ``data.fbank_style``
+    picks another fbank (``"beats"``) and ``data.pad_to_length: false`` keeps each clip's own
+    frames (``target_length=None``), as a foreign checkpoint's description may say.
     """
     from .data import NORM_STATS, AudioFrontend
 
@@ -429,6 +492,10 @@ def frontend_for(
         mean=mean,
         std=std,
     )
+    if data.get("fbank_style"):  # another fbank than AudioMAE's (BEATs')
+        kw["style"] = str(data["fbank_style"])
+    if data.get("pad_to_length") is False:  # the model takes each clip's own frames (BEATs)
+        kw["target_length"] = None
     kw.update({k: v for k, v in overrides.items() if v is not None})
     return AudioFrontend(**kw)
 
@@ -451,6 +518,8 @@ def timm_kwargs(model: nn.Module) -> Dict[str, Any]:
         raise ValueError(
             f"{type(model).__name__} is not an AudioMAE-style ViT (MaskedAutoencoder or EncoderClassifier)"
         )
+    if getattr(model, "pre_norm", None) is not None or type(model.blocks[0]).__name__ == "PostNormBlock":
+        raise ValueError("post-LN blocks with a pre-norm (EAT) have no timm VisionTransformer equivalent")
     mod = audio_modality(model)
     if getattr(mod, "layout", "tf") != "tf":
         raise ValueError("only the time-major ('tf', AudioMAE) audio layout maps onto timm's ViT patch order")
@@ -654,7 +723,14 @@ def from_pretrained(
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{cfg_path}: not valid JSON ({exc})") from None
     if not isinstance(info, dict) or not info.get("model_name"):
+        if (folder / WEIGHTS_FILE).is_file() or (folder / HF_TORCH_WEIGHTS).is_file():
+            # another project's folder (an HF port): its weights describe it
+            return load_pretrained(folder, map_location=map_location, **overrides)[0]
         raise CheckpointError(f"{cfg_path}: names no model_name")
+    if not isinstance(info["model_name"], str):
+        raise CheckpointError(f"{cfg_path}: model_name must be a string, got {info['model_name']!r}")
+    if not isinstance(info.get("model_params") or {}, dict):
+        raise CheckpointError(f"{cfg_path}: model_params must be a mapping, got {info['model_params']!r}")
     weights = folder / WEIGHTS_FILE
     described = describe_checkpoint(weights)
     if (
@@ -665,7 +741,10 @@ def from_pretrained(
         model, _ = load_pretrained(weights, map_location=map_location, **overrides)  # the file describes itself
     else:
         params = {**dict(info.get("model_params") or {}), **overrides}
-        model, _ = load_pretrained(weights, model_name=info["model_name"], map_location=map_location, **params)
+        try:  # the params of config.json are checked against the weights before the model is built
+            model, _ = load_pretrained(weights, model_name=info["model_name"], map_location=map_location, **params)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{exc} (model_name and model_params from {cfg_path})") from None
     cfg = dict(info.get("training_config") or {})
     data = dict(cfg.get("data") or {})
     for key in ("sample_rate", "mean", "std"):
