@@ -209,6 +209,9 @@ def read_state_dict(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str, 
             ) from None
         return sd, meta
     obj = _torch_load(path)
+    cfg = obj.get("cfg") if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping) else None
+    if isinstance(cfg, Mapping) and cfg:  # a BEATs / fairseq-style file: its plain config travels as JSON
+        meta["fairseq_cfg"] = to_json(dict(cfg), default=str)
     for key in ("model", "state_dict", "module", "model_state"):
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
             obj = obj[key]

@@ -246,7 +246,12 @@ class EmbeddingExtractor:
             raise ValueError(f"frontend has {fe.num_mel_bins} mel bins, the model takes {num_mel_bins}")
         # whole clips: windows are cut here, not by the frontend
         self.frontend = AudioFrontend(
-            sample_rate=fe.sample_rate, num_mel_bins=fe.num_mel_bins, target_length=None, mean=fe.mean, std=fe.std
+            sample_rate=fe.sample_rate,
+            num_mel_bins=fe.num_mel_bins,
+            target_length=None,
+            mean=fe.mean,
+            std=fe.std,
+            style=getattr(fe, "style", "audiomae"),
         )
         self.hop = int(hop) if hop is not None else self.window
         if self.hop <= 0:

@@ -246,9 +246,11 @@ def _describe(weights: Path, sd, meta, num_mel_bins: int) -> PretrainedReport:
         probe = sd if not all(k.startswith("module.") for k in sd) else {k[7:]: v for k, v in sd.items()}
         source = "detected"
         for found in checkpoint_formats():
-            spec = found.describe(probe, num_mel_bins)
+            spec = _describe_format(found, probe, num_mel_bins, meta)
             if spec is not None:
-                name, params = spec
+                name, params = spec[0], spec[1]
+                if len(spec) > 2 and spec[2] is not None:
+                    cfg = spec[2]  # the input statistics of a foreign file (``frontend_for``)
                 fmt = found.label(probe) if found.detect(probe) else found.name
                 break
         else:
@@ -267,6 +269,20 @@ def _describe(weights: Path, sd, meta, num_mel_bins: int) -> PretrainedReport:
     return PretrainedReport(
         path=str(weights), format=fmt, model_name=name, model_params=params, config=cfg, source=source
     )
+
+
+def _describe_format(fmt: CheckpointFormat, sd, num_mel_bins: int, meta: Mapping[str, str]):
+    """``fmt.describe(sd, num_mel_bins)``; a format whose ``describe`` takes ``meta`` also gets the
+    file's metadata (``read_state_dict``'s: a BEATs or fairseq file's config as JSON under
+    ``fairseq_cfg``) and may return ``(name, params, config)``, the config holding the input
+    statistics of the file's model (``{"data": {...}}``, read by ``frontend_for``)."""
+    import inspect
+
+    try:
+        takes_meta = "meta" in inspect.signature(fmt.describe).parameters
+    except (TypeError, ValueError):
+        takes_meta = False
+    return fmt.describe(sd, num_mel_bins, meta=meta) if takes_meta else fmt.describe(sd, num_mel_bins)
 
 
 # ------------------------------------------------------------------------------ loading
@@ -356,6 +372,8 @@ def load_pretrained(
     model.eval()
     if map_location is not None:
         model.to(map_location)
+    if info.source == "detected" and info.config is not None:
+        model.avmae_config = info.config  # the input statistics of a foreign file, for frontend_for
     _logger.info("built %s(%s) as described by its %s", info.model_name, _fmt_params(params), info.source)
     return model, out
 
@@ -405,7 +423,9 @@ def frontend_for(
     Input size from the model (its audio modality); sample rate and normalisation from the run
     config's ``data`` section (``mean``/``std``, else the stats named by ``norm``), else AudioSet's.
     ``norm=`` names other stats (a key of ``avmae.data.NORM_STATS``); ``overrides`` (``mean=``,
-    ``std=``, ``sample_rate=``, ``target_length=``) win over everything.
+    ``std=``, ``sample_rate=``, ``target_length=``) win over everything. ``data.fbank_style``
+    picks another fbank (``"beats"``) and ``data.pad_to_length: false`` keeps each clip's own
+    frames (``target_length=None``), as a foreign checkpoint's description says (BEATs).
     """
     from .data import NORM_STATS, AudioFrontend
 
@@ -429,6 +449,10 @@ def frontend_for(
         mean=mean,
         std=std,
     )
+    if data.get("fbank_style"):  # another fbank than AudioMAE's (BEATs')
+        kw["style"] = str(data["fbank_style"])
+    if data.get("pad_to_length") is False:  # the model takes each clip's own frames (BEATs)
+        kw["target_length"] = None
     kw.update({k: v for k, v in overrides.items() if v is not None})
     return AudioFrontend(**kw)
 

@@ -4,6 +4,8 @@ from . import (
     ast,  # noqa: F401  (registers the AST presets and its checkpoint format)
     audiomae_format,  # noqa: F401  (registers AudioMAE's checkpoint format)
     av_presets,  # noqa: F401  (registers the audio-visual presets)
+    beats,  # noqa: F401  (registers the BEATs presets)
+    beats_format,  # noqa: F401  (registers BEATs' checkpoint format)
     cav_mae,  # noqa: F401  (registers CAV-MAE and its checkpoint format)
     presets,  # noqa: F401  (registers the presets)
 )
