@@ -287,6 +287,7 @@ class EmbeddingExtractor:
             "num_mel_bins": self.frontend.num_mel_bins,
             "mean": self.frontend.mean,
             "std": self.frontend.std,
+            "fbank_style": self.frontend.style,
             "contextual_from": self.contextual_from,
             "short_clips": "own length (multiple of 16 frames)" if self.step else "padded to the window",
             "pooling": "mean over patch tokens" if self.is_mae else "forward_features",

@@ -56,7 +56,7 @@ __all__ = [
 
 BEATS_SIZES: Dict[str, Dict[str, int]] = {
     "base": dict(embed_dim=768, depth=12, num_heads=12, mlp_dim=3072, patch_dim=512),
-    "tiny": dict(embed_dim=64, depth=2, num_heads=4, mlp_dim=128, patch_dim=48, conv_pos=16, conv_pos_groups=4),
+    "tiny": dict(embed_dim=64, depth=2, num_heads=4, mlp_dim=96, patch_dim=48, conv_pos=16, conv_pos_groups=4),
 }
 BEATS_STATS: Tuple[float, float] = (15.41663, 6.55582)  # (mean, std) of BEATs' fbank, from their code
 BEATS_DATA: Dict[str, Any] = {
@@ -123,7 +123,7 @@ class BEATsPatchEmbed(nn.Module):
 
     def input_grid(self, x: Optional[torch.Tensor]) -> Tuple[int, int]:
         """(time rows, mel columns) of the tokens of ``x`` (of the model's own input when None)."""
-        t, f = (self.input_shape[1:] if x is None else x.shape[-2:])
+        t, f = self.input_shape[1:] if x is None else x.shape[-2:]
         return int(t) // self.patch_size, int(f) // self.patch_size
 
     def accepts_length(self, frames: int) -> bool:
@@ -286,7 +286,10 @@ class _BEATs(nn.Module):
         alpha = (2.0 * depth) ** 0.25 if deep_norm else 1.0
         gated = rel_pos and gated_rel_pos
         self.blocks = nn.ModuleList(
-            [BEATsBlock(embed_dim, num_heads, mlp_dim, alpha=alpha, pre_norm=pre_norm, gated=gated) for _ in range(depth)]
+            [
+                BEATsBlock(embed_dim, num_heads, mlp_dim, alpha=alpha, pre_norm=pre_norm, gated=gated)
+                for _ in range(depth)
+            ]
         )
 
     def position_bias(self, length: int) -> Optional[torch.Tensor]:

@@ -108,7 +108,7 @@ def map_beats(sd: Mapping[str, torch.Tensor], model: nn.Module) -> Conversion:
             if rest == _SHARED_BIAS:
                 if i == "0":
                     out["rel_pos_bias.weight"] = v
-                elif table is None or not torch.equal(v, table):
+                elif table is None or v.shape != table.shape or (not v.is_meta and not torch.equal(v, table)):
                     raise CheckpointError(
                         f"{k} differs from layer 0's table; BEATs shares one relative-position table across layers"
                     )
