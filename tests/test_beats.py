@@ -171,3 +171,53 @@ def test_extract_cli_on_a_beats_file(files, tmp_path):
         _double(sd), TINY_CFG, official_preprocess(load_audio(tmp_path / "media" / "clip.wav")).double()
     )
     np.testing.assert_allclose(z["embedding"][0], ref.mean(1)[0].numpy(), atol=1e-5)
+
+
+def test_hear_wrapper_on_a_beats_file(files):
+    from avmae.hear import load_embedder
+
+    path, sd = files["pre"]
+    embedder = load_embedder(str(path))
+    assert embedder.frontend.style == "beats" and embedder.frontend.mean == 15.41663
+    wav = torch.rand(1, _samples(160), generator=torch.Generator().manual_seed(7)) * 1.6 - 0.8
+    with torch.no_grad():
+        rows, stamps = embedder.timestamp_embeddings(wav)
+    ref = official_beats_forward(_double(sd), TINY_CFG, official_preprocess(wav).double())  # [1, 80, 64]
+    assert rows.shape == (1, 10, 64) and stamps.shape == (1, 10)
+    torch.testing.assert_close(rows[0].double(), ref[0].reshape(10, 8, 64).mean(1), atol=1e-5, rtol=0)
+
+
+def test_finetune_init_from_a_beats_file(files, tmp_path, capsys):
+    """``avmae finetune --init BEATs.pt``: BEATs' classifier, its fbank and statistics, trained."""
+    from avmae import cli
+    from avmae.train.own_data import plan_finetune
+
+    path, _ = files["pre"]
+    g = torch.Generator().manual_seed(0)
+    for split, count in (("train", 8), ("test", 4)):
+        for c, hz in enumerate((300.0, 2000.0)):
+            for k in range(count):
+                t = torch.arange(int(16000 * (0.5 + 0.3 * float(torch.rand(1, generator=g))))) / 16000
+                save_audio(tmp_path / split / f"c{c}" / f"{k}.wav", 0.4 * torch.sin(2 * torch.pi * hz * t)[None], 16000)
+    plan = plan_finetune(tmp_path / "train", tmp_path / "test", init=path, output_dir=tmp_path / "plan")
+    cfg = plan.config
+    assert cfg.model.name == "beats_base_cls" and cfg.model.params["depth"] == 2
+    assert (cfg.data.fbank_style, cfg.data.mean, cfg.data.std) == ("beats", 15.41663, 6.55582)
+    args = ["finetune", str(tmp_path / "train"), "--eval", str(tmp_path / "test"), "--init", str(path)]
+    args += ["-o", str(tmp_path / "run"), "schedule.epochs=1", "schedule.warmup_epochs=0.1", "data.num_workers=0"]
+    code = cli.main(args + ["logging.progress=false", "logging.tensorboard=false"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.out + captured.err
+    assert "fbank: beats's" in captured.out
+    model, report = load_pretrained(tmp_path / "run")
+    assert report.model_name == "beats_base_cls" and model.num_classes == 2
+    assert frontend_for(model, report.config).style == "beats"
+    # the released file's encoder, probed by kNN on the same clips
+    data = tmp_path / "plan" / "data"
+    args = ["evaluate", "--checkpoint", str(path), "--task", "knn", "--data", str(data / "eval.json")]
+    args += ["--train-data", str(data / "train.json"), "--label-csv", str(data / "labels.csv")]
+    args += ["--output", str(tmp_path / "knn.json"), "--num-workers", "0", "--cpu"]
+    assert cli.main(args) == 0, capsys.readouterr().err
+    result = json.loads((tmp_path / "knn.json").read_text())
+    assert result["embedding"]["fbank_style"] == "beats" and result["embedding"]["mean"] == 15.41663
+    assert result["metrics"]["num_items"] == 8 and 0.0 <= result["metrics"]["acc"] <= 1.0

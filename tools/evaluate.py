@@ -179,9 +179,12 @@ def resolve_views(args: argparse.Namespace, config: Optional[Dict[str, Any]], ha
 
 def build_dataset(model, config, manifest: Path, label_csv: Optional[Path], args: argparse.Namespace):
     from avmae.data import AudioDataset, AVDataset
-    from avmae.hub import frontend_for
+    from avmae.hub import frontend_for, input_size
 
-    frontend = frontend_for(model, config, norm=args.norm, mean=args.mean, std=args.std)
+    # clips padded or cut to the model's input length, so that they batch (a model whose
+    # frontend keeps each clip's own frames, BEATs, is evaluated at its input length too)
+    length = input_size(model)[0]
+    frontend = frontend_for(model, config, norm=args.norm, mean=args.mean, std=args.std, target_length=length)
     multilabel = args.multilabel if args.multilabel is not None else _data_section(config).get("multilabel")
     common = dict(frontend=frontend, sample_rate=frontend.sample_rate, train=False, multilabel=multilabel)
     mods = getattr(model, "modalities", None)

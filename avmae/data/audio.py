@@ -11,7 +11,8 @@ finite), zero-pad at the end (in log-mel, before normalisation) or keep the firs
 
 ``style="beats"`` is BEATs' fbank instead (``beats_fbank``): the waveform times 2^15, not centred,
 ``kaldi.fbank`` with torchaudio's defaults otherwise (povey window, DC removed per frame, no HTK
-compatibility), 128 bins, 25 / 10 ms frames; with BEATs' statistics (``NORM_STATS["beats"]``).
+compatibility), 128 bins, 25 / 10 ms frames; its statistics are BEATs' own (15.41663, 6.55582,
+``avmae.models.beats.BEATS_STATS``), which a loaded BEATs file carries to ``avmae.hub.frontend_for``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ NORM_STATS: Dict[str, Tuple[float, float]] = {
     "esc50": (-6.6268077, 5.358466),
     "speechcommands": (-6.845978, 5.5654526),
     "cavmae": (-5.081, 4.4849),
-    "beats": (15.41663, 6.55582),  # BEATs' fbank (``style="beats"``), from its code
 }
 
 FRAME_LENGTH_MS = 25.0
@@ -147,12 +147,16 @@ class AudioFrontend(nn.Module):
         mean, std = NORM_STATS[name]
         return cls(mean=mean, std=std, **kwargs)
 
+    def raw_fbank(self, waveform: torch.Tensor, *, center: bool = True) -> torch.Tensor:
+        """``[1, N]`` -> un-normalised fbank ``[T, F]`` of every frame, in this frontend's style
+        (``center`` concerns AudioMAE's style only; BEATs' removes each frame's DC itself)."""
+        if self.style == "beats":
+            return beats_fbank(waveform, self.sample_rate, self.num_mel_bins)
+        return fbank(waveform, self.sample_rate, self.num_mel_bins, center=center)
+
     def compute_fbank(self, waveform: torch.Tensor, *, center: bool = True) -> torch.Tensor:
         """``[1, N]`` -> un-normalised, padded/cropped fbank ``[T, F]`` (SpecAugment goes here)."""
-        if self.style == "beats":
-            x = beats_fbank(waveform, self.sample_rate, self.num_mel_bins)
-        else:
-            x = fbank(waveform, self.sample_rate, self.num_mel_bins, center=center)
+        x = self.raw_fbank(waveform, center=center)
         if self.target_length is not None:
             x = pad_or_crop(x, self.target_length)
         return x

@@ -37,6 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
+from timm.layers import DropPath
 
 from ..registry import register_model
 
@@ -208,9 +209,20 @@ class GatedRelPosAttention(nn.Module):
 class BEATsBlock(nn.Module):
     """A BEATs layer: post-LN with the deep-norm residual scale ``alpha``, or pre-LN (``pre_norm``)."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_dim: int, *, alpha: float, pre_norm: bool, gated: bool) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_dim: int,
+        *,
+        alpha: float,
+        pre_norm: bool,
+        gated: bool,
+        drop_path: float = 0.0,
+    ) -> None:
         super().__init__()
         self.alpha, self.pre_norm = alpha, pre_norm
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.attn = GatedRelPosAttention(dim, num_heads, gated=gated)
         self.norm1 = nn.LayerNorm(dim)
         self.fc1 = nn.Linear(dim, mlp_dim)
@@ -223,11 +235,12 @@ class BEATsBlock(nn.Module):
     def forward(
         self, x: torch.Tensor, bias: Optional[torch.Tensor], key_padding: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
+        dp = self.drop_path  # stochastic depth on the branches (fine-tuning; identity in eval)
         if self.pre_norm:
-            x = x + self.attn(self.norm1(x), bias, key_padding)
-            return x + self.mlp(self.norm2(x))
-        x = self.norm1(self.alpha * x + self.attn(x, bias, key_padding))
-        return self.norm2(self.alpha * x + self.mlp(x))
+            x = x + dp(self.attn(self.norm1(x), bias, key_padding))
+            return x + dp(self.mlp(self.norm2(x)))
+        x = self.norm1(self.alpha * x + dp(self.attn(x, bias, key_padding)))
+        return self.norm2(self.alpha * x + dp(self.mlp(x)))
 
 
 class _BEATs(nn.Module):
@@ -261,6 +274,7 @@ class _BEATs(nn.Module):
         gated_rel_pos: bool = True,
         deep_norm: bool = True,
         pre_norm: bool = False,
+        drop_path: float = 0.0,
     ) -> None:
         super().__init__()
         if deep_norm and pre_norm:
@@ -285,10 +299,11 @@ class _BEATs(nn.Module):
         self.rel_pos_bias = nn.Embedding(num_buckets, num_heads) if rel_pos else None
         alpha = (2.0 * depth) ** 0.25 if deep_norm else 1.0
         gated = rel_pos and gated_rel_pos
+        rates = torch.linspace(0, drop_path, depth, device="cpu").tolist()
         self.blocks = nn.ModuleList(
             [
-                BEATsBlock(embed_dim, num_heads, mlp_dim, alpha=alpha, pre_norm=pre_norm, gated=gated)
-                for _ in range(depth)
+                BEATsBlock(embed_dim, num_heads, mlp_dim, alpha=alpha, pre_norm=pre_norm, gated=gated, drop_path=r)
+                for r in rates
             ]
         )
 
@@ -299,6 +314,10 @@ class _BEATs(nn.Module):
         buckets = relative_position_buckets(length, self.num_buckets, self.max_distance)
         return self.rel_pos_bias(buckets.to(self.rel_pos_bias.weight.device)).permute(2, 0, 1)
 
+    def hidden_tokens(self, audio: torch.Tensor) -> Optional[torch.Tensor]:
+        """Tokens hidden in training [B, L] (True = hidden), or None; the classifier's masking."""
+        return None
+
     def encode(self, inputs: Mapping[str, torch.Tensor]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """``{"audio": [B, 1, T, F], "padding_mask": [B, T] frames, True = padded (optional)}``
         -> (tokens [B, L, D], token padding [B, L] or None)."""
@@ -307,6 +326,9 @@ class _BEATs(nn.Module):
         x = self.modalities["audio"](inputs["audio"])
         frames = inputs.get("padding_mask")
         pad = None if frames is None else token_padding_mask(frames.bool(), x.shape[1])
+        hidden = self.hidden_tokens(inputs["audio"])
+        if hidden is not None:
+            pad = hidden if pad is None else pad | hidden
         if pad is not None:
             x = x.masked_fill(pad.unsqueeze(-1), 0.0)
         x = x + self.pos_conv(x)
@@ -344,8 +366,17 @@ class BEATsClassifier(_BEATs):
 
     head_name = "head"
 
-    def __init__(self, *, num_classes: int = 527, head_drop: float = 0.0, **kw: Any) -> None:
+    def __init__(
+        self,
+        *,
+        num_classes: int = 527,
+        head_drop: float = 0.0,
+        mask_t_prob: float = 0.0,
+        mask_f_prob: float = 0.0,
+        **kw: Any,
+    ) -> None:
         super().__init__(**kw)
+        self.mask_t_prob, self.mask_f_prob = float(mask_t_prob), float(mask_f_prob)
         self.num_classes = num_classes
         self.fc_norm = nn.Identity()
         self.head_drop = nn.Dropout(head_drop)
@@ -359,6 +390,27 @@ class BEATsClassifier(_BEATs):
         if isinstance(self.head, nn.Linear):
             nn.init.normal_(self.head.weight, std=0.02)
             nn.init.zeros_(self.head.bias)
+
+    def hidden_tokens(self, audio: torch.Tensor) -> Optional[torch.Tensor]:
+        """In training, ``int(rows * mask_t_prob)`` random time rows and ``int(cols * mask_f_prob)``
+        random mel columns of each clip hidden [B, L] (True = hidden): zeroed, hidden as keys and
+        left out of the mean, as padding is (their fine-tuning recipe is not released; this is
+        AudioMAE's structured masking expressed through BEATs' padding mask)."""
+        if not self.training or (self.mask_t_prob <= 0 and self.mask_f_prob <= 0):
+            return None
+        t, f = self.modalities["audio"].input_grid(audio)
+        B = audio.shape[0]
+
+        def pick(n: int, prob: float) -> torch.Tensor:
+            k = int(n * prob)
+            out = torch.zeros(B, n, dtype=torch.bool, device=audio.device)
+            if k > 0:
+                idx = torch.rand(B, n, device=audio.device).argsort(dim=1)[:, :k]
+                out.scatter_(1, idx, True)
+            return out
+
+        rows, cols = pick(t, self.mask_t_prob), pick(f, self.mask_f_prob)
+        return (rows[:, :, None] | cols[:, None, :]).reshape(B, t * f)
 
     @staticmethod
     def pool(tokens: torch.Tensor, pad: Optional[torch.Tensor] = None) -> torch.Tensor:
