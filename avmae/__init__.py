@@ -26,6 +26,7 @@ from . import _openmp  # noqa: F401  (first: OpenMP's wait policy, read when tor
 import torch.nn as nn
 
 from . import decoders as _decoders  # noqa: F401  (registers built-in decoders)
+from . import formats as _formats  # noqa: F401  (registers the released layouts of other code: EAT, BEATs)
 from . import modalities as _modalities  # noqa: F401  (registers built-in modalities)
 from . import models as _models  # noqa: F401  (registers presets)
 from .checkpoint import load_checkpoint, save_checkpoint

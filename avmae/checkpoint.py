@@ -173,6 +173,21 @@ def _torch_load(path: Path) -> Any:
     raise CheckpointError(f"{path}: not a readable torch checkpoint")
 
 
+def _torch_obj(path: Path) -> Any:
+    """``_torch_load``; a file whose only refused globals are the config classes a fairseq
+    checkpoint pickles (omegaconf, enums, Namespace) is read by ``avmae.formats.fairseq``'s
+    restricted unpickler instead, which maps them to plain values and refuses anything else."""
+    try:
+        return _torch_load(path)
+    except CheckpointError as exc:
+        from .formats.fairseq import is_config_global, restricted_load
+
+        found = re.search(r"asks to import ([\w.]+)", str(exc))
+        if found is None or not is_config_global(found.group(1)):
+            raise
+        return restricted_load(path)
+
+
 def _resolve_global(name: str) -> Any:
     import importlib
 
@@ -208,10 +223,16 @@ def read_state_dict(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str, 
                 " again"
             ) from None
         return sd, meta
-    obj = _torch_load(path)
-    cfg = obj.get("cfg") if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping) else None
-    if isinstance(cfg, Mapping) and cfg:  # a BEATs / fairseq-style file: its plain config travels as JSON
-        meta["fairseq_cfg"] = to_json(dict(cfg), default=str)
+    obj = _torch_obj(path)
+    from .formats.fairseq import fairseq_state, is_fairseq_container
+
+    if is_fairseq_container(obj):  # fairseq: ``_ema`` flattened, the config kept as JSON metadata
+        sd, cfg = fairseq_state(obj, path)
+        meta = {"fairseq_cfg": to_json(cfg, default=str)}
+        labels = obj.get("label_dict")
+        if isinstance(labels, Mapping) and labels:  # BEATs' fine-tuned files: {class index: label}
+            meta["label_dict"] = to_json({str(k): v for k, v in labels.items()}, default=str)
+        return sd, meta
     for key in ("model", "state_dict", "module", "model_state"):
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
             obj = obj[key]
@@ -449,7 +470,11 @@ def to_audiomae_official(model: nn.Module) -> Dict[str, torch.Tensor]:
     (``cls_token``, ``pos_embed`` with its cls row, ``patch_embed``, ``blocks``, ``norm``/``fc_norm``, ``head``).
     """
     key = _single_key(model)
+    if getattr(model, "pre_norm", None) is not None:
+        raise CheckpointError("post-LN blocks with a pre-norm (EAT) have no place in AudioMAE's layout")
     sd = model.state_dict()
+    if "blocks.0.attn.qkv.weight" not in sd:
+        raise CheckpointError(f"{type(model).__name__} is not an AudioMAE-style ViT (no fused qkv blocks)")
     out: Dict[str, torch.Tensor] = {}
     for k, v in sd.items():
         if k == "cls_pos_embed" or k.startswith(

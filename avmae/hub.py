@@ -54,7 +54,7 @@ from .checkpoint import (
     read_state_dict,
 )
 from .files import to_json, write_json
-from .run_folder import CONFIG_FILE, WEIGHTS_FILE, resolve_weights
+from .run_folder import CONFIG_FILE, HF_TORCH_WEIGHTS, WEIGHTS_FILE, resolve_weights
 
 _logger = logging.getLogger(__name__)
 
@@ -210,7 +210,9 @@ def register_spec_detector(name: str, detect: SpecDetector) -> None:
     """Teach ``load_pretrained`` to rebuild the model of a foreign file that carries no model name
     (e.g. a released checkpoint of another architecture): ``detect(sd)`` returns
     ``(registered model name, factory params)`` for files it recognises, else None. A format that
-    also converts keys is one ``avmae.checkpoint.CheckpointFormat`` with a ``describe`` method."""
+    also converts keys is one ``avmae.checkpoint.CheckpointFormat`` with a ``describe`` method
+    (whose ``describe`` may take ``meta=``, the file's metadata, and return a third item: the
+    config its inputs follow, see ``_describe_format``)."""
     CHECKPOINT_FORMATS.add(name, _SpecOnly(detect))
 
 
@@ -245,6 +247,9 @@ def _describe(weights: Path, sd, meta, num_mel_bins: int) -> PretrainedReport:
     else:
         probe = sd if not all(k.startswith("module.") for k in sd) else {k[7:]: v for k, v in sd.items()}
         source = "detected"
+        side = weights.parent / PRETRAINED_CONFIG
+        if side.is_file() and "folder_config" not in meta:  # another project's folder (an HF port)
+            meta = {**meta, "folder_config": side.read_text(encoding="utf-8", errors="replace")}
         for found in checkpoint_formats():
             spec = _describe_format(found, probe, num_mel_bins, meta)
             if spec is not None:
@@ -273,9 +278,9 @@ def _describe(weights: Path, sd, meta, num_mel_bins: int) -> PretrainedReport:
 
 def _describe_format(fmt: CheckpointFormat, sd, num_mel_bins: int, meta: Mapping[str, str]):
     """``fmt.describe(sd, num_mel_bins)``; a format whose ``describe`` takes ``meta`` also gets the
-    file's metadata (``read_state_dict``'s: a BEATs or fairseq file's config as JSON under
-    ``fairseq_cfg``) and may return ``(name, params, config)``, the config holding the input
-    statistics of the file's model (``{"data": {...}}``, read by ``frontend_for``)."""
+    file's metadata (``read_state_dict``'s: a fairseq file's config as JSON under ``fairseq_cfg``,
+    an HF-port folder's ``config.json`` under ``folder_config``) and may return
+    ``(name, params, config)``, the config holding the input statistics (``{"data": {...}}``)."""
     import inspect
 
     try:
@@ -294,6 +299,7 @@ def load_pretrained(
     model_name: Optional[str] = None,
     strict: bool = True,
     map_location: Union[str, torch.device, None] = None,
+    teacher: bool = False,
     **overrides: Any,
 ) -> Tuple[nn.Module, PretrainedReport]:
     """Build the model a checkpoint describes and load its weights. -> (model in eval mode, report).
@@ -305,6 +311,8 @@ def load_pretrained(
         strict: fail on keys that do not fit. An encoder-only file loaded into a pretraining
             model leaves its decoder untrained: allowed, and listed in ``report.missing``.
         map_location: device to move the model to.
+        teacher: load the EMA teacher a pretraining file holds (EAT / data2vec ``_ema``) instead of
+            the student (which feature extraction and fine-tuning use by default).
         **overrides: ``create_model`` params that win over the file's. ``target_length=`` other
             than the saved model's builds the model for that input length with the positions the
             saved one was trained with (``pos_base_length``, for the AudioMAE presets; the saved
@@ -314,6 +322,13 @@ def load_pretrained(
 
     weights = resolve_weights(path)
     sd, meta = read_state_dict(weights)
+    if teacher:
+        from .formats.fairseq import take_teacher
+
+        try:
+            sd = take_teacher(sd)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{weights}: {exc}") from None
     if model_name is not None:
         cfg, source = _read_config(weights, meta)
         info = PretrainedReport(
@@ -392,10 +407,13 @@ def audio_modality(model: nn.Module, key: str = "audio"):
 def length_step(model: nn.Module) -> Optional[int]:
     """Frames an input length must be a multiple of when ``model`` takes audio inputs of other
     lengths than its own (an AudioMAE-style single-modality encoder: its patch size; see
-    ``avmae.modalities.audio``); None when it takes only its own (AST, audio-visual models). A
+    ``avmae.modalities.audio``); None when it takes only its own (AST, audio-visual models) or its
+    short inputs are padded to its own length by rule (``model.pad_to_target``: EAT). A
     pretraining model's decoder still needs its own length; its encoder does not."""
     mods = getattr(model, "modalities", None)
     if mods is None or list(mods) != ["audio"] or not hasattr(mods["audio"], "accepts_length"):
+        return None
+    if getattr(model, "pad_to_target", False):  # its inputs are padded to its length (EAT), not cut to theirs
         return None
     return int(mods["audio"].patch_size)
 
@@ -425,7 +443,7 @@ def frontend_for(
     ``norm=`` names other stats (a key of ``avmae.data.NORM_STATS``); ``overrides`` (``mean=``,
     ``std=``, ``sample_rate=``, ``target_length=``) win over everything. ``data.fbank_style``
     picks another fbank (``"beats"``) and ``data.pad_to_length: false`` keeps each clip's own
-    frames (``target_length=None``), as a foreign checkpoint's description says (BEATs).
+    frames (``target_length=None``), as a foreign checkpoint's description may say.
     """
     from .data import NORM_STATS, AudioFrontend
 
@@ -475,6 +493,8 @@ def timm_kwargs(model: nn.Module) -> Dict[str, Any]:
         raise ValueError(
             f"{type(model).__name__} is not an AudioMAE-style ViT (MaskedAutoencoder or EncoderClassifier)"
         )
+    if getattr(model, "pre_norm", None) is not None or type(model.blocks[0]).__name__ == "PostNormBlock":
+        raise ValueError("post-LN blocks with a pre-norm (EAT) have no timm VisionTransformer equivalent")
     mod = audio_modality(model)
     if getattr(mod, "layout", "tf") != "tf":
         raise ValueError("only the time-major ('tf', AudioMAE) audio layout maps onto timm's ViT patch order")
@@ -678,6 +698,9 @@ def from_pretrained(
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{cfg_path}: not valid JSON ({exc})") from None
     if not isinstance(info, dict) or not info.get("model_name"):
+        if (folder / WEIGHTS_FILE).is_file() or (folder / HF_TORCH_WEIGHTS).is_file():
+            # another project's folder (an HF port): its weights describe it
+            return load_pretrained(folder, map_location=map_location, **overrides)[0]
         raise CheckpointError(f"{cfg_path}: names no model_name")
     weights = folder / WEIGHTS_FILE
     described = describe_checkpoint(weights)

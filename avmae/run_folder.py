@@ -78,6 +78,7 @@ METRICS_FILE = "metrics.jsonl"
 RUN_INFO_FILE = "run.json"
 SKIP_DIR = "skipped"  # the datasets' per-process skip logs, one folder per split
 SKIPPED_FILE = "skipped.tsv"  # all skipped clips of the run: path<TAB>reason
+HF_TORCH_WEIGHTS = "pytorch_model.bin"  # the weights of a Hugging Face folder without safetensors
 MANIFEST_FILE = "manifest.json"  # in a checkpoint folder: {"files": {name: {"size", "sha256"}}}
 LOCK_FILE = "run.lock"
 
@@ -198,6 +199,8 @@ def resolve_weights(path: PathLike) -> Path:
         if problem is not None:
             raise CheckpointError(f"{p}: damaged checkpoint: {problem}; use another checkpoint of the run")
         return p / WEIGHTS_FILE
+    if (p / HF_TORCH_WEIGHTS).is_file():  # a Hugging Face folder saved without safetensors (an HF port)
+        return p / HF_TORCH_WEIGHTS
     root = p / CHECKPOINT_DIR if (p / CHECKPOINT_DIR).is_dir() else p
     folders = [d for _, d in _step_folders(root)]
     damaged = []

@@ -8,11 +8,6 @@ The steps follow the official AudioMAE dataset exactly: subtract the waveform's 
 25 ms frames, pre-emphasis 0.97, ``snip_edges=True``, log with float epsilon, so silence is
 finite), zero-pad at the end (in log-mel, before normalisation) or keep the first
 ``target_length`` frames, then ``(x - mean) / (2 * std)``.
-
-``style="beats"`` is BEATs' fbank instead (``beats_fbank``): the waveform times 2^15, not centred,
-``kaldi.fbank`` with torchaudio's defaults otherwise (povey window, DC removed per frame, no HTK
-compatibility), 128 bins, 25 / 10 ms frames; its statistics are BEATs' own (15.41663, 6.55582,
-``avmae.models.beats.BEATS_STATS``), which a loaded BEATs file carries to ``avmae.hub.frontend_for``.
 """
 
 from __future__ import annotations
@@ -80,10 +75,13 @@ def fbank(
     )
 
 
+FBANK_STYLES = ("audiomae", "beats")
+
+
 def beats_fbank(waveform: torch.Tensor, sample_rate: int = 16000, num_mel_bins: int = 128) -> torch.Tensor:
-    """BEATs' fbank: ``waveform: [1, N]`` in [-1, 1] -> un-normalised ``[T, num_mel_bins]``: the
-    waveform times 2^15 (not centred), ``kaldi.fbank`` with torchaudio's defaults but the bins and
-    25 / 10 ms frames. A clip shorter than one frame is zero-padded to one."""
+    """BEATs' fbank: ``waveform: [1, N]`` (in [-1, 1]) times 2^15, Kaldi fbank with torchaudio's
+    defaults (povey window, no HTK compatibility, DC removed per frame, no dither), 25 / 10 ms
+    frames -> ``[T, num_mel_bins]``, un-normalised. A clip shorter than one frame is zero-padded."""
     waveform = _as_mono(waveform)
     window = int(sample_rate * FRAME_LENGTH_MS / 1000)
     if waveform.shape[1] < window:
@@ -95,9 +93,6 @@ def beats_fbank(waveform: torch.Tensor, sample_rate: int = 16000, num_mel_bins: 
         frame_length=FRAME_LENGTH_MS,
         frame_shift=FRAME_SHIFT_MS,
     )
-
-
-FBANK_STYLES = ("audiomae", "beats")
 
 
 def pad_or_crop(features: torch.Tensor, target_length: int) -> torch.Tensor:
@@ -112,8 +107,7 @@ class AudioFrontend(nn.Module):
     """Waveform ``[1, N]`` -> normalised fbank ``[1, target_length, num_mel_bins]``.
 
     ``target_length=None`` keeps every frame (variable length, e.g. for feature extraction).
-    ``style``: the fbank, ``"audiomae"`` (``fbank``: AudioMAE, AST, CAV-MAE, EAT) or ``"beats"``
-    (``beats_fbank``).
+    ``style``: "audiomae" (AudioMAE / AST / EAT: ``fbank``) or "beats" (``beats_fbank``).
     """
 
     def __init__(

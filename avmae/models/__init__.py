@@ -5,8 +5,8 @@ from . import (
     audiomae_format,  # noqa: F401  (registers AudioMAE's checkpoint format)
     av_presets,  # noqa: F401  (registers the audio-visual presets)
     beats,  # noqa: F401  (registers the BEATs presets)
-    beats_format,  # noqa: F401  (registers BEATs' checkpoint format)
     cav_mae,  # noqa: F401  (registers CAV-MAE and its checkpoint format)
+    eat,  # noqa: F401  (registers the EAT / SSLAM presets)
     presets,  # noqa: F401  (registers the presets)
 )
 from .cav_mae import CAVMAE, CAVMAEClassifier

@@ -30,6 +30,8 @@ class EncoderClassifier(nn.Module):
         drop_path: stochastic depth.
         head_init_std: std of the head's normal init (AudioMAE: 2e-5).
         global_pool: "avg" (mean over patch tokens, cls excluded) or "cls".
+        post_norm: post-LN blocks (EAT); pre_norm: a LayerNorm over ``[cls; tokens]`` before the
+            first block (EAT); see ``MaskedAutoencoder``.
 
     ``head_name`` names the classifier head among the submodules (the part a linear probe trains).
     """
@@ -53,6 +55,8 @@ class EncoderClassifier(nn.Module):
         head_init_std: float = 2e-5,
         global_pool: str = "avg",
         norm_eps: float = 1e-6,
+        post_norm: bool = False,
+        pre_norm: bool = False,
     ) -> None:
         super().__init__()
         self.modalities = build_modalities(modalities, embed_dim)
@@ -76,9 +80,12 @@ class EncoderClassifier(nn.Module):
             self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
             self.cls_pos_embed = nn.Parameter(torch.zeros(1, 1, embed_dim), requires_grad=False)
         dpr = drop_path_rates(drop_path, depth)
+        self.pre_norm = nn.LayerNorm(embed_dim, eps=norm_eps) if pre_norm else None
         self.blocks = nn.ModuleList(
             [
-                make_block(embed_dim, num_heads, mlp_ratio=mlp_ratio, drop_path=dpr[i], norm_eps=norm_eps)
+                make_block(
+                    embed_dim, num_heads, mlp_ratio=mlp_ratio, drop_path=dpr[i], norm_eps=norm_eps, post_norm=post_norm
+                )
                 for i in range(depth)
             ]
         )
@@ -131,6 +138,8 @@ class EncoderClassifier(nn.Module):
         if self.has_cls:
             cls = (self.cls_token + self.cls_pos_embed).to(x.dtype).expand(x.shape[0], -1, -1)
             x = torch.cat([cls, x], dim=1)
+        if self.pre_norm is not None:
+            x = self.pre_norm(x)
         for blk in self.blocks:
             x = blk(x)
         return x

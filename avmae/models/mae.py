@@ -129,6 +129,12 @@ class MaskedAutoencoder(nn.Module):
             loss options (``LOSS_ARGS``: ``norm_pix_loss``, ``contrastive_weight``, ...) and pass
             ``mae_objectives(...)`` of them.
         drop_path: stochastic depth of the encoder.
+        post_norm: post-LN encoder blocks (``x = norm1(x + attn(x)); x = norm2(x + mlp(x))``, EAT /
+            data2vec 2.0) instead of ViT's pre-LN ones.
+        pre_norm: a LayerNorm (``pre_norm``) over ``[cls; tokens]`` before the first joint block (EAT).
+        final_norm: the LayerNorm ``norm`` after the last block (AudioMAE); EAT has none.
+        decoder: None builds the encoder alone (a released encoder to extract features from or to
+            fine-tune): ``forward_features`` works, ``forward`` (pretraining) refuses.
     """
 
     def __init__(
@@ -149,6 +155,9 @@ class MaskedAutoencoder(nn.Module):
         objectives: Optional[Sequence[ObjectiveSpec]] = None,
         drop_path: float = 0.0,
         norm_eps: float = 1e-6,
+        post_norm: bool = False,
+        pre_norm: bool = False,
+        final_norm: bool = True,
     ) -> None:
         super().__init__()
         self.modalities = build_modalities(modalities, embed_dim)
@@ -180,7 +189,14 @@ class MaskedAutoencoder(nn.Module):
             {
                 m: nn.ModuleList(
                     [
-                        make_block(embed_dim, num_heads, mlp_ratio=mlp_ratio, drop_path=dpr[i], norm_eps=norm_eps)
+                        make_block(
+                            embed_dim,
+                            num_heads,
+                            mlp_ratio=mlp_ratio,
+                            drop_path=dpr[i],
+                            norm_eps=norm_eps,
+                            post_norm=post_norm,
+                        )
                         for i in range(specific)
                     ]
                 )
@@ -191,17 +207,29 @@ class MaskedAutoencoder(nn.Module):
         )
         if not single:
             self.modality_embed = nn.ParameterDict({m: nn.Parameter(torch.zeros(1, 1, embed_dim)) for m in names})
+        self.pre_norm = nn.LayerNorm(embed_dim, eps=norm_eps) if pre_norm else None
         self.blocks = nn.ModuleList(
             [
-                make_block(embed_dim, num_heads, mlp_ratio=mlp_ratio, drop_path=dpr[specific + i], norm_eps=norm_eps)
+                make_block(
+                    embed_dim,
+                    num_heads,
+                    mlp_ratio=mlp_ratio,
+                    drop_path=dpr[specific + i],
+                    norm_eps=norm_eps,
+                    post_norm=post_norm,
+                )
                 for i in range(joint_depth)
             ]
         )
-        self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
+        self.norm = nn.LayerNorm(embed_dim, eps=norm_eps) if final_norm else nn.Identity()
 
         # ---- decoder ----
         specs = {m: mod.spec() for m, mod in self.modalities.items()}
-        self.decoder = build_decoder(decoder, decoder_params, encoder_dim=embed_dim, specs=specs, has_cls=cls_token)
+        self.decoder = (
+            None
+            if decoder is None
+            else build_decoder(decoder, decoder_params, encoder_dim=embed_dim, specs=specs, has_cls=cls_token)
+        )
         self.initialize_weights()
 
         # ---- objectives: attached last, to the finished model (a teacher copies it here) ----
@@ -241,7 +269,7 @@ class MaskedAutoencoder(nn.Module):
         if hasattr(self, "modality_embed"):
             for p in self.modality_embed.values():
                 nn.init.normal_(p, std=0.02)
-        if hasattr(self.decoder, "init_extra"):
+        if self.decoder is not None and hasattr(self.decoder, "init_extra"):
             self.decoder.init_extra()
 
     def no_weight_decay(self) -> set:
@@ -285,10 +313,13 @@ class MaskedAutoencoder(nn.Module):
             B = parts[0].shape[0]
             cls = (self.cls_token + self.cls_pos_embed).to(parts[0].dtype).expand(B, -1, -1)
             parts = [cls] + parts
-        x = torch.cat(parts, dim=1)
+        x = self._pre_norm(torch.cat(parts, dim=1))
         for blk in self.blocks:
             x = blk(x)
         return self.norm(x)
+
+    def _pre_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.pre_norm is None else self.pre_norm(x)
 
     def forward_encoder(
         self, inputs, mask_ratio=None, noise=None
@@ -298,6 +329,11 @@ class MaskedAutoencoder(nn.Module):
         return self.joint(tokens), masks, tokens
 
     def forward_decoder(self, latent: torch.Tensor, masks: Mapping[str, MaskInfo]) -> Dict[str, torch.Tensor]:
+        if self.decoder is None:
+            raise RuntimeError(
+                f"{type(self).__name__} was built without a decoder (an encoder to extract features from or to"
+                " fine-tune): use forward_features, or build it with a decoder to pretrain"
+            )
         return self.decoder(latent, masks)
 
     def forward_loss(self, inputs: Mapping[str, torch.Tensor], out: MAEOutput) -> MAEOutput:
@@ -314,6 +350,7 @@ class MaskedAutoencoder(nn.Module):
 
     def single_modality(self, m: str, x: torch.Tensor) -> torch.Tensor:
         """One modality's tokens alone through the joint blocks and the final norm. -> [B, K, D]."""
+        x = self._pre_norm(x)
         for blk in self.blocks:
             x = blk(x)
         return self.norm(x)
@@ -345,7 +382,7 @@ class MaskedAutoencoder(nn.Module):
         if self.has_cls:
             cls = (self.cls_token + self.cls_pos_embed).to(parts[0].dtype).expand(parts[0].shape[0], -1, -1)
             parts = [cls] + parts
-        x = torch.cat(parts, dim=1)
+        x = self._pre_norm(torch.cat(parts, dim=1))
         outs = []
         for blk in self.blocks:
             x = blk(x)
