@@ -143,3 +143,17 @@ def test_finetune_init_from_a_beats_file(files, tmp_path, capsys):
     model, report = load_pretrained(tmp_path / "run")
     assert report.model_name == "beats_base_cls" and model.num_classes == 2
     assert model.mask_t_prob == 0.2 and frontend_for(model, report.config).style == "beats"
+
+
+def test_extract_drops_a_short_clips_partial_patch_as_beats_does(files):
+    from avmae.extract import EmbeddingExtractor
+
+    path, sd = files["pretrain"]
+    model, _ = load_pretrained(path)
+    extractor = EmbeddingExtractor(model, frontend_for(model))
+    wav = torch.randn(1, 400 + 169 * 160, generator=torch.Generator().manual_seed(9)) * 0.1  # 170 frames
+    x, frames = extractor.windows(wav)
+    assert x.shape[2] == 160 and extractor.settings()["short_clips"] == "own length (cut to whole patches)"
+    emb = extractor(wav)["embedding"]
+    ref = beats_forward({k: v.double() for k, v in sd.items()}, beats_preprocess(wav).double(), heads=HEADS)
+    torch.testing.assert_close(torch.as_tensor(emb).double(), ref[0].mean(0), atol=1e-5, rtol=0)

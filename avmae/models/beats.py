@@ -192,6 +192,7 @@ class _BEATs(nn.Module):
     """The parts both BEATs models share (see the module doc)."""
 
     has_cls = False
+    drops_partial_patch = True  # a clip's frames past its last whole patch are dropped (avmae extract follows)
 
     def __init__(
         self,
