@@ -1,6 +1,9 @@
+import faulthandler
 import importlib.util
 import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -52,6 +55,63 @@ def _register_in_tree_plugins() -> None:
 
 
 _register_in_tree_plugins()
+
+
+# A test that hangs in a DataLoader worker must show where the worker hangs, not only the main
+# process waiting for it (all that pytest-timeout or a DataLoader timeout prints). Every process
+# forked from this one (DataLoader workers) inherits this handler: SIGUSR1 prints all its threads'
+# Python stacks to stderr. When a test fails, the forked children still alive are asked for
+# theirs, which land in the test's captured stderr.
+STACKS_SIGNAL = signal.SIGUSR1
+faulthandler.register(STACKS_SIGNAL, file=sys.__stderr__, all_threads=True)
+
+
+def forked_children(pid: int = os.getpid()) -> list:
+    """Live children of ``pid`` forked without exec (same command line, so they carry the
+    handler above; a subprocess running another program would be killed by the signal)."""
+
+    def cmdline(p):
+        with open(f"/proc/{p}/cmdline", "rb") as f:
+            return f.read()
+
+    try:
+        own = cmdline(pid)
+        children = []
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                children += [int(c) for c in f.read().split()]
+    except OSError:  # no /proc (not Linux): nothing to ask
+        return []
+    alive = []
+    for child in children:
+        try:
+            if cmdline(child) == own:
+                alive.append(child)
+        except OSError:  # exited meanwhile
+            pass
+    return alive
+
+
+def dump_forked_children_stacks(wait: float = 1.0) -> list:
+    """Ask the forked children for their stacks (see above), under a line naming them -> their pids."""
+    children = forked_children()
+    if children:
+        print(f"stacks of the forked child processes still alive {children}:", file=sys.stderr, flush=True)
+    for child in children:
+        try:
+            os.kill(child, STACKS_SIGNAL)
+        except OSError:
+            pass
+    if children:
+        time.sleep(wait)  # the children write asynchronously; the capture is read after this hook
+    return children
+
+
+@pytest.hookimpl(hookwrapper=True, trylast=True)  # inside the capture plugin's wrapper
+def pytest_runtest_call(item):
+    outcome = yield
+    if outcome.excinfo is not None:
+        dump_forked_children_stacks()
 
 
 @pytest.fixture(autouse=True)

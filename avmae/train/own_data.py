@@ -171,8 +171,11 @@ def classifier_for(init: PathLike) -> Tuple[str, Dict[str, Any], Any]:
     import avmae
 
     from ..hub import describe_checkpoint
+    from ..weights_fit import check_described
 
     rep = describe_checkpoint(init)
+    # the file's description is checked against its weights before the plan builds on it
+    check_described(rep.path, rep.model_name, rep.model_params, where=f"its {rep.source}")
     name, params = rep.model_name, dict(rep.model_params)
     if name.endswith("_cls") or name.startswith("ast_"):
         cls_name = name
