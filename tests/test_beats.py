@@ -157,3 +157,14 @@ def test_extract_drops_a_short_clips_partial_patch_as_beats_does(files):
     emb = extractor(wav)["embedding"]
     ref = beats_forward({k: v.double() for k, v in sd.items()}, beats_preprocess(wav).double(), heads=HEADS)
     torch.testing.assert_close(torch.as_tensor(emb).double(), ref[0].mean(0), atol=1e-5, rtol=0)
+
+
+def test_what_the_weights_cannot_tell_follows_their_config_defaults(files, tmp_path):
+    raw = torch.load(files["pretrain"][0], weights_only=True)
+    del raw["cfg"]["deep_norm"], raw["cfg"]["max_distance"]  # BEATsConfig's defaults: False, 1280
+    torch.save(raw, tmp_path / "partial.pt")
+    p = describe_checkpoint(tmp_path / "partial.pt").model_params
+    assert (p["deep_norm"], p["max_distance"]) == (False, 1280)
+    torch.save({"model": raw["model"]}, tmp_path / "bare.pt")  # no cfg at all: the released configuration
+    p = describe_checkpoint(tmp_path / "bare.pt").model_params
+    assert (p["deep_norm"], p["max_distance"], p["num_heads"]) == (True, 800, HEADS)

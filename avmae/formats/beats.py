@@ -16,6 +16,7 @@ The file is read like a fairseq one (``avmae.checkpoint.read_state_dict``): its 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
@@ -26,6 +27,8 @@ from ..checkpoint import CheckpointError
 from ..checkpoint_formats import CheckpointFormat, Conversion
 from ..models.beats import BEATS_FBANK, BEATS_STATS
 from ..registry import register_checkpoint_format
+
+_logger = logging.getLogger(__name__)
 
 __all__ = ["BEATsFormat", "detect_beats", "map_beats", "beats_spec", "beats_labels"]
 
@@ -178,9 +181,15 @@ def beats_spec(
         conv_pos=int(cfg.get("conv_pos", 128)),
         conv_pos_groups=int(cfg.get("conv_pos_groups", 16)),
         num_buckets=int(cfg.get("num_buckets", 320)),
-        max_distance=int(cfg.get("max_distance", 1280)),  # BEATsConfig's default when the cfg lacks it
-        deep_norm=bool(cfg.get("deep_norm", True)),
+        # what the weights cannot tell: the cfg's value, else BEATsConfig's default (as their code
+        # reads a cfg); a file without any cfg is taken as the released configuration
+        max_distance=int(cfg.get("max_distance", 1280 if cfg else 800)),
+        deep_norm=bool(cfg.get("deep_norm", False if cfg else True)),
     )
+    if not cfg:
+        _logger.warning(
+            "a BEATs file without its cfg: assuming the released configuration (deep_norm, max_distance 800)"
+        )
     name = "beats_base"
     if "predictor.weight" in sd:
         name += "_cls"
