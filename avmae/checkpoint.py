@@ -228,7 +228,11 @@ def read_state_dict(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str, 
 
     if is_fairseq_container(obj):  # fairseq: ``_ema`` flattened, the config kept as JSON metadata
         sd, cfg = fairseq_state(obj, path)
-        return sd, {"fairseq_cfg": to_json(cfg, default=str)}
+        meta = {"fairseq_cfg": to_json(cfg, default=str)}
+        labels = obj.get("label_dict")
+        if isinstance(labels, Mapping) and labels:  # BEATs' fine-tuned files: {class index: label}
+            meta["label_dict"] = to_json({str(k): v for k, v in labels.items()}, default=str)
+        return sd, meta
     for key in ("model", "state_dict", "module", "model_state"):
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
             obj = obj[key]

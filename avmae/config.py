@@ -145,6 +145,7 @@ class DataConfig:
     norm: str = "audioset"
     mean: Optional[float] = None
     std: Optional[float] = None
+    fbank_style: str = "audiomae"  # "audiomae" | "beats" (BEATs' fbank: avmae.data.AudioFrontend(style=))
     num_workers: int = 2
     on_error: str = "raise"  # "raise" | "skip" unreadable clips
     max_skip_fraction: float = 0.1

@@ -175,9 +175,12 @@ def resolve_views(args: argparse.Namespace, config: Optional[Dict[str, Any]], ha
 
 def build_dataset(model, config, manifest: Path, label_csv: Optional[Path], args: argparse.Namespace):
     from avmae.data import AudioDataset, AVDataset
-    from avmae.hub import frontend_for
+    from avmae.hub import frontend_for, input_size
 
-    frontend = frontend_for(model, config, norm=args.norm, mean=args.mean, std=args.std)
+    # clips padded or cut to the model's input length, so that they batch (a model whose
+    # frontend keeps each clip's own frames, BEATs, is evaluated at its input length too)
+    length = input_size(model)[0]
+    frontend = frontend_for(model, config, norm=args.norm, mean=args.mean, std=args.std, target_length=length)
     multilabel = args.multilabel if args.multilabel is not None else _data_section(config).get("multilabel")
     common = dict(frontend=frontend, sample_rate=frontend.sample_rate, train=False, multilabel=multilabel)
     mods = getattr(model, "modalities", None)
@@ -243,12 +246,29 @@ def sigmoid_outputs(config: Optional[Dict[str, Any]], multilabel: bool) -> bool:
     return bool(multilabel) or (isinstance(section, dict) and section.get("loss") == "bce")
 
 
+def label_order(model_labels: Optional[List[str]], class_ids: List[str]) -> Optional[List[int]]:
+    """Columns of the model's outputs in the label CSV's order, for a model that names its classes
+    (a fine-tuned BEATs file's ``label_dict``); None when it names none or the orders agree. A
+    CSV class the model does not predict is an error."""
+    if not model_labels or not class_ids or list(model_labels) == list(class_ids):
+        return None
+    index = {label: i for i, label in enumerate(model_labels)}
+    missing = [c for c in class_ids if c not in index]
+    if missing:
+        raise SystemExit(
+            f"evaluate: the label CSV's classes {missing[:3]} are not among the {len(model_labels)} the model names"
+            " (its label_dict)"
+        )
+    return [index[c] for c in class_ids]
+
+
 def classify(model, dataset, loader, accelerator, args, config=None) -> Dict[str, Any]:
     from avmae.probe import score
     from avmae.train.finetune import collect_predictions
 
     expected = getattr(accelerator.unwrap_model(model), "num_classes", None)
-    if expected is not None and expected != dataset.num_classes:
+    order = label_order((config or {}).get("labels"), dataset.class_ids)
+    if order is None and expected is not None and expected != dataset.num_classes:
         raise SystemExit(f"evaluate: the model predicts {expected} classes, the label CSV has {dataset.num_classes}")
     # views are averaged as the run's loss read the logits (sigmoids under BCE, also on single-label data)
     logits, labels = collect_predictions(
@@ -256,6 +276,8 @@ def classify(model, dataset, loader, accelerator, args, config=None) -> Dict[str
     )
     if logits.shape[0] != len(dataset):
         raise RuntimeError(f"gathered {logits.shape[0]} predictions for {len(dataset)} items")
+    if order is not None:
+        logits = logits[:, order]  # the model's classes in the label CSV's order
     summary, per_class = score(
         logits, labels, multilabel=dataset.multilabel, class_names=dataset.class_names, class_ids=dataset.class_ids
     )

@@ -82,9 +82,17 @@ def audio_frontend(cfg: Config):
 
     d = cfg.data
     mean, std = (d.mean, d.std) if d.mean is not None else NORM_STATS[d.norm]
-    return AudioFrontend(
-        sample_rate=d.sample_rate, num_mel_bins=d.num_mel_bins, target_length=d.target_length, mean=mean, std=std
-    )
+    try:
+        return AudioFrontend(
+            sample_rate=d.sample_rate,
+            num_mel_bins=d.num_mel_bins,
+            target_length=d.target_length,
+            mean=mean,
+            std=std,
+            style=d.fbank_style,
+        )
+    except ValueError as exc:
+        raise ConfigError("data.fbank_style", str(exc)) from None
 
 
 def dataset_options(cfg: Config, split: str) -> Dict[str, Any]:

@@ -383,6 +383,10 @@ def plan_finetune(
     base += [f"model.params.{k}={json.dumps(v)}" for k, v in params.items()]
     if init is not None:
         base.append(f"checkpoint.init_from={init}")
+        style = ((init_rep.config or {}).get("data") or {}).get("fbank_style")
+        if style:  # the fbank the initial model takes (BEATs'), with its statistics above
+            base.append(f"data.fbank_style={style}")
+            notes.append(f"fbank: {style}'s, as the initial model was trained with")
     cfg = load_config([], base + list(overrides))
     if overrides:
         notes.append(f"overrides (win over the above): {' '.join(overrides)}")

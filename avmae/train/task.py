@@ -113,7 +113,22 @@ def warn_other_statistics(cfg: Config, init_from) -> None:
         saved = checkpoint_config(init_from)
     except CheckpointError:
         return
+    if saved is None:  # a foreign file may describe its inputs (BEATs)
+        from ..hub import describe_checkpoint
+
+        try:
+            saved = describe_checkpoint(init_from).config
+        except CheckpointError:
+            saved = None
     data = (saved or {}).get("data")
+    style = data.get("fbank_style") if isinstance(data, Mapping) else None
+    if style and style != cfg.data.fbank_style:
+        _logger.warning(
+            "checkpoint.init_from takes the %r fbank; this run computes the %r one (data.fbank_style=%s keeps theirs)",
+            style,
+            cfg.data.fbank_style,
+            style,
+        )
     theirs = data_statistics(data) if isinstance(data, Mapping) else data_statistics({"norm": "audioset"})
     ours = data_statistics(dataclasses.asdict(cfg.data))
     if theirs is None or ours is None:
