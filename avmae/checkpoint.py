@@ -31,6 +31,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
+from .checkpoint_error import CheckpointError
 from .checkpoint_formats import (
     CheckpointFormat,
     Conversion,
@@ -74,10 +75,6 @@ _HARMLESS_GLOBALS = {
     "numpy.dtype",
     "collections.OrderedDict",
 }
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be read or does not fit the model. The message names the file."""
 
 
 @dataclass

@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from ..checkpoint import CheckpointError
+from ..checkpoint_error import CheckpointError
 from ..checkpoint_formats import CheckpointFormat, Conversion
 from ..models.beats import BEATS_FBANK, BEATS_STATS
 from ..registry import register_checkpoint_format
