@@ -79,6 +79,7 @@ RUN_INFO_FILE = "run.json"
 SKIP_DIR = "skipped"  # the datasets' per-process skip logs, one folder per split
 SKIPPED_FILE = "skipped.tsv"  # all skipped clips of the run: path<TAB>reason
 HF_TORCH_WEIGHTS = "pytorch_model.bin"  # the weights of a Hugging Face folder without safetensors
+PRETRAINED_CONFIG = "config.json"  # a shareable model folder's (avmae.hub.save_pretrained) or a Hugging Face port's
 MANIFEST_FILE = "manifest.json"  # in a checkpoint folder: {"files": {name: {"size", "sha256"}}}
 LOCK_FILE = "run.lock"
 
