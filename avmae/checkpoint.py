@@ -172,12 +172,12 @@ def _torch_load(path: Path) -> Any:
 
 def _torch_obj(path: Path) -> Any:
     """``_torch_load``; a file whose only refused globals are the config classes a fairseq
-    checkpoint pickles (omegaconf, enums, Namespace) is read by ``avmae.formats.fairseq``'s
+    checkpoint pickles (omegaconf, enums, Namespace) is read by ``avmae.fairseq_reader``'s
     restricted unpickler instead, which maps them to plain values and refuses anything else."""
     try:
         return _torch_load(path)
     except CheckpointError as exc:
-        from .formats.fairseq import is_config_global, restricted_load
+        from .fairseq_reader import is_config_global, restricted_load
 
         found = re.search(r"asks to import ([\w.]+)", str(exc))
         if found is None or not is_config_global(found.group(1)):
@@ -221,7 +221,7 @@ def read_state_dict(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str, 
             ) from None
         return sd, meta
     obj = _torch_obj(path)
-    from .formats.fairseq import fairseq_state, is_fairseq_container
+    from .fairseq_reader import fairseq_state, is_fairseq_container
 
     if is_fairseq_container(obj):  # fairseq: ``_ema`` flattened, the config kept as JSON metadata
         sd, cfg = fairseq_state(obj, path)

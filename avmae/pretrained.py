@@ -326,7 +326,7 @@ def load_pretrained(
     weights = resolve_weights(path)
     sd, meta = read_state_dict(weights)
     if teacher:
-        from .formats.fairseq import take_teacher
+        from .fairseq_reader import take_teacher
 
         try:
             sd = take_teacher(sd)

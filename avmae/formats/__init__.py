@@ -1,5 +1,6 @@
-"""Released checkpoints of other code bases: a reader (fairseq files without fairseq) and key
-layouts (EAT / SSLAM, BEATs).
+"""Released checkpoints of other code bases: their key layouts (EAT / SSLAM, BEATs). Their fairseq
+files are read without fairseq by ``avmae.fairseq_reader``, below this package (``avmae.checkpoint``
+reads with it).
 
 Each layout is a ``avmae.checkpoint.CheckpointFormat`` registered in ``CHECKPOINT_FORMATS``
 (``@register_checkpoint_format``): ``detect`` by marker keys, ``convert`` its keys to avmae's,

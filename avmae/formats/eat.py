@@ -14,8 +14,8 @@ eat-hf              ``model.local_encoder.proj``, ``model.extra_tokens``,       
                     ``model.blocks.N.*``                                                    (fine-tuned)
 ==================  =====================================================================  ===========
 
-``_ema.*`` is the EMA teacher of a pretraining file, flattened by ``avmae.formats.fairseq``; the
-student is loaded unless the teacher is asked for (``avmae.formats.fairseq.take_teacher``,
+``_ema.*`` is the EMA teacher of a pretraining file, flattened by ``avmae.fairseq_reader``; the
+student is loaded unless the teacher is asked for (``avmae.fairseq_reader.take_teacher``,
 ``load_pretrained(path, teacher=True)``). The decoder and the teacher
 are reported as ignored when the student encoder is loaded.
 
@@ -35,9 +35,9 @@ import torch.nn as nn
 
 from ..checkpoint_error import CheckpointError
 from ..checkpoint_formats import CheckpointFormat, Conversion
+from ..fairseq_reader import EMA_PREFIX
 from ..models.eat import EAT_SIZES, EAT_STATS
 from ..registry import register_checkpoint_format
-from .fairseq import EMA_PREFIX
 
 _logger = logging.getLogger(__name__)
 

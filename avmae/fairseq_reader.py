@@ -35,7 +35,7 @@ from typing import Any, Dict, Mapping, Tuple, Union
 
 import torch
 
-from ..checkpoint_error import CheckpointError
+from .checkpoint_error import CheckpointError
 
 _logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class _Inert:
 
 
 def _inert_class(module: str, name: str) -> type:
-    return type(name, (_Inert,), {"_avmae_name": f"{module}.{name}", "__module__": "avmae.formats.fairseq"})
+    return type(name, (_Inert,), {"_avmae_name": f"{module}.{name}", "__module__": "avmae.fairseq_reader"})
 
 
 _ENUM_BASES = ("Enum", "ChoiceEnum", "StrEnum", "IntEnum")
