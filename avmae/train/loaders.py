@@ -10,7 +10,7 @@ Workers are forked (the platform default on Linux), not spawned: with ``forkserv
 ``spawn`` each worker imports torch and avmae again, and the first batch of the AV test dataset
 with 2 workers came after 28-35 s instead of 0.3-0.5 s (2-core Xeon, shared). Forking is safe
 because nothing the data code runs leaves a thread behind in the parent: decoders run in the
-calling thread and frames are converted by a scaler made per call (``avmae.data.video._to_rgb``
+calling thread and frames are converted by a scaler made per call (``avmae.data.video_decode._to_rgb``
 says what hung when PyAV's per-thread scaler was inherited); torch's own intra-op pool is set
 to one thread in every worker.
 
