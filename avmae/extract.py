@@ -28,6 +28,9 @@ counts for its 2 frames, not for half the clip. ``keep_windows=True`` keeps the 
 window ``[n, L, D]``. A hop larger than W leaves gaps.
 
 Files that cannot be read (``avmae.data.MediaError``) are skipped and reported, never fatal.
+
+Finding the files and naming their outputs lives in ``avmae.media_files``, the result record and
+its writers in ``avmae.extract_output``; every public name is importable from here.
 """
 
 from __future__ import annotations
@@ -36,17 +39,16 @@ import logging
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from .data import AudioFrontend, MediaError, load_audio, read_manifest
-from .data.datasets import ManifestError
-from .files import give_umask_mode, to_json
-from .hub import input_size, length_step
+from .data import AudioFrontend, MediaError, load_audio
+from .extract_output import ClipFeatures, stack_results, write_archive, write_npy
+from .media_files import AUDIO_EXTENSIONS, MEDIA_EXTENSIONS, VIDEO_EXTENSIONS, find_media, output_names
+from .model_inputs import input_size, length_step
 
 _logger = logging.getLogger(__name__)
 
@@ -68,76 +70,7 @@ __all__ = [
 
 PathLike = Union[str, os.PathLike]
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".wma", ".aif", ".aiff")
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg")
-MEDIA_EXTENSIONS = AUDIO_EXTENSIONS + VIDEO_EXTENSIONS
-MANIFEST_SUFFIXES = (".json", ".jsonl")
-
 _AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-# keys whose values are per window (stacked over windows in archives)
-_PER_WINDOW = ("window_embedding", "window_contextual", "window_frames", "patches", "contextual_patches")
-
-
-# ------------------------------------------------------------------------------ inputs
-
-
-def _norm_exts(extensions: Iterable[str]) -> Tuple[str, ...]:
-    return tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
-
-
-def find_media(source: PathLike, extensions: Iterable[str] = MEDIA_EXTENSIONS) -> Tuple[List[Path], Path]:
-    """Files to process and the folder their output names are relative to. -> (paths, root).
-
-    ``source``: a media file; a folder (searched recursively for ``extensions``, sorted); or a
-    manifest (``.json`` AudioMAE format or ``.jsonl``), whose ``wav`` entries (for audio-visual
-    manifests: the ``video`` file when there is no ``wav``) are taken as listed.
-    """
-    src = Path(source).expanduser()
-    if src.is_dir():
-        exts = _norm_exts(extensions)
-        paths = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in exts)
-        return paths, src
-    if src.suffix.lower() in MANIFEST_SUFFIXES:
-        paths = [Path(item["wav"]) for item in _read_any_manifest(src)]
-        return paths, src.resolve().parent
-    if not src.exists():
-        raise FileNotFoundError(f"{src}: no such file or folder")
-    return [src], src.parent
-
-
-def _read_any_manifest(path: Path) -> List[Dict[str, Any]]:
-    """Audio manifest items, or audio-visual ones (``video`` files; their sound is the ``wav``)."""
-    try:
-        return read_manifest(path)
-    except ManifestError as first:
-        try:
-            from .data.av_dataset import read_av_manifest
-        except ImportError:
-            raise first from None
-        try:
-            return read_av_manifest(path)
-        except ManifestError:
-            raise first from None
-
-
-def output_names(paths: Sequence[Path], root: Path) -> List[str]:
-    """Output stems: each path relative to ``root`` (else its name), without the suffix; unique."""
-    names, seen = [], set()
-    for p in paths:
-        try:
-            rel = Path(os.path.relpath(Path(p).resolve(), Path(root).resolve()))
-            if rel.parts and rel.parts[0] == "..":
-                rel = Path(Path(p).name)
-        except ValueError:  # another drive
-            rel = Path(Path(p).name)
-        stem = rel.with_suffix("").as_posix()
-        name, k = stem, 1
-        while name in seen:
-            name, k = f"{stem}__{k}", k + 1
-        seen.add(name)
-        names.append(name)
-    return names
 
 
 # ------------------------------------------------------------------------------ model side
@@ -157,17 +90,6 @@ def _num_patches(model: nn.Module, x: Optional[torch.Tensor] = None) -> Optional
 def default_contextual_from(model: nn.Module) -> int:
     """AudioMAE's choice, the mean of the last three blocks: ``depth - 4`` (8 for ViT-B)."""
     return max(-1, len(model.blocks) - 4)
-
-
-@dataclass
-class ClipFeatures:
-    """One file's result: ``arrays`` (float32 numpy, see the module doc) or the ``error`` that skipped it."""
-
-    path: str
-    index: int
-    arrays: Optional[Dict[str, np.ndarray]] = None
-    error: Optional[str] = None
-    num_windows: int = 0
 
 
 @dataclass
@@ -473,89 +395,3 @@ def extract(
     finally:
         if bar is not None:
             bar.close()
-
-
-# ------------------------------------------------------------------------------ writing
-
-
-def write_npy(result: ClipFeatures, out_dir: PathLike, name: str) -> List[Path]:
-    """``out_dir/<name>.npy`` (the embedding) and ``out_dir/<name>.<key>.npy`` for the other arrays."""
-    assert result.arrays is not None, "only extracted files are written"
-    written = []
-    for key, value in result.arrays.items():
-        p = Path(out_dir) / (f"{name}.npy" if key == "embedding" else f"{name}.{key}.npy")
-        p.parent.mkdir(parents=True, exist_ok=True)
-        np.save(p, value if key == "window_frames" else value.astype(np.float32, copy=False))
-        written.append(p)
-    return written
-
-
-def stack_results(results: Sequence[ClipFeatures]) -> Dict[str, np.ndarray]:
-    """Extracted files -> archive arrays: per file ``[N, ...]`` (``embedding``, ``contextual``),
-    per window ``[sum n_i, ...]`` with ``window_offsets [N + 1]`` (file i owns rows
-    ``offsets[i]:offsets[i+1]``), and ``num_windows [N]``."""
-    done = [r for r in results if r.arrays is not None]
-    if not done:
-        return {}
-    counts = np.array([r.num_windows for r in done], dtype=np.int64)
-    out: Dict[str, np.ndarray] = {
-        "num_windows": counts,
-        "window_offsets": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-    }
-    for key in done[0].arrays:
-        parts = [r.arrays[key] for r in done]
-        joined = (np.concatenate if key in _PER_WINDOW else np.stack)(parts)
-        out[key] = joined if key == "window_frames" else joined.astype(np.float32, copy=False)
-    return out
-
-
-def write_archive(
-    results: Sequence[ClipFeatures],
-    path: PathLike,
-    *,
-    names: Optional[Sequence[str]] = None,
-    meta: Optional[Mapping[str, Any]] = None,
-) -> Path:
-    """One ``.npz`` or ``.safetensors`` file (by suffix) for all files.
-
-    npz: the arrays of ``stack_results`` plus ``files`` (str, the extracted paths in row order),
-    ``names``, ``skipped`` and ``skipped_reasons`` (str), and ``meta`` (a JSON string).
-    safetensors: the arrays as tensors; files, names, skipped and meta as JSON in the metadata.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    done = [r for r in results if r.arrays is not None]
-    skipped = [r for r in results if r.arrays is None]
-    by_index = {r.index: n for r, n in zip(results, names)} if names is not None else {}
-    files = [r.path for r in done]
-    row_names = [by_index.get(r.index, Path(r.path).stem) for r in done]
-    arrays = stack_results(results)
-    info = {
-        "files": files,
-        "names": row_names,
-        "skipped": [r.path for r in skipped],
-        "skipped_reasons": [r.error or "" for r in skipped],
-        "meta": dict(meta or {}),
-    }
-    if path.suffix == ".safetensors":
-        from safetensors.numpy import save_file
-
-        save_file(
-            {k: np.ascontiguousarray(v) for k, v in arrays.items()},
-            str(path),
-            metadata={k: to_json(v) for k, v in info.items()},
-        )
-        give_umask_mode(path)
-    elif path.suffix == ".npz":
-        np.savez(
-            path,
-            **arrays,
-            files=np.array(files, dtype=str),
-            names=np.array(row_names, dtype=str),
-            skipped=np.array(info["skipped"], dtype=str),
-            skipped_reasons=np.array(info["skipped_reasons"], dtype=str),
-            meta=np.array(to_json(info["meta"])),
-        )
-    else:
-        raise ValueError(f"{path}: an archive must end in .npz or .safetensors")
-    return path
