@@ -300,7 +300,9 @@ def format_table(result: Dict[str, Any]) -> str:
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="avmae benchmark", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", default="audiomae_vit_base", help="a pretraining preset (avmae.list_models())")
     p.add_argument("--decoder", default="swin", help="decoder of the preset ('' keeps the preset's default)")
     p.add_argument("--batch-size", type=int, default=2)
