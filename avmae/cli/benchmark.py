@@ -1,6 +1,6 @@
 """Measure the pretraining step and the audio data pipeline; print a table and write JSON.
 
-    python tools/benchmark.py --model audiomae_vit_base --decoder swin --batch-size 2 \\
+    avmae benchmark --model audiomae_vit_base --decoder swin --batch-size 2 \\
         --precision bf16 --steps 5 --warmup 2 --workers 0,1,2 --json out.json
 
 Sections (each can be switched off):
