@@ -47,6 +47,7 @@ import logging
 import math
 import os
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -77,6 +78,9 @@ FROM_SCRATCH_LR = 1e-3
 PRETRAINED_LR = 2.5e-4
 REFERENCE_WIDTH = 192
 STEP_BUDGET = 900
+# the pretraining phase of `avmae finetune` (own_data_run): lr at batch 16 (the demo pretraining's 9.4e-4)
+PRETRAIN_LR = 9.4e-4
+PRETRAIN_DEFAULT = False
 BATCH_SIZE = 16
 HOLD_OUT = 0.2
 DEFAULT_MODEL = "audiomae_demo_cls"
@@ -97,6 +101,8 @@ class FinetunePlan:
     num_eval: int = 0
     held_out: bool = False
     chance: float = 0.0
+    steps_per_epoch: int = 0
+    clip_seconds: float = 0.0  # decoding and fbank of one training clip, measured by the survey
 
 
 # ------------------------------------------------------------------------------ labelled data
@@ -231,6 +237,7 @@ def plan_finetune(
     overrides: Sequence[str] = (),
     max_files: int = 1000,
     seed: int = 0,
+    self_pretrained: bool = False,
 ) -> FinetunePlan:
     """Build the fine-tuning run for ``train`` (and ``eval_data``) -> ``FinetunePlan`` (see the module doc).
 
@@ -298,9 +305,17 @@ def plan_finetune(
     else:
         name = model or DEFAULT_MODEL
         notes.append(f"model: {name} from scratch" + ("" if model else " (the default; --model picks another)"))
+    # pooling: an encoder trained here (from scratch or on these clips) keeps its frequency bands apart
+    pool = "time_avg" if init is None or self_pretrained else params.get("global_pool", "avg")
+    if name.startswith("audiomae_"):
+        params["global_pool"] = pool
+    else:
+        pool = params.get("global_pool", "avg")
 
     # the input length, from the clips
+    t_survey = time.perf_counter()
     survey = survey_clips([it["wav"] for it in train_items], max_files=max_files, seed=seed, num_mel_bins=num_mel_bins)
+    clip_seconds = (time.perf_counter() - t_survey) / max(1, len(survey.frames) + len(survey.skipped))
     if not survey.frames:
         raise ConfigError(
             "data", f"none of the {len(train_items)} training clips could be read; first: {survey.skipped[:1]}"
@@ -330,18 +345,34 @@ def plan_finetune(
     steps_per_epoch = max(1, len(train_items) // batch)
     epochs = int(min(max(math.ceil(STEP_BUDGET / steps_per_epoch), 10), 200))
     pretrained = init is not None
+    # a foreign encoder (AudioSet, the demo pretraining) gets AudioMAE's fine-tuning recipe; one trained here
+    # (from scratch, or pretrained on these same clips) gets the light one that learns within the budget
+    foreign = pretrained and not self_pretrained
     width = _encoder_width(name, params, num_mel_bins)
-    lr = (PRETRAINED_LR if pretrained else FROM_SCRATCH_LR) * REFERENCE_WIDTH / width
+    lr = (PRETRAINED_LR if foreign else FROM_SCRATCH_LR) * REFERENCE_WIDTH / width
     blr = lr * 256 / batch
+    layer_decay = 0.75 if pretrained else 1.0
     notes.append(
         f"optimisation: AdamW, lr {lr:.3g} at batch {batch} (optim.blr {blr:.4g}; width {width}; "
-        + ("a pretrained encoder, layer-wise decay 0.75" if pretrained else "from scratch")
-        + f"), {epochs} epochs of {steps_per_epoch} steps, 2 of warm-up"
+        + (f"a pretrained encoder, layer-wise decay {layer_decay}" if pretrained else "from scratch")
+        + "), 2 epochs of warm-up"
     )
-    notes.append(
-        "augmentation: time shift within the padding (never splits a clip), gain, mixup 0.5, SpecAugment"
-        + (", 2-D token masking 0.2/0.2" if pretrained else "")
-    )
+    notes.append(f"length: {epochs} epochs of {steps_per_epoch} steps (about {STEP_BUDGET} steps)")
+    if foreign:
+        notes.append(
+            "augmentation: time shift within the padding (never splits a clip), gain, mixup 0.5, SpecAugment, 2-D"
+            f" token masking 0.2/{0.2 if pool != 'time_avg' else 0.0} (AudioMAE's fine-tuning)"
+        )
+    else:
+        notes.append(
+            "augmentation: time shift within the padding (never splits a clip) and gain; no mixup, SpecAugment or"
+            " token masking (they kept a model trained here near chance within the budget)"
+        )
+        notes.append(
+            f"pooling: {pool} (the mean over time of each frequency band: where in frequency a sound sits is kept)"
+            if pool == "time_avg"
+            else f"pooling: {pool}"
+        )
 
     base = [
         "task=finetune",
@@ -357,15 +388,15 @@ def plan_finetune(
         "data.augment.shift=true",
         "data.augment.roll=false",
         "data.augment.gain=true",
-        "data.augment.mixup=0.5",
-        f"data.augment.freqm={num_mel_bins // 5}",
-        f"data.augment.timem={max(1, target_length // 8)}",
-        f"masking.mask_t_prob={0.2 if pretrained else 0.0}",
-        f"masking.mask_f_prob={0.2 if pretrained else 0.0}",
+        f"data.augment.mixup={0.5 if foreign else 0.0}",
+        f"data.augment.freqm={num_mel_bins // 5 if foreign else 0}",
+        f"data.augment.timem={max(1, target_length // 8) if foreign else 0}",
+        f"masking.mask_t_prob={0.2 if foreign else 0.0}",
+        f"masking.mask_f_prob={0.2 if foreign and pool != 'time_avg' else 0.0}",
         f"optim.blr={blr!r}",
         "optim.weight_decay=0.05",
         "optim.betas=[0.9,0.999]",
-        f"optim.layer_decay={0.75 if pretrained else 1.0}",
+        f"optim.layer_decay={layer_decay}",
         f"schedule.epochs={epochs}",
         "schedule.warmup_epochs=2",
         "schedule.min_lr=1e-6",
@@ -396,4 +427,6 @@ def plan_finetune(
         num_eval=len(eval_items),
         held_out=held_out,
         chance=chance,
+        steps_per_epoch=steps_per_epoch,
+        clip_seconds=clip_seconds,
     )
