@@ -1,13 +1,32 @@
-"""avmae: masked-autoencoder self-supervised learning on audio and audio-visual data."""
+"""avmae: masked-autoencoder self-supervised learning on audio and audio-visual data.
+
+The extension surface: one decorator per registry (``avmae.registry``), each usable bare or with
+a name, each also reachable by an entry point of its group (``avmae.<group>``) from an installed
+package:
+
+==============================  ============================================================
+``register_model``              a factory ``**params -> nn.Module`` (``create_model(name)``)
+``register_modality``           an ``avmae.modalities.Modality`` subclass
+``register_decoder``            an ``avmae.decoders.Decoder`` subclass
+``register_masker``             an ``avmae.masking.Masker`` subclass (``masking.maskers``)
+``register_objective``          an ``avmae.objectives.Objective`` subclass (``objectives``)
+``register_task``               an ``avmae.train.Task`` subclass (``task: <name>``)
+``register_dataset``            a dataset builder (``modality: <name>``)
+``register_checkpoint_format``  an ``avmae.checkpoint.CheckpointFormat`` (a layout the loaders read)
+==============================  ============================================================
+"""
 
 from __future__ import annotations
 
 from typing import Any, List
 
-import torch.nn as nn  # noqa: E402
-
 from . import _openmp  # noqa: F401  (first: OpenMP's wait policy, read when torch loads it)
+
+# isort: split
+import torch.nn as nn
+
 from . import decoders as _decoders  # noqa: F401  (registers built-in decoders)
+from . import formats as _formats  # noqa: F401  (registers the released layouts of other code: EAT, BEATs)
 from . import modalities as _modalities  # noqa: F401  (registers built-in modalities)
 from . import models as _models  # noqa: F401  (registers presets)
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -18,9 +37,14 @@ from .registry import (
     PluginError,
     Registry,
     RegistryError,
+    register_checkpoint_format,
+    register_dataset,
     register_decoder,
+    register_masker,
     register_modality,
     register_model,
+    register_objective,
+    register_task,
 )
 from .structures import MAEOutput
 
@@ -36,6 +60,11 @@ __all__ = [
     "register_model",
     "register_decoder",
     "register_modality",
+    "register_masker",
+    "register_objective",
+    "register_task",
+    "register_dataset",
+    "register_checkpoint_format",
     "load_checkpoint",
     "save_checkpoint",
     "MAEOutput",

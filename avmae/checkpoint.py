@@ -10,24 +10,36 @@ filter function picked by marker keys (the timm way), then loads strictly and re
 - ``audiomae-finetune``: the official fine-tuned ``.pth`` (``fc_norm``, ``head``, no ``norm``);
 - ``timm-vit``: a timm ``VisionTransformer`` state dict of an AudioMAE encoder (hub ports).
 
-Other formats register a filter with ``register_format``. Torch files are always read with
+Each layout is a ``CheckpointFormat`` in the registry ``CHECKPOINT_FORMATS`` (entry-point group
+``avmae.checkpoint_formats``): AudioMAE's lives beside its presets (``avmae.models.audiomae_format``),
+AST's and CAV-MAE's beside their models; a plugin adds its own with
+``avmae.register_checkpoint_format`` or an entry point. Torch files are always read with
 ``weights_only=True``; the official files also pickle an ``argparse.Namespace``, which is allowed
 as the only non-tensor class (it carries plain values, no code). Anything else is refused.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
+
+from .checkpoint_formats import (
+    CheckpointFormat,
+    Conversion,
+    checkpoint_formats,
+    find_format,
+    register_format,
+)
+from .files import atomic_path, fsync_dir, give_umask_mode, to_json
+from .registry import CHECKPOINT_FORMATS, register_checkpoint_format
 
 _logger = logging.getLogger(__name__)
 
@@ -39,7 +51,11 @@ __all__ = [
     "read_state_dict",
     "convert_state_dict",
     "register_format",
+    "CheckpointFormat",
+    "Conversion",
+    "CHECKPOINT_FORMATS",
     "FORMATS",
+    "checkpoint_formats",
     "to_audiomae_official",
     "write_safetensors",
     "unpickling_reason",
@@ -157,6 +173,21 @@ def _torch_load(path: Path) -> Any:
     raise CheckpointError(f"{path}: not a readable torch checkpoint")
 
 
+def _torch_obj(path: Path) -> Any:
+    """``_torch_load``; a file whose only refused globals are the config classes a fairseq
+    checkpoint pickles (omegaconf, enums, Namespace) is read by ``avmae.formats.fairseq``'s
+    restricted unpickler instead, which maps them to plain values and refuses anything else."""
+    try:
+        return _torch_load(path)
+    except CheckpointError as exc:
+        from .formats.fairseq import is_config_global, restricted_load
+
+        found = re.search(r"asks to import ([\w.]+)", str(exc))
+        if found is None or not is_config_global(found.group(1)):
+            raise
+        return restricted_load(path)
+
+
 def _resolve_global(name: str) -> Any:
     import importlib
 
@@ -192,7 +223,12 @@ def read_state_dict(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str, 
                 " again"
             ) from None
         return sd, meta
-    obj = _torch_load(path)
+    obj = _torch_obj(path)
+    from .formats.fairseq import fairseq_state, is_fairseq_container
+
+    if is_fairseq_container(obj):  # fairseq: ``_ema`` flattened, the config kept as JSON metadata
+        sd, cfg = fairseq_state(obj, path)
+        return sd, {"fairseq_cfg": to_json(cfg, default=str)}
     for key in ("model", "state_dict", "module", "model_state"):
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
             obj = obj[key]
@@ -206,15 +242,9 @@ def read_state_dict(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str, 
 
 
 # ---------------------------------------------------------------------------------------------
-# format filters: (state_dict, model) -> (mapped state dict, ignored keys, reinitialisable keys)
+# formats (the protocol: avmae.checkpoint_formats)
 
-FilterFn = Callable[[Dict[str, torch.Tensor], nn.Module], Tuple[Dict[str, torch.Tensor], List[str], List[str]]]
-FORMATS: Dict[str, Tuple[Callable[[Dict[str, torch.Tensor]], bool], FilterFn]] = {}
-
-
-def register_format(name: str, detect: Callable[[Dict[str, torch.Tensor]], bool], filter_fn: FilterFn) -> None:
-    """Add a foreign checkpoint format: ``detect(sd)`` by marker keys, ``filter_fn(sd, model)`` maps keys."""
-    FORMATS[name] = (detect, filter_fn)
+FORMATS = CHECKPOINT_FORMATS  # the name this module had for it
 
 
 def _resize_audio_table(model: nn.Module, key: str, table: torch.Tensor, own: torch.Tensor) -> Optional[torch.Tensor]:
@@ -255,100 +285,30 @@ def _is_mae(model: nn.Module) -> bool:
     return hasattr(model, "decoder")
 
 
-def _map_audiomae(sd: Dict[str, torch.Tensor], model: nn.Module):
-    """Official AudioMAE (pretrain or fine-tuned) and timm-format encoders -> avmae keys."""
-    key = _single_key(model)
-    out: Dict[str, torch.Tensor] = {}
-    ignored: List[str] = []
-    fresh: List[str] = []
-    target_is_mae = _is_mae(model)
-    for k, v in sd.items():
-        if k == "pos_embed":
-            out["cls_pos_embed"] = v[:, :1]
-            out[f"modalities.{key}.pos_embed"] = v[:, 1:]
-        elif k.startswith("patch_embed."):
-            out[f"modalities.{key}.{k}"] = v
-        elif k in ("cls_token",) or k.startswith("blocks."):
-            out[k] = v
-        elif k.startswith("norm."):
-            if target_is_mae:
-                out[k] = v
-            else:
-                ignored.append(k)  # the fine-tuning model pools into a fresh fc_norm, as AudioMAE does
-        elif k.startswith(("fc_norm.", "head.")):
-            if target_is_mae:
-                ignored.append(k)
-            else:
-                out[k] = v
-        elif k == "mask_token":
-            (out.__setitem__("decoder.mask_token", v) if target_is_mae else ignored.append(k))
-        elif k == "decoder_pos_embed":
-            if target_is_mae:
-                out["decoder.cls_pos_embed"] = v[:, :1]
-                out[f"decoder.pos_embed.{key}"] = v[:, 1:]
-            else:
-                ignored.append(k)
-        elif k.startswith(("decoder_embed.", "decoder_blocks.", "decoder_norm.", "decoder_pred.")):
-            if not target_is_mae:
-                ignored.append(k)
-                continue
-            head, _, rest = k.partition(".")
-            new = {
-                "decoder_embed": "decoder.embed",
-                "decoder_blocks": "decoder.blocks",
-                "decoder_norm": "decoder.norm",
-                "decoder_pred": f"decoder.pred.{key}",
-            }[head]
-            out[f"{new}.{rest}"] = v
-        elif k.startswith(("head_dist.", "pre_logits.")) or k in ("dist_token",):
-            ignored.append(k)
-        else:
-            out[k] = v  # left for the strict check to report
-    if not target_is_mae:
-        fresh += [k for k in ("fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias") if k not in out]
-    return out, ignored, fresh
-
-
-def _detect_audiomae(sd: Dict[str, torch.Tensor]) -> bool:
-    # a distillation token marks a DeiT / AST backbone, which has formats of its own
-    return (
-        "patch_embed.proj.weight" in sd
-        and "blocks.0.attn.qkv.weight" in sd
-        and "pos_embed" in sd
-        and "dist_token" not in sd
-    )
-
-
-def _format_of(sd: Dict[str, torch.Tensor]) -> str:
-    for name, (detect, _) in FORMATS.items():
-        if detect(sd):
-            return name
-    return "unknown"
-
-
-def _detect_avmae(sd: Dict[str, torch.Tensor]) -> bool:
-    return any(k.startswith("modalities.") for k in sd)
-
-
-def _map_avmae(sd: Dict[str, torch.Tensor], model: nn.Module):
-    """This project's own keys. A pretraining file (it has a decoder) loaded into a model without
-    one keeps what the model has: the decoder and other pretraining-only parts are ignored and the
-    classifier's own head and pooling norm start fresh."""
-    if _is_mae(model) or not any(k.startswith("decoder.") for k in sd):
-        return dict(sd), [], []
-    own = set(model.state_dict())
-    ignored = [k for k in sd if k not in own]
-    out = {k: v for k, v in sd.items() if k in own}
-    fresh = [k for k in own if k not in out and k.startswith(_HEAD_PREFIXES + ("fc_norm.",))]
-    return out, ignored, fresh
-
-
 _HEAD_PREFIXES = ("head.", "mlp_head.")
 
 
-# avmae's own format is checked first: its keys are unambiguous
-register_format("avmae", _detect_avmae, _map_avmae)
-register_format("audiomae", _detect_audiomae, _map_audiomae)
+@register_checkpoint_format("avmae")
+class AvmaeFormat(CheckpointFormat):
+    """This project's own keys (``modalities.*``). Tried first: its keys are unambiguous. Such a
+    file names its model in its metadata or config (``avmae.hub``), so ``describe`` says nothing."""
+
+    priority = 100
+
+    def detect(self, sd):
+        return any(k.startswith("modalities.") for k in sd)
+
+    def convert(self, sd, model):
+        """A pretraining file (it has a decoder) loaded into a model without one keeps what the
+        model has: the decoder and other pretraining-only parts are ignored and the classifier's
+        own head and pooling norm start fresh."""
+        if _is_mae(model) or not any(k.startswith("decoder.") for k in sd):
+            return Conversion(dict(sd), [], [])
+        own = set(model.state_dict())
+        ignored = [k for k in sd if k not in own]
+        out = {k: v for k, v in sd.items() if k in own}
+        fresh = [k for k in own if k not in out and k.startswith(_HEAD_PREFIXES + ("fc_norm.",))]
+        return Conversion(out, ignored, fresh)
 
 
 def convert_state_dict(
@@ -356,19 +316,14 @@ def convert_state_dict(
 ) -> Tuple[str, Dict[str, torch.Tensor], List[str], List[str]]:
     """Detect the format of ``sd`` and map it to ``model``'s keys. -> (format, sd, ignored, fresh)."""
     sd = _strip_prefix(sd, "module.")
-    fmt = _format_of(sd)
-    if fmt == "unknown":
+    fmt = find_format(sd)
+    if fmt is None:
         raise CheckpointError(
-            f"unrecognised checkpoint layout (first keys: {list(sd)[:5]}); known formats: {', '.join(FORMATS)}"
+            f"unrecognised checkpoint layout (first keys: {list(sd)[:5]}); known formats:"
+            f" {', '.join(CHECKPOINT_FORMATS.names())}"
         )
-    mapped, ignored, fresh = FORMATS[fmt][1](sd, model)
-    if fmt == "audiomae":
-        fmt = (
-            "audiomae-pretrain"
-            if "decoder_embed.weight" in sd
-            else ("audiomae-finetune" if "fc_norm.weight" in sd else "timm-vit")
-        )
-    return fmt, mapped, ignored, fresh
+    mapped, ignored, fresh = fmt.convert(sd, model)
+    return fmt.label(sd), mapped, ignored, fresh
 
 
 # ---------------------------------------------------------------------------------------------
@@ -473,47 +428,14 @@ def save_checkpoint(
     if isinstance(spec, Mapping) and (model_name is None or model_name == spec.get("name")):
         model_name = spec.get("name")
         try:
-            meta["model_params"] = json.dumps(spec.get("params") or {})
+            meta["model_params"] = to_json(spec.get("params") or {})
         except (TypeError, ValueError) as exc:  # a param JSON cannot hold: the config must describe the model
             _logger.warning("%s: the model's params are not JSON (%s); the file names its model only", path, exc)
     if model_name:
         meta["model"] = model_name
     if config is not None:
-        meta["config"] = json.dumps(config, default=str)
+        meta["config"] = to_json(config, default=str)
     return write_safetensors(sd, path, metadata=meta)
-
-
-def _umask() -> int:
-    try:  # Linux: read it without changing it (os.umask sets it, for all threads)
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def give_umask_mode(path: PathLike) -> None:
-    """Set a file's mode to what the process umask gives a new file (the safetensors writer
-    creates its files 0600, unreadable for the colleagues of a shared cluster)."""
-    os.chmod(path, 0o666 & ~_umask())
-
-
-def fsync_dir(path: PathLike) -> None:
-    """Flush a folder's entries (a rename or a new file in it) to disk, where the OS allows it."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some filesystems refuse fsync on a folder
-        pass
-    finally:
-        os.close(fd)
 
 
 def write_safetensors(
@@ -524,18 +446,12 @@ def write_safetensors(
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(
-        {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()},
-        str(tmp),
-        metadata=dict(metadata) if metadata else None,
-    )
-    give_umask_mode(tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    with atomic_path(path) as tmp:
+        save_file(
+            {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()},
+            str(tmp),
+            metadata=dict(metadata) if metadata else None,
+        )
     return path
 
 
@@ -550,7 +466,11 @@ def to_audiomae_official(model: nn.Module) -> Dict[str, torch.Tensor]:
     (``cls_token``, ``pos_embed`` with its cls row, ``patch_embed``, ``blocks``, ``norm``/``fc_norm``, ``head``).
     """
     key = _single_key(model)
+    if getattr(model, "pre_norm", None) is not None:
+        raise CheckpointError("post-LN blocks with a pre-norm (EAT) have no place in AudioMAE's layout")
     sd = model.state_dict()
+    if "blocks.0.attn.qkv.weight" not in sd:
+        raise CheckpointError(f"{type(model).__name__} is not an AudioMAE-style ViT (no fused qkv blocks)")
     out: Dict[str, torch.Tensor] = {}
     for k, v in sd.items():
         if k == "cls_pos_embed" or k.startswith(

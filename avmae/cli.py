@@ -95,7 +95,16 @@ def _code(status) -> int:
 def list_all(pattern: str = "") -> str:
     """Every registry's names (built-ins and plugins), one section each."""
     import avmae.train  # noqa: F401  (registers the built-in tasks and dataset builders)
-    from avmae.registry import DATASETS, DECODERS, MASKERS, MODALITIES, MODELS, OBJECTIVES, TASKS
+    from avmae.registry import (
+        CHECKPOINT_FORMATS,
+        DATASETS,
+        DECODERS,
+        MASKERS,
+        MODALITIES,
+        MODELS,
+        OBJECTIVES,
+        TASKS,
+    )
 
     lines = []
     for title, reg in (
@@ -106,6 +115,7 @@ def list_all(pattern: str = "") -> str:
         ("objectives", OBJECTIVES),
         ("tasks", TASKS),
         ("datasets (modality: ...)", DATASETS),
+        ("checkpoint formats", CHECKPOINT_FORMATS),
     ):
         names = reg.names(pattern)
         lines.append(f"{title} ({len(names)}):")

@@ -449,12 +449,9 @@ def to_yaml(cfg: Config) -> str:
 
 def save_config(cfg: Config, path: PathLike) -> Path:
     """Write ``cfg`` as YAML (atomically); ``load_config([path])`` gives it back."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(to_yaml(cfg), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    from .files import atomic_write
+
+    return atomic_write(path, to_yaml(cfg))
 
 
 def diff(a: Config, b: Config) -> List[str]:
@@ -491,9 +488,12 @@ def _in(key: str, value: Any, allowed: Sequence[Any]) -> None:
 
 def _check_plugin_spec(key: str, spec: Any, registry) -> None:
     """A registered name, or a mapping with a registered ``name`` (its params are checked when built)."""
-    name = spec.get("name") if isinstance(spec, Mapping) else spec
+    try:
+        name = registry.parse(spec)[0]
+    except ValueError:
+        name = None
     _check(
-        isinstance(name, str) and bool(name),
+        bool(name),
         key,
         f"must be a registered {registry.kind} name or {{name: ..., <params>}}, got {spec!r}",
     )

@@ -32,7 +32,6 @@ Files that cannot be read (``avmae.data.MediaError``) are skipped and reported, 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -44,9 +43,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .checkpoint import give_umask_mode
 from .data import AudioFrontend, MediaError, load_audio, read_manifest
 from .data.datasets import ManifestError
+from .files import give_umask_mode, to_json
 from .hub import input_size, length_step
 
 _logger = logging.getLogger(__name__)
@@ -247,7 +246,12 @@ class EmbeddingExtractor:
             raise ValueError(f"frontend has {fe.num_mel_bins} mel bins, the model takes {num_mel_bins}")
         # whole clips: windows are cut here, not by the frontend
         self.frontend = AudioFrontend(
-            sample_rate=fe.sample_rate, num_mel_bins=fe.num_mel_bins, target_length=None, mean=fe.mean, std=fe.std
+            sample_rate=fe.sample_rate,
+            num_mel_bins=fe.num_mel_bins,
+            target_length=None,
+            mean=fe.mean,
+            std=fe.std,
+            style=getattr(fe, "style", "audiomae"),
         )
         self.hop = int(hop) if hop is not None else self.window
         if self.hop <= 0:
@@ -527,7 +531,7 @@ def write_archive(
         save_file(
             {k: np.ascontiguousarray(v) for k, v in arrays.items()},
             str(path),
-            metadata={k: json.dumps(v) for k, v in info.items()},
+            metadata={k: to_json(v) for k, v in info.items()},
         )
         give_umask_mode(path)
     elif path.suffix == ".npz":
@@ -538,7 +542,7 @@ def write_archive(
             names=np.array(row_names, dtype=str),
             skipped=np.array(info["skipped"], dtype=str),
             skipped_reasons=np.array(info["skipped_reasons"], dtype=str),
-            meta=np.array(json.dumps(info["meta"])),
+            meta=np.array(to_json(info["meta"])),
         )
     else:
         raise ValueError(f"{path}: an archive must end in .npz or .safetensors")

@@ -78,7 +78,12 @@ class AudioEmbedder(nn.Module):
         if fe.num_mel_bins != num_mel_bins:
             raise ValueError(f"frontend has {fe.num_mel_bins} mel bins, the model takes {num_mel_bins}")
         self.frontend = AudioFrontend(
-            sample_rate=fe.sample_rate, num_mel_bins=num_mel_bins, target_length=None, mean=fe.mean, std=fe.std
+            sample_rate=fe.sample_rate,
+            num_mel_bins=num_mel_bins,
+            target_length=None,
+            mean=fe.mean,
+            std=fe.std,
+            style=getattr(fe, "style", "audiomae"),
         )
         self.mod = mods["audio"]
         self.patch = int(self.mod.patch_size)

@@ -9,12 +9,13 @@ Where the model description comes from, in order:
 2. files without ``model_params``: the name, and ``model.params`` plus the input size of a run
    config (metadata ``config``, or a ``config.yaml`` beside the weights); a bare
    ``{"model": {"name": ..., "params": {...}}}`` works too.
-3. the tensors of a foreign file: first the detectors added with ``register_spec_detector``, then
-   AudioMAE's layouts (official ``.pth``, timm-format encoder): the size is read from the shapes
-   (embedding width, depth, input length from ``pos_embed``), the decoder from the block keys
-   (``attn.tau`` marks the shifted-window decoder of the released pretraining file; the demo
-   notebook of the official repository built the global decoder instead and showed noise), the
-   class count from the head.
+3. the tensors of a foreign file: the ``describe`` of the registered checkpoint formats
+   (``avmae.checkpoint.CheckpointFormat``, tried by priority; ``register_spec_detector`` adds a
+   describe-only one), e.g. AudioMAE's layouts (official ``.pth``, timm-format encoder,
+   ``avmae.models.audiomae_format``): the size is read from the shapes (embedding width, depth,
+   input length from ``pos_embed``), the decoder from the block keys (``attn.tau`` marks the
+   shifted-window decoder of the released pretraining file; the demo notebook of the official
+   repository built the global decoder instead and showed noise), the class count from the head.
 4. ``model_name=``, for anything else.
 
 ``path`` may be a weights file, a checkpoint folder (``.../step_0001000/``) or a run folder (its
@@ -41,8 +42,19 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
-from .checkpoint import _HEAD_PREFIXES, CheckpointError, LoadReport, load_checkpoint, read_state_dict
-from .run_folder import CONFIG_FILE, WEIGHTS_FILE, resolve_weights
+from .checkpoint import (
+    _HEAD_PREFIXES,
+    CHECKPOINT_FORMATS,
+    CheckpointError,
+    CheckpointFormat,
+    LoadReport,
+    checkpoint_formats,
+    find_format,
+    load_checkpoint,
+    read_state_dict,
+)
+from .files import to_json, write_json
+from .run_folder import CONFIG_FILE, HF_TORCH_WEIGHTS, WEIGHTS_FILE, resolve_weights
 
 _logger = logging.getLogger(__name__)
 
@@ -172,76 +184,36 @@ def _head_classes(sd: Mapping[str, torch.Tensor]) -> Optional[int]:
     return int(sd[max(found, key=lambda t: (t[0], t[1]))[1]].shape[0])
 
 
-def _count(sd: Mapping[str, torch.Tensor], prefix: str) -> int:
-    idx = {
-        int(k[len(prefix) :].split(".", 1)[0])
-        for k in sd
-        if k.startswith(prefix) and k[len(prefix) :].split(".", 1)[0].isdigit()
-    }
-    return max(idx) + 1 if idx else 0
-
-
-def _detect_spec(sd: Mapping[str, torch.Tensor], fmt: str, num_mel_bins: int = 128) -> Tuple[str, Dict[str, Any]]:
-    """(model name, params) of an official AudioMAE / timm-format file, from tensor shapes."""
-    from .models.presets import SIZES
-    from .registry import DECODERS
-
-    embed_dim = int(sd["patch_embed.proj.weight"].shape[0])
-    patch = int(sd["patch_embed.proj.weight"].shape[-1])
-    depth = _count(sd, "blocks.")
-    size = next((s for s, v in SIZES.items() if v["embed_dim"] == embed_dim and v["depth"] == depth), None)
-    params: Dict[str, Any] = {}
-    if size is None:  # not a preset size: give the shape explicitly (heads of 64 dims, as ViT)
-        size = "vit_base"
-        params.update(embed_dim=embed_dim, depth=depth, num_heads=max(1, embed_dim // 64))
-    per_row = num_mel_bins // patch
-    tokens = int(sd["pos_embed"].shape[1]) - 1
-    if tokens % per_row:
-        raise CheckpointError(
-            f"pos_embed has {tokens} patch rows, not a multiple of {per_row} ({num_mel_bins} mel bins); pass"
-            " num_mel_bins="
-        )
-    params["target_length"] = tokens // per_row * patch
-    params["num_mel_bins"] = num_mel_bins
-    if fmt == "audiomae-pretrain":
-        dec_dim = int(sd["decoder_embed.weight"].shape[0])
-        # the registered decoder that recognises the blocks (``Decoder.official_params``)
-        found = [
-            (name, p)
-            for name in DECODERS.names()
-            if (p := getattr(DECODERS.get(name), "official_params", lambda _: None)(sd)) is not None
-        ]
-        if len(found) != 1:
-            raise CheckpointError(
-                f"the decoder blocks fit {'none' if not found else ', '.join(n for n, _ in found)} of the registered"
-                f" decoders ({', '.join(DECODERS.names())}); pass model_name= and decoder="
-            )
-        decoder, dparams = found[0]
-        dparams = {k: v for k, v in dparams.items() if v is not None}
-        dparams["embed_dim"] = dec_dim
-        if "num_heads" not in dparams and dec_dim != SIZES[size]["decoder_dim"]:
-            dparams["num_heads"] = max(1, dec_dim // 32)  # not in the keys: heads of 32 dims
-        params["decoder"] = decoder
-        params["decoder_params"] = dparams
-        return f"audiomae_{size}", params
-    if "head.weight" in sd or "fc_norm.weight" in sd:
-        params["num_classes"] = int(sd["head.weight"].shape[0]) if "head.weight" in sd else 0
-        return f"audiomae_{size}_cls", params
-    # an encoder alone with its final norm (a pretrained timm port): the pretraining model's
-    # encoder computes its features (the decoder stays untrained and is reported missing)
-    return f"audiomae_{size}", params
-
-
-# format name -> detector(state dict) -> (model name, params) or None; tried before AudioMAE's
+# the spec detectors are the checkpoint formats' ``describe`` (``avmae.checkpoint.CheckpointFormat``)
 SpecDetector = Callable[[Mapping[str, torch.Tensor]], Optional[Tuple[str, Dict[str, Any]]]]
-SPEC_DETECTORS: Dict[str, SpecDetector] = {}
+SPEC_DETECTORS = CHECKPOINT_FORMATS
+
+
+class _SpecOnly(CheckpointFormat):
+    """A format that only describes (``register_spec_detector``): it converts nothing, so the
+    loaders convert the file through the format that detects it."""
+
+    def __init__(self, describe: SpecDetector) -> None:
+        self._describe = describe
+
+    def detect(self, sd):
+        return False
+
+    def convert(self, sd, model):  # pragma: no cover - never detected
+        raise CheckpointError(f"the format {self.name!r} only describes models")
+
+    def describe(self, sd, num_mel_bins=128):
+        return self._describe(sd)
 
 
 def register_spec_detector(name: str, detect: SpecDetector) -> None:
     """Teach ``load_pretrained`` to rebuild the model of a foreign file that carries no model name
     (e.g. a released checkpoint of another architecture): ``detect(sd)`` returns
-    ``(registered model name, factory params)`` for files it recognises, else None."""
-    SPEC_DETECTORS[name] = detect
+    ``(registered model name, factory params)`` for files it recognises, else None. A format that
+    also converts keys is one ``avmae.checkpoint.CheckpointFormat`` with a ``describe`` method
+    (whose ``describe`` may take ``meta=``, the file's metadata, and return a third item: the
+    config its inputs follow, see ``_describe_format``)."""
+    CHECKPOINT_FORMATS.add(name, _SpecOnly(detect))
 
 
 def describe_checkpoint(path: PathLike, *, num_mel_bins: int = 128) -> PretrainedReport:
@@ -275,35 +247,47 @@ def _describe(weights: Path, sd, meta, num_mel_bins: int) -> PretrainedReport:
     else:
         probe = sd if not all(k.startswith("module.") for k in sd) else {k[7:]: v for k, v in sd.items()}
         source = "detected"
-        for fmt, detect in SPEC_DETECTORS.items():  # noqa: B007 (fmt names the match after the loop)
-            spec = detect(probe)
+        side = weights.parent / PRETRAINED_CONFIG
+        if side.is_file() and "folder_config" not in meta:  # another project's folder (an HF port)
+            meta = {**meta, "folder_config": side.read_text(encoding="utf-8", errors="replace")}
+        for found in checkpoint_formats():
+            spec = _describe_format(found, probe, num_mel_bins, meta)
             if spec is not None:
-                name, params = spec
+                name, params = spec[0], spec[1]
+                if len(spec) > 2 and spec[2] is not None:
+                    cfg = spec[2]  # the input statistics of a foreign file (``frontend_for``)
+                fmt = found.label(probe) if found.detect(probe) else found.name
                 break
         else:
-            try:
-                fmt = _foreign_format(probe)
-            except CheckpointError as exc:
-                raise CheckpointError(f"{weights}: {exc}; pass model_name= to say which model it is for") from None
-            if fmt == "avmae":
+            found = find_format(probe)
+            if found is not None and found.name == "avmae":
                 raise CheckpointError(
                     f"{weights}: this project's weights without a model name in the metadata or a {CONFIG_FILE} beside"
                     " them; pass model_name= (and its params)"
                 )
-            name, params = _detect_spec(probe, fmt, num_mel_bins)
+            what = (
+                f"the {found.name!r} layout does not say which model it holds"
+                if found is not None
+                else f"unrecognised checkpoint layout (first keys: {list(probe)[:5]})"
+            )
+            raise CheckpointError(f"{weights}: {what}; pass model_name= to say which model it is for")
     return PretrainedReport(
         path=str(weights), format=fmt, model_name=name, model_params=params, config=cfg, source=source
     )
 
 
-def _foreign_format(sd: Mapping[str, torch.Tensor]) -> str:
-    if any(k.startswith("modalities.") for k in sd):
-        return "avmae"
-    if not ("patch_embed.proj.weight" in sd and "pos_embed" in sd):
-        raise CheckpointError(f"unrecognised checkpoint layout (first keys: {list(sd)[:5]})")
-    if "decoder_embed.weight" in sd:
-        return "audiomae-pretrain"
-    return "audiomae-finetune" if "fc_norm.weight" in sd else "timm-vit"
+def _describe_format(fmt: CheckpointFormat, sd, num_mel_bins: int, meta: Mapping[str, str]):
+    """``fmt.describe(sd, num_mel_bins)``; a format whose ``describe`` takes ``meta`` also gets the
+    file's metadata (``read_state_dict``'s: a fairseq file's config as JSON under ``fairseq_cfg``,
+    an HF-port folder's ``config.json`` under ``folder_config``) and may return
+    ``(name, params, config)``, the config holding the input statistics (``{"data": {...}}``)."""
+    import inspect
+
+    try:
+        takes_meta = "meta" in inspect.signature(fmt.describe).parameters
+    except (TypeError, ValueError):
+        takes_meta = False
+    return fmt.describe(sd, num_mel_bins, meta=meta) if takes_meta else fmt.describe(sd, num_mel_bins)
 
 
 # ------------------------------------------------------------------------------ loading
@@ -315,6 +299,7 @@ def load_pretrained(
     model_name: Optional[str] = None,
     strict: bool = True,
     map_location: Union[str, torch.device, None] = None,
+    teacher: bool = False,
     **overrides: Any,
 ) -> Tuple[nn.Module, PretrainedReport]:
     """Build the model a checkpoint describes and load its weights. -> (model in eval mode, report).
@@ -326,6 +311,8 @@ def load_pretrained(
         strict: fail on keys that do not fit. An encoder-only file loaded into a pretraining
             model leaves its decoder untrained: allowed, and listed in ``report.missing``.
         map_location: device to move the model to.
+        teacher: load the EMA teacher a pretraining file holds (EAT / data2vec ``_ema``) instead of
+            the student (which feature extraction and fine-tuning use by default).
         **overrides: ``create_model`` params that win over the file's. ``target_length=`` other
             than the saved model's builds the model for that input length with the positions the
             saved one was trained with (``pos_base_length``, for the AudioMAE presets; the saved
@@ -335,6 +322,13 @@ def load_pretrained(
 
     weights = resolve_weights(path)
     sd, meta = read_state_dict(weights)
+    if teacher:
+        from .formats.fairseq import take_teacher
+
+        try:
+            sd = take_teacher(sd)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{weights}: {exc}") from None
     if model_name is not None:
         cfg, source = _read_config(weights, meta)
         info = PretrainedReport(
@@ -393,6 +387,8 @@ def load_pretrained(
     model.eval()
     if map_location is not None:
         model.to(map_location)
+    if info.source == "detected" and info.config is not None:
+        model.avmae_config = info.config  # the input statistics of a foreign file, for frontend_for
     _logger.info("built %s(%s) as described by its %s", info.model_name, _fmt_params(params), info.source)
     return model, out
 
@@ -411,10 +407,13 @@ def audio_modality(model: nn.Module, key: str = "audio"):
 def length_step(model: nn.Module) -> Optional[int]:
     """Frames an input length must be a multiple of when ``model`` takes audio inputs of other
     lengths than its own (an AudioMAE-style single-modality encoder: its patch size; see
-    ``avmae.modalities.audio``); None when it takes only its own (AST, audio-visual models). A
+    ``avmae.modalities.audio``); None when it takes only its own (AST, audio-visual models) or its
+    short inputs are padded to its own length by rule (``model.pad_to_target``: EAT). A
     pretraining model's decoder still needs its own length; its encoder does not."""
     mods = getattr(model, "modalities", None)
     if mods is None or list(mods) != ["audio"] or not hasattr(mods["audio"], "accepts_length"):
+        return None
+    if getattr(model, "pad_to_target", False):  # its inputs are padded to its length (EAT), not cut to theirs
         return None
     return int(mods["audio"].patch_size)
 
@@ -442,7 +441,9 @@ def frontend_for(
     Input size from the model (its audio modality); sample rate and normalisation from the run
     config's ``data`` section (``mean``/``std``, else the stats named by ``norm``), else AudioSet's.
     ``norm=`` names other stats (a key of ``avmae.data.NORM_STATS``); ``overrides`` (``mean=``,
-    ``std=``, ``sample_rate=``, ``target_length=``) win over everything.
+    ``std=``, ``sample_rate=``, ``target_length=``) win over everything. ``data.fbank_style``
+    picks another fbank (``"beats"``) and ``data.pad_to_length: false`` keeps each clip's own
+    frames (``target_length=None``), as a foreign checkpoint's description may say.
     """
     from .data import NORM_STATS, AudioFrontend
 
@@ -466,6 +467,10 @@ def frontend_for(
         mean=mean,
         std=std,
     )
+    if data.get("fbank_style"):  # another fbank than AudioMAE's (BEATs')
+        kw["style"] = str(data["fbank_style"])
+    if data.get("pad_to_length") is False:  # the model takes each clip's own frames (BEATs)
+        kw["target_length"] = None
     kw.update({k: v for k, v in overrides.items() if v is not None})
     return AudioFrontend(**kw)
 
@@ -488,6 +493,8 @@ def timm_kwargs(model: nn.Module) -> Dict[str, Any]:
         raise ValueError(
             f"{type(model).__name__} is not an AudioMAE-style ViT (MaskedAutoencoder or EncoderClassifier)"
         )
+    if getattr(model, "pre_norm", None) is not None or type(model.blocks[0]).__name__ == "PostNormBlock":
+        raise ValueError("post-LN blocks with a pre-norm (EAT) have no timm VisionTransformer equivalent")
     mod = audio_modality(model)
     if getattr(mod, "layout", "tf") != "tf":
         raise ValueError("only the time-major ('tf', AudioMAE) audio layout maps onto timm's ViT patch order")
@@ -544,7 +551,7 @@ def _plain_config(config: Any) -> Optional[Dict[str, Any]]:
     if config is None:
         return None
     if isinstance(config, Mapping):
-        return json.loads(json.dumps(dict(config), default=str))
+        return json.loads(to_json(dict(config), default=str))
     from .config import Config, to_dict
 
     if isinstance(config, Config):
@@ -603,9 +610,7 @@ def save_pretrained(
     info["metrics"] = dict(metrics or {})
     if cfg is not None:
         info["training_config"] = cfg
-    tmp = out / (PRETRAINED_CONFIG + ".tmp")
-    tmp.write_text(json.dumps(info, indent=1, default=str), encoding="utf-8")
-    os.replace(tmp, out / PRETRAINED_CONFIG)
+    write_json(out / PRETRAINED_CONFIG, info, default=str)
     (out / MODEL_CARD).write_text(model_card(info), encoding="utf-8")
     _logger.info("wrote %s (%s)", out, name)
     return out
@@ -693,6 +698,9 @@ def from_pretrained(
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{cfg_path}: not valid JSON ({exc})") from None
     if not isinstance(info, dict) or not info.get("model_name"):
+        if (folder / WEIGHTS_FILE).is_file() or (folder / HF_TORCH_WEIGHTS).is_file():
+            # another project's folder (an HF port): its weights describe it
+            return load_pretrained(folder, map_location=map_location, **overrides)[0]
         raise CheckpointError(f"{cfg_path}: names no model_name")
     weights = folder / WEIGHTS_FILE
     described = describe_checkpoint(weights)

@@ -265,24 +265,9 @@ MaskerSpec = Union[str, Mapping[str, Any], Masker]
 
 
 def build_masker(spec: MaskerSpec) -> Masker:
-    """A masker from a registered name, ``{"name": ..., <param>: ...}`` or a ``Masker``."""
-    if isinstance(spec, Masker):
-        return spec
-    if isinstance(spec, str):
-        name, params = spec, {}
-    elif isinstance(spec, Mapping) and "name" in spec:
-        params = dict(spec)
-        name = params.pop("name")
-        params.update(params.pop("params", None) or {})
-    else:
-        raise ValueError(f"a masker is a registered name or {{name: ..., <params>}}, got {spec!r}")
-    cls = MASKERS.get(name)
-    try:
-        masker = cls(**params)
-    except TypeError as exc:
-        raise ValueError(f"masker {name!r} rejected its params {params}: {exc}") from None
-    if not isinstance(masker, Masker):
-        raise TypeError(
-            f"masker {name!r} ({MASKERS.source(name)}) built a {type(masker).__name__}, not an avmae.masking.Masker"
-        )
-    return masker
+    """A masker from a registered name, ``{"name": ..., <param>: ...}`` or a ``Masker``
+    (``MASKERS.build``)."""
+    return MASKERS.build(spec)
+
+
+MASKERS.product = Masker

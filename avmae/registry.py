@@ -10,12 +10,25 @@ registry               entry-point group      what an entry decides
 ``OBJECTIVES``         ``avmae.objectives``   what a pretraining step optimises (``avmae.objectives``)
 ``TASKS``              ``avmae.tasks``        what a run does (``avmae.train.Task``: pretrain, finetune)
 ``DATASETS``           ``avmae.datasets``     how items reach the loader (``cfg.modality``: audio, av)
+``CHECKPOINT_FORMATS`` ``avmae.checkpoint_    a checkpoint layout the loaders read: detect, convert
+                       formats``              keys, describe the model (``avmae.checkpoint.CheckpointFormat``)
 =====================  =====================  ==================================================
+
+Every registry has a decorator exported from ``avmae``: ``register_model``, ``register_modality``,
+``register_decoder``, ``register_masker``, ``register_objective``, ``register_task``,
+``register_dataset`` (and ``register_checkpoint_format``), usable bare or with a name::
+
+    @avmae.register_masker("stripes")
+    class StripeMasker(avmae.masking.Masker): ...
 
 Built-ins register by decorator when their module is imported (tasks and datasets with
 ``avmae.train``). Third-party packages add entries through the entry-point groups; those are
 discovered once, lazily, on the first lookup or listing. Set ``AVMAE_DISABLE_PLUGINS=1`` to turn
 discovery off.
+
+``Registry.build(spec, **common)`` is the one way an entry is built from a config: ``spec`` is a
+registered name, ``{"name": ..., <param>: ..., "params": {...}}`` or an already built object;
+``common`` are the arguments the caller gives every entry (a decoder's ``encoder_dim``, ...).
 """
 
 from __future__ import annotations
@@ -25,7 +38,7 @@ import inspect
 import logging
 import os
 from importlib import metadata
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 _logger = logging.getLogger(__name__)
 
@@ -42,6 +55,7 @@ __all__ = [
     "OBJECTIVES",
     "TASKS",
     "DATASETS",
+    "CHECKPOINT_FORMATS",
     "register_model",
     "register_decoder",
     "register_modality",
@@ -49,6 +63,7 @@ __all__ = [
     "register_objective",
     "register_task",
     "register_dataset",
+    "register_checkpoint_format",
 ]
 
 
@@ -74,6 +89,9 @@ class Registry:
         kind: what the registry holds, used in messages ("model", "decoder", ...).
         group: the entry-point group scanned for plugins.
         check: validates a registered object; returns an error string or None.
+        product: the type ``build`` must return (an instance of it given as a spec is returned
+            as is). The module defining the base class sets it (``MASKERS.product = Masker``),
+            so that this module imports nothing of avmae.
     """
 
     def __init__(
@@ -81,9 +99,11 @@ class Registry:
         kind: str,
         group: str,
         check: Optional[Callable[[Any], Optional[str]]] = None,
+        product: Optional[type] = None,
     ) -> None:
         self.kind = kind
         self.group = group
+        self.product = product
         self._check = check
         self._entries: Dict[str, Any] = {}
         self._sources: Dict[str, str] = {}
@@ -157,6 +177,11 @@ class Registry:
             raise RegistryError(f"unknown {self.kind} {name!r}; valid {self.kind}s: {valid}")
         return self._entries[name]
 
+    def items(self) -> List[Tuple[str, Any]]:
+        """(name, entry) pairs in registration order (built-ins first, then plugins)."""
+        self.load_plugins()
+        return list(self._entries.items())
+
     def names(self, pattern: str = "") -> List[str]:
         self.load_plugins()
         names = sorted(self._entries)
@@ -174,6 +199,54 @@ class Registry:
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {len(self._entries)} entries)"
+
+    # ------------------------------------------------------------------ building
+    def parse(self, spec: Any) -> Tuple[str, Dict[str, Any]]:
+        """``"name"`` or ``{"name": ..., <param>: ..., "params": {...}}`` -> (name, params).
+
+        Params may sit beside ``name`` or in a ``params`` block (both are merged, the block
+        last); the name is not checked here (``build`` and ``get`` do)."""
+        if isinstance(spec, str):
+            return spec, {}
+        if isinstance(spec, Mapping) and isinstance(spec.get("name"), str):
+            params = {k: v for k, v in spec.items() if k not in ("name", "params")}
+            params.update(dict(spec.get("params") or {}))
+            return spec["name"], params
+        raise ValueError(f"a {self.kind} is a registered name or {{name: ..., <params>}}, got {spec!r}")
+
+    def build(self, spec: Any, params: Optional[Mapping[str, Any]] = None, **common: Any) -> Any:
+        """Build an entry from a spec -> the built object.
+
+        Args:
+            spec: a registered name, ``{"name": ..., <params>}`` (see ``parse``), or an instance
+                of ``product`` (returned as is).
+            params: more params, merged over the spec's own.
+            **common: arguments the caller gives every entry of this registry (a decoder's
+                ``encoder_dim``); a spec may not set them.
+
+        A constructor rejecting its params (``TypeError``) is a ``ValueError`` naming the entry
+        and the params; a product of the wrong type is a ``TypeError`` naming the entry's source.
+        """
+        if self.product is not None and isinstance(spec, self.product):
+            return spec
+        name, own = self.parse(spec)
+        own.update(dict(params or {}))
+        clash = sorted(set(own) & set(common))
+        if clash:
+            raise ValueError(
+                f"{self.kind} {name!r}: {', '.join(clash)} set by the caller, not by the {self.kind}'s params"
+            )
+        factory = self.get(name)
+        try:
+            obj = factory(**common, **own)
+        except TypeError as exc:
+            raise ValueError(f"{self.kind} {name!r} rejected its params {own}: {exc}") from None
+        if self.product is not None and not isinstance(obj, self.product):
+            raise TypeError(
+                f"{self.kind} {name!r} ({self.source(name)}) built a {type(obj).__name__}, not a"
+                f" {self.product.__module__}.{self.product.__qualname__}"
+            )
+        return obj
 
 
 def _entry_points(group: str):
@@ -220,6 +293,16 @@ def _check_class_with(*methods: str) -> Callable[[Any], Optional[str]]:
     return check
 
 
+def _check_has(*methods: str) -> Callable[[Any], Optional[str]]:
+    """A class or an instance with callable ``methods`` (a checkpoint format)."""
+
+    def check(obj: Any) -> Optional[str]:
+        lacking = [m for m in methods if not callable(getattr(obj, m, None))]
+        return f"{getattr(obj, '__name__', type(obj).__name__)} lacks {', '.join(lacking)}" if lacking else None
+
+    return check
+
+
 MODELS = Registry("model", "avmae.models", check=_check_callable)
 DECODERS = Registry("decoder", "avmae.decoders", check=_check_module_class("Decoder"))
 MODALITIES = Registry("modality", "avmae.modalities", check=_check_module_class("Modality"))
@@ -227,6 +310,7 @@ MASKERS = Registry("masker", "avmae.maskers", check=_check_class_with("noise"))
 OBJECTIVES = Registry("objective", "avmae.objectives", check=_check_module_class("Objective"))
 TASKS = Registry("task", "avmae.tasks", check=_check_class_with("build_model", "compute_loss", "evaluate"))
 DATASETS = Registry("dataset", "avmae.datasets", check=_check_callable)
+CHECKPOINT_FORMATS = Registry("checkpoint format", "avmae.checkpoint_formats", check=_check_has("detect", "convert"))
 
 
 def _decorator(reg: Registry, name: Any):
@@ -279,3 +363,9 @@ def register_dataset(name: Any = None):
     """Register a dataset builder ``builder(cfg, split) -> Dataset | None``, selected by
     ``modality: <name>`` (``split`` is "train" or "eval"; None: no such split)."""
     return _decorator(DATASETS, name)
+
+
+def register_checkpoint_format(name: Any = None):
+    """Register a checkpoint layout (an ``avmae.checkpoint.CheckpointFormat`` subclass or
+    instance: ``detect``, ``convert``, optionally ``describe``; see its docstring)."""
+    return _decorator(CHECKPOINT_FORMATS, name)

@@ -42,6 +42,7 @@ from typing import Any, Dict, List, Optional, Union
 import torch
 
 from .checkpoint import CheckpointError, fsync_dir, unpickling_reason
+from .files import to_json
 
 _logger = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ METRICS_FILE = "metrics.jsonl"
 RUN_INFO_FILE = "run.json"
 SKIP_DIR = "skipped"  # the datasets' per-process skip logs, one folder per split
 SKIPPED_FILE = "skipped.tsv"  # all skipped clips of the run: path<TAB>reason
+HF_TORCH_WEIGHTS = "pytorch_model.bin"  # the weights of a Hugging Face folder without safetensors
 MANIFEST_FILE = "manifest.json"  # in a checkpoint folder: {"files": {name: {"size", "sha256"}}}
 LOCK_FILE = "run.lock"
 
@@ -133,7 +135,7 @@ def write_manifest(folder: PathLike) -> Dict[str, Any]:
         files[f.name] = {"size": f.stat().st_size, "sha256": h.hexdigest()}
     manifest = {"format": 1, "files": files}
     with open(folder / MANIFEST_FILE, "w", encoding="utf-8") as fh:
-        fh.write(json.dumps(manifest, indent=1))
+        fh.write(to_json(manifest, indent=1))
         fh.flush()
         os.fsync(fh.fileno())
     fsync_dir(folder)
@@ -197,6 +199,8 @@ def resolve_weights(path: PathLike) -> Path:
         if problem is not None:
             raise CheckpointError(f"{p}: damaged checkpoint: {problem}; use another checkpoint of the run")
         return p / WEIGHTS_FILE
+    if (p / HF_TORCH_WEIGHTS).is_file():  # a Hugging Face folder saved without safetensors (an HF port)
+        return p / HF_TORCH_WEIGHTS
     root = p / CHECKPOINT_DIR if (p / CHECKPOINT_DIR).is_dir() else p
     folders = [d for _, d in _step_folders(root)]
     damaged = []

@@ -7,7 +7,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from .layers.pos_embed import audiomae_sincos_2d, sincos_2d, sincos_3d
+from .layers.pos_embed import audiomae_sincos_2d, float32_sincos_2d, sincos_2d, sincos_3d
 
 __all__ = ["GridSpec", "MaskInfo", "MAEOutput", "pos_table"]
 
@@ -50,7 +50,9 @@ def pos_table(kind: str, dim: int, grid: Tuple[int, ...], *, base: Optional[int]
         return sincos_2d(dim, grid)
     if kind == "sincos3d":
         return sincos_3d(dim, grid)
-    raise ValueError(f"unknown positional embedding kind {kind!r}; valid: audiomae, sincos2d, sincos3d")
+    if kind == "sincos2d_f32":
+        return float32_sincos_2d(dim, grid)
+    raise ValueError(f"unknown positional embedding kind {kind!r}; valid: audiomae, sincos2d, sincos2d_f32, sincos3d")
 
 
 @dataclass

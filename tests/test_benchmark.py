@@ -81,6 +81,10 @@ def test_benchmark_runs_end_to_end_and_writes_json(tmp_path, manifest):
     assert {r["mode"] for r in doc["data"]} == {"dataset", "batched-worker", "batched-main", "decode-only"}
     assert all(r["clips_per_s"] > 0 and r["clips"] == 6 for r in doc["data"])
     assert doc["machine"]["cpu_count"] >= 1 and doc["matmul_peak_tflops"]["fp32"] > 0
+    # the CPU kind, read through the precision probe's /proc/cpuinfo helper
+    from avmae.train.precision import cpu_flags
+
+    assert doc["machine"]["host_cpu_flags"] == sorted(cpu_flags() & tool.MATRIX_FLAGS)
     assert [r["fbank"] for r in doc["fbank"]] == ["kaldi-per-item", "batched"]
     assert result["model_step"]["ours"]["step_s_best"] == doc["model_step"]["ours"]["step_s_best"]
 

@@ -153,9 +153,11 @@ def test_files_without_a_model_name(tmp_path, monkeypatch):
         load_pretrained(path)
     model, rep = load_pretrained(path, model_name="audiomae_tiny", target_length=T)
     assert rep.source == "argument" and torch.equal(model.norm.weight, mae.norm.weight)
-    monkeypatch.setattr("avmae.hub.SPEC_DETECTORS", dict(SPEC_DETECTORS))
     register_spec_detector(
         "tiny-bare", lambda sd: ("audiomae_tiny", {"target_length": T}) if "decoder.embed.weight" in sd else None
     )
-    model, rep = load_pretrained(path)
+    try:
+        model, rep = load_pretrained(path)
+    finally:
+        SPEC_DETECTORS.remove("tiny-bare")
     assert rep.model_name == "audiomae_tiny" and rep.source == "detected"

@@ -8,13 +8,16 @@ import signal
 
 import pytest
 import torch
-from cli_runs import (
+from cli_runs import (  # noqa: F401 (fixtures named as test arguments)
     assert_same_weights,
     child,
+    clips,
     finish,
+    run_yaml,
+    uninterrupted,
     wait_for,
     weights,
-)  # noqa: F401 - fixtures
+)
 
 from avmae.checkpoint import CheckpointError
 from avmae.config import ConfigError, load_config

@@ -276,3 +276,33 @@ def test_the_plugin_runs_from_a_copy_outside_the_source_tree(tmp_path):
         list_checkpoints(out)
         and json.loads((list_checkpoints(out)[-1] / "trainer_state.json").read_text())["step"] == 3
     )
+
+
+def test_faithful_builds_the_released_encoder_and_pretrains_it(tmp_path):
+    """``faithful=True``: the encoder is ``eat_base``'s (post-LN, pre-norm, no final norm, the
+    768 x 8 table), its features equal eat_base's with the same weights, a step's loss is finite
+    and falls over a few steps, and the saved file fine-tunes as eat_base_cls."""
+    torch.manual_seed(0)
+    model = avmae.create_model("eat_tiny", faithful=True)
+    assert model.pre_norm is not None and isinstance(model.norm, torch.nn.Identity)
+    assert type(model.blocks[0]).__name__ == "PostNormBlock"
+    assert model.modalities["audio"].pos_embed.shape == (1, 768 * 8, 64)
+    enc = avmae.create_model("eat_base", embed_dim=64, depth=2, num_heads=4, target_length=64)
+    own = model.state_dict()
+    enc.load_state_dict({k: own[k] for k in enc.state_dict()})
+    x = torch.randn(4, 1, 64, 128)
+    torch.testing.assert_close(model.forward_features({"audio": x}), enc.forward_features({"audio": x}))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    losses = []
+    for _ in range(8):
+        out = model({"audio": x})
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        losses.append(out.loss.item())
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
+    path = avmae.save_checkpoint(model, tmp_path / "eat.safetensors")
+    clf = avmae.create_model("eat_base_cls", embed_dim=64, depth=2, num_heads=4, target_length=64, num_classes=3)
+    report = avmae.load_checkpoint(clf, path)
+    assert not report.missing and "head.weight" in report.reinitialized
+    assert torch.equal(clf.blocks[1].attn.qkv.weight, model.blocks[1].attn.qkv.weight)

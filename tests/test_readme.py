@@ -1,9 +1,11 @@
-"""README.md's commands, run in order on a fresh folder with tiny sizes, so the README cannot drift
-from the code.
+"""The commands of README.md and of the docs pages (docs/*.md), run in order on a fresh folder with
+tiny sizes, so the docs cannot drift from the code.
 
-Every ```bash and ```python block of README.md is preceded by ``<!-- readme-test: run -->`` or
-``<!-- readme-test: skip, <reason> -->``. The run blocks are executed in document order, in this
-process, with a temporary folder as the working directory and ``$AVMAE_CACHE``:
+Every ```bash and ```python block of those files is preceded by ``<!-- readme-test: run -->`` or
+``<!-- readme-test: skip, <reason> -->``. The run blocks are executed in order, in this process, with
+one temporary folder as the working directory and ``$AVMAE_CACHE``: README.md first, then each page
+in the order of mkdocs.yml's nav, so a page may use what the README set up (the runs of its Get
+started, ``$D``: the demo clips' folder) and what the pages before it wrote.
 
 - ``python tools/<name>.py ARGS`` runs that tool's ``main(ARGS)``; ``avmae <command> ARGS`` runs
   ``avmae.cli.main``; ``VAR=$(python -c "CODE")`` runs CODE and sets ``$VAR`` to what it printed;
@@ -24,9 +26,10 @@ import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, Iterator, List
 
 import pytest
+import yaml
 from conftest import import_tool
 
 import avmae.cli
@@ -35,6 +38,8 @@ import avmae.data
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
+DOCS = REPO / "docs"
+MKDOCS = REPO / "mkdocs.yml"
 SIZES = ["schedule.max_steps=2", "train.batch_size=4", "data.num_workers=0"]
 TOOL_SIZES = {"train": SIZES, "finetune": SIZES, "evaluate": ["--num-workers", "0", "--batch-size", "4"]}
 DEMO_SIZES = dict(num_train_per_class=2, num_eval_per_class=3)  # the README names eval_tone_002
@@ -43,6 +48,7 @@ MARK = re.compile(r"^<!--\s*readme-test:\s*(run|skip)\b(.*?)-->\s*$")
 FENCE = re.compile(r"^```(\w*)\s*$")
 ASSIGN = re.compile(r'^(\w+)=\$\(python -c "(.*)"\)$')
 VAR = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
+SNIPPET = re.compile(r'^--8<-- "([^"]+)"\s*$', re.M)  # pymdownx.snippets: a file shown in a page
 
 
 @dataclass
@@ -94,26 +100,87 @@ def shell_commands(text: str) -> List[str]:
     return out
 
 
+class _NavLoader(yaml.SafeLoader):
+    """mkdocs.yml as data; a ``!!python/name:`` tag (markdown extension options) reads as None."""
+
+
+_NavLoader.add_multi_constructor("tag:yaml.org,2002:python/", lambda loader, suffix, node: None)
+
+
+def nav_pages() -> List[str]:
+    """The pages of mkdocs.yml's nav, in order, as paths relative to docs/."""
+
+    def walk(entry) -> Iterator[str]:
+        if isinstance(entry, str):
+            yield entry
+        elif isinstance(entry, list):
+            for item in entry:
+                yield from walk(item)
+        elif isinstance(entry, dict):
+            for value in entry.values():
+                yield from walk(value)
+
+    return [p for p in walk(yaml.load(MKDOCS.read_text(encoding="utf-8"), _NavLoader)["nav"]) if p.endswith(".md")]
+
+
+def documents() -> List[Path]:
+    """README.md, then the docs pages in the order of the site's navigation."""
+    return [README, *(DOCS / page for page in nav_pages())]
+
+
+def _name(path: Path) -> str:
+    return str(path.relative_to(REPO))
+
+
+def test_the_site_lists_every_page_and_every_listed_page_exists():
+    pages = nav_pages()
+    on_disk = sorted(str(p.relative_to(DOCS)) for p in DOCS.rglob("*.md"))
+    assert sorted(set(pages)) == on_disk, "mkdocs.yml's nav and the files under docs/ differ"
+    assert len(pages) == len(set(pages)), "a page is listed twice in mkdocs.yml's nav"
+
+
 def test_every_code_block_is_run_or_skipped_with_a_reason():
-    blocks = readme_blocks(README.read_text(encoding="utf-8"))
-    code = [b for b in blocks if b.lang in ("bash", "sh", "shell", "python")]
-    unmarked = [f"README.md:{b.line}" for b in code if not b.mark]
-    assert not unmarked, (
-        f"mark these blocks <!-- readme-test: run --> or <!-- readme-test: skip, <reason> -->: {unmarked}"
-    )
-    assert all(b.reason for b in code if b.mark == "skip"), "a skipped block says why"
-    assert sum(b.mark == "run" for b in code) >= 8
+    runs = 0
+    for doc in documents():
+        code = [
+            b for b in readme_blocks(doc.read_text(encoding="utf-8")) if b.lang in ("bash", "sh", "shell", "python")
+        ]
+        unmarked = [f"{_name(doc)}:{b.line}" for b in code if not b.mark]
+        assert not unmarked, (
+            f"mark these blocks <!-- readme-test: run --> or <!-- readme-test: skip, <reason> -->: {unmarked}"
+        )
+        assert all(b.reason for b in code if b.mark == "skip"), f"{_name(doc)}: a skipped block says why"
+        runs += sum(b.mark == "run" for b in code) if doc == README else 0
+    assert runs >= 8, "the README's Get started runs"
 
 
-def test_every_link_to_a_section_finds_its_heading():
-    text = README.read_text(encoding="utf-8")
+def _shown_text(path: Path) -> str:
+    """A page's text with the files it shows (snippets) put in, as the site renders it."""
+    return SNIPPET.sub(lambda m: (REPO / m.group(1)).read_text(encoding="utf-8"), path.read_text(encoding="utf-8"))
+
+
+def _slugs(text: str) -> set:
+    """Heading anchors of a markdown text, as GitHub and Python-Markdown's toc both make them."""
     inside_code = re.compile(r"^```.*?^```", re.S | re.M)
     headings = re.findall(r"^#+ (.+)$", inside_code.sub("", text), re.M)
-    slugs = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
-    links = set(re.findall(r"\]\(#([^)]+)\)", text))
-    assert links and not links - slugs, f"links to missing sections: {sorted(links - slugs)}"
-    for path in re.findall(r"\]\(([\w./-]+\.md)(?:#[^)]*)?\)", text):
-        assert (REPO / path).is_file(), path
+    github = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+    return github | {re.sub(r"-+", "-", slug) for slug in github}
+
+
+def test_every_link_to_a_file_or_a_section_finds_it():
+    for doc in documents() + [REPO / "BENCHMARKS.md"]:
+        text = doc.read_text(encoding="utf-8")
+        inside_code = re.compile(r"^```.*?^```", re.S | re.M)
+        for target, anchor in re.findall(r"\]\(([\w./-]*)(?:#([^)\s]*))?\)", inside_code.sub("", text)):
+            if not target and not anchor:
+                continue
+            path = (doc.parent / target).resolve() if target else doc
+            where = f"{_name(doc)}: ({target}{'#' + anchor if anchor else ''})"
+            assert path.exists(), f"{where}: no such file"
+            if anchor and path.suffix == ".md":
+                assert anchor in _slugs(_shown_text(path)), f"{where}: no such section"
+    # the README's own table of contents, at least, links to its sections
+    assert re.search(r"\]\(#", README.read_text(encoding="utf-8"))
 
 
 def test_the_parser_reads_markers_continuations_and_comments():
@@ -184,30 +251,31 @@ class Runner:
 
 @pytest.mark.slow  # about half a minute on 2 CPU cores
 @pytest.mark.usefixtures("one_thread")
-def test_readme_commands_run_in_order(tmp_path, monkeypatch):
+def test_docs_commands_run_in_order(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("AVMAE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(avmae.data, "ensure_demo_audio", functools.partial(avmae.data.ensure_demo_audio, **DEMO_SIZES))
     monkeypatch.setattr(avmae.data, "ensure_demo_av", functools.partial(avmae.data.ensure_demo_av, **DEMO_SIZES))
     before = _checkout_runs()
     runner = Runner()
-    ran = 0
-    for block in readme_blocks(README.read_text(encoding="utf-8")):
-        if block.mark != "run":
-            continue
-        try:
-            if block.lang == "python":
-                runner.python(block.text, monkeypatch)
-                ran += 1
-            else:
-                for command in shell_commands(block.text):
-                    runner.shell(command)
-                    ran += 1
-        except BaseException as exc:  # name the README block that broke
-            raise AssertionError(
-                f"README.md:{block.line} ({block.lang} block) failed: {type(exc).__name__}: {exc}"
-            ) from exc
-    assert ran >= 15
+    ran: Dict[str, int] = {}
+    for doc in documents():
+        for block in readme_blocks(doc.read_text(encoding="utf-8")):
+            if block.mark != "run":
+                continue
+            try:
+                if block.lang == "python":
+                    runner.python(block.text, monkeypatch)
+                    ran[doc.name] = ran.get(doc.name, 0) + 1
+                else:
+                    for command in shell_commands(block.text):
+                        runner.shell(command)
+                        ran[doc.name] = ran.get(doc.name, 0) + 1
+            except BaseException as exc:  # name the block that broke
+                raise AssertionError(
+                    f"{_name(doc)}:{block.line} ({block.lang} block) failed: {type(exc).__name__}: {exc}"
+                ) from exc
+    assert ran.get("README.md", 0) >= 10 and sum(ran.values()) >= 15, ran
     # the runs of the flow, each in its own folder, and the files the commands wrote
     for run in ("demo-pre", "demo-ft", "demo-lp", "demo-av", "mydata-ft", "demo-shards", "demo-ast", "mydata-py"):
         assert (tmp_path / "runs" / run / "metrics.jsonl").is_file(), run

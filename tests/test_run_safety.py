@@ -13,13 +13,16 @@ import subprocess
 import sys
 
 import pytest
-from cli_runs import (
+from cli_runs import (  # noqa: F401 (fixtures named as test arguments)
     assert_same_weights,
     child,
+    clips,
     finish,
+    run_yaml,
     train_cli,
+    uninterrupted,
     wait_for,
-)  # noqa: F401 - fixtures
+)
 
 import avmae
 from avmae.checkpoint import CheckpointError

@@ -34,7 +34,6 @@ import argparse
 import copy
 import datetime as _dt
 import gc
-import json
 import os
 import platform
 import resource
@@ -49,9 +48,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import avmae  # noqa: E402
+from avmae.files import to_json  # noqa: E402
 from avmae.layers import WindowAttention  # noqa: E402
 from avmae.train.optim import build_optimizer, param_groups  # noqa: E402
-from avmae.train.precision import choose_precision, linear_shapes  # noqa: E402
+from avmae.train.precision import choose_precision, cpu_flags, cpu_model, linear_shapes  # noqa: E402
 
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # --optimizer -> optim.fused: "auto" is the trainer's default, the others force one implementation
@@ -61,20 +61,15 @@ REGION_FORWARD, REGION_BACKWARD, REGION_OPTIMIZER = "step::forward", "step::back
 
 
 # ----------------------------------------------------------------------------------- machine
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+MATRIX_FLAGS = {"avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_fp16"}
 
 
 def machine_info(device: torch.device) -> Dict[str, Any]:
     info: Dict[str, Any] = {
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "host_cpu": cpu_model(),
+        # what decides bf16 speed on a CPU (BENCHMARKS.md's CPU kinds): AVX2 only, AVX-512 BF16, AMX
+        "host_cpu_flags": sorted(cpu_flags() & MATRIX_FLAGS),
         "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
@@ -649,7 +644,8 @@ def format_table(result: Dict[str, Any]) -> str:
     lines = []
     m = result["machine"]
     lines.append(
-        f"device: {m['device']}{' (' + m['gpu'] + ')' if 'gpu' in m else ''}; CPU: {m['host_cpu']} x{m['cpus_usable']};"
+        f"device: {m['device']}{' (' + m['gpu'] + ')' if 'gpu' in m else ''}; CPU: {m['host_cpu']} x{m['cpus_usable']}"
+        f"{' (' + ' '.join(m['host_cpu_flags']) + ')' if m.get('host_cpu_flags') else ''};"
         f" torch {m['torch']}; threads {m['torch_threads']}; {m['date']}"
     )
     if result.get("matmul_peak_tflops"):
@@ -914,7 +910,7 @@ def run(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     print(format_table(result))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1))
+        args.json.write_text(to_json(result, indent=1))
     return result
 
 

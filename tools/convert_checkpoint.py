@@ -19,6 +19,9 @@
     and a ``README.md`` model card with the training config and, for a run, its last evaluation);
     ``avmae.hub.from_pretrained(folder)`` loads it.
 
+EAT / SSLAM fairseq files (pretraining or fine-tuned) and HF-port folders convert the same way
+(avmae.formats.eat); --teacher takes a pretraining file's EMA teacher instead of its student.
+
 --set key=value passes model params (e.g. --set target_length=512); --model forces a registered
 model name when the file does not say which.
 """
@@ -37,6 +40,7 @@ if __package__ in (None, "") and __name__ == "__main__":  # run as a script from
 import torch
 
 from avmae.errors import tool_main, writable_output
+from avmae.files import to_json
 
 
 def _parse_sets(items: List[str]) -> Dict[str, Any]:
@@ -78,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", default=None, help="registered model name to build (default: what the file says or looks like)"
     )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model param override (JSON values)")
+    p.add_argument(
+        "--teacher",
+        action="store_true",
+        help="take the EMA teacher of a pretraining file (EAT / data2vec '_ema') instead of the student",
+    )
     return p
 
 
@@ -92,7 +101,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.to == "avmae" and out.suffix != ".safetensors":
         out = out.with_suffix(".safetensors") if out.suffix else out / "model.safetensors"
     writable_output(out)
-    model, report = load_pretrained(args.source, model_name=args.model, **_parse_sets(args.set))
+    model, report = load_pretrained(args.source, model_name=args.model, teacher=args.teacher, **_parse_sets(args.set))
     print(report.summary(), file=sys.stderr)
     if args.to == "avmae":
         config = {
@@ -121,9 +130,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         except (ValueError, AttributeError) as exc:
             print(f"error: {report.model_name} has no plain timm ViT equivalent: {exc}", file=sys.stderr)
             return 2
-        _save_tensors(sd, out, {"timm_kwargs": json.dumps(kwargs)})
+        _save_tensors(sd, out, {"timm_kwargs": to_json(kwargs)})
         side = out.with_suffix(".json")
-        side.write_text(json.dumps(kwargs, indent=1), encoding="utf-8")
+        side.write_text(to_json(kwargs, indent=1), encoding="utf-8")
         args_text = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
         print(f"wrote {out} and {side}\n  timm.models.vision_transformer.VisionTransformer({args_text})")
     else:

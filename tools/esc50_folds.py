@@ -29,12 +29,13 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 if __package__ in (None, "") and __name__ == "__main__":  # run as a script from a source checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from avmae.files import atomic_write, write_json  # every process may write the same file: its temp names are unique
 
 DEFAULT_CONFIG = "configs/audiomae/finetune_esc50.yaml"
 
@@ -83,15 +84,6 @@ def read_meta(root: Path) -> List[Dict[str, Any]]:
     ]
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    # every process may write the same file: each writes its own temp file, then renames
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def write_fold_files(rows: Sequence[Dict[str, Any]], out: Path) -> Dict[int, Dict[str, Path]]:
     """Label CSV and per-fold train/eval manifests under ``out`` -> {fold: {"train", "eval", "label_csv"}}."""
     names = {}
@@ -105,7 +97,7 @@ def write_fold_files(rows: Sequence[Dict[str, Any]], out: Path) -> Dict[int, Dic
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(["index", "mid", "display_name"])
     writer.writerows([t, names[t], names[t].replace("_", " ").capitalize()] for t in sorted(names))
-    _write_atomic(label_csv, text.getvalue())
+    atomic_write(label_csv, text.getvalue())
     folds = sorted({r["fold"] for r in rows})
     if len(folds) < 2:
         raise SystemExit(f"esc50_folds: cross-validation needs at least 2 folds, the metadata has {folds}")
@@ -115,7 +107,7 @@ def write_fold_files(rows: Sequence[Dict[str, Any]], out: Path) -> Dict[int, Dic
         for split, keep in (("train", lambda r, k=k: r["fold"] != k), ("eval", lambda r, k=k: r["fold"] == k)):
             items = [{"wav": r["wav"], "labels": r["category"]} for r in rows if keep(r)]
             paths[split] = out / f"fold{k}_{split}.json"
-            _write_atomic(paths[split], json.dumps({"data": items}, indent=1))
+            write_json(paths[split], {"data": items})
         files[k] = paths
     return files
 
@@ -162,7 +154,7 @@ def run_fold(
         "checkpoint": None if result.last_checkpoint is None else str(result.last_checkpoint),
     }
     if trainer.accelerator.is_main_process:
-        _write_atomic(done, json.dumps(record, indent=1))
+        write_json(done, record)
     trainer.accelerator.wait_for_everyone()
     return record
 
@@ -220,7 +212,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "overrides": args.overrides,
     }
     if main_process:
-        _write_atomic(out / "summary.json", json.dumps(summary, indent=1))
+        write_json(out / "summary.json", summary)
         print(
             f"ESC-50 mean accuracy over folds {folds}: {summary['mean_acc']:.4f} (mean of best evaluations"
             f" {summary['mean_best_acc']:.4f})"

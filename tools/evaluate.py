@@ -439,7 +439,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         print(f"{report.model_name} on {manifest} ({count} items), {what}: " + format_metrics(shown))
         if args.output:
-            from avmae.train.finetune import write_json
+            from avmae.files import write_json
 
             write_json(args.output, out)
             print(f"results: {args.output}")

@@ -20,7 +20,6 @@ encoders), else, or with --pad-to-window, zero-padded to the model's input lengt
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -31,6 +30,7 @@ if __package__ in (None, "") and __name__ == "__main__":  # run as a script from
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from avmae.errors import tool_main, writable_output  # noqa: E402
+from avmae.files import to_json  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,7 +172,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         (out / "files.tsv").write_text(
             "".join(f"{names[r.index]}\t{r.path}\n" for r in results if r.error is None), encoding="utf-8"
         )
-        (out / "extract.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        (out / "extract.json").write_text(to_json(meta, indent=1), encoding="utf-8")
         if skipped:
             (out / "skipped.tsv").write_text("".join(f"{r.path}\t{r.error}\n" for r in skipped), encoding="utf-8")
     done = len(paths) - len(skipped)

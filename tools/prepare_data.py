@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ if __package__ in (None, "") and __name__ == "__main__":  # run as a script from
 
 
 from avmae.errors import tool_main, writable_output
+from avmae.files import write_json
 
 _KEY_COLUMNS = (
     "file",
@@ -202,10 +202,7 @@ def build_manifest(
             else:  # CAV-MAE's frame folders: frames/frame_{i}/<video_id>.jpg
                 item["video_path"] = _manifest_path(Path(frames), base, absolute)
         report.items.append(item)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps({"data": report.items}, indent=1), encoding="utf-8")
-    os.replace(tmp, out)
+    write_json(out, {"data": report.items})
     return report
 
 
@@ -290,7 +287,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     )
     print(f"config: data.mean={res['mean']:.7g} data.std={res['std']:.7g}")
     if args.out:
-        Path(args.out).write_text(json.dumps(res, indent=1), encoding="utf-8")
+        write_json(args.out, res)
         print(f"wrote {args.out}")
     for line in res["skipped"]:
         _err(f"skipped {line}")

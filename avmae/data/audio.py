@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchaudio.compliance import kaldi
 
-__all__ = ["NORM_STATS", "fbank", "pad_or_crop", "AudioFrontend", "num_frames"]
+__all__ = ["NORM_STATS", "FBANK_STYLES", "fbank", "beats_fbank", "pad_or_crop", "AudioFrontend", "num_frames"]
 
 # (mean, std) of the un-normalised fbank per dataset, as released with AudioMAE / CAV-MAE
 NORM_STATS: Dict[str, Tuple[float, float]] = {
@@ -75,6 +75,26 @@ def fbank(
     )
 
 
+FBANK_STYLES = ("audiomae", "beats")
+
+
+def beats_fbank(waveform: torch.Tensor, sample_rate: int = 16000, num_mel_bins: int = 128) -> torch.Tensor:
+    """BEATs' fbank: ``waveform: [1, N]`` (in [-1, 1]) times 2^15, Kaldi fbank with torchaudio's
+    defaults (povey window, no HTK compatibility, DC removed per frame, no dither), 25 / 10 ms
+    frames -> ``[T, num_mel_bins]``, un-normalised. A clip shorter than one frame is zero-padded."""
+    waveform = _as_mono(waveform)
+    window = int(sample_rate * FRAME_LENGTH_MS / 1000)
+    if waveform.shape[1] < window:
+        waveform = F.pad(waveform, (0, window - waveform.shape[1]))
+    return kaldi.fbank(
+        waveform * 2**15,
+        num_mel_bins=num_mel_bins,
+        sample_frequency=sample_rate,
+        frame_length=FRAME_LENGTH_MS,
+        frame_shift=FRAME_SHIFT_MS,
+    )
+
+
 def pad_or_crop(features: torch.Tensor, target_length: int) -> torch.Tensor:
     """``[T, F]`` -> ``[target_length, F]``: zeros appended at the end, or the first frames kept."""
     p = target_length - features.shape[0]
@@ -87,6 +107,7 @@ class AudioFrontend(nn.Module):
     """Waveform ``[1, N]`` -> normalised fbank ``[1, target_length, num_mel_bins]``.
 
     ``target_length=None`` keeps every frame (variable length, e.g. for feature extraction).
+    ``style``: "audiomae" (AudioMAE / AST / EAT: ``fbank``) or "beats" (``beats_fbank``).
     """
 
     def __init__(
@@ -96,8 +117,12 @@ class AudioFrontend(nn.Module):
         target_length: Optional[int] = 1024,
         mean: float = NORM_STATS["audioset"][0],
         std: float = NORM_STATS["audioset"][1],
+        style: str = "audiomae",
     ) -> None:
         super().__init__()
+        if style not in FBANK_STYLES:
+            raise ValueError(f"unknown fbank style {style!r}; valid: {', '.join(FBANK_STYLES)}")
+        self.style = style
         assert sample_rate > 0, f"sample_rate must be > 0, got {sample_rate}"
         assert num_mel_bins > 0, f"num_mel_bins must be > 0, got {num_mel_bins}"
         assert target_length is None or target_length > 0, f"bad target_length {target_length}"
@@ -118,7 +143,10 @@ class AudioFrontend(nn.Module):
 
     def compute_fbank(self, waveform: torch.Tensor, *, center: bool = True) -> torch.Tensor:
         """``[1, N]`` -> un-normalised, padded/cropped fbank ``[T, F]`` (SpecAugment goes here)."""
-        x = fbank(waveform, self.sample_rate, self.num_mel_bins, center=center)
+        if self.style == "beats":
+            x = beats_fbank(waveform, self.sample_rate, self.num_mel_bins)
+        else:
+            x = fbank(waveform, self.sample_rate, self.num_mel_bins, center=center)
         if self.target_length is not None:
             x = pad_or_crop(x, self.target_length)
         return x
@@ -133,4 +161,5 @@ class AudioFrontend(nn.Module):
         return (
             f"sample_rate={self.sample_rate}, num_mel_bins={self.num_mel_bins}, "
             f"target_length={self.target_length}, mean={self.mean}, std={self.std}"
+            + (f", style={self.style!r}" if self.style != "audiomae" else "")
         )

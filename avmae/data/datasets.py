@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..files import to_json
 from .audio import AudioFrontend, fbank
 from .augment import fbank_noise, mixup_waveforms, random_gain, random_roll, random_time_shift, spec_augment
 from .io import MediaError, load_audio
@@ -142,7 +143,7 @@ def write_manifest(path: PathLike, items: Sequence[Mapping[str, Any]]) -> Path:
     """``items`` as an AudioMAE JSON manifest (``{"data": [...]}``) at ``path`` (folders made) -> path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"data": list(items)}, indent=1), encoding="utf-8")
+    path.write_text(to_json({"data": list(items)}, indent=1), encoding="utf-8")
     return path
 
 

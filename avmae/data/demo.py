@@ -25,6 +25,7 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 
+from ..files import to_json
 from .datasets import item_generator, write_label_csv, write_manifest
 from .io import save_audio
 
@@ -219,7 +220,7 @@ def _ensure_generated(root: Path, params: dict, write: Callable[[Path], None]) -
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
         write(tmp / "data")
-        (tmp / "data" / _MARKER).write_text(json.dumps(params, sort_keys=True), encoding="utf-8")
+        (tmp / "data" / _MARKER).write_text(to_json(params, sort_keys=True), encoding="utf-8")
         if root.exists():  # stale, partial or made with other parameters
             if complete():  # another process finished first
                 return root

@@ -162,9 +162,11 @@ class BatchedFbank(nn.Module):
     Args:
         sample_rate: Hz.
         num_mel_bins: F.
-        frame_length_ms, frame_shift_ms: Kaldi framing (25 ms / 10 ms).
+        frame_length_ms: Kaldi frame length (25 ms).
+        frame_shift_ms: Kaldi frame shift (10 ms).
         preemphasis: pre-emphasis coefficient (0.97).
-        low_freq, high_freq: mel range in Hz (``high_freq <= 0`` is an offset from Nyquist).
+        low_freq: low end of the mel range in Hz.
+        high_freq: high end of the mel range in Hz (``<= 0`` is an offset from Nyquist).
         pad_value: value of the frames past each item's end.
     """
 

@@ -13,12 +13,13 @@ rate pairs (reduced source rate > ``_MAX_SINC_RATIO``, e.g. 44101 -> 16000) libs
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import time
 from pathlib import Path
-from typing import BinaryIO, Optional, Union
+from typing import BinaryIO, Iterator, Optional, Union
 
 import av
 import numpy as np
@@ -74,6 +75,23 @@ def _time_limit(name: str, timeout: Optional[float]) -> MediaError:
     return MediaError(name, f"decoding took longer than {timeout:g} s (time limit per item)")
 
 
+@contextlib.contextmanager
+def media_errors(name: str, timeout: Optional[float], what: str, *, with_type: bool = True) -> Iterator[None]:
+    """The one place where what PyAV raises becomes a ``MediaError`` naming the file: inside the
+    block, a ``MediaError`` passes unchanged, FFmpeg's interrupt (``av.error.ExitError``, raised
+    when ``timeout`` passed) becomes the time-limit error, and any other exception
+    ``"<what> (<type>: <message>)"`` (``with_type=False``: ``"<what> (<message>)"``)."""
+    try:
+        yield
+    except MediaError:
+        raise
+    except Exception as err:  # FFmpegError, OSError, ValueError of a broken stream, ...
+        if isinstance(err, av.error.ExitError) and timeout is not None:
+            raise _time_limit(name, timeout) from err
+        detail = f"{type(err).__name__}: {err}" if with_type else str(err)
+        raise MediaError(name, f"{what} ({detail})") from err
+
+
 def _open_media(source: MediaSource, name: str, timeout: Optional[float] = None, *, rewind: bool = False):
     """Open ``source`` with PyAV for reading; a path is checked first so that the reason is precise.
 
@@ -90,12 +108,8 @@ def _open_media(source: MediaSource, name: str, timeout: Optional[float] = None,
         source = os.fspath(p)
     elif rewind and hasattr(source, "seek"):
         source.seek(0)
-    try:
+    with media_errors(name, timeout, "not a readable media file", with_type=False):  # no known format
         return av.open(source, mode="r", metadata_errors="ignore", timeout=timeout)
-    except av.error.ExitError as err:  # FFmpeg's interrupt callback: the time limit passed
-        raise _time_limit(name, timeout) from err
-    except Exception as err:  # FFmpegError, OSError, ...: FFmpeg found no known format
-        raise MediaError(name, f"not a readable media file ({err})") from err
 
 
 def _frame_to_mono(frame: av.AudioFrame) -> np.ndarray:
@@ -196,15 +210,8 @@ def load_audio(
         raise ValueError(f"max_seconds must be > 0, got {max_seconds!r}")
     name = _source_name(path)
     container = _open_media(path, name, timeout)
-    try:
-        with container:
-            wave, src_rate = _decode_mono(container, name, max_seconds, timeout)
-    except MediaError:
-        raise
-    except av.error.ExitError as err:
-        raise _time_limit(name, timeout) from err
-    except Exception as err:
-        raise MediaError(name, f"corrupt or truncated data ({type(err).__name__}: {err})") from err
+    with media_errors(name, timeout, "corrupt or truncated data"), container:
+        wave, src_rate = _decode_mono(container, name, max_seconds, timeout)
     if not bool(torch.isfinite(wave).all()):
         raise MediaError(name, "decoded samples contain NaN or inf")
     try:

@@ -27,6 +27,7 @@ AudioDataset's dicts: ``{"audio": [1, T, F], "label": [C], "index": int}``.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -41,6 +42,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from ..files import atomic_path, to_json
 from .audio import AudioFrontend
 from .augment import fbank_noise, spec_augment
 from .datasets import AudioDataset, _mix64, item_generator, read_label_csv, read_manifest
@@ -107,61 +109,61 @@ def write_shards(
     counts: List[int] = []
     skipped: List[str] = []
     tar: Optional[tarfile.TarFile] = None
-    tmp: Optional[Path] = None
+    pending = contextlib.ExitStack()  # the open shard's atomic_path: renamed into place on close()
 
     def close() -> None:
-        nonlocal tar, tmp
+        nonlocal tar
         if tar is not None:
             tar.close()
-            os.replace(tmp, shards[-1])
-            tar, tmp = None, None
+            tar = None
+            pending.close()
 
-    for index, item in enumerate(items):
-        path = Path(item["wav"])
-        mids = [m.strip() for m in str(item.get("labels", "")).split(",") if m.strip()]
-        meta: Dict[str, Any] = {**item, "wav": str(path), "index": index}
-        if label_csv is not None:
-            bad = [m for m in mids if m not in index_of]
-            if bad:
-                raise KeyError(f"label {bad[0]!r} of {path} is not in label CSV {label_csv}")
-            meta["label_indices"] = [index_of[m] for m in mids]
-            meta["num_classes"] = len(class_ids)
-        try:
-            data = path.read_bytes()
-        except OSError as err:
-            skipped.append(str(path))
-            _logger.warning("skipping %s: cannot read (%s)", path, err)
-            continue
-        members = {(path.suffix.lower().lstrip(".") or "audio"): data}
-        if with_fbank:
+    with pending:  # an error removes the open shard's temporary file
+        for index, item in enumerate(items):
+            path = Path(item["wav"])
+            mids = [m.strip() for m in str(item.get("labels", "")).split(",") if m.strip()]
+            meta: Dict[str, Any] = {**item, "wav": str(path), "index": index}
+            if label_csv is not None:
+                bad = [m for m in mids if m not in index_of]
+                if bad:
+                    raise KeyError(f"label {bad[0]!r} of {path} is not in label CSV {label_csv}")
+                meta["label_indices"] = [index_of[m] for m in mids]
+                meta["num_classes"] = len(class_ids)
             try:
-                wave = decode_audio(io.BytesIO(data), frontend.sample_rate)
-            except MediaError as err:
+                data = path.read_bytes()
+            except OSError as err:
                 skipped.append(str(path))
-                _logger.warning("skipping %s: %s", path, err.reason)
+                _logger.warning("skipping %s: cannot read (%s)", path, err)
                 continue
-            fb = frontend.compute_fbank(wave - wave.mean(), center=False)  # as AudioDataset
-            buf = io.BytesIO()
-            np.save(buf, fb.numpy().astype(np.float32), allow_pickle=False)
-            members["fbank.npy"] = buf.getvalue()
-            meta["fbank"] = {
-                "sample_rate": frontend.sample_rate,
-                "num_mel_bins": frontend.num_mel_bins,
-                "target_length": frontend.target_length,
-            }
-        members["json"] = json.dumps(meta, sort_keys=True).encode("utf-8")
+            members = {(path.suffix.lower().lstrip(".") or "audio"): data}
+            if with_fbank:
+                try:
+                    wave = decode_audio(io.BytesIO(data), frontend.sample_rate)
+                except MediaError as err:
+                    skipped.append(str(path))
+                    _logger.warning("skipping %s: %s", path, err.reason)
+                    continue
+                fb = frontend.compute_fbank(wave - wave.mean(), center=False)  # as AudioDataset
+                buf = io.BytesIO()
+                np.save(buf, fb.numpy().astype(np.float32), allow_pickle=False)
+                members["fbank.npy"] = buf.getvalue()
+                meta["fbank"] = {
+                    "sample_rate": frontend.sample_rate,
+                    "num_mel_bins": frontend.num_mel_bins,
+                    "target_length": frontend.target_length,
+                }
+            members["json"] = to_json(meta, sort_keys=True).encode("utf-8")
 
-        if tar is None or counts[-1] >= shard_size:
-            close()
-            shards.append(out_dir / SHARD_PATTERN.format(len(shards)))
-            counts.append(0)
-            tmp = shards[-1].with_name(shards[-1].name + ".tmp")
-            tar = tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT)
-        key = f"{index:0{width}d}"
-        for ext, payload in members.items():
-            _tar_add(tar, f"{key}.{ext}", payload)
-        counts[-1] += 1
-    close()
+            if tar is None or counts[-1] >= shard_size:
+                close()
+                shards.append(out_dir / SHARD_PATTERN.format(len(shards)))
+                counts.append(0)
+                tar = tarfile.open(pending.enter_context(atomic_path(shards[-1])), "w", format=tarfile.USTAR_FORMAT)
+            key = f"{index:0{width}d}"
+            for ext, payload in members.items():
+                _tar_add(tar, f"{key}.{ext}", payload)
+            counts[-1] += 1
+        close()
     index_doc = {
         "shards": [{"name": p.name, "count": c} for p, c in zip(shards, counts)],
         "total": sum(counts),
@@ -170,7 +172,7 @@ def write_shards(
         "skipped": skipped,
         "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    (out_dir / INDEX_NAME).write_text(json.dumps(index_doc, indent=1), encoding="utf-8")
+    (out_dir / INDEX_NAME).write_text(to_json(index_doc, indent=1), encoding="utf-8")
     _logger.info("wrote %d samples into %d shards in %s (%d skipped)", sum(counts), len(shards), out_dir, len(skipped))
     return shards
 
@@ -252,7 +254,8 @@ class ShardDataset(IterableDataset):
         shuffle_buffer: samples held for shuffling (<= 1: shard order only, no sample shuffle).
         shuffle_shards: shuffle the shard order each epoch.
         seed: base seed; ``set_epoch`` changes the order per epoch.
-        rank, world_size: this process's share (default: ``dist_info()``).
+        rank: this process's rank (default: ``dist_info()``).
+        world_size: the number of processes sharing the shards (default: ``dist_info()``).
         on_error: "skip" (log and continue past unreadable audio or shards) or "raise".
         return_waveform: yield ``{"wave": [1, N] (mean removed), "label", "index"}`` instead of an
             fbank, for ``collate_waveforms`` + ``BatchedAudioFrontend(center=False)``.

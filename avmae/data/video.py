@@ -50,7 +50,8 @@ from PIL import Image
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from .io import DEFAULT_DECODE_TIMEOUT, MediaError, _open_media, _source_name, _time_limit, load_audio
+from ..files import atomic_path
+from .io import DEFAULT_DECODE_TIMEOUT, MediaError, _open_media, _source_name, _time_limit, load_audio, media_errors
 
 _logger = logging.getLogger(__name__)
 
@@ -135,23 +136,18 @@ def probe_video(path: MediaSource) -> VideoInfo:
     """Read the headers of ``path`` (nothing is decoded) -> :class:`VideoInfo`."""
     name = _source_name(path)
     container = _open(path, name)
-    try:
-        with container:
-            stream = _video_stream(container, name)
-            rate = stream.average_rate or stream.guessed_rate
-            return VideoInfo(
-                duration=_stream_duration(container, stream),
-                fps=float(rate) if rate else None,
-                num_frames=int(stream.frames) or None,
-                width=int(stream.codec_context.width),
-                height=int(stream.codec_context.height),
-                codec=stream.codec_context.name,
-                has_audio=len(container.streams.audio) > 0,
-            )
-    except MediaError:
-        raise
-    except Exception as err:
-        raise MediaError(name, f"unreadable video headers ({type(err).__name__}: {err})") from err
+    with media_errors(name, None, "unreadable video headers"), container:
+        stream = _video_stream(container, name)
+        rate = stream.average_rate or stream.guessed_rate
+        return VideoInfo(
+            duration=_stream_duration(container, stream),
+            fps=float(rate) if rate else None,
+            num_frames=int(stream.frames) or None,
+            width=int(stream.codec_context.width),
+            height=int(stream.codec_context.height),
+            codec=stream.codec_context.name,
+            has_audio=len(container.streams.audio) > 0,
+        )
 
 
 # ------------------------------------------------------------------------------------ sampling
@@ -334,34 +330,31 @@ def decode_frames(
     name = _source_name(path)
     deadline = None if timeout is None else time.monotonic() + timeout
     container = _open(path, name, timeout)
-    try:
-        with container:
-            stream = _video_stream(container, name)
-            targets, _ = _resolve_times(container, stream, name, num_frames, times, mode, generator)
-            cursor = _Cursor(container, stream, name, timeout, deadline)
-            try:
-                frames = _collect(cursor, targets, seek, seek_threshold)
-            except av.error.ExitError:
-                raise
-            except (_SeekFailed, av.error.FFmpegError) as err:
-                if not seek:
+    with media_errors(name, timeout, "corrupt or truncated video"):
+        try:
+            with container:
+                stream = _video_stream(container, name)
+                targets, _ = _resolve_times(container, stream, name, num_frames, times, mode, generator)
+                cursor = _Cursor(container, stream, name, timeout, deadline)
+                try:
+                    frames = _collect(cursor, targets, seek, seek_threshold)
+                except av.error.ExitError:
                     raise
-                _logger.debug("%s: seeking failed (%s); decoding from the start", name, err)
-                frames = None
-            finally:
-                cursor.close()
-            if frames is not None:
-                _logger.debug("%s: %d frames by %d seeks, %d decoded", name, len(frames), cursor.seeks, cursor.decoded)
-                return _to_rgb(frames)
-        return _decode_sequential(path, name, targets, timeout, deadline)
-    except MediaError:
-        raise
-    except av.error.ExitError as err:
-        raise _time_limit(name, timeout) from err
-    except _SeekFailed as err:
-        raise MediaError(name, "no video frames decoded") from err
-    except Exception as err:
-        raise MediaError(name, f"corrupt or truncated video ({type(err).__name__}: {err})") from err
+                except (_SeekFailed, av.error.FFmpegError) as err:
+                    if not seek:
+                        raise
+                    _logger.debug("%s: seeking failed (%s); decoding from the start", name, err)
+                    frames = None
+                finally:
+                    cursor.close()
+                if frames is not None:
+                    _logger.debug(
+                        "%s: %d frames by %d seeks, %d decoded", name, len(frames), cursor.seeks, cursor.decoded
+                    )
+                    return _to_rgb(frames)
+            return _decode_sequential(path, name, targets, timeout, deadline)
+        except _SeekFailed as err:
+            raise MediaError(name, "no video frames decoded") from err
 
 
 def _decode_sequential(
@@ -388,22 +381,15 @@ def decode_all_frames(
     name = _source_name(path)
     container = _open(path, name, timeout)
     deadline = None if timeout is None else time.monotonic() + timeout
-    try:
-        with container:
-            cursor = _Cursor(container, _video_stream(container, name), name, timeout, deadline)
-            cursor.rewind()
-            pairs = []
-            try:
-                while (item := cursor.next()) is not _END:
-                    pairs.append(item)
-            finally:
-                cursor.close()
-    except MediaError:
-        raise
-    except av.error.ExitError as err:
-        raise _time_limit(name, timeout) from err
-    except Exception as err:
-        raise MediaError(name, f"corrupt or truncated video ({type(err).__name__}: {err})") from err
+    with media_errors(name, timeout, "corrupt or truncated video"), container:
+        cursor = _Cursor(container, _video_stream(container, name), name, timeout, deadline)
+        cursor.rewind()
+        pairs = []
+        try:
+            while (item := cursor.next()) is not _END:
+                pairs.append(item)
+        finally:
+            cursor.close()
     if not pairs:
         raise MediaError(name, "no video frames decoded")
     pairs.sort(key=lambda p: p[0])
@@ -647,9 +633,7 @@ def extract_frame_folder(
     written = []
     for i in range(num_frames):
         out = frame_folder_path(root, video_id, i)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        Image.fromarray(x[i].permute(1, 2, 0).numpy()).save(tmp, format="JPEG", quality=quality)
-        os.replace(tmp, out)
+        with atomic_path(out) as tmp:
+            Image.fromarray(x[i].permute(1, 2, 0).numpy()).save(tmp, format="JPEG", quality=quality)
         written.append(out)
     return written

@@ -75,14 +75,15 @@ class JointDecoder(Decoder):
 
     Args:
         depth: number of blocks.
-        num_heads, mlp_ratio: block sizes.
+        num_heads: attention heads of a block.
+        mlp_ratio: MLP width of a block, in multiples of its width.
         local_modalities: {modality: {"window": [wt, wf], "shift": [st, sf]}} for the lower blocks,
             e.g. ``{"audio": {"window": [4, 4], "shift": [2, 0]}}``; the modality needs a 2-D grid.
         local_depth: how many lower blocks are mixed (default depth // 2 when local_modalities
             is set, else 0).
         meta_drop: dropout of the Swin position-bias MLP.
         norm_eps: LayerNorm epsilon of the blocks and the final norm (CAV-MAE: 1e-5).
-        encoder_dim, specs, has_cls, embed_dim: see ``Decoder``.
+        **kw: ``encoder_dim``, ``specs``, ``has_cls``, ``embed_dim``: see ``Decoder``.
     """
 
     def __init__(

@@ -14,6 +14,7 @@ __all__ = [
     "sincos_2d",
     "sincos_3d",
     "audiomae_sincos_2d",
+    "float32_sincos_2d",
 ]
 
 
@@ -58,6 +59,23 @@ def audiomae_sincos_2d(dim: int, grid: Sequence[int], base_t: Optional[int] = No
     base = t if base_t is None else int(base_t)
     k = torch.arange(t * f)
     return _from_two_coords(dim, k % base, k // base)
+
+
+def float32_sincos_2d(dim: int, grid: Sequence[int]) -> torch.Tensor:
+    """``sincos_2d`` computed in float32 throughout, as EAT's released code does it (numpy float32):
+    at large row indices the float32 products differ from the float64 formula by up to ~2e-5, so
+    a model built fresh has the table the released checkpoints store. Returns [H*W, dim]."""
+    assert dim % 4 == 0, f"2-D sin-cos embedding dim must be a multiple of 4, got {dim}"
+    h, w = int(grid[0]), int(grid[1])
+    hh, ww = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+
+    def one_d(d: int, pos: torch.Tensor) -> torch.Tensor:
+        omega = torch.arange(d // 2, dtype=torch.float32) / torch.tensor(d / 2.0, dtype=torch.float32)
+        omega = 1.0 / torch.pow(torch.tensor(10000.0, dtype=torch.float32), omega)
+        out = pos.reshape(-1)[:, None] * omega[None, :]
+        return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
+
+    return torch.cat([one_d(dim // 2, ww), one_d(dim // 2, hh)], dim=1)
 
 
 def sincos_3d(dim: int, grid: Sequence[int]) -> torch.Tensor:

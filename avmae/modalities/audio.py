@@ -65,13 +65,17 @@ class AudioModality(Modality):
         target_length: time frames T (multiple of patch_size).
         num_mel_bins: mel bins F (multiple of patch_size).
         patch_size: square patch side (16).
-        pos_embed: "audiomae" (the released checkpoints' table) or "sincos2d" (true grid geometry).
+        pos_embed: "audiomae" (the released checkpoints' table) or "sincos2d" (true grid geometry;
+            "sincos2d_f32": the same computed in float32, EAT's table).
             Default: "audiomae" for layout "tf", "sincos2d" for layout "ft" (CAV-MAE's table).
         pos_trainable: learn the positional table instead of keeping it fixed.
         layout: "tf" (time-major tokens, AudioMAE) or "ft" (frequency-major tokens, CAV-MAE).
         pos_base_length: frames of the input the fixed "audiomae" table's formula is laid out for
             (default ``target_length``); a model built for 128 frames with ``pos_base_length=1024``
             has the first 64 rows of the 1024-frame table (see the module doc).
+        pos_max_length: when given (layout "tf"), the stored table covers this many frames and an
+            input of T frames takes its first T/16 time rows (EAT's rule: a table of 768 x F' rows,
+            12,288 frames, sliced to the input's token count); longer inputs are refused.
     """
 
     key = "audio"
@@ -89,6 +93,7 @@ class AudioModality(Modality):
         pos_trainable: bool = False,
         layout: str = "tf",
         pos_base_length: Optional[int] = None,
+        pos_max_length: Optional[int] = None,
     ) -> None:
         super().__init__()
         base_length = target_length if pos_base_length is None else pos_base_length
@@ -119,7 +124,16 @@ class AudioModality(Modality):
         # rows of the formula's grid along its first axis (time for "tf"; the "ft" tables ignore it)
         self.pos_base = base_length // patch_size if layout == "tf" else None
         self.patch_embed = PatchEmbed2d(in_chans=1, embed_dim=embed_dim, patch_size=patch_size)
-        table = pos_table(pos_embed, embed_dim, self.grid, base=self.pos_base).unsqueeze(0)
+        self.pos_max_length = pos_max_length
+        table_grid = self.grid
+        if pos_max_length is not None:
+            if layout != "tf" or pos_max_length % patch_size or pos_max_length < target_length:
+                raise ValueError(
+                    f"pos_max_length={pos_max_length} must be a multiple of patch_size={patch_size}, at least"
+                    f" target_length={target_length}, with layout 'tf'"
+                )
+            table_grid = (pos_max_length // patch_size, f)
+        table = pos_table(pos_embed, embed_dim, table_grid, base=self.pos_base).unsqueeze(0)
         self.pos_embed = nn.Parameter(table, requires_grad=pos_trainable)
         # MAE: initialise the patch projection like a Linear layer
         w = self.patch_embed.proj.weight.data
@@ -142,7 +156,10 @@ class AudioModality(Modality):
         return self.input_shape[1] // self.patch_size
 
     def accepts_length(self, frames: int) -> bool:
-        """Whether inputs of ``frames`` time frames can be embedded (a positive multiple of 16)."""
+        """Whether inputs of ``frames`` time frames can be embedded (a positive multiple of 16, at
+        most ``pos_max_length`` when the table has a fixed size)."""
+        if self.pos_max_length is not None and frames > self.pos_max_length:
+            return False
         return frames > 0 and frames % self.patch_size == 0
 
     def input_grid(self, x: torch.Tensor) -> Tuple[int, int]:
@@ -155,7 +172,9 @@ class AudioModality(Modality):
         if x.dim() != 4 or x.shape[1] != 1 or x.shape[3] != F_ or not self.accepts_length(x.shape[2]):
             raise ValueError(
                 f"audio input must be [B, 1, T, {F_}] (batch, channel, time frames, mel bins) with T a positive "
-                f"multiple of {self.patch_size} ({T} as built), got {list(x.shape)}"
+                f"multiple of {self.patch_size} ({T} as built"
+                + (f", at most {self.pos_max_length}, the positional table's" if self.pos_max_length else "")
+                + f"), got {list(x.shape)}"
             )
 
     def resize_pos_table(
@@ -199,7 +218,10 @@ class AudioModality(Modality):
         return out.reshape(1, time_patches * f, D)
 
     def pos_embed_for(self, time_patches: int) -> torch.Tensor:
-        """[1, time_patches * F', D]: the table itself at the built length, else ``resize_pos_table``."""
+        """[1, time_patches * F', D]: the table itself at the built length, else ``resize_pos_table``;
+        with ``pos_max_length``, the table's first ``time_patches * F'`` rows."""
+        if self.pos_max_length is not None:
+            return self.pos_embed[:, : time_patches * (self.input_shape[2] // self.patch_size)]
         if time_patches == self.time_patches:
             return self.pos_embed
         return self.resize_pos_table(self.pos_embed, time_patches)

@@ -34,7 +34,7 @@ from __future__ import annotations
 from typing import Any, Dict, Mapping, Optional, Union
 
 from ..registry import register_model
-from .mae import MaskedAutoencoder
+from .mae import MaskedAutoencoder, preset_objectives
 
 __all__ = ["AV_SIZES", "avmae_av"]
 
@@ -131,14 +131,15 @@ def avmae_av(
         joint_depth=s["joint_depth"] if joint_depth is None else joint_depth,
     )
     kw.update(overrides)
+    # the loss options (out of kw) -> objective specs: masked-patch MSE and InfoNCE
+    objectives = preset_objectives(kw, 2, norm_pix_loss=norm_pix_loss, contrastive_weight=contrastive_weight)
     return MaskedAutoencoder(
         modalities=modalities,
         cls_token=False,
         decoder=decoder,
         decoder_params=params,
-        norm_pix_loss=norm_pix_loss,
         mask_ratio=mask_ratio,
-        contrastive_weight=contrastive_weight,
+        objectives=objectives,
         **kw,
     )
 

@@ -44,7 +44,7 @@ from timm.models.vision_transformer import Attention
 from ..checkpoint import CheckpointError, register_format
 from ..layers import drop_path_rates, init_mae_weights, make_block
 from ..registry import register_model
-from .mae import MaskedAutoencoder, build_modalities
+from .mae import MaskedAutoencoder, build_modalities, mae_objectives
 
 __all__ = [
     "ModalityNormBlock",
@@ -137,15 +137,23 @@ class CAVMAE(MaskedAutoencoder):
     ``extras["contrastive_acc"]``.
 
     Args:
-        audio_length, num_mel_bins: spectrogram size T x F (1024 x 128).
-        image_size, patch_size: frame side (224) and patch side (16).
-        embed_dim, depth, num_heads, mlp_ratio: encoder size; ``depth`` counts a modality branch
-            plus the shared blocks (12).
+        audio_length: spectrogram frames T (1024).
+        num_mel_bins: spectrogram mel bins F (128).
+        image_size: frame side (224).
+        patch_size: patch side (16).
+        embed_dim: encoder width (768).
+        depth: encoder blocks, a modality branch plus the shared blocks (12).
+        num_heads: encoder attention heads (12).
+        mlp_ratio: encoder MLP width, in multiples of ``embed_dim`` (4).
         modality_specific_depth: blocks per modality before the shared ones (11).
-        decoder_embed_dim, decoder_depth, decoder_num_heads: the joint decoder (512, 8, 16).
+        decoder_embed_dim: the joint decoder's width (512).
+        decoder_depth: the joint decoder's blocks (8).
+        decoder_num_heads: the joint decoder's attention heads (16).
         norm_pix_loss: per-patch normalised targets (the released recipes use True).
-        mask_ratio_a, mask_ratio_v: default masking ratios (0.75).
-        mae_loss_weight, contrast_loss_weight: loss weights (1.0, 0.01).
+        mask_ratio_a: default audio masking ratio (0.75).
+        mask_ratio_v: default video masking ratio (0.75).
+        mae_loss_weight: weight of the reconstruction losses (1.0).
+        contrast_loss_weight: weight of the contrastive loss (0.01).
         bidirect_contrast: average both InfoNCE directions (default: column-wise only).
         contrastive_gather: negatives from every process under torch.distributed.
         pos_trainable: learn the positional tables (the release's ``tr_pos``; False).
@@ -194,13 +202,16 @@ class CAVMAE(MaskedAutoencoder):
                 mlp_ratio=mlp_ratio,
                 norm_eps=LN_EPS,
             ),
-            norm_pix_loss=norm_pix_loss,
             mask_ratio={"audio": mask_ratio_a, "video": mask_ratio_v},
-            loss_weights={"audio": mae_loss_weight, "video": mae_loss_weight},
-            contrastive_weight=contrast_loss_weight,
-            contrastive_temperature=0.05,
-            contrastive_bidirectional=bidirect_contrast,
-            contrastive_gather=contrastive_gather,
+            objectives=mae_objectives(
+                2,
+                norm_pix_loss=norm_pix_loss,
+                loss_weights={"audio": mae_loss_weight, "video": mae_loss_weight},
+                contrastive_weight=contrast_loss_weight,
+                contrastive_temperature=0.05,
+                contrastive_bidirectional=bidirect_contrast,
+                contrastive_gather=contrastive_gather,
+            ),
             drop_path=drop_path,
             norm_eps=LN_EPS,
         )

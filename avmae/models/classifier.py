@@ -31,13 +31,16 @@ class EncoderClassifier(nn.Module):
     Args:
         modalities: {input key: modality params}; exactly one for now.
         num_classes: head outputs (0 gives the pooled features as output).
-        mask_t_prob, mask_f_prob: training-time structured masking of time rows / frequency
-            columns of the token grid (AudioMAE fine-tuning; 0 disables).
+        mask_t_prob: training-time masking of time rows of the token grid (AudioMAE
+            fine-tuning; 0 disables).
+        mask_f_prob: the same for frequency columns.
         drop_path: stochastic depth.
         head_init_std: std of the head's normal init (AudioMAE: 2e-5).
         global_pool: "avg" (mean over patch tokens, cls excluded), "cls", or "time_avg" (the mean
             over time of each frequency band, each through ``fc_norm``, concatenated: ``F' * D``
             features; time-major token layout, no frequency-band masking).
+        post_norm: post-LN blocks (EAT); pre_norm: a LayerNorm over ``[cls; tokens]`` before the
+            first block (EAT); see ``MaskedAutoencoder``.
 
     ``head_name`` names the classifier head among the submodules (the part a linear probe trains).
     """
@@ -61,6 +64,8 @@ class EncoderClassifier(nn.Module):
         head_init_std: float = 2e-5,
         global_pool: str = "avg",
         norm_eps: float = 1e-6,
+        post_norm: bool = False,
+        pre_norm: bool = False,
     ) -> None:
         super().__init__()
         self.modalities = build_modalities(modalities, embed_dim)
@@ -91,9 +96,12 @@ class EncoderClassifier(nn.Module):
             self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
             self.cls_pos_embed = nn.Parameter(torch.zeros(1, 1, embed_dim), requires_grad=False)
         dpr = drop_path_rates(drop_path, depth)
+        self.pre_norm = nn.LayerNorm(embed_dim, eps=norm_eps) if pre_norm else None
         self.blocks = nn.ModuleList(
             [
-                make_block(embed_dim, num_heads, mlp_ratio=mlp_ratio, drop_path=dpr[i], norm_eps=norm_eps)
+                make_block(
+                    embed_dim, num_heads, mlp_ratio=mlp_ratio, drop_path=dpr[i], norm_eps=norm_eps, post_norm=post_norm
+                )
                 for i in range(depth)
             ]
         )
@@ -146,6 +154,8 @@ class EncoderClassifier(nn.Module):
         if self.has_cls:
             cls = (self.cls_token + self.cls_pos_embed).to(x.dtype).expand(x.shape[0], -1, -1)
             x = torch.cat([cls, x], dim=1)
+        if self.pre_norm is not None:
+            x = self.pre_norm(x)
         for blk in self.blocks:
             x = blk(x)
         return x

@@ -4,10 +4,10 @@
         [cls] + concat --joint blocks--> norm --decoder (registry)--> {m: pred} --objectives (registry)--> loss
 
 Each part is chosen by name: modalities, the decoder, a masker per modality (``avmae.masking``)
-and the objectives (``avmae.objectives``: by default masked-patch MSE, plus InfoNCE when
-``contrastive_weight > 0``). With one modality every encoder block is a joint block and the model
-is AudioMAE's ``MaskedAutoencoderViT``; parameter names then follow it (``blocks.N``, ``norm``,
-``cls_token``).
+and the objectives (``avmae.objectives``: by default norm-pix masked-patch MSE; the presets build
+theirs with ``mae_objectives``, adding InfoNCE when ``contrastive_weight > 0``). With one
+modality every encoder block is a joint block and the model is AudioMAE's ``MaskedAutoencoderViT``;
+parameter names then follow it (``blocks.N``, ``norm``, ``cls_token``).
 """
 
 from __future__ import annotations
@@ -27,9 +27,63 @@ from ..structures import MAEOutput, MaskInfo
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["MaskedAutoencoder", "build_modalities", "build_decoder"]
+__all__ = ["MaskedAutoencoder", "build_modalities", "build_decoder", "mae_objectives", "preset_objectives", "LOSS_ARGS"]
 
 ModalityConfig = Mapping[str, Mapping[str, Any]]
+
+# the presets' loss options (the official recipes' names), turned into objective specs by ``mae_objectives``
+LOSS_ARGS = (
+    "norm_pix_loss",
+    "loss_weights",
+    "contrastive_weight",
+    "contrastive_temperature",
+    "contrastive_bidirectional",
+    "contrastive_gather",
+)
+
+
+def mae_objectives(
+    num_modalities: int = 1,
+    *,
+    norm_pix_loss: bool = True,
+    loss_weights: Optional[Mapping[str, float]] = None,
+    contrastive_weight: float = 0.0,
+    contrastive_temperature: float = 0.05,
+    contrastive_bidirectional: bool = False,
+    contrastive_gather: bool = True,
+) -> List[Dict[str, Any]]:
+    """The objective specs of an MAE preset: ``mae_mse`` (``norm_pix_loss``: per-patch normalised
+    targets; ``loss_weights``: {modality: weight} of the reconstruction terms, default 1 each)
+    and, with ``contrastive_weight > 0``, ``info_nce`` between the first two modalities' pooled
+    single-modality representations (``contrastive_temperature``, ``contrastive_bidirectional``;
+    ``contrastive_gather``: negatives from every process under ``torch.distributed``, so the loss
+    equals the global-batch loss)."""
+    if contrastive_weight > 0 and num_modalities < 2:
+        raise ValueError("contrastive_weight > 0 needs two modalities")
+    specs: List[Dict[str, Any]] = [
+        {"name": "mae_mse", "norm_pix": norm_pix_loss, "modality_weights": dict(loss_weights or {})}
+    ]
+    if contrastive_weight > 0:
+        specs.append(
+            {
+                "name": "info_nce",
+                "weight": contrastive_weight,
+                "temperature": contrastive_temperature,
+                "bidirectional": contrastive_bidirectional,
+                "gather": contrastive_gather,
+            }
+        )
+    return specs
+
+
+def preset_objectives(overrides: Dict[str, Any], num_modalities: int, **loss: Any) -> List[ObjectiveSpec]:
+    """A preset's objectives: takes ``objectives`` and the ``LOSS_ARGS`` out of its keyword
+    ``overrides`` (a config's ``model.params``, a checkpoint's recorded params) -> the given
+    ``objectives`` (the loss options are then unused, as before), else ``mae_objectives`` of the
+    loss options (``loss``: the preset's own values, those in ``overrides`` first)."""
+    loss.update({k: overrides.pop(k) for k in LOSS_ARGS if k in overrides})
+    objectives = overrides.pop("objectives", None)
+    return list(objectives) if objectives is not None else mae_objectives(num_modalities, **loss)
 
 
 def build_modalities(configs: ModalityConfig, embed_dim: int) -> nn.ModuleDict:
@@ -38,8 +92,7 @@ def build_modalities(configs: ModalityConfig, embed_dim: int) -> nn.ModuleDict:
     mods = nn.ModuleDict()
     for key, params in configs.items():
         params = dict(params or {})
-        cls = MODALITIES.get(params.pop("type", key))
-        mod = cls(embed_dim=embed_dim, **params)
+        mod = MODALITIES.build(params.pop("type", key), params, embed_dim=embed_dim)
         mod.key = key
         mods[key] = mod
     if not len(mods):
@@ -48,18 +101,8 @@ def build_modalities(configs: ModalityConfig, embed_dim: int) -> nn.ModuleDict:
 
 
 def build_decoder(spec: Union[str, Mapping[str, Any]], params: Optional[Mapping[str, Any]], **common) -> nn.Module:
-    """``"swin"`` or ``{"name": "swin", ...params}`` -> a registered decoder."""
-    if isinstance(spec, Mapping):
-        spec = dict(spec)
-        name = spec.pop("name")
-        params = {**spec, **dict(params or {})}
-    else:
-        name = spec
-    cls = DECODERS.get(name)
-    decoder = cls(**common, **dict(params or {}))
-    if not isinstance(decoder, nn.Module) or not callable(getattr(decoder, "forward", None)):
-        raise TypeError(f"decoder {name!r} did not build an nn.Module")
-    return decoder
+    """``"swin"`` or ``{"name": "swin", ...params}`` (``params`` merged over) -> a registered decoder."""
+    return DECODERS.build(spec, params, **common)
 
 
 class MaskedAutoencoder(nn.Module):
@@ -67,7 +110,10 @@ class MaskedAutoencoder(nn.Module):
 
     Args:
         modalities: {input key: modality params}, e.g. {"audio": {"target_length": 1024}}.
-        embed_dim, depth, num_heads, mlp_ratio: encoder size.
+        embed_dim: encoder width.
+        depth: encoder blocks.
+        num_heads: encoder attention heads.
+        mlp_ratio: encoder MLP width, in multiples of ``embed_dim``.
         joint_depth: blocks over the concatenated modalities (the rest are per modality);
             ignored with one modality (all blocks are joint).
         cls_token: prepend a learned cls token to the joint sequence (AudioMAE does).
@@ -78,17 +124,17 @@ class MaskedAutoencoder(nn.Module):
             modality's ``default_masking`` ("random"; "tube" for video tubelets).
         num_clones: encode each clip this many times per step, each clone with its own mask
             (EAT's multi-mask; the targets and any teacher pass are shared by the clones).
-        objectives: the losses, a list of registered names or {"name", "weight", <params>}; when
-            None, built from the arguments below: ``mae_mse`` (``norm_pix_loss``,
-            ``loss_weights``) and, with ``contrastive_weight > 0``, ``info_nce``.
-        norm_pix_loss: per-patch normalised targets.
-        loss_weights: {modality: weight} for the reconstruction terms (default 1 each).
-        contrastive_weight: weight of InfoNCE between the first two modalities' pooled
-            single-modality representations (0 = off).
-        contrastive_temperature, contrastive_bidirectional: InfoNCE options.
-        contrastive_gather: take negatives from every process when ``torch.distributed`` is
-            initialised (see ``avmae.losses``); the loss then equals the global-batch loss.
+        objectives: the losses, a list of registered names or {"name", "weight", <params>};
+            None: ``mae_objectives()`` (norm-pix masked-patch MSE). The presets take the official
+            loss options (``LOSS_ARGS``: ``norm_pix_loss``, ``contrastive_weight``, ...) and pass
+            ``mae_objectives(...)`` of them.
         drop_path: stochastic depth of the encoder.
+        post_norm: post-LN encoder blocks (``x = norm1(x + attn(x)); x = norm2(x + mlp(x))``, EAT /
+            data2vec 2.0) instead of ViT's pre-LN ones.
+        pre_norm: a LayerNorm (``pre_norm``) over ``[cls; tokens]`` before the first joint block (EAT).
+        final_norm: the LayerNorm ``norm`` after the last block (AudioMAE); EAT has none.
+        decoder: None builds the encoder alone (a released encoder to extract features from or to
+            fine-tune): ``forward_features`` works, ``forward`` (pretraining) refuses.
     """
 
     def __init__(
@@ -107,14 +153,11 @@ class MaskedAutoencoder(nn.Module):
         maskers: Optional[Mapping[str, MaskerSpec]] = None,
         num_clones: int = 1,
         objectives: Optional[Sequence[ObjectiveSpec]] = None,
-        norm_pix_loss: bool = True,
-        loss_weights: Optional[Mapping[str, float]] = None,
-        contrastive_weight: float = 0.0,
-        contrastive_temperature: float = 0.05,
-        contrastive_bidirectional: bool = False,
-        contrastive_gather: bool = True,
         drop_path: float = 0.0,
         norm_eps: float = 1e-6,
+        post_norm: bool = False,
+        pre_norm: bool = False,
+        final_norm: bool = True,
     ) -> None:
         super().__init__()
         self.modalities = build_modalities(modalities, embed_dim)
@@ -131,21 +174,7 @@ class MaskedAutoencoder(nn.Module):
         if int(num_clones) < 1:
             raise ValueError(f"num_clones must be >= 1, got {num_clones}")
         self.num_clones = int(num_clones)
-        if objectives is None:
-            if contrastive_weight > 0 and len(names) < 2:
-                raise ValueError("contrastive_weight > 0 needs two modalities")
-            objectives = [{"name": "mae_mse", "norm_pix": norm_pix_loss, "modality_weights": dict(loss_weights or {})}]
-            if contrastive_weight > 0:
-                objectives.append(
-                    {
-                        "name": "info_nce",
-                        "weight": contrastive_weight,
-                        "temperature": contrastive_temperature,
-                        "bidirectional": contrastive_bidirectional,
-                        "gather": contrastive_gather,
-                    }
-                )
-        objective_list = build_objectives(objectives)
+        objective_list = build_objectives(mae_objectives(len(names)) if objectives is None else objectives)
         if not objective_list:
             raise ValueError("a pretraining model needs at least one objective")
         # predictions are per-patch normalised when the reconstruction objective says so (viz restores them)
@@ -160,7 +189,14 @@ class MaskedAutoencoder(nn.Module):
             {
                 m: nn.ModuleList(
                     [
-                        make_block(embed_dim, num_heads, mlp_ratio=mlp_ratio, drop_path=dpr[i], norm_eps=norm_eps)
+                        make_block(
+                            embed_dim,
+                            num_heads,
+                            mlp_ratio=mlp_ratio,
+                            drop_path=dpr[i],
+                            norm_eps=norm_eps,
+                            post_norm=post_norm,
+                        )
                         for i in range(specific)
                     ]
                 )
@@ -171,17 +207,29 @@ class MaskedAutoencoder(nn.Module):
         )
         if not single:
             self.modality_embed = nn.ParameterDict({m: nn.Parameter(torch.zeros(1, 1, embed_dim)) for m in names})
+        self.pre_norm = nn.LayerNorm(embed_dim, eps=norm_eps) if pre_norm else None
         self.blocks = nn.ModuleList(
             [
-                make_block(embed_dim, num_heads, mlp_ratio=mlp_ratio, drop_path=dpr[specific + i], norm_eps=norm_eps)
+                make_block(
+                    embed_dim,
+                    num_heads,
+                    mlp_ratio=mlp_ratio,
+                    drop_path=dpr[specific + i],
+                    norm_eps=norm_eps,
+                    post_norm=post_norm,
+                )
                 for i in range(joint_depth)
             ]
         )
-        self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
+        self.norm = nn.LayerNorm(embed_dim, eps=norm_eps) if final_norm else nn.Identity()
 
         # ---- decoder ----
         specs = {m: mod.spec() for m, mod in self.modalities.items()}
-        self.decoder = build_decoder(decoder, decoder_params, encoder_dim=embed_dim, specs=specs, has_cls=cls_token)
+        self.decoder = (
+            None
+            if decoder is None
+            else build_decoder(decoder, decoder_params, encoder_dim=embed_dim, specs=specs, has_cls=cls_token)
+        )
         self.initialize_weights()
 
         # ---- objectives: attached last, to the finished model (a teacher copies it here) ----
@@ -221,7 +269,7 @@ class MaskedAutoencoder(nn.Module):
         if hasattr(self, "modality_embed"):
             for p in self.modality_embed.values():
                 nn.init.normal_(p, std=0.02)
-        if hasattr(self.decoder, "init_extra"):
+        if self.decoder is not None and hasattr(self.decoder, "init_extra"):
             self.decoder.init_extra()
 
     def no_weight_decay(self) -> set:
@@ -265,10 +313,13 @@ class MaskedAutoencoder(nn.Module):
             B = parts[0].shape[0]
             cls = (self.cls_token + self.cls_pos_embed).to(parts[0].dtype).expand(B, -1, -1)
             parts = [cls] + parts
-        x = torch.cat(parts, dim=1)
+        x = self._pre_norm(torch.cat(parts, dim=1))
         for blk in self.blocks:
             x = blk(x)
         return self.norm(x)
+
+    def _pre_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.pre_norm is None else self.pre_norm(x)
 
     def forward_encoder(
         self, inputs, mask_ratio=None, noise=None
@@ -278,6 +329,11 @@ class MaskedAutoencoder(nn.Module):
         return self.joint(tokens), masks, tokens
 
     def forward_decoder(self, latent: torch.Tensor, masks: Mapping[str, MaskInfo]) -> Dict[str, torch.Tensor]:
+        if self.decoder is None:
+            raise RuntimeError(
+                f"{type(self).__name__} was built without a decoder (an encoder to extract features from or to"
+                " fine-tune): use forward_features, or build it with a decoder to pretrain"
+            )
         return self.decoder(latent, masks)
 
     def forward_loss(self, inputs: Mapping[str, torch.Tensor], out: MAEOutput) -> MAEOutput:
@@ -294,6 +350,7 @@ class MaskedAutoencoder(nn.Module):
 
     def single_modality(self, m: str, x: torch.Tensor) -> torch.Tensor:
         """One modality's tokens alone through the joint blocks and the final norm. -> [B, K, D]."""
+        x = self._pre_norm(x)
         for blk in self.blocks:
             x = blk(x)
         return self.norm(x)
@@ -325,7 +382,7 @@ class MaskedAutoencoder(nn.Module):
         if self.has_cls:
             cls = (self.cls_token + self.cls_pos_embed).to(parts[0].dtype).expand(parts[0].shape[0], -1, -1)
             parts = [cls] + parts
-        x = torch.cat(parts, dim=1)
+        x = self._pre_norm(torch.cat(parts, dim=1))
         outs = []
         for blk in self.blocks:
             x = blk(x)

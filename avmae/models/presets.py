@@ -15,7 +15,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 
 from ..registry import DECODERS, register_model
 from .classifier import EncoderClassifier
-from .mae import MaskedAutoencoder
+from .mae import MaskedAutoencoder, preset_objectives
 
 __all__ = ["SIZES", "audiomae", "audiomae_cls"]
 
@@ -65,17 +65,17 @@ def audiomae(
     """AudioMAE pretraining model of a named size. ``pos_base_length``: frames the fixed positional
     tables are laid out for (default ``target_length``; see ``avmae.modalities.audio``)."""
     s = SIZES[size]
-    name = decoder["name"] if isinstance(decoder, Mapping) else decoder
-    if isinstance(decoder, Mapping):
-        decoder_params = {**{k: v for k, v in decoder.items() if k != "name"}, **dict(decoder_params or {})}
+    name, own = DECODERS.parse(decoder)
+    decoder_params = {**own, **dict(decoder_params or {})}
     kw: Dict[str, Any] = dict(embed_dim=s["embed_dim"], depth=s["depth"], num_heads=s["num_heads"])
     kw.update(overrides)
+    objectives = preset_objectives(kw, 1, norm_pix_loss=norm_pix_loss)  # takes the loss options out of kw
     return MaskedAutoencoder(
         modalities=_audio(target_length, num_mel_bins, pos_embed, pos_base_length),
         decoder=name,
         decoder_params=_decoder_params(size, name, decoder_params),
-        norm_pix_loss=norm_pix_loss,
         mask_ratio=mask_ratio,
+        objectives=objectives,
         **kw,
     )
 

@@ -14,8 +14,8 @@ moves with it to the device, and resumes exactly. Three seams:
   encoder here);
 - ``forward(model, inputs, out) -> ObjectiveOutput``: the loss (unweighted; the model applies
   ``weight``), named terms for the logs (``out.losses``) and metrics (``out.extras``);
-- ``after_step(model, step, total_steps)``: after every optimizer step (an EMA update), called by
-  the pretraining task.
+- ``after_optimizer_step(model, step, total_steps)``: after every optimizer step (an EMA update),
+  called by the pretraining task (the old name ``after_step`` still works, with a DeprecationWarning).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Union
 import torch
 import torch.nn as nn
 
+from ..deprecation import deprecated_alias
 from ..registry import OBJECTIVES
 
 __all__ = ["Objective", "ObjectiveOutput", "ObjectiveSpec", "build_objective", "build_objectives"]
@@ -56,8 +57,10 @@ class Objective(nn.Module):
     ) -> ObjectiveOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def after_step(self, model: nn.Module, step: int, total_steps: int) -> None:
+    def after_optimizer_step(self, model: nn.Module, step: int, total_steps: int) -> None:
         """After optimizer step ``step`` (1-based) of ``total_steps``; ``model`` is the bare model."""
+
+    after_step = deprecated_alias("after_optimizer_step", "after_step")
 
     def extra_repr(self) -> str:
         return f"weight={self.weight:g}"
@@ -68,29 +71,12 @@ ObjectiveSpec = Union[str, Mapping[str, Any], Objective]
 
 def build_objective(spec: ObjectiveSpec) -> Objective:
     """An objective from a registered name, ``{"name": ..., "weight": w, <param>: ...}`` (params may
-    also sit under ``params``), or an ``Objective``."""
-    if isinstance(spec, Objective):
-        return spec
-    if isinstance(spec, str):
-        name, params = spec, {}
-    elif isinstance(spec, Mapping) and "name" in spec:
-        params = dict(spec)
-        name = params.pop("name")
-        params.update(params.pop("params", None) or {})
-    else:
-        raise ValueError(f"an objective is a registered name or {{name: ..., weight: ..., <params>}}, got {spec!r}")
-    cls = OBJECTIVES.get(name)
-    try:
-        obj = cls(**params)
-    except TypeError as exc:
-        raise ValueError(f"objective {name!r} rejected its params {params}: {exc}") from None
-    if not isinstance(obj, Objective):
-        raise TypeError(
-            f"objective {name!r} ({OBJECTIVES.source(name)}) built a {type(obj).__name__}, not an"
-            " avmae.objectives.Objective"
-        )
-    return obj
+    also sit under ``params``), or an ``Objective`` (``OBJECTIVES.build``)."""
+    return OBJECTIVES.build(spec)
 
 
 def build_objectives(specs: Iterable[ObjectiveSpec]) -> List[Objective]:
     return [build_objective(s) for s in specs]
+
+
+OBJECTIVES.product = Objective

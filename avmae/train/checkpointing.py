@@ -41,6 +41,7 @@ import avmae
 
 from ..checkpoint import CheckpointError, fsync_dir, save_checkpoint
 from ..config import Config, ConfigError, diff, load_config, save_config, to_dict
+from ..files import to_json
 from ..run_folder import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
@@ -145,7 +146,7 @@ class RunCheckpoints:
                 "avmae_version": avmae.__version__,
                 "torch_version": __import__("torch").__version__,
             }
-            (self.output_dir / RUN_INFO_FILE).write_text(json.dumps(info, indent=1), encoding="utf-8")
+            (self.output_dir / RUN_INFO_FILE).write_text(to_json(info, indent=1), encoding="utf-8")
 
     def register_weight_hooks(self) -> None:
         """Model weights go through avmae's safetensors export, not accelerate's own file, so a
@@ -280,7 +281,7 @@ class RunCheckpoints:
             save_config(self.cfg, tmp / CONFIG_FILE)
             record = dataclasses.asdict(state)
             record.pop("last_checkpoint")
-            (tmp / STATE_FILE).write_text(json.dumps(record, indent=1), encoding="utf-8")
+            (tmp / STATE_FILE).write_text(to_json(record, indent=1), encoding="utf-8")
         acc.wait_for_everyone()  # every process's files are written
         if acc.is_main_process:
             write_manifest(tmp)  # last, with every file flushed to disk

@@ -37,7 +37,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
@@ -47,6 +46,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..config import Config, ConfigError
+from ..files import write_json
 from ..registry import register_task
 from .metrics import classification_report
 from .task import Task, model_inputs
@@ -156,29 +156,6 @@ def collect_predictions(
     if not logits_all:
         return torch.zeros(0, 0), torch.zeros(0, 0)
     return torch.cat(logits_all), torch.cat(labels_all)
-
-
-def _plain(obj: Any) -> Any:
-    """JSON-ready copy: tensors/arrays as lists, NaN and infinities as None (JSON null)."""
-    if hasattr(obj, "tolist"):
-        obj = obj.tolist()
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
-
-
-def write_json(path: os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON (NaN as null), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_plain(obj), indent=1, allow_nan=False), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
 
 
 @register_task("finetune")

@@ -2,7 +2,9 @@
 
 ``MetricsWriter``: one JSON object per line in ``metrics.jsonl``, mirrored to accelerate's
 trackers (TensorBoard). Only the main process writes. A record is ``{"step": int, "time": float,
-<name>: number, ...}`` with names such as ``train/loss``, ``train/lr``, ``eval/loss``. On resume
+<name>: number, ...}`` with names such as ``train/loss``, ``train/lr``, ``eval/loss``; a value that
+is not finite (a NaN loss) is written as ``null`` (``avmae.files``' JSON policy; files written before
+it hold the strings ``"nan"``/``"inf"``, which ``read_metrics`` turns into floats). On resume
 the records after the resumed step are dropped, so the file always describes one consistent run.
 
 The file is rewritten when a run starts: records after the step it starts from (0 for a fresh
@@ -28,6 +30,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 
+from ..files import atomic_write, to_json
+
 __all__ = ["MetricsWriter", "LossWindow", "read_metrics", "format_metrics"]
 
 _logger = logging.getLogger(__name__)
@@ -36,11 +40,7 @@ PathLike = Union[str, os.PathLike]
 
 
 def _plain(value: Any) -> Any:
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)  # JSON has no NaN/inf; keep them readable
-    return value
+    return value.item() if hasattr(value, "item") else value
 
 
 def format_metrics(metrics: Mapping[str, Any], digits: int = 4) -> str:
@@ -79,18 +79,20 @@ class MetricsWriter:
             for line in self.path.read_text(encoding="utf-8").splitlines()
             if line.strip() and _step_of(line) <= step
         ]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-        os.replace(tmp, self.path)
+        atomic_write(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> Dict[str, Any]:
         record = {"step": int(step), "time": round(time.time(), 3)}
         record.update({k: _plain(v) for k, v in metrics.items()})
         if self.enabled:
             with self.path.open("a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(to_json(record) + "\n")  # NaN and inf as null
         if self.accelerator is not None:
-            numeric = {k: v for k, v in record.items() if k not in ("step", "time") and isinstance(v, (int, float))}
+            numeric = {
+                k: v
+                for k, v in record.items()
+                if k not in ("step", "time") and isinstance(v, (int, float)) and math.isfinite(v)
+            }
             self.accelerator.log(numeric, step=int(step))
         return record
 
@@ -220,13 +222,20 @@ def _step_of(line: str) -> float:
         return math.inf
 
 
+def _nonfinite_string(value: Any) -> Any:
+    """A number written by an older version as a string ("nan", "inf", "-inf") -> that float."""
+    return float(value) if isinstance(value, str) and value in ("nan", "inf", "-inf") else value
+
+
 def read_metrics(path: PathLike, prefix: Optional[str] = None) -> List[Dict[str, Any]]:
-    """Records of a ``metrics.jsonl`` (those with a key starting with ``prefix``, when given)."""
+    """Records of a ``metrics.jsonl`` (those with a key starting with ``prefix``, when given). A
+    value that was not finite reads as None (``null``); the strings ``"nan"``/``"inf"``/``"-inf"``
+    of files written by older versions read as those floats."""
     out = []
     for line in Path(path).read_text(encoding="utf-8").splitlines():
         if not line.strip():
             continue
-        rec = json.loads(line)
+        rec = {k: _nonfinite_string(v) for k, v in json.loads(line).items()}
         if prefix is None or any(k.startswith(prefix) for k in rec):
             out.append(rec)
     return out

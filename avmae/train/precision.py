@@ -16,12 +16,10 @@ probe runs once; every decision is logged with the figures it used.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import hashlib
 import json
 import logging
-import os
 import platform
 import time
 from collections import Counter
@@ -34,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ConfigError
+from ..files import atomic_write, to_json
 
 _logger = logging.getLogger(__name__)
 
@@ -42,6 +41,8 @@ __all__ = [
     "DEFAULT_SHAPES",
     "PrecisionChoice",
     "choose_precision",
+    "cpu_flags",
+    "cpu_model",
     "fresh_precision_state",
     "linear_shapes",
     "probe_cache_path",
@@ -71,12 +72,18 @@ def _cpuinfo(field: str) -> Optional[str]:
     return None
 
 
-def _cpu_flags() -> set:
+def cpu_flags() -> set:
+    """The CPU's feature flags from /proc/cpuinfo (``avx2``, ``avx512_bf16``, ``amx_bf16``, ...);
+    empty where there is no /proc/cpuinfo."""
     return set((_cpuinfo("flags") or "").split())
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, else what ``platform`` says."""
     return _cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+_cpu_flags, _cpu_model = cpu_flags, cpu_model  # the probe cache's key reads these (tests replace them)
 
 
 def fresh_precision_state(num_processes: int) -> None:
@@ -179,17 +186,12 @@ def _read_cache(path: Path) -> Dict[str, dict]:
 
 
 def _write_cache(path: Path, key: str, entry: dict) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
         doc = _read_cache(path)
         doc[key] = entry
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(doc, indent=1))
-        os.replace(tmp, path)
+        atomic_write(path, to_json(doc, indent=1))
     except OSError as exc:  # a read-only home: measure again next time
         _logger.debug("could not cache the precision probe in %s: %s", path, exc)
-        with contextlib.suppress(OSError):
-            tmp.unlink()
 
 
 def _measured(shapes: Sequence[Shape], probe: Optional[Probe], use_cache: bool) -> Tuple[Dict[str, float], str]:

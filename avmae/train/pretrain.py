@@ -6,7 +6,7 @@ The objectives (``avmae.objectives``: masked-patch MSE, InfoNCE, a plugin's) and
 (``avmae.masking``) are parts of the model, so they are chosen through its params: the config's
 ``objectives`` and ``masking.maskers`` (when set) and ``masking.mask_ratio`` become the model's
 ``objectives``, ``maskers`` and ``mask_ratio``; ``masking.per_modality`` sets ratios per forward.
-After every optimizer step each objective's ``after_step`` runs (an EMA teacher's update).
+After every optimizer step each objective's ``after_optimizer_step`` runs (an EMA teacher's update).
 Evaluation: the mean losses over the eval split and, for an audio-visual model, audio <-> video
 retrieval recall@1/5/10 (``avmae.train.retrieval``).
 """
@@ -20,6 +20,7 @@ import torch.nn as nn
 from torch.utils.data import Dataset
 
 from ..config import ConfigError
+from ..deprecation import call_hook
 from ..registry import register_task
 from .retrieval import retrieval_metrics
 from .task import Task
@@ -81,9 +82,9 @@ class PretrainTask(Task):
         out = model(inputs, mask_ratio=self.mask_ratio)
         return out.loss, dict(out.losses)
 
-    def after_step(self, model: nn.Module, step: int, total_steps: int) -> None:
+    def after_optimizer_step(self, model: nn.Module, step: int, total_steps: int) -> None:
         for objective in getattr(model, "objectives", ()):
-            objective.after_step(model, step, total_steps)
+            call_hook(objective, "after_optimizer_step", "after_step", model, step, total_steps)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader, accelerator) -> Dict[str, float]:

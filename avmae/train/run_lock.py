@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional, Set
 
+from ..files import to_json
 from ..run_folder import LOCK_FILE
 
 _logger = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ class RunLock:
 
     def _me(self) -> bytes:
         me = {"host": socket.gethostname(), "pid": os.getpid(), "started": round(time.time(), 3), "argv": sys.argv}
-        return json.dumps(me).encode("utf-8")
+        return to_json(me).encode("utf-8")
 
     def _busy(self, holder: Dict[str, Any]) -> RunLockError:
         return RunLockError(

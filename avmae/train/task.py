@@ -7,8 +7,11 @@ A task is a class registered in ``avmae.registry.TASKS`` (``@register_task("name
     param_groups(model) -> list                  AdamW groups (weight decay, lr_scale)
     items_per_epoch(train_set) / build_sampler   the length and the order of an epoch
     compute_loss(model, inputs, batch)           -> (loss, {name: scalar}) of one batch
-    after_step(model, step, total_steps)         after every optimizer step (an EMA teacher)
+    after_optimizer_step(model, step, total)     after every optimizer step (an EMA teacher)
     evaluate(model, loader, accelerator)         -> {name: float}, identical on every process
+
+``after_optimizer_step`` was called ``after_step``: a task that still implements that name is
+called by it, with a ``DeprecationWarning``.
 
 ``model_params(train_set)`` is the one place the factory params of the run's model are derived
 from the config (``model.params`` plus the input size from ``data.*``, and what the task adds);
@@ -29,6 +32,7 @@ import avmae
 
 from ..checkpoint import CheckpointError, load_checkpoint
 from ..config import Config, ConfigError, param_source
+from ..deprecation import deprecated_alias
 from ..run_folder import resolve_weights
 from .optim import param_groups
 
@@ -188,8 +192,11 @@ class Task:
     ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         raise NotImplementedError
 
-    def after_step(self, model: nn.Module, step: int, total_steps: int) -> None:
-        """After optimizer step ``step`` (1-based) of ``total_steps``; ``model`` unwrapped."""
+    def after_optimizer_step(self, model: nn.Module, step: int, total_steps: int) -> None:
+        """After optimizer step ``step`` (1-based) of ``total_steps``: update what the model keeps
+        besides its trained weights (an EMA teacher); ``model`` unwrapped."""
+
+    after_step = deprecated_alias("after_optimizer_step", "after_step")
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader, accelerator) -> Dict[str, float]:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,8 @@ import torch.nn as nn
 from torch.utils.data import Dataset, Sampler
 
 from ..config import Config, ConfigError, validate
+from ..deprecation import call_hook, deprecated_alias
+from ..files import atomic_write
 from ..registry import DATASETS, TASKS, RegistryError
 from ..run_folder import SKIP_DIR, SKIPPED_FILE
 from .checkpointing import RunCheckpoints, TrainState
@@ -105,7 +106,8 @@ class Trainer:
     """Builds everything from a ``Config`` and runs ``fit``.
 
     ``task`` and ``datasets`` (train, eval) may be passed in to replace the registered ones
-    (tests, notebooks). ``after_step(step)`` is a no-op hook a subclass may use.
+    (tests, notebooks). ``on_step_end(step)`` is a no-op hook a subclass may use (called once a
+    step is logged and checkpointed; the old name ``after_step`` still works, with a warning).
     ``device_skip = False`` (class attribute) reads the non-finite flags every step even where
     the optimizer could skip on the device.
     """
@@ -218,10 +220,15 @@ class Trainer:
                                 guard.step(state.step + 1, log.take_nonfinite(), grad_norm)
                             state.step += 1
                             state.epoch_step += 1
-                            task.after_step(
-                                acc.unwrap_model(model, keep_torch_compile=False), state.step, plan.total_steps
+                            call_hook(
+                                task,
+                                "after_optimizer_step",
+                                "after_step",
+                                acc.unwrap_model(model, keep_torch_compile=False),
+                                state.step,
+                                plan.total_steps,
                             )
-                            if self._after_step(run, log, guard, lr, grad_norm, stop_after):
+                            if self._finish_step(run, log, guard, lr, grad_norm, stop_after):
                                 interrupted = True
                                 break
                             if state.step >= plan.total_steps:
@@ -254,8 +261,10 @@ class Trainer:
             skipped_items=skipped_items,
         )
 
-    def after_step(self, step: int) -> None:
-        """Called after every optimizer step (a hook for subclasses)."""
+    def on_step_end(self, step: int) -> None:
+        """Called after every optimizer step, once it is logged and checkpointed (a hook for subclasses)."""
+
+    after_step = deprecated_alias("on_step_end", "after_step")
 
     # ------------------------------------------------------------------------ the loop's pieces
     def _setup(self) -> _Run:
@@ -315,7 +324,7 @@ class Trainer:
             saved_at=state.step if state.last_checkpoint else -1,
         )
 
-    def _after_step(
+    def _finish_step(
         self,
         run: _Run,
         log: TrainLog,
@@ -336,7 +345,7 @@ class Trainer:
             log.train(state, lr, grad_norm)
         if save_due:
             self._save(run, guard)
-        self.after_step(state.step)
+        call_hook(self, "on_step_end", "after_step", state.step)
         return self._stop_now(guard) or (stop_after is not None and state.step >= stop_after)
 
     def _stop_now(self, guard: NonFiniteGuard) -> bool:
@@ -426,10 +435,7 @@ class Trainer:
                 for path, reason in collect_skipped(folder).items():
                     found.setdefault(path, reason)
             if found and acc.is_main_process:
-                out = self.output_dir / SKIPPED_FILE
-                tmp = out.with_name(out.name + ".tmp")
-                tmp.write_text("".join(f"{p}\t{r}\n" for p, r in sorted(found.items())), encoding="utf-8")
-                os.replace(tmp, out)
+                atomic_write(self.output_dir / SKIPPED_FILE, "".join(f"{p}\t{r}\n" for p, r in sorted(found.items())))
         except OSError as exc:
             if not final:
                 raise

@@ -83,7 +83,7 @@ class EMATeacherRegression(Objective):
         return self.decay + (self.end_decay - self.decay) * step / self.anneal_steps
 
     @torch.no_grad()
-    def after_step(self, model: nn.Module, step: int, total_steps: int) -> None:
+    def after_optimizer_step(self, model: nn.Module, step: int, total_steps: int) -> None:
         student = dict(model.named_parameters())
         a = 1.0 - self.decay_at(step)
         for name, t in zip(self._names, self.teacher.parameters()):

@@ -10,6 +10,15 @@ eat_tiny     64     2      4      4 clones, blocks of 3, 2 conv layers, top 2  6
 ===========  =====  =====  =====  ==========================================  ========================
 
 Every value is a keyword argument (``model.params`` in a run config).
+
+``faithful=True`` builds the released EAT encoder (``avmae.models.eat``: post-LN blocks, a
+LayerNorm over ``[cls; patches]`` before the first block, no final norm, the fixed 768 x 8 row
+table sliced to the input) with this plugin's masking, decoder and objective, so it pretrains
+the model the released checkpoints hold; the default (``faithful=False``) is the EAT-style model:
+AudioMAE's pre-LN ViT with its final norm and table. Either fine-tunes with the AudioMAE recipes
+(``eat_base_cls`` for the faithful one). Where both still differ from the released pretraining
+(the targets are block outputs here, the FFN outputs there; the decoder's LayerNorm is affine
+here, without parameters there) is listed in docs/checkpoints.md.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from __future__ import annotations
 from typing import Any, Dict, Optional
 
 from avmae.models import MaskedAutoencoder
+from avmae.models.eat import eat_encoder
 
 __all__ = ["EAT_SIZES", "eat", "eat_vit_base", "eat_demo", "eat_tiny"]
 
@@ -44,23 +54,19 @@ def eat(
     end_decay: float = 0.99999,
     anneal_steps: int = 100_000,
     utterance_weight: float = 1.0,
+    faithful: bool = False,
     **overrides: Any,
 ) -> MaskedAutoencoder:
     """An EAT pretraining model of a named size (``EAT_SIZES``); other keyword arguments go to
-    ``MaskedAutoencoder`` (e.g. ``drop_path``)."""
+    ``MaskedAutoencoder`` (e.g. ``drop_path``). ``faithful``: the released EAT encoder (see the
+    module doc) instead of AudioMAE's ViT."""
     if size not in EAT_SIZES:
         raise ValueError(f"unknown EAT size {size!r}; valid: {', '.join(EAT_SIZES)}")
     s = EAT_SIZES[size]
     width = s["embed_dim"]
     kw: Dict[str, Any] = dict(embed_dim=width, depth=s["depth"], num_heads=s["num_heads"])
     kw.update(overrides)
-    return MaskedAutoencoder(
-        modalities={
-            "audio": dict(
-                target_length=target_length or s["target_length"], num_mel_bins=num_mel_bins, pos_embed="audiomae"
-            )
-        },
-        cls_token=True,
+    pretraining: Dict[str, Any] = dict(
         decoder="eat_cnn",
         decoder_params=dict(
             embed_dim=width, out_dim=kw["embed_dim"], depth=decoder_depth or s["decoder_depth"], groups=decoder_groups
@@ -78,6 +84,19 @@ def eat(
                 "utterance_weight": utterance_weight,
             }
         ],
+    )
+    if faithful:
+        return eat_encoder(
+            "base", target_length=target_length or s["target_length"], num_mel_bins=num_mel_bins, **pretraining, **kw
+        )
+    return MaskedAutoencoder(
+        modalities={
+            "audio": dict(
+                target_length=target_length or s["target_length"], num_mel_bins=num_mel_bins, pos_embed="audiomae"
+            )
+        },
+        cls_token=True,
+        **pretraining,
         **kw,
     )
 
