@@ -180,7 +180,7 @@ def test_init_uses_the_initial_model(events, tmp_path, capsys):
 def test_budget_sets_the_length(events, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(own_data_run, "step_seconds", lambda cfg, **kw: 2.0)  # a machine of known speed
     plans = {}
-    for budget in ("90", "200"):
+    for budget in ("40", "100"):
         out = _finetune(
             capsys,
             events["train"],
@@ -199,4 +199,4 @@ def test_budget_sets_the_length(events, tmp_path, capsys, monkeypatch):
         plans[budget] = epochs, steps, left = int(m.group(1)), int(m.group(2)), int(m.group(3))
         fits = {max(own_data_run.MIN_EPOCHS, int(t / (2.0 * steps))) for t in (left - 0.5, left + 0.5)}
         assert epochs in fits and left <= 0.92 * int(budget)
-    assert plans["200"][0] > plans["90"][0] >= own_data_run.MIN_EPOCHS
+    assert plans["100"][0] > plans["40"][0] >= own_data_run.MIN_EPOCHS

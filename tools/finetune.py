@@ -11,12 +11,15 @@ TRAIN, EVAL: a folder with one subfolder per class (the subfolder's name is the 
 file under it), or an AudioMAE manifest (.json / .jsonl) with --label-csv (or its label ids taken
 as the classes). Without --eval a seeded, stratified 20 % of TRAIN is held out.
 
-The run is planned from the data (avmae.train.own_data; each decision is printed): the input length
-from the clips' durations, the normalisation statistics (those of the --init model, else of the
-training clips at that length), augmentations that never split a clip, a learning rate that also
-trains from scratch, and the number of epochs. Trailing key=value arguments override any of it
-(e.g. schedule.epochs=30 train.batch_size=32). At the end the held-out accuracy (mAP for multi-label
-data) is printed beside chance level; the run folder holds the checkpoint, metrics and per-class
+The run is planned from the data (avmae.train.own_data, avmae.train.own_data_run; each decision is
+printed): the input length from the clips' durations, the normalisation statistics (those of the
+--init model, else of the training clips at that length), the pooling and augmentation that let a
+model trained from scratch learn, a learning rate, and the epochs that fit --budget (seconds for the
+whole command, default 600). --pretrain first pretrains an AudioMAE on the training clips (and
+--unlabelled ones) for a share of the budget, then fine-tunes from it. Trailing key=value arguments
+override any of it (e.g. schedule.epochs=30 train.batch_size=32). At the end the training and held-out accuracy (mAP
+for multi-label data) are printed beside chance level, with the best evaluation's epoch, and a
+warning when the classifier did not learn; the run folder holds the checkpoint, metrics and per-class
 results (eval/per_class_last.json), as any training run.
 """
 
