@@ -200,3 +200,15 @@ def test_budget_sets_the_length(events, tmp_path, capsys, monkeypatch):
         fits = {max(own_data_run.MIN_EPOCHS, int(t / (2.0 * steps))) for t in (left - 0.5, left + 0.5)}
         assert epochs in fits and left <= 0.92 * int(budget)
     assert plans["100"][0] > plans["40"][0] >= own_data_run.MIN_EPOCHS
+
+
+def test_step_seconds_times_the_planned_model():
+    from avmae.config import load_config
+
+    cfg = load_config(
+        [], ["task=finetune", "model.name=audiomae_tiny_cls", "data.target_length=64", "train.batch_size=4"]
+    )
+    bare = own_data_run.step_seconds(cfg)
+    assert 0 < bare < 10
+    # the decoding of the batch's clips is added, and the overhead factor applies to both
+    assert own_data_run.step_seconds(cfg, clip_seconds=0.5) >= 4 * 0.5 * own_data_run.STEP_OVERHEAD
