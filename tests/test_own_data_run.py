@@ -212,3 +212,14 @@ def test_step_seconds_times_the_planned_model():
     assert 0 < bare < 10
     # the decoding of the batch's clips is added, and the overhead factor applies to both
     assert own_data_run.step_seconds(cfg, clip_seconds=0.5) >= 4 * 0.5 * own_data_run.STEP_OVERHEAD
+
+
+def test_time_avg_pool_keeps_the_frequency_bands_apart():
+    model = avmae.create_model("audiomae_tiny_cls", num_classes=3, target_length=64, global_pool="time_avg").eval()
+    x = torch.randn(2, 1, 64, 128)
+    tokens = model.forward_tokens({"audio": x})[:, 1:]  # [B, 4*8, D], token t * 8 + f
+    ref = torch.cat([model.fc_norm(tokens[:, f::8].mean(dim=1)) for f in range(8)], dim=1)
+    torch.testing.assert_close(model.forward_features({"audio": x}), ref)
+    assert model.head.in_features == 8 * 64 and model({"audio": x}).shape == (2, 3)
+    with pytest.raises(ValueError, match="mask_f_prob=0"):
+        avmae.create_model("audiomae_tiny_cls", global_pool="time_avg", mask_f_prob=0.2)
