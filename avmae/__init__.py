@@ -11,7 +11,7 @@ package:
 ``register_masker``             an ``avmae.masking.Masker`` subclass (``masking.maskers``)
 ``register_objective``          an ``avmae.objectives.Objective`` subclass (``objectives``)
 ``register_task``               an ``avmae.train.Task`` subclass (``task: <name>``)
-``register_dataset``            a dataset builder (``modality: <name>``)
+``register_dataset``            an ``avmae.train.DatasetBuilder`` (``dataset: <name>``)
 ``register_checkpoint_format``  an ``avmae.checkpoint.CheckpointFormat`` (a layout the loaders read)
 ==============================  ============================================================
 """

@@ -31,6 +31,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
+from .checkpoint_error import CheckpointError
 from .checkpoint_formats import (
     CheckpointFormat,
     Conversion,
@@ -74,10 +75,6 @@ _HARMLESS_GLOBALS = {
     "numpy.dtype",
     "collections.OrderedDict",
 }
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be read or does not fit the model. The message names the file."""
 
 
 @dataclass
@@ -228,7 +225,11 @@ def read_state_dict(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str, 
 
     if is_fairseq_container(obj):  # fairseq: ``_ema`` flattened, the config kept as JSON metadata
         sd, cfg = fairseq_state(obj, path)
-        return sd, {"fairseq_cfg": to_json(cfg, default=str)}
+        meta = {"fairseq_cfg": to_json(cfg, default=str)}
+        labels = obj.get("label_dict")
+        if isinstance(labels, Mapping) and labels:  # BEATs' fine-tuned files: {class index: label}
+            meta["label_dict"] = to_json({str(k): v for k, v in labels.items()}, default=str)
+        return sd, meta
     for key in ("model", "state_dict", "module", "model_state"):
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
             obj = obj[key]

@@ -28,7 +28,14 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .config_error import ConfigError
+from .options import check_entries
+from .registry import CONFIG_FOLDERS
+
 __all__ = [
+    "list_configs",
+    "resolve_config_path",
+    "CONFIG_DIR",
     "Config",
     "ModelConfig",
     "DataConfig",
@@ -56,8 +63,9 @@ __all__ = [
 
 PathLike = Union[str, os.PathLike]
 
-# configs/ of a source checkout (tools/train.py resolves relative --config paths against it too)
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# the shipped configs: package data (avmae/configs/; a clone's configs/ links to it), so that a
+# config resolves by name (``audiomae/pretrain_as2m``) from any folder, installed or not
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 # model params that come from other sections (the single source of truth named on the right)
 DATA_KEYS_IN_MODEL: Dict[str, str] = {
@@ -86,14 +94,6 @@ def param_source(message: str) -> Optional[str]:
 
 # values of data.demo: the generated demo clips, each read by the dataset builder of the same name
 DEMO_DATA: Tuple[str, ...] = ("audio", "av")
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot run. The message starts with the offending key."""
-
-    def __init__(self, key: str, message: str) -> None:
-        self.key = key
-        super().__init__(f"{key}: {message}")
 
 
 # ------------------------------------------------------------------------------------ schema
@@ -145,6 +145,7 @@ class DataConfig:
     norm: str = "audioset"
     mean: Optional[float] = None
     std: Optional[float] = None
+    fbank_style: str = "audiomae"  # "audiomae" | "beats" (BEATs' fbank: avmae.data.AudioFrontend(style=))
     num_workers: int = 2
     on_error: str = "raise"  # "raise" | "skip" unreadable clips
     max_skip_fraction: float = 0.1
@@ -157,6 +158,8 @@ class DataConfig:
     epoch_len: Optional[int] = None  # items per epoch (None: the training set's size)
     replacement: bool = False  # draw with replacement (AudioMAE's AS-2M recipe: without)
     sample_weights: Optional[str] = None  # weight file, one float per item (None: avmae.sampling.balanced_weights)
+    # the dataset builder's own options (its ``options`` dataclass; see avmae.options)
+    params: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -279,7 +282,9 @@ class Config:
     <param>: ...}; empty: the model's own (masked-patch MSE, plus InfoNCE for audio-visual models)."""
 
     task: str = "pretrain"  # "pretrain" | "finetune" | "linprobe" (or a registered task)
-    modality: str = "audio"  # "audio" | "av" (a registered dataset builder)
+    modality: str = "audio"  # "audio" | "av": the dataset builder's former key (``dataset`` wins)
+    dataset: Optional[str] = None  # the registered dataset builder (audio, av, audio_shards, a plugin's)
+    task_params: Dict[str, Any] = field(default_factory=dict)  # the task's own options (avmae.options)
     output_dir: Optional[str] = None
     resume: bool = False
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -350,6 +355,10 @@ def _merge(base: DictConfig, delta: Mapping[str, Any], source: str) -> DictConfi
 def _read_yaml(path: Path) -> Dict[str, Any]:
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            "--config", f"{path}: no such file, nor a shipped config of that name (list them: avmae configs)"
+        ) from None
     except OSError as exc:
         raise ConfigError("--config", f"cannot read {path}: {exc}") from None
     except yaml.YAMLError as exc:
@@ -390,14 +399,34 @@ def _deep_update(a: Dict[str, Any], b: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 def resolve_config_path(path: PathLike) -> Path:
-    """``path`` as given, else relative to the shipped ``configs/`` folder."""
+    """A config file: ``path`` as given when it exists, else a shipped config by name
+    (``audiomae/pretrain_as2m``, with or without ``.yaml``, also as ``configs/audiomae/...``,
+    the path in a clone), else a plugin's (``eat/demo``: the folder its ``avmae.configs`` entry
+    point names). An unknown name is returned as given (reading it names the file)."""
     p = Path(path)
     if p.is_file() or p.is_absolute():
         return p
-    for candidate in (CONFIG_DIR / p, CONFIG_DIR.parent / p):
-        if candidate.is_file():
-            return candidate
+    parts = p.parts[1:] if p.parts[:1] == ("configs",) else p.parts
+    if not parts:
+        return p
+    rel = Path(*parts)
+    folders = [CONFIG_DIR / rel]
+    if len(parts) > 1 and parts[0] in CONFIG_FOLDERS:
+        folders.append(Path(CONFIG_FOLDERS.get(parts[0])).joinpath(*parts[1:]))
+    for candidate in folders:
+        for file in (candidate, candidate.with_name(candidate.name + ".yaml")):
+            if file.is_file():
+                return file
     return p
+
+
+def list_configs() -> List[str]:
+    """The configs by the name ``--config`` takes (``audiomae/pretrain_as2m``), sorted: the shipped
+    ones, then the plugins' (``eat/demo``)."""
+    names = [f.relative_to(CONFIG_DIR).with_suffix("").as_posix() for f in CONFIG_DIR.rglob("*.yaml")]
+    for prefix, folder in CONFIG_FOLDERS.items():
+        names += [f"{prefix}/{f.relative_to(folder).with_suffix('').as_posix()}" for f in Path(folder).rglob("*.yaml")]
+    return sorted(set(names))
 
 
 def merge_overrides(
@@ -509,7 +538,7 @@ def validate(cfg: Config) -> Config:
     import avmae  # the model registry; imported here so that avmae.config stays cheap to import
 
     _check(bool(cfg.task), "task", "must name a task (pretrain, finetune, linprobe)")
-    _check(bool(cfg.modality), "modality", "must name a modality set (audio, av)")
+    _check(bool(cfg.dataset or cfg.modality), "dataset", "must name a dataset builder (audio, av, audio_shards)")
     _check(
         not cfg.resume or bool(cfg.output_dir), "resume", "needs output_dir (--output-dir): the run folder to continue"
     )
@@ -557,13 +586,6 @@ def validate(cfg: Config) -> Config:
             f"is not set while {' and '.join(given)} {'is' if len(given) == 1 else 'are'}; give the training"
             " manifest too",
         )
-        if d.demo is not None:
-            _check(
-                d.demo == cfg.modality,
-                "data.demo",
-                f"the {d.demo!r} demo clips are read by modality {d.demo!r}, not {cfg.modality!r}; set"
-                f" data.demo={cfg.modality} or give data.train_manifest",
-            )
     a = d.augment
     _check(a.freqm >= 0, "data.augment.freqm", f"must be >= 0, got {a.freqm}")
     _check(a.timem >= 0, "data.augment.timem", f"must be >= 0, got {a.timem}")
@@ -614,11 +636,6 @@ def validate(cfg: Config) -> Config:
         _check_plugin_spec(f"masking.maskers.{name}", spec, MASKERS)
     for i, spec in enumerate(cfg.objectives):
         _check_plugin_spec(f"objectives[{i}]", spec, OBJECTIVES)
-    _check(
-        not cfg.objectives or cfg.task not in ("finetune", "linprobe"),
-        "objectives",
-        f"are pretraining losses; task {cfg.task!r} trains a classifier",
-    )
 
     # optim
     o = cfg.optim
@@ -690,17 +707,6 @@ def validate(cfg: Config) -> Config:
         f"must be >= 1 (or null), got {cfg.eval.batch_size}",
     )
     _check(cfg.eval.video_views >= 1, "eval.video_views", f"must be >= 1, got {cfg.eval.video_views}")
-    if cfg.eval.video_views > 1:
-        _check(
-            cfg.modality == "av",
-            "eval.video_views",
-            f"views of the video need the 'av' modality set, not {cfg.modality!r}",
-        )
-        _check(
-            cfg.task != "pretrain",
-            "eval.video_views",
-            "averages a classifier's predictions; pretraining evaluates one view (set it to 1)",
-        )
     _check(cfg.logging.every_n_steps >= 1, "logging.every_n_steps", f"must be >= 1, got {cfg.logging.every_n_steps}")
     c = cfg.checkpoint
     _check(c.every_n_epochs >= 0, "checkpoint.every_n_epochs", f"must be >= 0 (0 = off), got {c.every_n_epochs}")
@@ -710,4 +716,5 @@ def validate(cfg: Config) -> Config:
         _check(
             Path(c.init_from).expanduser().exists(), "checkpoint.init_from", f"no such file or folder: {c.init_from}"
         )
-    return cfg
+    # what only the task and the dataset builder know, and the entries' own options (avmae.options)
+    return check_entries(cfg)

@@ -181,6 +181,7 @@ class Windower:
     window: int
     hop: int
     step: Optional[int] = None  # a clip shorter than the window is padded only to a multiple of step
+    drop_partial: bool = False  # ... or cut to whole steps instead (BEATs drops a clip's last partial patch)
 
     def starts(self, num_frames: int) -> List[int]:
         starts = [0]
@@ -194,7 +195,8 @@ class Windower:
         starts = self.starts(T)
         window = self.window
         if self.step and T < window:  # one window of the clip's own length
-            window = -(-T // self.step) * self.step
+            whole = T // self.step * self.step
+            window = whole if self.drop_partial and whole else -(-T // self.step) * self.step
         end = starts[-1] + window
         if end > T:  # zeros in log-mel, before normalisation, as AudioMAE pads
             feats = torch.nn.functional.pad(feats, (0, 0, 0, end - T))
@@ -260,7 +262,8 @@ class EmbeddingExtractor:
         if variable_length and step is None:
             raise ValueError(f"{type(model).__name__} takes only inputs of {self.window} frames (variable_length=True)")
         self.step = step if variable_length is not False else None
-        self.windower = Windower(self.frontend, self.window, self.hop, self.step)
+        drop = bool(getattr(model, "drops_partial_patch", False))  # BEATs: a clip's last partial patch is dropped
+        self.windower = Windower(self.frontend, self.window, self.hop, self.step, drop_partial=drop)
         self.is_mae = hasattr(model, "decoder")
         if contextual_from is not None and not self.is_mae:
             raise ValueError("contextual features are defined for pretraining models (encoder with a final norm) only")
@@ -287,8 +290,17 @@ class EmbeddingExtractor:
             "num_mel_bins": self.frontend.num_mel_bins,
             "mean": self.frontend.mean,
             "std": self.frontend.std,
+            "fbank_style": self.frontend.style,
             "contextual_from": self.contextual_from,
-            "short_clips": "own length (multiple of 16 frames)" if self.step else "padded to the window",
+            "short_clips": (
+                (
+                    "own length (cut to whole patches)"
+                    if self.windower.drop_partial
+                    else "own length (multiple of 16 frames)"
+                )
+                if self.step
+                else "padded to the window"
+            ),
             "pooling": "mean over patch tokens" if self.is_mae else "forward_features",
             "precision": self.precision,
         }

@@ -55,6 +55,7 @@ from .checkpoint import (
 )
 from .files import to_json, write_json
 from .run_folder import CONFIG_FILE, HF_TORCH_WEIGHTS, WEIGHTS_FILE, resolve_weights
+from .weights_fit import build_on_meta, check_fits, describe_call, stand_ins
 
 _logger = logging.getLogger(__name__)
 
@@ -155,6 +156,8 @@ def _spec_from_config(
     name = meta.get("model") or model_cfg.get("name") or (cfg["model"] if isinstance(cfg.get("model"), str) else None)
     if not name:
         raise CheckpointError("the checkpoint's config names no model (model.name)")
+    if not isinstance(model_cfg.get("params") or {}, Mapping):
+        raise CheckpointError(f"the checkpoint's config: model.params must be a mapping, got {model_cfg['params']!r}")
     params: Dict[str, Any] = dict(model_cfg.get("params") or {})
     data = cfg.get("data") if isinstance(cfg.get("data"), Mapping) else None
     for k in ("target_length", "num_mel_bins"):
@@ -242,7 +245,10 @@ def _describe(weights: Path, sd, meta, num_mel_bins: int) -> PretrainedReport:
         )
     if cfg is not None or meta.get("model"):
         source = source or "metadata"
-        name, params = _spec_from_config(cfg or {}, meta, sd)
+        try:
+            name, params = _spec_from_config(cfg or {}, meta, sd)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{weights}: {exc}") from None
         fmt = "avmae"
     else:
         probe = sd if not all(k.startswith("module.") for k in sd) else {k[7:]: v for k, v in sd.items()}
@@ -292,6 +298,13 @@ def _describe_format(fmt: CheckpointFormat, sd, num_mel_bins: int, meta: Mapping
 
 # ------------------------------------------------------------------------------ loading
 
+# PretrainedReport.source -> where the params of the model came from (for error messages)
+_PARAMS_FROM = {
+    "metadata": "the file's metadata 'model_params'",
+    "config.yaml": f"the {CONFIG_FILE} beside it",
+    "detected": "its tensors",
+}
+
 
 def load_pretrained(
     path: PathLike,
@@ -317,6 +330,11 @@ def load_pretrained(
             than the saved model's builds the model for that input length with the positions the
             saved one was trained with (``pos_base_length``, for the AudioMAE presets; the saved
             table is cut or continued, see ``avmae.modalities.audio``).
+
+    The params (the file's, or given) are checked against the weights' shapes before the model
+    is built (``avmae.weights_fit``): a tensor of another shape, or more than
+    ``MAX_UNBACKED_ELEMENTS`` (2**28) elements no weights stand behind, is a ``CheckpointError``
+    and nothing is allocated.
     """
     import avmae
 
@@ -337,8 +355,15 @@ def load_pretrained(
     else:
         info = _describe(weights, sd, meta, int(overrides.get("num_mel_bins", 128)))
     params = {**info.model_params, **overrides}
+    shapes = stand_ins(sd)
 
     def build(**extra: Any) -> nn.Module:
+        # params read from a file are checked against the weights' shapes on the meta device
+        # before anything is allocated (avmae.weights_fit)
+        call = {**params, **extra}
+        where = _PARAMS_FROM.get(info.source, "")
+        meta = build_on_meta(weights, info.model_name, call, where=where, type_errors_of=tuple(extra))
+        check_fits(weights, meta, shapes, call=describe_call(info.model_name, call), where=where)
         try:
             return avmae.create_model(info.model_name, **params, **extra)
         except TypeError as exc:
@@ -702,6 +727,10 @@ def from_pretrained(
             # another project's folder (an HF port): its weights describe it
             return load_pretrained(folder, map_location=map_location, **overrides)[0]
         raise CheckpointError(f"{cfg_path}: names no model_name")
+    if not isinstance(info["model_name"], str):
+        raise CheckpointError(f"{cfg_path}: model_name must be a string, got {info['model_name']!r}")
+    if not isinstance(info.get("model_params") or {}, dict):
+        raise CheckpointError(f"{cfg_path}: model_params must be a mapping, got {info['model_params']!r}")
     weights = folder / WEIGHTS_FILE
     described = describe_checkpoint(weights)
     if (
@@ -712,7 +741,10 @@ def from_pretrained(
         model, _ = load_pretrained(weights, map_location=map_location, **overrides)  # the file describes itself
     else:
         params = {**dict(info.get("model_params") or {}), **overrides}
-        model, _ = load_pretrained(weights, model_name=info["model_name"], map_location=map_location, **params)
+        try:  # the params of config.json are checked against the weights before the model is built
+            model, _ = load_pretrained(weights, model_name=info["model_name"], map_location=map_location, **params)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{exc} (model_name and model_params from {cfg_path})") from None
     cfg = dict(info.get("training_config") or {})
     data = dict(cfg.get("data") or {})
     for key in ("sample_rate", "mean", "std"):

@@ -9,9 +9,10 @@ registry               entry-point group      what an entry decides
 ``MASKERS``            ``avmae.maskers``      which tokens are hidden (``avmae.masking.Masker``)
 ``OBJECTIVES``         ``avmae.objectives``   what a pretraining step optimises (``avmae.objectives``)
 ``TASKS``              ``avmae.tasks``        what a run does (``avmae.train.Task``: pretrain, finetune)
-``DATASETS``           ``avmae.datasets``     how items reach the loader (``cfg.modality``: audio, av)
+``DATASETS``           ``avmae.datasets``     how items reach the loader (``dataset:``, formerly ``modality:``)
 ``CHECKPOINT_FORMATS`` ``avmae.checkpoint_    a checkpoint layout the loaders read: detect, convert
                        formats``              keys, describe the model (``avmae.checkpoint.CheckpointFormat``)
+``CONFIG_FOLDERS``     ``avmae.configs``      a plugin's YAML configs, by name: ``<entry>/<file>``
 =====================  =====================  ==================================================
 
 Every registry has a decorator exported from ``avmae``: ``register_model``, ``register_modality``,
@@ -56,6 +57,7 @@ __all__ = [
     "TASKS",
     "DATASETS",
     "CHECKPOINT_FORMATS",
+    "CONFIG_FOLDERS",
     "register_model",
     "register_decoder",
     "register_modality",
@@ -92,6 +94,9 @@ class Registry:
         product: the type ``build`` must return (an instance of it given as a spec is returned
             as is). The module defining the base class sets it (``MASKERS.product = Masker``),
             so that this module imports nothing of avmae.
+        builtins: the module whose import registers the built-in entries, imported (by name) on
+            the first lookup or listing, as plugins are discovered (tasks and dataset builders
+            live in ``avmae.train``, which the rest of the package does not import).
     """
 
     def __init__(
@@ -100,10 +105,12 @@ class Registry:
         group: str,
         check: Optional[Callable[[Any], Optional[str]]] = None,
         product: Optional[type] = None,
+        builtins: Optional[str] = None,
     ) -> None:
         self.kind = kind
         self.group = group
         self.product = product
+        self.builtins = builtins
         self._check = check
         self._entries: Dict[str, Any] = {}
         self._sources: Dict[str, str] = {}
@@ -144,6 +151,10 @@ class Registry:
         if self._plugins_loaded and not force:
             return
         self._plugins_loaded = True
+        if self.builtins:
+            import importlib
+
+            importlib.import_module(self.builtins)
         if _plugins_disabled():
             _logger.debug("plugin discovery for %s is off (%s)", self.group, PLUGINS_ENV)
             return
@@ -176,6 +187,12 @@ class Registry:
             valid = ", ".join(self.names()) or "(none)"
             raise RegistryError(f"unknown {self.kind} {name!r}; valid {self.kind}s: {valid}")
         return self._entries[name]
+
+    def instance(self, name: str) -> Any:
+        """The entry ``name``, instantiated without arguments when it is a class (a dataset
+        builder, a checkpoint format); other entries (a function, an instance) as registered."""
+        entry = self.get(name)
+        return entry() if inspect.isclass(entry) else entry
 
     def items(self) -> List[Tuple[str, Any]]:
         """(name, entry) pairs in registration order (built-ins first, then plugins)."""
@@ -308,9 +325,19 @@ DECODERS = Registry("decoder", "avmae.decoders", check=_check_module_class("Deco
 MODALITIES = Registry("modality", "avmae.modalities", check=_check_module_class("Modality"))
 MASKERS = Registry("masker", "avmae.maskers", check=_check_class_with("noise"))
 OBJECTIVES = Registry("objective", "avmae.objectives", check=_check_module_class("Objective"))
-TASKS = Registry("task", "avmae.tasks", check=_check_class_with("build_model", "compute_loss", "evaluate"))
-DATASETS = Registry("dataset", "avmae.datasets", check=_check_callable)
+TASKS = Registry(
+    "task", "avmae.tasks", check=_check_class_with("build_model", "compute_loss", "evaluate"), builtins="avmae.train"
+)
+DATASETS = Registry("dataset", "avmae.datasets", check=_check_callable, builtins="avmae.train")
 CHECKPOINT_FORMATS = Registry("checkpoint format", "avmae.checkpoint_formats", check=_check_has("detect", "convert"))
+
+
+def _check_folder(obj: Any) -> Optional[str]:
+    return None if isinstance(obj, (str, os.PathLike)) else f"expected a folder path, got {type(obj).__name__}"
+
+
+# a plugin's configs: the entry ``mine = "my_pkg:CONFIG_DIR"`` makes --config mine/x read <CONFIG_DIR>/x.yaml
+CONFIG_FOLDERS = Registry("config folder", "avmae.configs", check=_check_folder)
 
 
 def _decorator(reg: Registry, name: Any):
@@ -360,8 +387,9 @@ def register_task(name: Any = None):
 
 
 def register_dataset(name: Any = None):
-    """Register a dataset builder ``builder(cfg, split) -> Dataset | None``, selected by
-    ``modality: <name>`` (``split`` is "train" or "eval"; None: no such split)."""
+    """Register a dataset builder (an ``avmae.train.DatasetBuilder`` subclass: ``build(cfg, split)``,
+    ``check``, ``validate``, ``options``), selected by ``dataset: <name>`` (``modality:`` too). A
+    plain function ``builder(cfg, split) -> Dataset | None`` still works."""
     return _decorator(DATASETS, name)
 
 

@@ -1,6 +1,9 @@
+import faulthandler
 import importlib.util
 import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,10 +21,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _in_tree_plugin_entry_points() -> str:
-    """The ``[project.entry-points."avmae.*"]`` tables of pyproject.toml, as an entry_points.txt."""
+    """The ``[project.entry-points."avmae.*"]`` tables of the in-tree plugin's own pyproject.toml
+    (plugins/avmae_eat, a distribution of its own), as an entry_points.txt."""
     import tomllib
 
-    eps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"].get("entry-points", {})
+    eps = tomllib.loads((ROOT / "plugins" / "avmae_eat" / "pyproject.toml").read_text())["project"].get(
+        "entry-points", {}
+    )
     return "".join(
         f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in table.items()) + "\n"
         for group, table in eps.items()
@@ -32,13 +38,20 @@ def _in_tree_plugin_entry_points() -> str:
 def _register_in_tree_plugins() -> None:
     """The tests check this tree's in-tree plugins (plugins/), whatever was installed: their folder
     goes first on sys.path (and PYTHONPATH, for child processes), so an install made from another
-    checkout, or one that has since moved, does not decide which code runs. An install made before
-    the plugins existed lacks their entry points: they are then made visible as ``pip install -e .``
-    would (a dist-info on sys.path)."""
+    checkout, or one that has since moved, does not decide which code runs. Without the plugin
+    installed (``pip install -e plugins/avmae_eat``) its entry points are made visible as that
+    install would (a dist-info on sys.path), so the tests run in a clone without installing it."""
     from importlib import metadata
 
     paths = [str(ROOT / "plugins")]
-    if not any(ep.name == "eat_vit_base" for ep in metadata.entry_points(group="avmae.models")):
+    have = {(ep.group, ep.name) for d in metadata.distributions() for ep in d.entry_points}
+    wanted = {
+        (group, line.split(" = ")[0])
+        for group, _, body in (t.partition("]\n") for t in _in_tree_plugin_entry_points().split("[")[1:])
+        for line in body.splitlines()
+        if " = " in line
+    }
+    if not wanted <= have:  # not installed, or installed before some of its entry points existed
         import tempfile
 
         site = Path(tempfile.mkdtemp(prefix="avmae-intree-"))
@@ -52,6 +65,63 @@ def _register_in_tree_plugins() -> None:
 
 
 _register_in_tree_plugins()
+
+
+# A test that hangs in a DataLoader worker must show where the worker hangs, not only the main
+# process waiting for it (all that pytest-timeout or a DataLoader timeout prints). Every process
+# forked from this one (DataLoader workers) inherits this handler: SIGUSR1 prints all its threads'
+# Python stacks to stderr. When a test fails, the forked children still alive are asked for
+# theirs, which land in the test's captured stderr.
+STACKS_SIGNAL = signal.SIGUSR1
+faulthandler.register(STACKS_SIGNAL, file=sys.__stderr__, all_threads=True)
+
+
+def forked_children(pid: int = os.getpid()) -> list:
+    """Live children of ``pid`` forked without exec (same command line, so they carry the
+    handler above; a subprocess running another program would be killed by the signal)."""
+
+    def cmdline(p):
+        with open(f"/proc/{p}/cmdline", "rb") as f:
+            return f.read()
+
+    try:
+        own = cmdline(pid)
+        children = []
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                children += [int(c) for c in f.read().split()]
+    except OSError:  # no /proc (not Linux): nothing to ask
+        return []
+    alive = []
+    for child in children:
+        try:
+            if cmdline(child) == own:
+                alive.append(child)
+        except OSError:  # exited meanwhile
+            pass
+    return alive
+
+
+def dump_forked_children_stacks(wait: float = 1.0) -> list:
+    """Ask the forked children for their stacks (see above), under a line naming them -> their pids."""
+    children = forked_children()
+    if children:
+        print(f"stacks of the forked child processes still alive {children}:", file=sys.stderr, flush=True)
+    for child in children:
+        try:
+            os.kill(child, STACKS_SIGNAL)
+        except OSError:
+            pass
+    if children:
+        time.sleep(wait)  # the children write asynchronously; the capture is read after this hook
+    return children
+
+
+@pytest.hookimpl(hookwrapper=True, trylast=True)  # inside the capture plugin's wrapper
+def pytest_runtest_call(item):
+    outcome = yield
+    if outcome.excinfo is not None:
+        dump_forked_children_stacks()
 
 
 @pytest.fixture(autouse=True)
@@ -71,8 +141,25 @@ def one_thread(monkeypatch):
     torch.set_num_threads(n)
 
 
+# tools/<name>.py -> the avmae.cli module it wraps (the commands' code lives in the package)
+TOOL_MODULES = {"prepare_data": "prepare", "convert_checkpoint": "convert"}
+COMMAND_TOOLS = (
+    "train",
+    "finetune",
+    "evaluate",
+    "extract",
+    "visualize",
+    "prepare_data",
+    "convert_checkpoint",
+    "benchmark",
+)
+
+
 def import_tool(name: str):
-    """Import ``tools/<name>.py`` as module ``tool_<name>``."""
+    """The module behind ``tools/<name>.py``: ``avmae.cli.<command>`` for a command's wrapper,
+    else the script itself imported as module ``tool_<name>``."""
+    if name in COMMAND_TOOLS:
+        return importlib.import_module(f"avmae.cli.{TOOL_MODULES.get(name, name)}")
     spec = importlib.util.spec_from_file_location(f"tool_{name}", ROOT / "tools" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod  # dataclasses look their module up

@@ -27,7 +27,7 @@ only skips the interpreter start and the imports (seconds each on a 2-core machi
 """
 
 import argparse
-import importlib.util
+import importlib
 import json
 import os
 import shutil
@@ -47,11 +47,8 @@ from avmae.train import Trainer  # noqa: E402
 
 
 def load_tool():
-    spec = importlib.util.spec_from_file_location("train_tool", REPO / "tools" / "train.py")
-    tool = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = tool
-    spec.loader.exec_module(tool)
-    return tool
+    """The module behind tools/train.py (the package's ``avmae train``)."""
+    return importlib.import_module("avmae.cli.train")
 
 
 def main(argv=None, tool=None) -> int:

@@ -1,6 +1,7 @@
 """The ``avmae`` command: help, built-in listing, dispatch to the tools, clear errors."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,8 @@ from avmae import cli
 from avmae.data import save_audio, synthesize_clip
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_help_lists_every_command(capsys):
@@ -72,21 +75,61 @@ def test_a_mistyped_checkpoint_is_one_line_not_a_traceback(tmp_path, capsys):
         )
 
 
-def test_missing_tool_and_scripts_without_main(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("AVMAE_TOOLS_DIR", str(tmp_path))
-    assert cli.main(["train", "--help"]) == 2
-    err = capsys.readouterr().err
-    assert "train.py" in err and "pip install -e" in err and "AVMAE_TOOLS_DIR" in err
-    # a script with a main(argv)
-    (tmp_path / "evaluate.py").write_text("def main(argv=None):\n    print('evaluate', argv)\n    return 3\n")
-    assert cli.main(["evaluate", "--x", "1"]) == 3
-    assert "evaluate ['--x', '1']" in capsys.readouterr().out
-    # a plain script: run as __main__ with sys.argv set
-    (tmp_path / "benchmark.py").write_text(
-        "import sys\nif __name__ == '__main__':\n    print('bench', sys.argv[1:])\n    sys.exit(0)\n"
-    )
-    assert cli.main(["benchmark", "--steps", "2"]) == 0
-    assert "bench ['--steps', '2']" in capsys.readouterr().out
+def test_every_command_is_a_package_module_and_every_tool_wraps_it(tmp_path, monkeypatch, capsys):
+    """The commands' code is in the package (``avmae <command>`` works from any folder, installed);
+    ``tools/<script>.py`` of a clone calls the same ``main``; the library never imports the CLI."""
+    import importlib.util
+
+    from avmae.cli import COMMANDS, command_main
+
+    for command in COMMANDS:
+        assert callable(command_main(command)), command
+    scripts = {"train": "train", "finetune": "finetune", "evaluate": "evaluate", "extract": "extract"}
+    scripts.update(visualize="visualize", prepare_data="prepare", convert_checkpoint="convert", benchmark="benchmark")
+    for script, command in scripts.items():
+        spec = importlib.util.spec_from_file_location(f"wrapper_{script}", REPO / "tools" / f"{script}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        assert mod.main is command_main(command), script
+    monkeypatch.chdir(tmp_path)  # no configs/ or tools/ here
+    assert cli.main(["train", "--print-config", "--config", "audiomae/pretrain_as2m"]) == 0
+    assert "mask_ratio: 0.8" in capsys.readouterr().out
+    upward = [
+        str(f.relative_to(REPO))
+        for f in (REPO / "avmae").rglob("*.py")
+        if "cli" not in f.relative_to(REPO / "avmae").parts[:1]
+        and f.name != "__main__.py"
+        and any(s in f.read_text() for s in ("avmae.cli", "from .cli", "from ..cli"))
+    ]
+    assert upward == []
+
+
+def test_configs_resolve_by_name_and_by_path_and_are_listed(tmp_path, monkeypatch, capsys):
+    from avmae.config import CONFIG_DIR, ConfigError, list_configs, load_config, resolve_config_path
+
+    names = list_configs()
+    assert {"demo_audio", "demo_av", "audiomae/pretrain_as2m"} <= set(names)
+    # a plugin's configs, through its avmae.configs entry point (the in-tree EAT plugin's)
+    assert {"eat/demo", "eat/pretrain_as2m"} <= set(names)
+    eat = REPO / "plugins" / "avmae_eat" / "configs" / "demo.yaml"
+    assert resolve_config_path("eat/demo") == resolve_config_path("configs/eat/demo.yaml") == eat
+    target = CONFIG_DIR / "audiomae" / "pretrain_as2m.yaml"
+    monkeypatch.chdir(tmp_path)
+    for spelling in ("audiomae/pretrain_as2m", "audiomae/pretrain_as2m.yaml", "configs/audiomae/pretrain_as2m.yaml"):
+        assert resolve_config_path(spelling) == target, spelling
+    own = tmp_path / "mine.yaml"
+    own.write_text("train:\n  batch_size: 3\n")
+    assert resolve_config_path("mine.yaml") == Path("mine.yaml")
+    assert load_config(["mine.yaml"]).train.batch_size == 3
+    with pytest.raises(ConfigError, match="nope/x.*avmae configs"):
+        load_config(["nope/x"])
+    assert cli.main(["configs"]) == 0
+    listed = capsys.readouterr().out.split()
+    assert set(names) <= set(listed)
+    assert cli.main(["configs", "demo_audio"]) == 0
+    assert capsys.readouterr().out == (CONFIG_DIR / "demo_audio.yaml").read_text()
+    assert cli.main(["configs", "nope"]) == 2
+    assert "no such shipped config" in capsys.readouterr().err
 
 
 def test_key_value_overrides_and_sources_may_follow_options(load_tool):

@@ -73,7 +73,7 @@ def test_vit_base_preset_holds_the_paper_values():
         100_000,
     )
     assert objective.utterance_weight == 1.0 and objective.instance_norm and objective.layer_norm_targets
-    cfg = load_config([REPO / "configs" / "eat" / "pretrain_as2m.yaml"])
+    cfg = load_config(["eat/pretrain_as2m"])
     assert (
         cfg.model.name == "eat_vit_base"
         and cfg.optim.lr == 5e-4
@@ -154,7 +154,7 @@ def _demo(tmp_path):
 
 def _eat_run(demo, out, *extra):
     return load_config(
-        [REPO / "configs" / "eat" / "demo.yaml"],
+        ["eat/demo"],
         [
             "model.name=eat_tiny",
             f"data.train_manifest={demo / 'train.json'}",
@@ -223,7 +223,8 @@ def test_pretraining_resumes_exactly_and_its_encoder_fine_tunes(tmp_path):
 @pytest.mark.slow
 def test_the_plugin_runs_from_a_copy_outside_the_source_tree(tmp_path):
     """The package and an entry-point table in another folder, nothing else: tools/train.py finds
-    it, pretrains with configs/eat/demo.yaml, and the copy is what ran."""
+    it, pretrains with its own config eat/demo (found through its avmae.configs entry point), and the
+    copy is what ran."""
     site = tmp_path / "site"
     shutil.copytree(PLUGIN, site / "avmae_eat", ignore=shutil.ignore_patterns("__pycache__"))
     dist = site / "avmae_eat_copy-0.1.dist-info"
@@ -245,7 +246,7 @@ def test_the_plugin_runs_from_a_copy_outside_the_source_tree(tmp_path):
         """)
     args = [
         "--config",
-        str(REPO / "configs" / "eat" / "demo.yaml"),
+        "eat/demo",
         "--output-dir",
         str(out),
         "model.name=eat_tiny",

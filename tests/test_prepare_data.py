@@ -21,11 +21,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def tool():
-    spec = importlib.util.spec_from_file_location("tool_prepare_data", ROOT / "tools" / "prepare_data.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
+    return importlib.import_module("avmae.cli.prepare")  # behind tools/prepare_data.py
 
 
 @pytest.fixture(scope="module")

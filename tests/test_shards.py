@@ -94,6 +94,14 @@ def test_stored_fbank_equals_audio_dataset(corpus, tmp_path):
     it = next(iter(ShardDataset(tmp_path, frontend=fe2, shuffle_buffer=0, shuffle_shards=False, world_size=1, rank=0)))
     want = AudioDataset(corpus / "train.json", frontend=fe2)[it["index"]]["audio"]
     assert torch.equal(it["audio"], want)
+    # nor can another fbank (BEATs'), on the indexed dataset too
+    fe3 = AudioFrontend(target_length=48, style="beats", mean=15.41663, std=6.55582)
+    it = next(iter(ShardDataset(tmp_path, frontend=fe3, shuffle_buffer=0, shuffle_shards=False, world_size=1, rank=0)))
+    assert torch.equal(it["audio"], AudioDataset(corpus / "train.json", frontend=fe3)[it["index"]]["audio"])
+    from avmae.data.shards import IndexedShardDataset
+
+    indexed = IndexedShardDataset(tmp_path, frontend=fe3)
+    assert torch.equal(indexed[0]["audio"], AudioDataset(corpus / "train.json", frontend=fe3)[0]["audio"])
 
 
 def test_two_ranks_two_workers_cover_everything_once(shards):

@@ -99,7 +99,7 @@ def test_each_tool_prints_one_line_for_a_bad_checkpoint_or_output(files, run_yam
         case: subprocess.Popen(
             [str(a) for a in cmd],
             cwd=tmp_path,
-            env={**child_env(), "AVMAE_TOOLS_DIR": str(REPO / "tools")},
+            env=child_env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -1,6 +1,8 @@
 """Video decoding with PyAV: containers, frame sampling, seeking, transforms, frame folders, errors."""
 
 import math
+import os
+import threading
 
 import av
 import numpy as np
@@ -8,7 +10,7 @@ import pytest
 import torch
 
 import avmae.data.video as V
-from avmae.data import MediaError, save_audio
+from avmae.data import MediaError, load_audio, save_audio
 from avmae.data.video import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -303,3 +305,40 @@ def test_no_decoder_outlives_a_call(tmp_path):
         assert len(av_objects()) == before
     finally:
         gc.enable()
+
+
+class _Decodes(torch.utils.data.Dataset):
+    """Frames and sound of one file, once per item (what a DataLoader worker of an AV dataset does)."""
+
+    def __init__(self, path, n):
+        self.path, self.n = path, n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return decode_frames(self.path, 2, times=[0.1 * i, 0.1 * i + 1.0]), load_audio(self.path, 16000)
+
+
+def _threads():
+    return len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else threading.active_count()
+
+
+def test_workers_forked_after_decoding_in_the_parent_do_not_hang(tmp_path):
+    """Decoding leaves no FFmpeg thread behind (decoder or scaler): a forked worker inherits no
+    thread pool it would wait for. Before the fix the first worker conversion hung on any machine
+    with 2 usable cores (PyAV's per-thread swscale context, see ``video._to_rgb``)."""
+    path = write_video(tmp_path / "c.mp4", n=30, gop=5)
+    torch.ones(1 << 20).add_(1).sum()  # torch's OpenMP pool (if any) starts before counting
+    before = _threads()
+    expected = [_Decodes(path, 4)[i] for i in range(4)]
+    decode_all_frames(path)
+    assert _threads() == before  # no decoder or scaler thread outlives a call
+    # other code in the parent converting through PyAV's own per-thread scaler does not matter either
+    with av.open(str(path)) as c:
+        next(c.decode(video=0)).to_ndarray(format="rgb24")
+    loader = torch.utils.data.DataLoader(_Decodes(path, 4), batch_size=None, num_workers=2, timeout=60)
+    got = list(loader)
+    assert index_of(got[3][0]) == [3, 13]
+    for (frames, wave), (ref_frames, ref_wave) in zip(got, expected):
+        assert torch.equal(frames, ref_frames) and torch.equal(wave, ref_wave)

@@ -141,12 +141,16 @@ class AudioFrontend(nn.Module):
         mean, std = NORM_STATS[name]
         return cls(mean=mean, std=std, **kwargs)
 
+    def raw_fbank(self, waveform: torch.Tensor, *, center: bool = True) -> torch.Tensor:
+        """``[1, N]`` -> un-normalised fbank ``[T, F]`` of every frame, in this frontend's style
+        (``center`` concerns AudioMAE's style only; BEATs' removes each frame's DC itself)."""
+        if self.style == "beats":
+            return beats_fbank(waveform, self.sample_rate, self.num_mel_bins)
+        return fbank(waveform, self.sample_rate, self.num_mel_bins, center=center)
+
     def compute_fbank(self, waveform: torch.Tensor, *, center: bool = True) -> torch.Tensor:
         """``[1, N]`` -> un-normalised, padded/cropped fbank ``[T, F]`` (SpecAugment goes here)."""
-        if self.style == "beats":
-            x = beats_fbank(waveform, self.sample_rate, self.num_mel_bins)
-        else:
-            x = fbank(waveform, self.sample_rate, self.num_mel_bins, center=center)
+        x = self.raw_fbank(waveform, center=center)
         if self.target_length is not None:
             x = pad_or_crop(x, self.target_length)
         return x

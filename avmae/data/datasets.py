@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..files import to_json
-from .audio import AudioFrontend, fbank
+from .audio import AudioFrontend
 from .augment import fbank_noise, mixup_waveforms, random_gain, random_roll, random_time_shift, spec_augment
 from .io import MediaError, load_audio
 
@@ -470,7 +470,7 @@ class AudioDataset(Dataset):
         train, aug = self.train, self.augment
         fe = self.frontend
         if train and aug["shift"] and fe.target_length is not None:
-            x = random_time_shift(fbank(wave, fe.sample_rate, fe.num_mel_bins, center=False), fe.target_length, g)
+            x = random_time_shift(fe.raw_fbank(wave, center=False), fe.target_length, g)
         else:
             x = fe.compute_fbank(wave, center=False)  # centred above, as the official code
         if train and (aug["freqm"] or aug["timem"]):

@@ -35,7 +35,7 @@ from torchaudio.compliance import kaldi
 from .audio import FRAME_LENGTH_MS, FRAME_SHIFT_MS, NORM_STATS, AudioFrontend
 from .augment import mixup_waveforms
 from .datasets import AudioDataset, item_generator
-from .io import load_audio
+from .io import _decode_in_caller, load_audio
 
 __all__ = [
     "BatchedFbank",
@@ -59,6 +59,7 @@ def _decode_same_rate(source, sample_rate: int, max_seconds: Optional[float]) ->
         if not container.streams.audio:
             return None
         stream = container.streams.audio[0]
+        _decode_in_caller(stream)
         limit = None if max_seconds is None else max(1, int(round(max_seconds * sample_rate)))
         chunks, fmt, total = [], None, 0
         for frame in container.decode(stream):

@@ -112,6 +112,21 @@ def _open_media(source: MediaSource, name: str, timeout: Optional[float] = None,
         return av.open(source, mode="r", metadata_errors="ignore", timeout=timeout)
 
 
+def _decode_in_caller(stream) -> None:
+    """Make ``stream``'s decoder run in the calling thread (before its first packet is decoded).
+
+    PyAV's default (``thread_count=0``) gives every decoder a pool of FFmpeg threads that lives
+    until the decoder is freed. A forked DataLoader worker inherits such a decoder without its
+    threads (a decoder left to the garbage collector, a generator not yet closed), and freeing or
+    using it there waits for them forever. One decoder thread costs nothing here: PyAV enables
+    only slice threading, which a one-slice stream (x264's default) does not use, and the
+    DataLoader workers are the parallelism.
+    """
+    ctx = stream.codec_context
+    if ctx is not None and not ctx.is_open:
+        ctx.thread_count = 1
+
+
 def _frame_to_mono(frame: av.AudioFrame) -> np.ndarray:
     """Decoded frame of any sample format -> float32 mono ``[samples]`` (channel mean)."""
     fmt = frame.format.name
@@ -155,6 +170,7 @@ def _decode_mono(container, name: str, max_seconds: Optional[float], timeout: Op
     if stream.codec_context is None:
         codec = getattr(getattr(stream, "codec", None), "name", None) or "unknown"  # no `codec` in some PyAV versions
         raise MediaError(name, f"no decoder for audio codec {codec!r}")
+    _decode_in_caller(stream)
     src_rate: Optional[int] = None
     limit: Optional[int] = None
     chunks, total = [], 0

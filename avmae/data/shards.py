@@ -152,6 +152,8 @@ def write_shards(
                     "num_mel_bins": frontend.num_mel_bins,
                     "target_length": frontend.target_length,
                 }
+                if getattr(frontend, "style", "audiomae") != "audiomae":  # BEATs' fbank; absent: AudioMAE's
+                    meta["fbank"]["style"] = frontend.style
             members["json"] = to_json(meta, sort_keys=True).encode("utf-8")
 
             if tar is None or counts[-1] >= shard_size:
@@ -239,6 +241,20 @@ def _audio_member(sample: Mapping[str, Any]) -> Optional[str]:
         if not k.startswith("__") and k not in ("json", "fbank.npy"):
             return k
     return None
+
+
+def _fbank_fits(stored: Optional[Mapping[str, Any]], frontend: Any) -> bool:
+    """Whether a shard's stored fbank is what ``frontend`` computes: same rate, bins, length and
+    fbank style (a file without a style holds AudioMAE's)."""
+    if not stored:
+        return False
+    own = (frontend.sample_rate, frontend.num_mel_bins, frontend.target_length, getattr(frontend, "style", "audiomae"))
+    return (
+        stored["sample_rate"],
+        stored["num_mel_bins"],
+        stored["target_length"],
+        stored.get("style", "audiomae"),
+    ) == own
 
 
 class ShardDataset(IterableDataset):
@@ -373,12 +389,7 @@ class ShardDataset(IterableDataset):
         return y
 
     def _stored_fbank_fits(self, meta: Mapping[str, Any]) -> bool:
-        fb, fe = meta.get("fbank"), self.frontend
-        return bool(fb) and (fb["sample_rate"], fb["num_mel_bins"], fb["target_length"]) == (
-            fe.sample_rate,
-            fe.num_mel_bins,
-            fe.target_length,
-        )
+        return _fbank_fits(meta.get("fbank"), self.frontend)
 
     def _decode(self, sample: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
         name = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
@@ -573,14 +584,10 @@ class IndexedShardDataset(AudioDataset):
         return wave - wave.mean()
 
     def _stored_fbank(self, index: int) -> Optional[torch.Tensor]:
-        fb, fe = self.items[index].get("fbank"), self.frontend
+        fb = self.items[index].get("fbank")
         if not (self.use_stored_fbank and fb and "fbank.npy" in self._members[index]):
             return None
-        if (fb["sample_rate"], fb["num_mel_bins"], fb["target_length"]) != (
-            fe.sample_rate,
-            fe.num_mel_bins,
-            fe.target_length,
-        ):
+        if not _fbank_fits(fb, self.frontend):
             return None
         return torch.from_numpy(np.load(io.BytesIO(self._read(index, "fbank.npy")), allow_pickle=False))
 

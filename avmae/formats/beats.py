@@ -16,18 +16,21 @@ The file is read like a fairseq one (``avmae.checkpoint.read_state_dict``): its 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
-from ..checkpoint import CheckpointError
+from ..checkpoint_error import CheckpointError
 from ..checkpoint_formats import CheckpointFormat, Conversion
 from ..models.beats import BEATS_FBANK, BEATS_STATS
 from ..registry import register_checkpoint_format
 
-__all__ = ["BEATsFormat", "detect_beats", "map_beats", "beats_spec"]
+_logger = logging.getLogger(__name__)
+
+__all__ = ["BEATsFormat", "detect_beats", "map_beats", "beats_spec", "beats_labels"]
 
 _LAYER = re.compile(r"^encoder\.layers\.(\d+)\.(.+)$")
 _LAYER_NAMES = {
@@ -89,6 +92,61 @@ def map_beats(sd: Dict[str, torch.Tensor], model: nn.Module):
     return out, ignored, fresh
 
 
+def _check_cfg(cfg: Mapping[str, Any], sd: Mapping[str, torch.Tensor]) -> None:
+    """Every value of the file's ``cfg`` that its weights also tell, compared with them before
+    anything is built; a mismatch names the key, the cfg's value and the weights'."""
+    patch = sd["patch_embedding.weight"]
+    v = sd.get("encoder.pos_conv.0.weight_v", sd.get("encoder.pos_conv.0.parametrizations.weight.original1"))
+    dim = int(sd["encoder.layers.0.self_attn.q_proj.weight"].shape[0])
+    told: Dict[str, Any] = {
+        "encoder_embed_dim": dim,
+        "encoder_layers": 1 + max(int(m.group(1)) for k in sd if (m := _LAYER.match(k)) is not None),
+        "encoder_ffn_embed_dim": int(sd["encoder.layers.0.fc1.weight"].shape[0]),
+        "embed_dim": int(patch.shape[0]),
+        "input_patch_size": int(patch.shape[-1]),
+        "conv_bias": "patch_embedding.bias" in sd,
+        "finetuned_model": "predictor.weight" in sd,
+    }
+    if v is not None:
+        told["conv_pos"] = int(v.shape[-1])
+        told["conv_pos_groups"] = dim // max(1, int(v.shape[1]))
+    table = sd.get("encoder.layers.0.self_attn.relative_attention_bias.weight")
+    if table is not None:
+        told["num_buckets"], told["encoder_attention_heads"] = int(table.shape[0]), int(table.shape[1])
+    if "predictor.weight" in sd:
+        told["predictor_class"] = int(sd["predictor.weight"].shape[0])
+    bad = [f"{k}={cfg[k]!r} (the weights say {t!r})" for k, t in told.items() if k in cfg and cfg[k] != t]
+    if bad:
+        raise CheckpointError(f"the BEATs cfg does not match its weights: {', '.join(bad)}")
+    if cfg.get("activation_fn", "gelu") != "gelu":
+        raise CheckpointError(f"BEATs with activation_fn={cfg['activation_fn']!r} is not supported (released: gelu)")
+    distance = cfg.get("max_distance", 1280)
+    if not isinstance(distance, int) or isinstance(distance, bool) or distance <= 0:
+        raise CheckpointError(f"the BEATs cfg has max_distance={distance!r}; a positive integer is needed")
+
+
+def beats_labels(meta: Optional[Mapping[str, str]], num_classes: int) -> Optional[List[str]]:
+    """The fine-tuned file's ``label_dict`` ({class index: label}, as their README reads it) as a
+    list in the head's order; None when the file has none."""
+    text = (meta or {}).get("label_dict")
+    if not text:
+        return None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"the BEATs label_dict is not readable ({exc})") from None
+    try:
+        by_index = {int(k): str(v) for k, v in raw.items()}
+    except (TypeError, ValueError):
+        raise CheckpointError("the BEATs label_dict maps something other than class indices to labels") from None
+    if sorted(by_index) != list(range(num_classes)):
+        raise CheckpointError(
+            f"the BEATs label_dict has {len(by_index)} entries (indices {min(by_index, default=0)}.."
+            f"{max(by_index, default=-1)}), the predictor {num_classes} classes"
+        )
+    return [by_index[i] for i in range(num_classes)]
+
+
 def beats_spec(
     sd: Mapping[str, torch.Tensor], meta: Optional[Mapping[str, str]] = None, *, num_mel_bins: int = 128
 ) -> Optional[Tuple[str, Dict[str, Any], Dict[str, Any]]]:
@@ -101,6 +159,7 @@ def beats_spec(
             cfg = json.loads(meta["fairseq_cfg"]) or {}
         except json.JSONDecodeError:
             cfg = {}
+    _check_cfg(cfg, sd)
     if cfg.get("layer_norm_first"):
         raise CheckpointError("BEATs with layer_norm_first=True is not supported (the released models are post-LN)")
     if cfg and not (cfg.get("relative_position_embedding", True) and cfg.get("gru_rel_pos", True)):
@@ -122,17 +181,26 @@ def beats_spec(
         conv_pos=int(cfg.get("conv_pos", 128)),
         conv_pos_groups=int(cfg.get("conv_pos_groups", 16)),
         num_buckets=int(cfg.get("num_buckets", 320)),
-        max_distance=int(cfg.get("max_distance", 1280)),  # BEATsConfig's default when the cfg lacks it
-        deep_norm=bool(cfg.get("deep_norm", True)),
+        # what the weights cannot tell: the cfg's value, else BEATsConfig's default (as their code
+        # reads a cfg); a file without any cfg is taken as the released configuration
+        max_distance=int(cfg.get("max_distance", 1280 if cfg else 800)),
+        deep_norm=bool(cfg.get("deep_norm", False if cfg else True)),
     )
+    if not cfg:
+        _logger.warning(
+            "a BEATs file without its cfg: assuming the released configuration (deep_norm, max_distance 800)"
+        )
     name = "beats_base"
     if "predictor.weight" in sd:
         name += "_cls"
         params["num_classes"] = int(sd["predictor.weight"].shape[0])
     mean, std = BEATS_STATS
-    frontend = {
+    frontend: Dict[str, Any] = {
         "data": {"sample_rate": 16000, "mean": mean, "std": std, "fbank_style": BEATS_FBANK, "pad_to_length": False}
     }
+    labels = beats_labels(meta, params["num_classes"]) if "num_classes" in params else None
+    if labels is not None:
+        frontend["labels"] = labels  # the head's classes in order (``label_dict``); evaluate matches them by id
     return name, params, frontend
 
 

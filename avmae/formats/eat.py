@@ -33,7 +33,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from ..checkpoint import CheckpointError
+from ..checkpoint_error import CheckpointError
 from ..checkpoint_formats import CheckpointFormat, Conversion
 from ..models.eat import EAT_SIZES, EAT_STATS
 from ..registry import register_checkpoint_format

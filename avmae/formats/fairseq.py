@@ -35,7 +35,7 @@ from typing import Any, Dict, Mapping, Tuple, Union
 
 import torch
 
-from ..checkpoint import CheckpointError
+from ..checkpoint_error import CheckpointError
 
 _logger = logging.getLogger(__name__)
 

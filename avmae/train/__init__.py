@@ -13,7 +13,14 @@ non-finite guard), ``checkpointing`` (resume and saves, over ``avmae.run_folder`
 from ..registry import DATASETS, TASKS, register_dataset, register_task
 from ..run_folder import find_latest_checkpoint, list_checkpoints
 from .checkpointing import TrainState
-from .datasets import build_audio_dataset, build_audio_shard_dataset, build_av_dataset
+from .datasets import (
+    DatasetBuilder,
+    build_audio_dataset,
+    build_audio_shard_dataset,
+    build_av_dataset,
+    dataset_builder,
+    manifest_of,
+)
 from .finetune import FinetuneTask, LinearProbeTask
 from .guard import NonFiniteLossError
 from .optim import build_optimizer, layer_id, lr_at, param_groups, scaled_lr, set_lr
@@ -39,6 +46,9 @@ __all__ = [
     "register_task",
     "DATASETS",
     "register_dataset",
+    "DatasetBuilder",
+    "dataset_builder",
+    "manifest_of",
     "build_audio_dataset",
     "build_av_dataset",
     "build_audio_shard_dataset",

@@ -1,14 +1,24 @@
-"""Dataset builders: how items reach the loader (``modality: <name>`` in the config).
+"""Dataset builders: how items reach the loader (``dataset: <name>`` in the config; ``modality:``,
+its former name, still works).
 
-A builder is registered in ``avmae.registry.DATASETS`` (``@register_dataset("name")`` or the
-``avmae.datasets`` entry-point group) and called as ``builder(cfg, split)`` for ``split`` "train"
-and "eval"; it returns a ``Dataset`` or None (no such split). Items are dicts of tensors keyed by
-modality name (``"audio"``, ``"video"``) plus ``"label"`` ([C] float) and ``"index"``; a dataset
-may have ``set_epoch(epoch)``, which the trainer calls in every DataLoader worker, and
-``num_classes`` / ``multilabel`` / ``class_ids`` / ``class_names`` for classification tasks.
-A builder may carry ``check(cfg)``: the trainer calls it before any work (run folder, model, data)
-so that a config the builder cannot read stops at once with a ``ConfigError``; the built-in
-builders check that the run names its training data.
+A builder is a ``DatasetBuilder`` subclass registered in ``avmae.registry.DATASETS``
+(``@avmae.register_dataset("name")`` or the ``avmae.datasets`` entry-point group; a registered class
+is instantiated without arguments for each use, a registered instance is used as it is). Its parts::
+
+    build(cfg, split) -> Dataset | None    split "train" or "eval"; None: the run has no such split
+    options                                a dataclass of its own keys, ``data.params.<key>`` in the
+                                           config, typed and checked (``self.options_of(cfg)``)
+    validate(cfg)                          config checks only it can make (``avmae.config.validate``)
+    check(cfg)                             before any work (the trainer): the run names data it can read
+    demos                                  the demo clips it can read (``data.demo``), by default both
+    video_views                            True when its eval items carry several views of the video
+
+Items are dicts of tensors keyed by modality name (``"audio"``, ``"video"``) plus ``"label"``
+([C] float) and ``"index"``; a dataset may have ``set_epoch(epoch)``, which the trainer calls in
+every DataLoader worker, and ``num_classes`` / ``multilabel`` / ``class_ids`` / ``class_names`` for
+classification tasks. Any builder reads the generated demo clips or the run's manifests through
+``manifest_of(cfg, split)`` (``data.demo``, else ``data.train_manifest`` / ``data.eval_manifest``).
+A plain function ``builder(cfg, split)`` registered the old way still works (``FunctionBuilder``).
 
 Built in:
 
@@ -32,12 +42,17 @@ from torch.utils.data import Dataset
 
 import avmae
 
-from ..config import Config, ConfigError, require_training_data
-from ..registry import register_dataset
+from ..config import DEMO_DATA, Config, ConfigError, require_training_data
+from ..options import merge_options
+from ..registry import DATASETS, register_dataset
 from ..run_folder import SKIP_DIR
 from .task import base_model_params, input_shapes
 
 __all__ = [
+    "DatasetBuilder",
+    "FunctionBuilder",
+    "dataset_builder",
+    "manifest_of",
     "split_manifest",
     "audio_frontend",
     "dataset_options",
@@ -67,9 +82,17 @@ def audio_frontend(cfg: Config):
 
     d = cfg.data
     mean, std = (d.mean, d.std) if d.mean is not None else NORM_STATS[d.norm]
-    return AudioFrontend(
-        sample_rate=d.sample_rate, num_mel_bins=d.num_mel_bins, target_length=d.target_length, mean=mean, std=std
-    )
+    try:
+        return AudioFrontend(
+            sample_rate=d.sample_rate,
+            num_mel_bins=d.num_mel_bins,
+            target_length=d.target_length,
+            mean=mean,
+            std=std,
+            style=d.fbank_style,
+        )
+    except ValueError as exc:
+        raise ConfigError("data.fbank_style", str(exc)) from None
 
 
 def dataset_options(cfg: Config, split: str) -> Dict[str, Any]:
@@ -89,7 +112,87 @@ def dataset_options(cfg: Config, split: str) -> Dict[str, Any]:
     )
 
 
-@register_dataset("audio")
+def manifest_of(cfg: Config, split: str):
+    """(manifest, label_csv) of ``split`` for any builder: the run's manifests, or the generated
+    demo clips ``data.demo`` names (generated on first use); None when the run has no such split."""
+    from ..data import ensure_demo_audio, ensure_demo_av
+
+    demo_root = {"audio": ensure_demo_audio, "av": ensure_demo_av}.get(cfg.data.demo or "", ensure_demo_audio)
+    return split_manifest(cfg, split, demo_root)
+
+
+class DatasetBuilder:
+    """Base class of a dataset builder (see the module docstring); override ``build`` at least."""
+
+    options: Optional[type] = None
+    demos: Tuple[str, ...] = DEMO_DATA
+    video_views: bool = False
+
+    @property
+    def name(self) -> str:
+        return getattr(self, "_name", type(self).__name__)
+
+    def build(self, cfg: Config, split: str) -> Optional[Dataset]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __call__(self, cfg: Config, split: str) -> Optional[Dataset]:
+        return self.build(cfg, split)
+
+    def options_of(self, cfg: Config) -> Any:
+        """``data.params`` as an instance of ``options`` (None when the builder declares none)."""
+        if self.options is None:
+            return None
+        return merge_options(self.options, cfg.data.params, "data.params", f"dataset {cfg.dataset or cfg.modality!r}")
+
+    def validate(self, cfg: Config) -> None:
+        """Config checks only this builder can make (``ConfigError``): the demo clips it reads and
+        the views of the video its eval items carry."""
+        d, name = cfg.data, cfg.dataset or cfg.modality
+        if d.train_manifest is None and d.demo is not None and d.demo not in self.demos:
+            readable = " or ".join(self.demos) or "none"
+            raise ConfigError(
+                "data.demo",
+                f"the {d.demo!r} demo clips are not read by dataset {name!r} (it reads {readable}); set"
+                f" data.demo={self.demos[0] if self.demos else 'null'} or give data.train_manifest",
+            )
+        if cfg.eval.video_views > 1 and not self.video_views:
+            raise ConfigError(
+                "eval.video_views", f"views of the video need a dataset that makes them ('av'), not {name!r}"
+            )
+
+    def check(self, cfg: Config) -> None:
+        """Before any work (the trainer): the run names training data (``data.train_manifest`` or
+        ``data.demo``)."""
+        require_training_data(cfg)
+
+
+class FunctionBuilder(DatasetBuilder):
+    """A builder registered as a plain function ``fn(cfg, split)`` (the former contract; its
+    ``fn.check(cfg)``, when set, is the check)."""
+
+    def __init__(self, fn: Callable[[Config, str], Optional[Dataset]]) -> None:
+        self.fn = fn
+
+    def build(self, cfg: Config, split: str) -> Optional[Dataset]:
+        return self.fn(cfg, split)
+
+    def validate(self, cfg: Config) -> None:
+        pass  # the former contract had no config checks of its own
+
+    def check(self, cfg: Config) -> None:
+        check = getattr(self.fn, "check", None)
+        if callable(check):
+            check(cfg)
+
+
+def dataset_builder(name: str) -> DatasetBuilder:
+    """The registered builder ``name``, as a ``DatasetBuilder`` instance."""
+    entry = DATASETS.instance(name)
+    builder = entry if isinstance(entry, DatasetBuilder) else FunctionBuilder(entry)
+    builder._name = name
+    return builder
+
+
 def build_audio_dataset(cfg: Config, split: str) -> Optional[Dataset]:
     """``AudioDataset`` of ``split``: the manifests, or the generated demo clips (``data.demo: audio``)."""
     from ..data import AudioDataset, ensure_demo_audio
@@ -129,7 +232,6 @@ def video_input_size(cfg: Config) -> Tuple[int, int]:
     return int(num_frames or frames), int(size or height)
 
 
-@register_dataset("av")
 def build_av_dataset(cfg: Config, split: str) -> Optional[Dataset]:
     """``AVDataset`` of ``split``: the manifests, or the generated audio-visual demo clips (``data.demo: av``)."""
     from ..data import AVDataset, ensure_demo_av
@@ -150,7 +252,6 @@ def build_av_dataset(cfg: Config, split: str) -> Optional[Dataset]:
     )
 
 
-@register_dataset("audio_shards")
 def build_audio_shard_dataset(cfg: Config, split: str) -> Optional[Dataset]:
     """``IndexedShardDataset`` of ``split`` (map-style, local files: the epoch order, exact resume,
     skip policy and augmentations work as with a JSON manifest)::
@@ -183,7 +284,38 @@ def _require_shards(cfg: Config) -> None:
         raise ConfigError("data.train_manifest", "modality audio_shards needs the training shards (their index.json)")
 
 
-# checked by the trainer before any work (see the module docstring)
-build_audio_dataset.check = require_training_data
-build_av_dataset.check = require_training_data
-build_audio_shard_dataset.check = _require_shards
+class AudioBuilder(DatasetBuilder):
+    """``build_audio_dataset``: an AudioMAE manifest or the audio demo clips."""
+
+    demos = ("audio",)
+
+    def build(self, cfg: Config, split: str) -> Optional[Dataset]:
+        return build_audio_dataset(cfg, split)
+
+
+class AVBuilder(DatasetBuilder):
+    """``build_av_dataset``: audio-visual clips (several views of the video for evaluation)."""
+
+    demos = ("av",)
+    video_views = True
+
+    def build(self, cfg: Config, split: str) -> Optional[Dataset]:
+        return build_av_dataset(cfg, split)
+
+
+class AudioShardBuilder(DatasetBuilder):
+    """``build_audio_shard_dataset``: tar shards by their index.json."""
+
+    demos = ()
+
+    def build(self, cfg: Config, split: str) -> Optional[Dataset]:
+        return build_audio_shard_dataset(cfg, split)
+
+    def check(self, cfg: Config) -> None:
+        _require_shards(cfg)
+
+
+# registered as instances: ``DATASETS.get(name)(cfg, split)``, the former way to call a builder, still works
+register_dataset("audio")(AudioBuilder())
+register_dataset("av")(AVBuilder())
+register_dataset("audio_shards")(AudioShardBuilder())

@@ -162,6 +162,11 @@ def collect_predictions(
 class FinetuneTask(Task):
     """Supervised fine-tuning of a ``model(inputs) -> logits [B, C]`` classifier."""
 
+    @classmethod
+    def validate(cls, cfg: Config) -> None:
+        if cfg.objectives:
+            raise ConfigError("objectives", f"are pretraining losses; task {cfg.task!r} trains a classifier")
+
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
         self.multilabel = False

@@ -6,6 +6,14 @@ often reaches every process of the group, and a worker killed by it made the mai
 (DataLoader's SIGCHLD check) in the middle of the final checkpoint. The main process saves, then
 stops its workers (``stop_workers``).
 
+Workers are forked (the platform default on Linux), not spawned: with ``forkserver`` or
+``spawn`` each worker imports torch and avmae again, and the first batch of the AV test dataset
+with 2 workers came after 28-35 s instead of 0.3-0.5 s (2-core Xeon, shared). Forking is safe
+because nothing the data code runs leaves a thread behind in the parent: decoders run in the
+calling thread and frames are converted by a scaler made per call (``avmae.data.video._to_rgb``
+says what hung when PyAV's per-thread scaler was inherited); torch's own intra-op pool is set
+to one thread in every worker.
+
 ``die_with_parent`` (Linux): the kernel kills the calling process when its parent dies. A
 DataLoader worker calls it (its parent is the training process), and so does each training
 process started by a launcher (torchrun, ``accelerate launch``, ``python -m avmae.launch``): a

@@ -189,8 +189,11 @@ def classifier_for(init: PathLike) -> Tuple[str, Dict[str, Any], Any]:
     import avmae
 
     from ..hub import describe_checkpoint
+    from ..weights_fit import check_described
 
     rep = describe_checkpoint(init)
+    # the file's description is checked against its weights before the plan builds on it
+    check_described(rep.path, rep.model_name, rep.model_params, where=f"its {rep.source}")
     name, params = rep.model_name, dict(rep.model_params)
     if name.endswith("_cls") or name.startswith("ast_"):
         cls_name = name
@@ -423,6 +426,10 @@ def plan_finetune(
     base += [f"model.params.{k}={json.dumps(v)}" for k, v in params.items()]
     if init is not None:
         base.append(f"checkpoint.init_from={init}")
+        style = ((init_rep.config or {}).get("data") or {}).get("fbank_style")
+        if style:  # the fbank the initial model takes (BEATs'), with its statistics above
+            base.append(f"data.fbank_style={style}")
+            notes.append(f"fbank: {style}'s, as the initial model was trained with")
     cfg = load_config([], base + list(overrides))
     if overrides:
         notes.append(f"overrides (win over the above): {' '.join(overrides)}")

@@ -34,6 +34,13 @@ class PretrainTask(Task):
 
     model_needs_data = False
 
+    @classmethod
+    def validate(cls, cfg) -> None:
+        if cfg.eval.video_views > 1:
+            raise ConfigError(
+                "eval.video_views", "averages a classifier's predictions; pretraining evaluates one view (set it to 1)"
+            )
+
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
         self.mask_ratio: Optional[Dict[str, float]] = None

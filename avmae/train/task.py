@@ -7,6 +7,8 @@ A task is a class registered in ``avmae.registry.TASKS`` (``@register_task("name
     param_groups(model) -> list                  AdamW groups (weight decay, lr_scale)
     items_per_epoch(train_set) / build_sampler   the length and the order of an epoch
     compute_loss(model, inputs, batch)           -> (loss, {name: scalar}) of one batch
+    validate(cfg) (classmethod)                  what only the task knows about a config
+    options                                      a dataclass of its ``task_params`` (``self.params``)
     after_optimizer_step(model, step, total)     after every optimizer step (an EMA teacher)
     evaluate(model, loader, accelerator)         -> {name: float}, identical on every process
 
@@ -33,6 +35,7 @@ import avmae
 from ..checkpoint import CheckpointError, load_checkpoint
 from ..config import Config, ConfigError, param_source
 from ..deprecation import deprecated_alias
+from ..options import merge_options
 from ..run_folder import resolve_weights
 from .optim import param_groups
 
@@ -110,7 +113,22 @@ def warn_other_statistics(cfg: Config, init_from) -> None:
         saved = checkpoint_config(init_from)
     except CheckpointError:
         return
+    if saved is None:  # a foreign file may describe its inputs (BEATs)
+        from ..hub import describe_checkpoint
+
+        try:
+            saved = describe_checkpoint(init_from).config
+        except CheckpointError:
+            saved = None
     data = (saved or {}).get("data")
+    style = data.get("fbank_style") if isinstance(data, Mapping) else None
+    if style and style != cfg.data.fbank_style:
+        _logger.warning(
+            "checkpoint.init_from takes the %r fbank; this run computes the %r one (data.fbank_style=%s keeps theirs)",
+            style,
+            cfg.data.fbank_style,
+            style,
+        )
     theirs = data_statistics(data) if isinstance(data, Mapping) else data_statistics({"norm": "audioset"})
     ours = data_statistics(dataclasses.asdict(cfg.data))
     if theirs is None or ours is None:
@@ -145,9 +163,23 @@ class Task:
 
     name = "task"
     model_needs_data = True
+    options: Optional[type] = None  # a dataclass of the task's own ``task_params`` (see avmae.options)
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
+        self.params = self.options_of(cfg)
+
+    @classmethod
+    def options_of(cls, cfg: Config) -> Any:
+        """``task_params`` as an instance of ``options`` (None when the task declares none)."""
+        if cls.options is None:
+            return None
+        return merge_options(cls.options, cfg.task_params, "task_params", f"task {cfg.task!r}")
+
+    @classmethod
+    def validate(cls, cfg: Config) -> None:
+        """What only this task knows about a config; a ``ConfigError`` naming the key. Called by
+        ``avmae.config.validate`` (after the generic checks, with ``task_params`` merged)."""
 
     # ------------------------------------------------------------------ model
     def model_params(self, train_set: Optional[Dataset]) -> Dict[str, Any]:

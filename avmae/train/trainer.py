@@ -42,6 +42,7 @@ from ..files import atomic_write
 from ..registry import DATASETS, TASKS, RegistryError
 from ..run_folder import SKIP_DIR, SKIPPED_FILE
 from .checkpointing import RunCheckpoints, TrainState
+from .datasets import dataset_builder
 from .guard import NonFiniteGuard
 from .loaders import StopRequest, build_loader, die_with_launcher, stop_workers
 from .logging_utils import TrainLog
@@ -123,8 +124,10 @@ class Trainer:
         die_with_launcher()  # a training process started by torchrun / accelerate goes when its launcher goes
         validate(cfg)
         task_cls = _lookup(TASKS, cfg.task, "task") if task is None else None
-        self._builder = _lookup(DATASETS, cfg.modality, "modality") if datasets is None else None
-        if hasattr(self._builder, "check"):
+        self._builder = None
+        if datasets is None:
+            _lookup(DATASETS, cfg.dataset or cfg.modality, "dataset")
+            self._builder = dataset_builder(cfg.dataset or cfg.modality)
             self._builder.check(cfg)  # before any work: e.g. a recipe without its manifests stops here
         state = PartialState(cpu=cfg.train.cpu)
         cfg = dataclasses.replace(cfg, output_dir=str(self._output_dir(cfg, state)))
@@ -395,10 +398,10 @@ class Trainer:
         return devices
 
     def _build_datasets(self) -> Tuple[Dataset, Optional[Dataset]]:
-        train_set = self._builder(self.cfg, "train")
+        train_set = self._builder.build(self.cfg, "train")
         if train_set is None:
             raise ConfigError("data.train_manifest", f"the {self.cfg.modality!r} dataset builder made no training set")
-        return train_set, self._builder(self.cfg, "eval")
+        return train_set, self._builder.build(self.cfg, "eval")
 
     def _eval_due(self, epoch: int, done: bool) -> bool:
         n = self.cfg.eval.every_n_epochs

@@ -15,11 +15,16 @@ The pieces, each registered by name: the model presets ``eat_vit_base``, ``eat_d
 ``eat_tiny`` (``avmae.models``), the objective ``eat_latent`` (``avmae.objectives``: the EMA
 teacher, its targets and both losses) and the decoder ``eat_cnn`` (``avmae.decoders``). The
 encoder is AudioMAE's ViT, so a checkpoint fine-tunes with the AudioMAE recipes unchanged
-(``checkpoint.init_from``). ``configs/eat/pretrain_as2m.yaml`` holds the paper's values.
+(``checkpoint.init_from``). Its recipes ship with it (``configs/``, entry-point group
+``avmae.configs``): ``--config eat/pretrain_as2m`` holds the paper's values, ``eat/demo`` the CPU demo's.
 """
+
+from pathlib import Path
 
 from .decoder import ConvDecoder
 from .objective import EMATeacherRegression
 from .presets import eat, eat_demo, eat_tiny, eat_vit_base
 
-__all__ = ["ConvDecoder", "EMATeacherRegression", "eat", "eat_vit_base", "eat_demo", "eat_tiny"]
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # --config eat/<name>
+
+__all__ = ["CONFIG_DIR", "ConvDecoder", "EMATeacherRegression", "eat", "eat_vit_base", "eat_demo", "eat_tiny"]

@@ -133,10 +133,27 @@ def _bucket(rel: torch.Tensor, num_buckets: int, max_distance: int) -> torch.Ten
     return buckets + torch.where(small, rel, large)
 
 
+def forward_padding_mask(mask: torch.Tensor, n: int) -> torch.Tensor:
+    """Their ``forward_padding_mask``: [B, m] -> [B, n], the last ``m % n`` entries dropped, the
+    rest grouped in order into n runs, a run padded when all of it is (samples -> frames -> tokens)."""
+    extra = mask.shape[1] % n
+    if extra > 0:
+        mask = mask[:, :-extra]
+    return mask.view(mask.shape[0], n, -1).all(-1)
+
+
 def beats_forward(
-    sd: StateDict, fbank: torch.Tensor, *, heads: int, num_buckets: int = 320, max_distance: int = 800
+    sd: StateDict,
+    fbank: torch.Tensor,
+    *,
+    heads: int,
+    num_buckets: int = 320,
+    max_distance: int = 800,
+    token_pad: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Normalised fbank [B, T, 128] -> the last layer's tokens [B, (T // 16) * 8, D]."""
+    """Normalised fbank [B, T, 128] -> the last layer's tokens [B, (T // 16) * 8, D]. ``token_pad``
+    [B, L] (True = padded): their ``x[padding_mask] = 0`` before the positional conv and -inf
+    for padded keys."""
     dt = fbank.dtype
     B, T, F = fbank.shape
     t, f = T // 16, F // 16
@@ -144,6 +161,9 @@ def beats_forward(
     x = x @ sd["patch_embedding.weight"].to(dt).reshape(-1, 256).T
     x = _ln(x, sd["layer_norm.weight"], sd["layer_norm.bias"])
     x = _lin(x, sd, "post_extract_proj")
+    if token_pad is not None:
+        x = x.clone()
+        x[token_pad] = 0.0
     # positional convolution with weight norm (dim 2) and SamePad
     v = sd["encoder.pos_conv.0.weight_v"].to(dt)
     gw = sd["encoder.pos_conv.0.weight_g"].to(dt)
@@ -180,6 +200,8 @@ def beats_forward(
         q = q_raw * hd**-0.5 / 32
         scores = q @ k_.transpose(-2, -1)
         scores = (scores - scores.max(dim=-1, keepdim=True).values) * 32
+        if token_pad is not None:
+            scores = scores.masked_fill(token_pad[:, None, None, :], float("-inf"))
         gates = _lin(q_raw, sd, p + "self_attn.grep_linear").reshape(B, heads, L, 2, 4).sum(-1)
         gates = torch.sigmoid(gates)
         a, b = gates[..., :1], gates[..., 1:]
@@ -196,10 +218,14 @@ def beats_forward(
     return x
 
 
-def beats_logits(sd: StateDict, fbank: torch.Tensor, **kw) -> torch.Tensor:
-    """The fine-tuned model's logits: the per-token predictor outputs averaged over the tokens."""
-    x = beats_forward(sd, fbank, **kw)
-    return _lin(x, sd, "predictor").mean(dim=1)
+def beats_logits(sd: StateDict, fbank: torch.Tensor, *, token_pad: Optional[torch.Tensor] = None, **kw) -> torch.Tensor:
+    """The fine-tuned model's logits: the per-token predictor outputs averaged over the (unpadded) tokens."""
+    x = beats_forward(sd, fbank, token_pad=token_pad, **kw)
+    logits = _lin(x, sd, "predictor")
+    if token_pad is None or not bool(token_pad.any()):
+        return logits.mean(dim=1)
+    logits = logits.masked_fill(token_pad[..., None], 0.0)
+    return logits.sum(dim=1) / (~token_pad).sum(dim=1, keepdim=True)
 
 
 def write_beats_checkpoint(sd: StateDict, path: Path, *, heads: int, conv_pos: int, conv_groups: int) -> Path:
@@ -228,6 +254,8 @@ def write_beats_checkpoint(sd: StateDict, path: Path, *, heads: int, conv_pos: i
     }
     obj = {"cfg": cfg, "model": dict(sd)}
     if "predictor.weight" in sd:
-        obj["label_dict"] = {f"/m/{i:04d}": i for i in range(cfg["predictor_class"])}
+        obj["label_dict"] = {
+            i: f"/m/{i:04d}" for i in range(cfg["predictor_class"])
+        }  # index -> label, as read in their README
     torch.save(obj, path)
     return path
