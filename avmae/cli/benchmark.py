@@ -1,6 +1,6 @@
 """Measure the pretraining step and the audio data pipeline; print a table and write JSON.
 
-    python tools/benchmark.py --model audiomae_vit_base --decoder swin --batch-size 2 \\
+    avmae benchmark --model audiomae_vit_base --decoder swin --batch-size 2 \\
         --precision bf16 --steps 5 --warmup 2 --workers 0,1,2 --json out.json
 
 Sections (each can be switched off):
@@ -300,7 +300,9 @@ def format_table(result: Dict[str, Any]) -> str:
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="avmae benchmark", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", default="audiomae_vit_base", help="a pretraining preset (avmae.list_models())")
     p.add_argument("--decoder", default="swin", help="decoder of the preset ('' keeps the preset's default)")
     p.add_argument("--batch-size", type=int, default=2)

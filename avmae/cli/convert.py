@@ -1,9 +1,9 @@
 """Convert checkpoints between the official AudioMAE / timm layouts and this project's.
 
-    python tools/convert_checkpoint.py pretrained.pth --out audiomae_as2m.safetensors           # official -> avmae
-    python tools/convert_checkpoint.py runs/demo --out vit.safetensors --to timm                 # avmae -> timm ViT
-    python tools/convert_checkpoint.py model.safetensors --out checkpoint.pth --to official      # avmae -> official
-    python tools/convert_checkpoint.py runs/ft --out my-model/ --to pretrained                    # a shareable folder
+    avmae convert pretrained.pth --out audiomae_as2m.safetensors           # official -> avmae
+    avmae convert runs/demo --out vit.safetensors --to timm                 # avmae -> timm ViT
+    avmae convert model.safetensors --out checkpoint.pth --to official      # avmae -> official
+    avmae convert runs/ft --out my-model/ --to pretrained                    # a shareable folder
 
 --to avmae (default): any checkpoint load_pretrained reads (official AudioMAE pretrained or
     fine-tuned .pth, a timm-format AudioMAE encoder, this project's files) -> safetensors with the

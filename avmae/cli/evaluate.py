@@ -1,10 +1,10 @@
 """Evaluate a checkpoint: a classifier's accuracy or mAP, a pretraining model's reconstruction (and
 audio <-> video retrieval), or any encoder's embeddings by kNN and a linear probe.
 
-    python tools/evaluate.py --checkpoint runs/ft --data eval.json --label-csv labels.csv --output eval.json
-    python tools/evaluate.py --checkpoint runs/ft                 # the run's own eval split (or the demo's)
-    python tools/evaluate.py --checkpoint runs/pre                # a pretraining run: masked reconstruction loss
-    python tools/evaluate.py -c runs/pre --task knn --train-data train.json --data eval.json --label-csv labels.csv
+    avmae evaluate --checkpoint runs/ft --data eval.json --label-csv labels.csv --output eval.json
+    avmae evaluate --checkpoint runs/ft                 # the run's own eval split (or the demo's)
+    avmae evaluate --checkpoint runs/pre                # a pretraining run: masked reconstruction loss
+    avmae evaluate -c runs/pre --task knn --train-data train.json --data eval.json --label-csv labels.csv
     accelerate launch --num_processes 4 tools/evaluate.py --checkpoint finetuned.pth --data eval.json ...
 
 CHECKPOINT: anything this project can rebuild (``avmae.hub.load_pretrained``): a run folder, a

@@ -1,6 +1,6 @@
 """Embeddings of audio files from an encoder checkpoint.
 
-    python tools/extract.py SOURCE [SOURCE ...] --checkpoint CKPT --out OUT
+    avmae extract SOURCE [SOURCE ...] --checkpoint CKPT --out OUT
 
 SOURCE: an audio/video file, a folder (searched recursively for --extensions) or a manifest
 (.json/.jsonl). CKPT: this project's checkpoint (pretraining or classifier: a model.safetensors, a

@@ -1,11 +1,11 @@
 """Dataset preparation: manifests, normalisation stats, balanced-sampling weights, video frames, shards.
 
-    python tools/prepare_data.py manifest ROOT --out train.json [--labels labels.csv] \
+    avmae prepare manifest ROOT --out train.json [--labels labels.csv] \
         [--label-csv class_labels_indices.csv]
-    python tools/prepare_data.py stats train.json --config my_run.yaml [--max-files 1000]
-    python tools/prepare_data.py weights train.json --label-csv class_labels_indices.csv --out weights.csv
-    python tools/prepare_data.py frames VIDEOS --out frames/ [--num-frames 10] [--size 224]
-    python tools/prepare_data.py shards train.json --out shards/ [--shard-size 1000] [--with-fbank]
+    avmae prepare stats train.json --config my_run.yaml [--max-files 1000]
+    avmae prepare weights train.json --label-csv class_labels_indices.csv --out weights.csv
+    avmae prepare frames VIDEOS --out frames/ [--num-frames 10] [--size 224]
+    avmae prepare shards train.json --out shards/ [--shard-size 1000] [--with-fbank]
 
 manifest: scans ROOT recursively for audio/video files and writes AudioMAE's JSON
     ({"data": [{"wav": "rel/path.flac", "labels": "/m/09x0r,/m/05zppz"}, ...]}) with paths relative

@@ -1,10 +1,10 @@
 """Train a model from a config: pretraining or fine-tuning, audio or audio-visual, CPU or GPUs.
 
-    python tools/train.py --modality audio                                   # the CPU demo (README, step 2)
-    python tools/train.py --config configs/audiomae/pretrain_as2m.yaml \\
+    avmae train --modality audio                                   # the CPU demo (README, step 2)
+    avmae train --config configs/audiomae/pretrain_as2m.yaml \\
         data.train_manifest=/data/as2m/train.json train.batch_size=8
     accelerate launch --multi_gpu --num_processes 8 tools/train.py --config ... # same code, 8 GPUs
-    python tools/train.py --output-dir runs/x --resume                         # continue a run exactly
+    avmae train --output-dir runs/x --resume                         # continue a run exactly
     python -m avmae.launch --nproc_per_node 8 tools/train.py --config ...      # torchrun, exit 143 on SIGTERM
 
 Trailing ``key=value`` arguments override the config (``optim.blr=1e-3``, ``schedule.max_steps=100``).
@@ -37,7 +37,9 @@ from avmae.train.logging_utils import format_metrics
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="avmae train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument(
         "--modality",
         default=None,
@@ -183,7 +185,7 @@ def print_summary(result, cfg) -> None:
         f" {result.plan.device} ({'fp32' if result.plan.mixed_precision == 'no' else result.plan.mixed_precision})"
     )
     if result.interrupted:
-        print(f"interrupted:  resume with  python tools/train.py --output-dir {out} --resume")
+        print(f"interrupted:  resume with  avmae train --output-dir {out} --resume")
 
 
 if __name__ == "__main__":

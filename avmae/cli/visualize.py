@@ -1,6 +1,6 @@
 """Reconstruction plot of a pretraining checkpoint on one audio file.
 
-    python tools/visualize.py AUDIO --checkpoint CKPT [--out recon.png] [--mask-ratio 0.8] [--seed 0]
+    avmae visualize AUDIO --checkpoint CKPT [--out recon.png] [--mask-ratio 0.8] [--seed 0]
 
 Writes a PNG with four panels: the input fbank, the masked input, the reconstruction, and the
 reconstruction pasted into the visible patches; time in seconds, mel bins, a colour bar, the mask
