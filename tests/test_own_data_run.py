@@ -198,7 +198,7 @@ def test_budget_sets_the_length(events, tmp_path, capsys, monkeypatch):
         assert m, out
         plans[budget] = epochs, steps, left = int(m.group(1)), int(m.group(2)), int(m.group(3))
         fits = {max(own_data_run.MIN_EPOCHS, int(t / (2.0 * steps))) for t in (left - 0.5, left + 0.5)}
-        assert epochs in fits and left <= 0.92 * int(budget)
+        assert epochs in fits and left <= 0.92 * int(budget) + 0.5  # printed rounded to the second
     assert plans["100"][0] > plans["40"][0] >= own_data_run.MIN_EPOCHS
 
 
