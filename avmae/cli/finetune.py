@@ -10,19 +10,23 @@ TRAIN, EVAL: a folder with one subfolder per class (the subfolder's name is the 
 file under it), or an AudioMAE manifest (.json / .jsonl) with --label-csv (or its label ids taken
 as the classes). Without --eval a seeded, stratified 20 % of TRAIN is held out.
 
-The run is planned from the data (avmae.train.own_data; each decision is printed): the input length
-from the clips' durations, the normalisation statistics (those of the --init model, else of the
-training clips at that length), augmentations that never split a clip, a learning rate that also
-trains from scratch, and the number of epochs. Trailing key=value arguments override any of it
-(e.g. schedule.epochs=30 train.batch_size=32). At the end the held-out accuracy (mAP for multi-label
-data) is printed beside chance level; the run folder holds the checkpoint, metrics and per-class
-results (eval/per_class_last.json), as any training run.
+The run is planned from the data (avmae.train.own_data, avmae.train.own_data_run; each decision is
+printed): the input length from the clips' durations, the normalisation statistics (those of the
+--init model, else of the training clips at that length), the pooling and augmentation that let a
+model trained from scratch learn, a learning rate, and the epochs that fit --budget (seconds for the
+whole command, default 600). --pretrain first pretrains an AudioMAE on the training clips (and
+--unlabelled ones) for a share of the budget, then fine-tunes from it. Trailing key=value arguments
+override any of it (e.g. schedule.epochs=30 train.batch_size=32). At the end the training and
+held-out accuracy (mAP for multi-label data) are printed beside chance level, with the best
+evaluation's epoch, and a warning when the classifier did not learn; the run folder holds the
+checkpoint, metrics and per-class results (eval/per_class_last.json), as any training run.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 import time
@@ -57,6 +61,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--seed", type=int, default=0, help="seed of the held-out split and of training (default: %(default)s)"
     )
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="seconds for the whole command; the epochs of each phase are fitted to it (default: 600)",
+    )
+    p.add_argument(
+        "--unlabelled",
+        default=None,
+        help="folder or manifest of unlabelled clips added to the training clips for the pretraining phase",
+    )
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--pretrain", dest="pretrain", action="store_true", default=None, help="pretrain on the clips first")
+    g.add_argument("--no-pretrain", dest="pretrain", action="store_false", help="skip the pretraining phase")
     p.add_argument("--print-config", action="store_true", help="print the planned config and exit")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, applied last")
     return p
@@ -79,36 +97,50 @@ def main(argv: Optional[List[str]] = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     from avmae.config import to_yaml
-    from avmae.train import Trainer
     from avmae.train.own_data import plan_finetune
+    from avmae.train.own_data_run import DEFAULT_BUDGET_S, run_own_data
 
     # errors a user can act on (config, data, checkpoint, a stopped run) print one line (tool_main)
     out = Path(args.output_dir or Path("runs", f"finetune-{time.strftime('%Y%m%d-%H%M%S')}"))
-    plan = plan_finetune(
-        args.train,
-        args.eval,
-        init=args.init,
-        output_dir=out,
-        label_csv=args.label_csv,
-        model=args.model,
-        overrides=args.overrides,
-        max_files=args.max_files or None,
-        seed=args.seed,
-    )
+    common = dict(label_csv=args.label_csv, overrides=args.overrides, max_files=args.max_files or None, seed=args.seed)
     if args.print_config:
+        plan = plan_finetune(args.train, args.eval, init=args.init, output_dir=out, model=args.model, **common)
         print(to_yaml(plan.config), end="")
         return 0
-    if main_rank:
-        print("plan:\n" + "\n".join(f"  {line}" for line in plan.notes), flush=True)
-    trainer = Trainer(plan.config)
-    result = trainer.fit()
-    if trainer.accelerator.is_main_process:
+
+    def show(phase: str, notes: List[str]) -> None:
+        if main_rank:
+            print(f"{phase} plan:\n" + "\n".join(f"  {line}" for line in notes), flush=True)
+
+    res = run_own_data(
+        args.train,
+        args.eval,
+        output_dir=out,
+        init=args.init,
+        model=args.model,
+        unlabelled=args.unlabelled,
+        pretrain=args.pretrain,
+        budget_s=args.budget or DEFAULT_BUDGET_S,
+        on_plan=show,
+        **common,
+    )
+    result, plan = res.finetune, res.plan
+    if main_rank and not result.interrupted:
         ev = result.eval
         where = "held-out training clips" if plan.held_out else "evaluation clips"
         print(f"\nrun folder:   {result.output_dir}  (checkpoint: {result.last_checkpoint})")
+        phases = f" (pretraining {res.pretrain.seconds:.0f} s, {res.pretrain.steps} steps)" if res.pretrain else ""
         print(
-            f"time:         {result.seconds:.0f} s for {result.steps - result.start_step} steps on {result.plan.device}"
+            f"time:         {res.seconds:.0f} s in all{phases}; fine-tuning {result.steps} steps on"
+            f" {result.plan.device}"
         )
+        if res.pretrain is not None and res.pretrain.first_loss is not None:
+            print(f"pretraining loss: {res.pretrain.first_loss:.3f} -> {res.pretrain.last_loss:.3f}")
+        if result.first_loss is not None:
+            print(
+                f"train loss:   {result.first_loss:.3f} -> {result.last_loss:.3f} (chance level ln C = "
+                f"{math.log(max(2, plan.num_classes)):.3f})"
+            )
         if "mAP" in ev:
             print(
                 f"held-out mAP: {ev['mAP']:.3f} on {plan.num_eval} {where} ({plan.num_classes} classes; per class:"
@@ -116,12 +148,28 @@ def main(argv: Optional[List[str]] = None) -> int:
             )
         elif "acc" in ev:
             right = round(ev["acc"] * plan.num_eval)
+            if res.train_acc is not None:
+                print(
+                    f"train accuracy: {100 * res.train_acc:.1f} % (loss {res.train_loss:.3f}; {plan.num_train} training"
+                    " clips, no augmentation)"
+                )
             print(
                 f"held-out accuracy: {100 * ev['acc']:.1f} % ({right} of {plan.num_eval} {where}; chance"
                 f" {100 * plan.chance:.1f} %)"
             )
+            if res.best_eval_acc is not None:
+                print(
+                    f"best held-out: {100 * res.best_eval_acc:.1f} % at epoch {res.best_epoch} (the checkpoint is"
+                    " the last epoch's)"
+                )
         else:
             print("no evaluation ran (eval.every_n_epochs=-1?)")
+        if not res.learned:
+            print(
+                f"\nDID NOT LEARN: on its own training clips the classifier is near chance (accuracy"
+                f" {100 * res.train_acc:.1f} %, chance {100 / plan.num_classes:.1f} %; loss {res.train_loss:.3f}, ln C"
+                f" {math.log(plan.num_classes):.3f}). Try:\n" + "\n".join(f"  - {tip}" for tip in res.advice)
+            )
     return TERMINATED if result.interrupted else 0
 
 

@@ -2,6 +2,13 @@
 
 x --embed--> tokens --(train: structured time/freq masking)--> [cls] + tokens --blocks-->
     mean over patch tokens --fc_norm--> head --> logits [B, C]
+
+``global_pool="time_avg"`` keeps the frequency bands apart: the mean over time of each band's
+tokens, ``fc_norm`` on each, concatenated (``F' x D`` features). A mean over every token throws away
+where in frequency a pattern sat, which a pretrained encoder has already written into its tokens
+but an encoder trained from scratch on a few hundred clips has not: measured on generated spoken
+digits (400 clips, 10 classes, 200 steps from scratch, the demo encoder), "avg" reached 15 % training
+accuracy and "time_avg" 79 % (59 % on held-out voices); see avmae.train.own_data.
 """
 
 from __future__ import annotations
@@ -29,7 +36,9 @@ class EncoderClassifier(nn.Module):
         mask_f_prob: the same for frequency columns.
         drop_path: stochastic depth.
         head_init_std: std of the head's normal init (AudioMAE: 2e-5).
-        global_pool: "avg" (mean over patch tokens, cls excluded) or "cls".
+        global_pool: "avg" (mean over patch tokens, cls excluded), "cls", or "time_avg" (the mean
+            over time of each frequency band, each through ``fc_norm``, concatenated: ``F' * D``
+            features; time-major token layout, no frequency-band masking).
         post_norm: post-LN blocks (EAT); pre_norm: a LayerNorm over ``[cls; tokens]`` before the
             first block (EAT); see ``MaskedAutoencoder``.
 
@@ -62,8 +71,8 @@ class EncoderClassifier(nn.Module):
         self.modalities = build_modalities(modalities, embed_dim)
         if len(self.modalities) != 1:
             raise ValueError(f"EncoderClassifier takes one modality, got {list(self.modalities)}")
-        if global_pool not in ("avg", "cls"):
-            raise ValueError(f"global_pool must be 'avg' or 'cls', got {global_pool!r}")
+        if global_pool not in ("avg", "cls", "time_avg"):
+            raise ValueError(f"global_pool must be 'avg', 'cls' or 'time_avg', got {global_pool!r}")
         if global_pool == "cls" and not cls_token:
             raise ValueError("global_pool='cls' needs cls_token=True")
         for name, p in (("mask_t_prob", mask_t_prob), ("mask_f_prob", mask_f_prob)):
@@ -71,6 +80,13 @@ class EncoderClassifier(nn.Module):
                 raise ValueError(f"{name} must be in [0, 1), got {p}")
         self.key = next(iter(self.modalities))
         self.embed_dim = embed_dim
+        self.bands = 1
+        if global_pool == "time_avg":
+            mod = self.modalities[self.key]
+            if getattr(mod, "layout", "tf") != "tf" or mask_f_prob > 0:
+                raise ValueError("global_pool='time_avg' needs the time-major token layout and mask_f_prob=0")
+            self.bands = mod.input_shape[-1] // mod.patch_size
+        self.num_features = embed_dim * self.bands
         self.num_classes = num_classes
         self.mask_t_prob = mask_t_prob
         self.mask_f_prob = mask_f_prob
@@ -91,7 +107,7 @@ class EncoderClassifier(nn.Module):
         )
         self.fc_norm = nn.LayerNorm(embed_dim, eps=norm_eps)
         self.head_drop = nn.Dropout(head_drop)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.head_init_std = head_init_std
         self.apply(init_mae_weights)
         if cls_token:
@@ -106,7 +122,7 @@ class EncoderClassifier(nn.Module):
         """Re-create (when num_classes is given) and re-initialise the head: normal(std), bias 0."""
         if num_classes is not None and num_classes != self.num_classes:
             self.num_classes = num_classes
-            self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+            self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         if isinstance(self.head, nn.Linear):
             nn.init.normal_(self.head.weight, std=self.head_init_std)
             nn.init.zeros_(self.head.bias)
@@ -147,10 +163,13 @@ class EncoderClassifier(nn.Module):
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         if self.global_pool == "cls":
             return self.fc_norm(x[:, 0])
+        if self.global_pool == "time_avg":  # tokens t * F' + f: [B, T'*F', D] -> [B, F', D] -> [B, F'*D]
+            x = x[:, 1 if self.has_cls else 0 :]
+            return self.fc_norm(x.reshape(x.shape[0], -1, self.bands, x.shape[-1]).mean(dim=1)).flatten(1)
         return self.fc_norm(x[:, 1 if self.has_cls else 0 :].mean(dim=1))
 
     def forward_features(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """-> pooled, normed features [B, D]."""
+        """-> pooled, normed features [B, num_features] (D, or F' * D for "time_avg")."""
         return self.pool(self.forward_tokens(inputs))
 
     def forward(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
