@@ -29,11 +29,31 @@ import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Tuple, Type
 
-__all__ = ["explain", "one_line", "tool_main", "writable_output", "TERMINATED", "SKIP_BAD_CLIPS"]
+__all__ = ["explain", "one_line", "tool_logging", "tool_main", "writable_output", "TERMINATED", "SKIP_BAD_CLIPS"]
 
 TERMINATED = 143  # a training tool's exit status when SIGTERM stopped it after saving a checkpoint (128 + SIGTERM)
 # the training tools' hint for an unreadable clip under data.on_error=raise
 SKIP_BAD_CLIPS = "set data.on_error=skip to skip unreadable clips (they are then listed in <run>/skipped.tsv)"
+
+# what the training tools keep quiet: accelerate's per-checkpoint and start-up chatter
+ACCELERATE_CHATTER = ("accelerate.checkpointing", "accelerate.accelerator")
+
+
+def tool_logging(quiet: Tuple[str, ...] = ACCELERATE_CHATTER, *, all_ranks: bool = False) -> bool:
+    """A tool's logging: INFO with timestamps (WARNING on processes other than rank 0 of a launched
+    job, unless ``all_ranks``), the ``quiet`` loggers at WARNING. -> whether this is rank 0."""
+    import logging
+
+    main_rank = int(os.environ.get("RANK", "0")) == 0  # set by torchrun / accelerate launch
+    logging.basicConfig(
+        level=logging.INFO if main_rank or all_ranks else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for name in quiet:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return main_rank
+
 
 _OS_HINTS: Dict[int, str] = {
     errno.EACCES: "permission denied: choose a location you can write to (or read), or fix its permissions",

@@ -26,8 +26,6 @@ import argparse
 import csv
 import io
 import json
-import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -35,6 +33,7 @@ from typing import Any, Dict, List, Optional, Sequence
 if __package__ in (None, "") and __name__ == "__main__":  # run as a script from a source checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from avmae.errors import tool_logging
 from avmae.files import atomic_write, write_json  # every process may write the same file: its temp names are unique
 
 DEFAULT_CONFIG = "configs/audiomae/finetune_esc50.yaml"
@@ -166,12 +165,7 @@ def _mean(values: List[Optional[float]]) -> Optional[float]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_intermixed_args(argv)  # key=value overrides before and after options
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
-    )
-    for noisy in ("accelerate.checkpointing", "accelerate.accelerator"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    main_process = int(os.environ.get("RANK", "0")) == 0
+    main_process = tool_logging(all_ranks=True)
     out = Path(args.output_dir).expanduser().resolve()
     rows = read_meta(Path(args.esc50).expanduser())
     files = write_fold_files(rows, out / "data")

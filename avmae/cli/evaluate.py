@@ -33,12 +33,11 @@ arguments, else the run config (else the demo data the run trained on).
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from avmae.errors import tool_main, writable_output  # noqa: E402
+from avmae.errors import tool_logging, tool_main, writable_output  # noqa: E402
 
 TASKS = ("auto", "classify", "reconstruction", "retrieval", "knn", "linear")
 
@@ -378,11 +377,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     for out in (args.output, args.save_logits):
         if out:
             writable_output(out)  # before any work
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
-    )
-    for noisy in ("accelerate", "avmae.checkpoint", "avmae.hub"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    tool_logging(("accelerate", "avmae.checkpoint", "avmae.hub"), all_ranks=True)
     if (args.mean is None) != (args.std is None):
         raise SystemExit("evaluate: give both --mean and --std, or neither")
 

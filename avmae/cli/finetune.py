@@ -25,9 +25,7 @@ checkpoint, metrics and per-class results (eval/per_class_last.json), as any tra
 from __future__ import annotations
 
 import argparse
-import logging
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -81,20 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 from avmae.data import MediaError  # noqa: E402
-from avmae.errors import SKIP_BAD_CLIPS, TERMINATED, tool_main  # noqa: E402
+from avmae.errors import SKIP_BAD_CLIPS, TERMINATED, tool_logging, tool_main  # noqa: E402
 
 
 @tool_main(hints={MediaError: SKIP_BAD_CLIPS})
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_intermixed_args(argv)
-    main_rank = int(os.environ.get("RANK", "0")) == 0
-    logging.basicConfig(
-        level=logging.INFO if main_rank else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    for noisy in ("accelerate.checkpointing", "accelerate.accelerator"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    main_rank = tool_logging()
 
     from avmae.config import to_yaml
     from avmae.train.own_data import plan_finetune

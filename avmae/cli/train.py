@@ -22,15 +22,13 @@ that cannot be written). Every failure is one line on stderr naming the file or 
 from __future__ import annotations
 
 import argparse
-import logging
 import math
-import os
 import sys
 from pathlib import Path
 
 from avmae.config import CONFIG_DIR, ConfigError, diff, load_config, resolve_config_path
 from avmae.data import MediaError
-from avmae.errors import SKIP_BAD_CLIPS, TERMINATED, tool_main
+from avmae.errors import SKIP_BAD_CLIPS, TERMINATED, tool_logging, tool_main
 from avmae.run_folder import CONFIG_FILE, step_folders
 from avmae.train import Trainer
 from avmae.train.logging_utils import format_metrics
@@ -135,14 +133,7 @@ def build_config(args: argparse.Namespace):
 @tool_main(hints={MediaError: SKIP_BAD_CLIPS})
 def main(argv=None) -> int:
     args = parse_args(argv)
-    main_rank = int(os.environ.get("RANK", "0")) == 0  # set by torchrun / accelerate launch
-    logging.basicConfig(
-        level=logging.INFO if main_rank else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    for noisy in ("accelerate.checkpointing", "accelerate.accelerator"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    tool_logging()
     cfg = build_config(args)
     if args.print_config:
         from avmae.config import to_yaml
