@@ -104,7 +104,7 @@ def forked_children(pid: int = os.getpid()) -> list:
     return alive
 
 
-def dump_forked_children_stacks(wait: float = 1.0) -> list:
+def dump_forked_children_stacks(wait: float = 3.0) -> list:
     """Ask the forked children for their stacks (see above), under a line naming them -> their pids."""
     children = forked_children()
     if children:
@@ -115,7 +115,7 @@ def dump_forked_children_stacks(wait: float = 1.0) -> list:
         except OSError:
             pass
     if children:
-        time.sleep(wait)  # the children write asynchronously; the capture is read after this hook
+        time.sleep(wait)  # the children write asynchronously (1 s was once too short on a busy CI machine)
     return children
 
 
