@@ -119,7 +119,8 @@ def validate(cfg: Config) -> Config:
     )
     _check(0.0 <= a.mixup <= 1.0, "data.augment.mixup", f"is a probability in [0, 1], got {a.mixup}")
     _check(a.mixup_alpha > 0, "data.augment.mixup_alpha", f"must be > 0, got {a.mixup_alpha}")
-    augmenting = a.freqm or a.timem or a.mixup or a.gain or a.roll or a.shift or a.noise
+    _check(0.0 <= a.speed < 1.0, "data.augment.speed", f"is a fraction in [0, 1), got {a.speed}")
+    augmenting = a.freqm or a.timem or a.mixup or a.gain or a.roll or a.shift or a.noise or a.speed
     _check(d.epoch_len is None or d.epoch_len >= 1, "data.epoch_len", f"must be >= 1 (or null), got {d.epoch_len}")
     _check(
         d.epoch_len is None or d.balanced,
@@ -201,6 +202,16 @@ def validate(cfg: Config) -> Config:
     if base_lr is not None:
         _check(s.min_lr <= base_lr, "schedule.min_lr", f"({s.min_lr}) exceeds optim.lr ({base_lr})")
     _check(s.max_steps is None or s.max_steps >= 1, "schedule.max_steps", f"must be >= 1 (or null), got {s.max_steps}")
+    _check(
+        s.max_seconds is None or s.max_seconds > 0,
+        "schedule.max_seconds",
+        f"must be > 0 (or null), got {s.max_seconds}",
+    )
+    _check(
+        s.max_seconds is None or s.max_steps is None,
+        "schedule.max_seconds",
+        "a time budget re-plans the epochs; it cannot be combined with schedule.max_steps",
+    )
 
     # train
     t = cfg.train

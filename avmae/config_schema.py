@@ -78,6 +78,7 @@ class AugmentConfig:
         False  # random time shift keeping the clip whole: moved within its padding, or a random crop of a longer clip
     )
     noise: bool = False  # official fbank noise + small roll (AST's Speech Commands recipe; off in AudioMAE's)
+    speed: float = 0.0  # speed perturbation: played f times faster, f uniform in [1 - speed, 1 + speed]
 
 
 @dataclass
@@ -162,6 +163,14 @@ class ScheduleConfig:
 
     ``max_steps`` (optimizer steps), when set, is the length of the run and of the schedule
     (a short run still decays fully); otherwise ``epochs`` full passes.
+
+    ``max_seconds``, when set, is a time budget for ``fit`` (training and evaluations, from its
+    start; a resumed run counts the time its checkpoint had spent): ``epochs`` is the first plan,
+    and at every epoch end the trainer re-plans the number of epochs from the speed of the epoch
+    just run (and of the last evaluation), so that the run ends within the budget on a machine that
+    turns out faster or slower than planned. The cosine follows the new length; the run is at least
+    ``epochs_done + 1`` epochs while time is left, and stops at the epoch end where none is.
+    ``avmae finetune --budget`` uses it. Not with ``max_steps``.
     """
 
     epochs: int = 33
@@ -169,6 +178,7 @@ class ScheduleConfig:
     warmup_steps: Optional[int] = None  # when set, the warm-up in optimizer steps (instead of warmup_epochs)
     min_lr: float = 0.0
     max_steps: Optional[int] = None
+    max_seconds: Optional[float] = None
 
 
 @dataclass

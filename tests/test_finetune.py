@@ -344,3 +344,61 @@ def test_init_from_an_official_audiomae_checkpoint(easy, tmp_path):
     assert torch.equal(model.state_dict()["blocks.1.attn.qkv.weight"], official["blocks.1.attn.qkv.weight"])
     assert model.head.weight.shape == (2, 64) and model.head.weight.std() < 1e-3  # fresh head
     assert trainer.fit().steps == 1
+
+
+def test_frozen_then_unfrozen_trains_the_head_first_then_everything(easy, tmp_path):
+    Trainer(
+        ft_config(
+            easy,
+            tmp_path / "pre",
+            "task=pretrain",
+            "model.name=audiomae_tiny",
+            "optim.lr=1e-3",
+            "eval.every_n_epochs=-1",
+        )
+    ).fit()
+    pre = load_file(str(list_checkpoints(tmp_path / "pre")[-1] / "model.safetensors"))
+    enc = ("blocks.0.attn.qkv.weight", "blocks.1.norm2.weight", "modalities.audio.patch_embed.proj.weight")
+    runs = {}
+    for epochs in (1, 3):  # 4 steps an epoch; the encoder frozen for the first
+        out = tmp_path / f"ft{epochs}"
+        trainer = Trainer(
+            ft_config(
+                easy,
+                out,
+                f"checkpoint.init_from={tmp_path / 'pre'}",
+                "optim.lr=1e-2",
+                f"schedule.epochs={epochs}",
+                "task_params.freeze_epochs=1",
+            )
+        )
+        trainer.fit()
+        runs[epochs] = load_file(str(list_checkpoints(out)[-1] / "model.safetensors"))
+        assert runs[epochs]["head.weight"].abs().max() > 1e-3  # the head trained from the first step
+    for k in enc:
+        assert torch.equal(runs[1][k], pre[k]), k  # weight decay at lr 0 moves nothing either
+        assert not torch.equal(runs[3][k], pre[k]), k
+    groups = trainer.task.param_groups(trainer.task.build_model(trainer._build_datasets()[0]))
+    frozen = [g for g in groups if g.get("frozen_epochs")]
+    assert frozen and all(g["frozen_epochs"] == 1.0 for g in frozen)
+    fresh = {id(p) for g in groups if not g.get("frozen_epochs") for p in g["params"]}
+    assert len(fresh) == 4  # head and fc_norm, weights and biases
+
+
+def test_freeze_epochs_lr_ramp_and_errors(easy, tmp_path):
+    from avmae.train.optim import set_lr
+
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW(
+        [{"params": [p], "lr_scale": 0.5, "frozen_epochs": 2.0}, {"params": [torch.nn.Parameter(torch.zeros(1))]}]
+    )
+    lrs = []
+    for epoch in (0.0, 1.9, 2.0, 2.5, 3.0, 7.0):
+        set_lr(opt, 1e-3, epoch)
+        lrs.append((opt.param_groups[0]["lr"], opt.param_groups[1]["lr"]))
+    assert [a for a, _ in lrs] == pytest.approx([0, 0, 0, 2.5e-4, 5e-4, 5e-4])
+    assert all(b == 1e-3 for _, b in lrs)
+    with pytest.raises(ConfigError, match="freeze_epochs"):
+        ft_config(easy, tmp_path / "x", "task_params.freeze_epochs=-1")
+    with pytest.raises(ConfigError, match="freeze_epochs"):
+        ft_config(easy, tmp_path / "x", "task_params.freeze_epochs=1", task="linprobe")

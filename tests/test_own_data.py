@@ -14,7 +14,7 @@ from avmae import cli
 from avmae.config import load_config
 from avmae.data import AudioDataset, AudioFrontend, save_audio
 from avmae.data.audio import fbank
-from avmae.data.augment import random_time_shift
+from avmae.data.augment import random_speed, random_time_shift
 from avmae.data.stats import choose_target_length, fbank_stats, survey_clips
 from avmae.data.words import WORDS, write_word_folders
 from avmae.train.own_data import FROM_SCRATCH_LR, PRETRAINED_LR, labelled_items, plan_finetune
@@ -48,6 +48,24 @@ def test_time_shift_moves_a_short_clip_within_its_padding():
     for _ in range(20):
         crop = random_time_shift(long, 48, g)[:, 0]
         assert torch.equal(crop, torch.arange(crop[0], crop[0] + 48))  # a contiguous window
+
+
+def test_speed_perturbation_moves_pitch_and_length_together():
+    sr = 16000
+    t = torch.arange(sr) / sr
+    wave = torch.sin(2 * math.pi * 1000 * t)[None]  # 1 s of 1 kHz
+    assert random_speed(wave, 0.0) is wave
+    seen = set()
+    for seed in range(20):
+        out = random_speed(wave, 0.2, torch.Generator().manual_seed(seed))
+        factor = wave.shape[-1] / out.shape[-1]
+        assert 0.8 - 1e-3 <= factor <= 1.2 + 1e-3 and out.shape[0] == 1
+        peak = torch.fft.rfft(out[0]).abs().argmax().item() * sr / out.shape[-1]  # Hz
+        assert peak == pytest.approx(1000 * factor, rel=0.01)  # faster: higher
+        seen.add(round(factor, 2))
+        again = random_speed(wave, 0.2, torch.Generator().manual_seed(seed))
+        assert torch.equal(out, again)  # the item's generator decides it
+    assert len(seen) > 10  # drawn continuously
 
 
 def test_dataset_shift_keeps_the_word_whole_and_roll_warns(words, caplog):

@@ -569,3 +569,49 @@ def test_log_lines_are_written_above_the_progress_bar_not_into_it(clips, tmp_pat
     segments = [s for s in err.replace("\r", "\n").split("\n") if "eval at step 3" in s]
     assert len(segments) == 1 and segments[0].startswith("LOG eval at step 3: loss "), err[-2000:]
     assert "it/s" in err or "s/it" in err  # the bar was shown
+
+
+class SlowSteps(Trainer):
+    """Every optimizer step takes at least ``pause`` seconds more: a busy machine."""
+
+    pause = 0.0
+
+    def on_step_end(self, step):
+        if self.pause:
+            import time
+
+            time.sleep(self.pause)
+
+
+def _lrs(run_dir):
+    return [r["train/lr"] for r in read_metrics(run_dir / "metrics.jsonl") if "train/lr" in r]
+
+
+def test_time_budget_shortens_a_run_on_a_slow_machine_and_still_decays_fully(clips, tmp_path):
+    # 12 items / batch 2 = 6 steps an epoch of >= 0.6 s: 50 planned epochs cannot fit in 2 s
+    out = tmp_path / "slow"
+    trainer = SlowSteps(tiny_config(clips, out, "schedule.epochs=50", "schedule.max_seconds=2", "optim.lr=1e-3"))
+    trainer.pause = 0.1
+    result = trainer.fit()
+    epochs = result.steps // 6
+    assert 1 <= epochs <= 4 and result.steps % 6 == 0, result.steps
+    assert result.plan.total_steps == result.steps and result.plan.epochs == epochs
+    lrs = _lrs(out)
+    assert len(lrs) == result.steps and lrs[-1] < 0.2 * max(lrs)  # the cosine followed the shorter run
+    state = json.loads((list_checkpoints(out)[-1] / "trainer_state.json").read_text())
+    assert state["planned_steps"] == result.steps and state["seconds"] > 0.6 * epochs
+
+
+def test_time_budget_lengthens_a_run_on_a_fast_machine(clips, tmp_path):
+    out = tmp_path / "fast"
+    result = Trainer(tiny_config(clips, out, "schedule.epochs=1", "schedule.max_seconds=4")).fit()
+    assert result.steps > 6 and result.steps % 6 == 0  # more than the one planned epoch
+    assert result.plan.epochs == result.steps // 6
+    assert result.seconds < 4 + 3  # within the budget, give or take the last epoch's estimate and the saving
+
+
+def test_time_budget_is_checked_with_the_other_schedule_keys():
+    with pytest.raises(ConfigError, match="schedule.max_seconds"):
+        load_config([], ["schedule.max_seconds=0"])
+    with pytest.raises(ConfigError, match="schedule.max_seconds"):
+        load_config([], ["schedule.max_seconds=60", "schedule.max_steps=10"])

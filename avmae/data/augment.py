@@ -139,6 +139,22 @@ def random_gain(wave: torch.Tensor, generator: Optional[torch.Generator] = None,
     return wave * (sample_beta(alpha, alpha, generator) + 0.5)
 
 
+def random_speed(wave: torch.Tensor, amount: float, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Speed perturbation: ``wave: [..., N]`` played ``f`` times faster, ``f`` uniform in
+    ``[1 - amount, 1 + amount]``: pitch and tempo change together (Kaldi's 0.9 / 1.0 / 1.1 speed
+    perturbation of speech, drawn continuously), by linear interpolation to ``round(N / f)``
+    samples. A voice or an instrument not in the training clips sits higher or lower; this moves
+    the training clips' formants and harmonics by up to ``amount`` (``amount`` 0: unchanged)."""
+    if amount <= 0 or wave.shape[-1] < 2:
+        return wave
+    factor = 1.0 + amount * (2.0 * float(torch.rand(1, generator=generator)) - 1.0)
+    n = max(2, int(round(wave.shape[-1] / factor)))
+    lead = wave.shape[:-1]
+    flat = wave.reshape(1, -1, wave.shape[-1]).float()
+    out = torch.nn.functional.interpolate(flat, size=n, mode="linear", align_corners=True)
+    return out.reshape(*lead, n).to(wave.dtype)
+
+
 def random_roll(wave: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Circularly shift ``wave: [..., N]`` along samples by a uniform offset in ``[0, N)``."""
     n = wave.shape[-1]

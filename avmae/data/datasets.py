@@ -24,7 +24,15 @@ from torch.utils.data import Dataset
 
 from ..files import to_json
 from .audio import AudioFrontend
-from .augment import fbank_noise, mixup_waveforms, random_gain, random_roll, random_time_shift, spec_augment
+from .augment import (
+    fbank_noise,
+    mixup_waveforms,
+    random_gain,
+    random_roll,
+    random_speed,
+    random_time_shift,
+    spec_augment,
+)
 from .io import MediaError, load_audio
 
 _logger = logging.getLogger(__name__)
@@ -57,6 +65,7 @@ AUGMENT_DEFAULTS: Dict[str, Any] = {
     "roll": False,  # circular time shift of the waveform by a uniform offset (splits clips shorter than the input)
     "shift": False,  # time shift that keeps the clip whole: moved within its padding, or a random crop of a long clip
     "noise": False,  # official fbank noise + small time roll (AST's Speech Commands recipe; off in AudioMAE's)
+    "speed": 0.0,  # speed perturbation: played f times faster, f uniform in [1 - speed, 1 + speed] (pitch and tempo)
 }
 
 
@@ -413,6 +422,8 @@ class AudioDataset(Dataset):
             wave = random_roll(wave, g)
         if self.augment["gain"]:
             wave = random_gain(wave, g)
+        if self.augment["speed"]:
+            wave = random_speed(wave, float(self.augment["speed"]), g)
         return wave
 
     def _warn_short_roll(self, wave: torch.Tensor) -> None:

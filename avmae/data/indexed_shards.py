@@ -135,7 +135,7 @@ class IndexedShardDataset(AudioDataset):
         if index < 0:
             index += len(self)
         aug = self.augment
-        wave_aug = self.train and (aug["roll"] or aug["gain"] or aug["mixup"] > 0)
+        wave_aug = self.train and (aug["roll"] or aug["gain"] or aug["mixup"] > 0 or aug["speed"] > 0)
         x = None if wave_aug else self._stored_fbank(index)
         if x is None:
             return super().__getitem__(index)

@@ -75,6 +75,8 @@ class TrainState:
     global_batch: int = 0
     num_processes: int = 1
     last_checkpoint: Optional[str] = None
+    planned_steps: int = 0  # the run's length as re-planned for schedule.max_seconds (0: the plan's)
+    seconds: float = 0.0  # seconds of fit() spent before this checkpoint (for schedule.max_seconds)
 
 
 class RunCheckpoints:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
@@ -54,6 +55,7 @@ from .task import Task, model_inputs
 _logger = logging.getLogger(__name__)
 
 __all__ = [
+    "FinetuneOptions",
     "FinetuneTask",
     "LinearProbeTask",
     "classifier_head",
@@ -158,14 +160,35 @@ def collect_predictions(
     return torch.cat(logits_all), torch.cat(labels_all)
 
 
+@dataclass
+class FinetuneOptions:
+    """``task_params`` of ``task: finetune``.
+
+    ``freeze_epochs``: frozen, then unfrozen. For the first ``freeze_epochs`` epochs only the
+    parts a fresh classifier adds train (the head and ``fc_norm``); the encoder's lr is 0 (its
+    parameter groups carry ``frozen_epochs``, read by ``avmae.train.optim.set_lr``), then it joins
+    in with its lr ramped up over one epoch, so that a random head's first gradients do not reach a
+    pretrained encoder. 0: everything trains from the start (AudioMAE's recipe)."""
+
+    freeze_epochs: float = 0.0
+
+
 @register_task("finetune")
 class FinetuneTask(Task):
-    """Supervised fine-tuning of a ``model(inputs) -> logits [B, C]`` classifier."""
+    """Supervised fine-tuning of a ``model(inputs) -> logits [B, C]`` classifier
+    (``task_params``: ``FinetuneOptions``)."""
+
+    options = FinetuneOptions
 
     @classmethod
     def validate(cls, cfg: Config) -> None:
         if cfg.objectives:
             raise ConfigError("objectives", f"are pretraining losses; task {cfg.task!r} trains a classifier")
+        frozen = cls.options_of(cfg).freeze_epochs
+        if frozen < 0:
+            raise ConfigError("task_params.freeze_epochs", f"must be >= 0, got {frozen}")
+        if frozen and cfg.task == "linprobe":
+            raise ConfigError("task_params.freeze_epochs", "a linear probe keeps the encoder frozen throughout")
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
@@ -202,6 +225,31 @@ class FinetuneTask(Task):
             "mask_t_prob": m.mask_t_prob,
             "mask_f_prob": m.mask_f_prob,
         }
+
+    def param_groups(self, model: nn.Module) -> List[Dict[str, Any]]:
+        """AdamW's groups; with ``task_params.freeze_epochs`` each group is split into the fresh
+        classifier's parameters (head, ``fc_norm``) and the rest, which carries ``frozen_epochs``."""
+        groups = super().param_groups(model)
+        frozen = float(self.params.freeze_epochs) if self.params is not None else 0.0
+        if not frozen:
+            return groups
+        try:
+            head_name, _ = classifier_head(model)
+        except AttributeError as exc:
+            raise ConfigError("task_params.freeze_epochs", f"needs a classifier that names its head: {exc}") from None
+        fresh = {id(p) for n, p in model.named_parameters() if n.split(".")[0] in (head_name, "fc_norm")}
+        out: List[Dict[str, Any]] = []
+        for g in groups:
+            head = [p for p in g["params"] if id(p) in fresh]
+            body = [p for p in g["params"] if id(p) not in fresh]
+            if head:
+                out.append({**g, "params": head})
+            if body:
+                out.append({**g, "params": body, "frozen_epochs": frozen, "group": f"{g['group']}_frozen"})
+        _logger.info(
+            "finetune: the encoder frozen for the first %g epoch(s), then unfrozen (task_params.freeze_epochs)", frozen
+        )
+        return out
 
     # ------------------------------------------------------------------ loss
     def loss_fn(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -254,7 +254,13 @@ def lr_at(step: float, *, base_lr: float, min_lr: float, warmup_steps: float, to
     return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Set every group's lr to ``lr * group["lr_scale"]``."""
+def set_lr(optimizer: torch.optim.Optimizer, lr: float, epoch: Optional[float] = None) -> None:
+    """Set every group's lr to ``lr * group["lr_scale"]``. A group with ``frozen_epochs`` (fine-tuning
+    frozen, then unfrozen) gets 0 until ``epoch`` (the run's progress in epochs) reaches it, then its
+    lr ramped up linearly over one epoch."""
     for g in optimizer.param_groups:
-        g["lr"] = lr * g.get("lr_scale", 1.0)
+        scale = g.get("lr_scale", 1.0)
+        frozen = g.get("frozen_epochs")
+        if frozen and epoch is not None:
+            scale *= min(max(epoch - frozen, 0.0), 1.0)
+        g["lr"] = lr * scale

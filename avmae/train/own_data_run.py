@@ -13,8 +13,10 @@ Phases (each a ``Trainer`` run with its own progress bar, in sub-folders of ``ou
 
 The budget: the time of one optimizer step is measured on the machine before each phase (a few
 steps of the planned model on a random batch, plus the clip decoding time the survey measured), and
-the epochs are those that fit, within [``MIN_EPOCHS``, ``MAX_EPOCHS``]. The estimate is of the
-machine as it is at planning time; a busier machine later runs over.
+the epochs that fit, within [``MIN_EPOCHS``, ``MAX_EPOCHS``], are the first plan (its warm-up and
+evaluation interval). The phase's time is then its ``schedule.max_seconds``: at every epoch end the
+trainer re-plans the epochs from the epoch it just ran, so a machine faster or busier than the probe
+saw still ends on time with a full cosine (the probe alone missed by up to 3x on a shared machine).
 
 After fine-tuning the training clips are classified once without augmentation: the summary gives
 training and held-out accuracy, the best held-out evaluation and its epoch, and ``learned`` is False
@@ -312,7 +314,7 @@ def run_own_data(
         left = (deadline - time.time()) * PRETRAIN_SHARE
         # the clips are decoded once (cached): the first epoch pays for the decoding
         epochs, per_step = _epochs_for(left - pre.num_clips * plan.clip_seconds, pre.config, pre.steps_per_epoch, 0.0)
-        pre_cfg = _with_epochs(pre.config, epochs)
+        pre_cfg = _with_epochs(pre.config, epochs, seconds=left)
         pre.notes.append(
             f"length: {epochs} epochs of {pre.steps_per_epoch} steps ({per_step:.2f} s a step measured now;"
             f" {left:.0f} s of the budget)"
@@ -334,10 +336,17 @@ def run_own_data(
     left = deadline - time.time()
     if not _fixed_epochs(overrides):
         epochs, per_step = _epochs_for(left, plan.config, plan.steps_per_epoch, plan.clip_seconds)
-        plan.config = _with_epochs(plan.config, epochs, eval_every=not _given(overrides, "eval.every_n_epochs"))
+        timed = not _given(overrides, "schedule.max_seconds")
+        plan.config = _with_epochs(
+            plan.config,
+            epochs,
+            eval_every=not _given(overrides, "eval.every_n_epochs"),
+            seconds=left if timed else None,
+        )
         plan.notes = [n for n in plan.notes if not n.startswith("length:")] + [
             f"length: {epochs} epochs of {plan.steps_per_epoch} steps ({per_step:.2f} s a step measured now;"
             f" {left:.0f} s of the {budget_s:.0f} s budget left)"
+            + ("; re-planned at every epoch end from the speed seen (schedule.max_seconds)" if timed else "")
         ]
     if on_plan:
         on_plan("finetune", plan.notes)
@@ -378,11 +387,15 @@ def _fixed_epochs(overrides: Sequence[str]) -> bool:
     return _given(overrides, "schedule.epochs", "schedule.max_steps")
 
 
-def _with_epochs(cfg: Config, epochs: int, *, eval_every: bool = False) -> Config:
-    """``cfg`` with ``epochs`` epochs (and, with ``eval_every``, about five evaluations)."""
+def _with_epochs(cfg: Config, epochs: int, *, eval_every: bool = False, seconds: Optional[float] = None) -> Config:
+    """``cfg`` with ``epochs`` epochs (and, with ``eval_every``, about five evaluations; with
+    ``seconds``, that time budget: the trainer re-plans the epochs from the speed it sees)."""
     import dataclasses
 
-    cfg = dataclasses.replace(cfg, schedule=dataclasses.replace(cfg.schedule, epochs=int(epochs)))
+    schedule = dataclasses.replace(cfg.schedule, epochs=int(epochs))
+    if seconds is not None:
+        schedule = dataclasses.replace(schedule, max_seconds=max(1.0, float(seconds)))
+    cfg = dataclasses.replace(cfg, schedule=schedule)
     if eval_every:
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, every_n_epochs=max(1, int(epochs) // 5)))
     return cfg

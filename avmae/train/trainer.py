@@ -94,6 +94,10 @@ class _Run:
     eval_metrics: Dict[str, float] = field(default_factory=dict)
     evaluated_at: int = -1
     saved_at: int = -1
+    started: float = 0.0  # time.time() at the start of fit (schedule.max_seconds)
+    epoch_started: float = 0.0
+    eval_seconds: float = 0.0  # the last evaluation's
+    epoch_seconds: List[float] = field(default_factory=list)  # the epochs of this fit, for the time budget
 
 
 def _lookup(registry, name: str, key: str):
@@ -201,7 +205,9 @@ class Trainer:
             )
             try:
                 with self.stop:
+                    run.started = time.time() - state.seconds
                     while state.step < plan.total_steps and not interrupted:
+                        run.epoch_started = time.time()
                         run.sampler.set_position(state.epoch, start=state.epoch_step * plan.effective_batch)
                         model.train()
                         for batch in run.train_loader:
@@ -218,7 +224,7 @@ class Trainer:
                                     warmup_steps=plan.warmup_steps,
                                     total_steps=plan.total_steps,
                                 )
-                                set_lr(optimizer, lr)
+                                set_lr(optimizer, lr, state.step / plan.steps_per_epoch)
                                 grad_norm = acc.clip_grad_norm_(params, clip)
                                 guard.step(state.step + 1, log.take_nonfinite(), grad_norm)
                             state.step += 1
@@ -312,6 +318,9 @@ class Trainer:
         self.checkpoints.register_weight_hooks()
         set_seed(cfg.train.seed + acc.process_index)  # per-process masking / drop-path randomness
         state = self.checkpoints.resume(plan)
+        if state.planned_steps and cfg.schedule.max_seconds is not None:  # the length the time budget chose
+            plan.total_steps = max(state.planned_steps, state.step)
+            plan.epochs = math.ceil(plan.total_steps / plan.steps_per_epoch)
         if state.last_checkpoint:
             set_fused(optimizer, fused)  # the loaded state carries the implementation that wrote it
         self.checkpoints.write_run_info(plan)
@@ -362,9 +371,14 @@ class Trainer:
         guard.poll()
         state.epoch += 1
         state.epoch_step = 0
+        epoch_seconds = time.time() - run.epoch_started
+        if cfg.schedule.max_seconds is not None:
+            self._fit_to_time(run, log, epoch_seconds)
         done = state.step >= run.plan.total_steps
         if run.eval_loader is not None and self._eval_due(state.epoch, done):
+            t_eval = time.time()
             self._evaluate(run, log)
+            run.eval_seconds = time.time() - t_eval
         self._skip_report(run.train_set, check=True)
         if (
             cfg.checkpoint.every_n_epochs
@@ -373,6 +387,52 @@ class Trainer:
         ):
             self._save(run, guard)
         return self._stop_now(guard)
+
+    def _fit_to_time(self, run: _Run, log: TrainLog, epoch_seconds: float) -> None:
+        """``schedule.max_seconds``: re-plan the run's epochs so that it ends within the budget,
+        from the mean time of the last few epochs (the first of this ``fit`` left out once there
+        are others: it fills caches) and the last evaluation's time. The plan grows only by more
+        than 5 % (an epoch's time varies; the cosine should not jitter) and shrinks whenever it no
+        longer fits. The main process decides; every process takes its decision."""
+        plan, state = run.plan, run.state
+        epochs = plan.epochs
+        run.epoch_seconds.append(epoch_seconds)
+        if self.accelerator.is_main_process:
+            seen = run.epoch_seconds[1:] if len(run.epoch_seconds) > 1 else run.epoch_seconds
+            per_epoch = sum(seen[-5:]) / len(seen[-5:])
+            left = self.cfg.schedule.max_seconds - (time.time() - run.started)
+            fit = state.epoch
+            every = self.cfg.eval.every_n_epochs
+            while True:  # one more epoch while it (and its evaluation, when due) still fits
+                nxt = fit + 1
+                cost = per_epoch + (run.eval_seconds if every > 0 and nxt % every == 0 else 0.0)
+                if cost > left:
+                    break
+                left -= cost
+                fit = nxt
+            if fit < plan.epochs or fit > 1.05 * plan.epochs:
+                epochs = fit
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            box = [epochs]
+            broadcast_object_list(box, from_process=0)
+            epochs = box[0]
+        if epochs != plan.epochs:
+            _logger.info(
+                "time budget: %d epochs instead of %d (%.1f s an epoch lately; schedule.max_seconds=%g)",
+                epochs,
+                plan.epochs,
+                sum(run.epoch_seconds[-5:]) / len(run.epoch_seconds[-5:]),
+                self.cfg.schedule.max_seconds,
+            )
+            plan.epochs = epochs
+            plan.total_steps = max(state.step, epochs * plan.steps_per_epoch)
+            plan.warmup_steps = min(plan.warmup_steps, plan.total_steps)
+            if log.bar is not None:
+                log.bar.total = plan.total_steps
+                log.bar.refresh()
+        state.planned_steps = plan.total_steps
 
     def _end_run(self, run: _Run, log: TrainLog, guard: NonFiniteGuard, interrupted: bool) -> None:
         """The run's last evaluation (when it ended mid-epoch) and last checkpoint."""
@@ -384,6 +444,8 @@ class Trainer:
 
     def _save(self, run: _Run, guard: NonFiniteGuard) -> None:
         guard.poll()  # exact counts in trainer_state.json; no checkpoint after a failed streak
+        if run.started:
+            run.state.seconds = time.time() - run.started
         self.checkpoints.save(run.state)
         run.saved_at = run.state.step
 
