@@ -17,7 +17,7 @@ from avmae.data.audio import fbank
 from avmae.data.augment import random_speed, random_time_shift
 from avmae.data.stats import choose_target_length, fbank_stats, survey_clips
 from avmae.data.words import WORDS, write_word_folders
-from avmae.train.own_data import FROM_SCRATCH_LR, PRETRAINED_LR, labelled_items, plan_finetune
+from avmae.train.own_data import FROM_SCRATCH_LR, INIT_LR, SPEED, labelled_items, plan_finetune
 from avmae.train.task import warn_other_statistics
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -145,6 +145,7 @@ def test_plan_from_scratch(words, tmp_path):
     assert (cfg.data.mean, cfg.data.std) == (pytest.approx(st["mean"]), pytest.approx(st["std"]))
     a = cfg.data.augment
     assert a.shift and not a.roll and a.gain and cfg.model.name == "audiomae_demo_cls" and cfg.optim.layer_decay == 1.0
+    assert a.speed == SPEED and a.mixup == 0 and cfg.model.params["global_pool"] == "time_avg"
     assert (
         cfg.optim.blr * cfg.train.batch_size / 256 == pytest.approx(FROM_SCRATCH_LR)
         and cfg.checkpoint.init_from is None
@@ -168,9 +169,14 @@ def test_plan_from_a_pretraining_run(words, tmp_path):
     assert cfg.model.name == "audiomae_tiny_cls" and cfg.model.params["pos_base_length"] == 1024
     assert (cfg.data.mean, cfg.data.std) == avmae.data.NORM_STATS["esc50"]  # the pretraining statistics, one rule
     assert (
-        cfg.optim.blr * cfg.train.batch_size / 256 == pytest.approx(PRETRAINED_LR * 192 / 64)
+        cfg.optim.blr * cfg.train.batch_size / 256 == pytest.approx(INIT_LR * 192 / 64)
         and cfg.optim.layer_decay == 0.75
-    )  # the tiny model's width and cfg.masking.mask_t_prob == 0.2
+    )  # the tiny model's width
+    # the recipe measured on the bench, as from scratch: bands kept apart, shift, gain and speed only
+    a = cfg.data.augment
+    assert cfg.model.params["global_pool"] == "time_avg" and a.shift and a.gain and a.speed == SPEED > 0
+    assert a.mixup == 0 and a.freqm == a.timem == 0 and cfg.masking.mask_t_prob == cfg.masking.mask_f_prob == 0
+    assert any("layer-wise decay 0.75" in n and "freezing" in n for n in plan.notes), plan.notes
     with pytest.raises(avmae.config.ConfigError, match="classifier is audiomae_tiny_cls"):
         plan_finetune(words["train"], words["test"], init=init, model="audiomae_demo_cls", output_dir=tmp_path / "x")
 

@@ -5,12 +5,14 @@ did-not-learn warning."""
 
 import json
 import re
+import time
 
 import pytest
 import torch
 
 import avmae
 from avmae import cli
+from avmae.config import load_config
 from avmae.data import load_audio
 from avmae.data.labelled_sets import (
     EVENTS,
@@ -178,9 +180,11 @@ def test_init_uses_the_initial_model(events, tmp_path, capsys):
 
 
 def test_budget_sets_the_length(events, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(own_data_run, "step_seconds", lambda cfg, **kw: 2.0)  # a machine of known speed
+    # the probe's first plan (a machine of known speed), then the trainer's re-planning from the speed it sees
+    monkeypatch.setattr(own_data_run, "step_seconds", lambda cfg, **kw: 0.05)
     plans = {}
-    for budget in ("40", "100"):
+    for budget in ("6", "14"):
+        t0 = time.time()
         out = _finetune(
             capsys,
             events["train"],
@@ -194,12 +198,16 @@ def test_budget_sets_the_length(events, tmp_path, capsys, monkeypatch):
             "-o",
             tmp_path / f"run{budget}",
         )
-        m = re.search(r"length: (\d+) epochs of (\d+) steps \(2.00 s a step measured now; (\d+) s of the", out)
-        assert m, out
+        took = time.time() - t0
+        m = re.search(r"length: (\d+) epochs of (\d+) steps \(0.05 s a step measured now; (\d+) s of the", out)
+        assert m and "re-planned at every epoch end" in out, out
         plans[budget] = epochs, steps, left = int(m.group(1)), int(m.group(2)), int(m.group(3))
-        fits = {max(own_data_run.MIN_EPOCHS, int(t / (2.0 * steps))) for t in (left - 0.5, left + 0.5)}
-        assert epochs in fits and left <= 0.92 * int(budget) + 0.5  # printed rounded to the second
-    assert plans["100"][0] > plans["40"][0] >= own_data_run.MIN_EPOCHS
+        lo, hi = (max(own_data_run.MIN_EPOCHS, int(t / (0.05 * steps))) for t in (left - 0.5, left + 0.5))
+        assert lo <= epochs <= hi and left <= 0.92 * int(budget) + 0.5  # printed rounded to the second
+        saved = load_config([tmp_path / f"run{budget}" / "config.yaml"])
+        assert saved.schedule.max_seconds == pytest.approx(left, abs=1)  # the trainer ends the run on time
+        assert took < int(budget) + 10  # the whole command, within its budget give or take the last epoch
+    assert plans["14"][0] > plans["6"][0] >= own_data_run.MIN_EPOCHS
 
 
 def test_step_seconds_times_the_planned_model():
