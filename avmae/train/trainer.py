@@ -444,7 +444,7 @@ class Trainer:
 
     def _save(self, run: _Run, guard: NonFiniteGuard) -> None:
         guard.poll()  # exact counts in trainer_state.json; no checkpoint after a failed streak
-        if run.started:
+        if run.started and self.cfg.schedule.max_seconds is not None:  # a time budget counts it across resumes
             run.state.seconds = time.time() - run.started
         self.checkpoints.save(run.state)
         run.saved_at = run.state.step
