@@ -331,6 +331,7 @@ def run_own_data(
             overrides=overrides,
             max_files=max_files,
             seed=seed,
+            self_pretrained=True,
         )
     left = deadline - time.time()
     if not _fixed_epochs(overrides):
