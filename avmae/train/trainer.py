@@ -397,9 +397,9 @@ class Trainer:
         plan, state = run.plan, run.state
         epochs = plan.epochs
         run.epoch_seconds.append(epoch_seconds)
+        seen = run.epoch_seconds[1:] if len(run.epoch_seconds) > 1 else run.epoch_seconds
+        per_epoch = sum(seen[-5:]) / len(seen[-5:])
         if self.accelerator.is_main_process:
-            seen = run.epoch_seconds[1:] if len(run.epoch_seconds) > 1 else run.epoch_seconds
-            per_epoch = sum(seen[-5:]) / len(seen[-5:])
             left = self.cfg.schedule.max_seconds - (time.time() - run.started)
             fit = state.epoch
             every = self.cfg.eval.every_n_epochs
@@ -423,7 +423,7 @@ class Trainer:
                 "time budget: %d epochs instead of %d (%.1f s an epoch lately; schedule.max_seconds=%g)",
                 epochs,
                 plan.epochs,
-                sum(run.epoch_seconds[-5:]) / len(run.epoch_seconds[-5:]),
+                per_epoch,
                 self.cfg.schedule.max_seconds,
             )
             plan.epochs = epochs
