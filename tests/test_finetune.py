@@ -93,6 +93,13 @@ def ft_config(data, out, *extra, task="finetune"):
     )
 
 
+def pretrain_tiny(data, out):
+    """One epoch of pretraining the tiny AudioMAE on ``data`` into ``out`` (an initial model to fine-tune)."""
+    Trainer(
+        ft_config(data, out, "task=pretrain", "model.name=audiomae_tiny", "optim.lr=1e-3", "eval.every_n_epochs=-1")
+    ).fit()
+
+
 def test_two_easy_classes_far_above_chance(easy, tmp_path):
     cfg = ft_config(
         easy,
@@ -113,16 +120,7 @@ def test_two_easy_classes_far_above_chance(easy, tmp_path):
 
 def test_recipe_pieces_run_and_outputs_are_written(easy, tmp_path):
     """Pretraining checkpoint -> fine-tuning with the AudioMAE recipe switched on."""
-    Trainer(
-        ft_config(
-            easy,
-            tmp_path / "pre",
-            "task=pretrain",
-            "model.name=audiomae_tiny",
-            "optim.lr=1e-3",
-            "eval.every_n_epochs=-1",
-        )
-    ).fit()
+    pretrain_tiny(easy, tmp_path / "pre")
     cfg = ft_config(
         easy,
         tmp_path / "ft",
@@ -164,16 +162,7 @@ def test_recipe_pieces_run_and_outputs_are_written(easy, tmp_path):
 
 
 def test_linear_probe_trains_only_the_head(easy, tmp_path):
-    Trainer(
-        ft_config(
-            easy,
-            tmp_path / "pre",
-            "task=pretrain",
-            "model.name=audiomae_tiny",
-            "optim.lr=1e-3",
-            "eval.every_n_epochs=-1",
-        )
-    ).fit()
+    pretrain_tiny(easy, tmp_path / "pre")
     cfg = ft_config(
         easy,
         tmp_path / "lp",
@@ -347,16 +336,7 @@ def test_init_from_an_official_audiomae_checkpoint(easy, tmp_path):
 
 
 def test_frozen_then_unfrozen_trains_the_head_first_then_everything(easy, tmp_path):
-    Trainer(
-        ft_config(
-            easy,
-            tmp_path / "pre",
-            "task=pretrain",
-            "model.name=audiomae_tiny",
-            "optim.lr=1e-3",
-            "eval.every_n_epochs=-1",
-        )
-    ).fit()
+    pretrain_tiny(easy, tmp_path / "pre")
     pre = load_file(str(list_checkpoints(tmp_path / "pre")[-1] / "model.safetensors"))
     enc = ("blocks.0.attn.qkv.weight", "blocks.1.norm2.weight", "modalities.audio.patch_embed.proj.weight")
     runs = {}

@@ -457,6 +457,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             write_json(args.output, out)
             print(f"results: {args.output}")
     accelerator.wait_for_everyone()
+    # the process group is destroyed before the interpreter exits: a gloo thread still running then
+    # made one of two processes abort ("terminate called without an active exception", exit -6)
+    accelerator.end_training()
     return 0
 
 
