@@ -71,7 +71,6 @@ __all__ = [
     "to_dict",
     "to_yaml",
     "save_config",
-    "CONFIG_DIR",
     "DATA_KEYS_IN_MODEL",
     "param_source",
     "DEMO_DATA",

@@ -86,6 +86,11 @@ def _finetune(capsys, *args):
     return out
 
 
+def _finetune_events(capsys, events, *args):
+    """``avmae finetune`` on the events fixture (held-out split given), with ``args`` after it."""
+    return _finetune(capsys, events["train"], "--eval", events["test"], *args)
+
+
 def _pct(out, label):
     m = re.search(rf"^{label}:\s+([\d.]+) %", out, re.M)
     assert m, out
@@ -93,11 +98,9 @@ def _pct(out, label):
 
 
 def test_from_scratch_learns_and_reports(events, tmp_path, capsys):
-    out = _finetune(
+    out = _finetune_events(
         capsys,
-        events["train"],
-        "--eval",
-        events["test"],
+        events,
         "--model",
         "audiomae_tiny_cls",
         "--no-pretrain",
@@ -119,11 +122,9 @@ def test_from_scratch_learns_and_reports(events, tmp_path, capsys):
 
 
 def test_did_not_learn_says_so(events, tmp_path, capsys):
-    out = _finetune(
+    out = _finetune_events(
         capsys,
-        events["train"],
-        "--eval",
-        events["test"],
+        events,
         "--model",
         "audiomae_tiny_cls",
         "--no-pretrain",
@@ -141,11 +142,9 @@ def test_did_not_learn_says_so(events, tmp_path, capsys):
 
 def test_pretrain_phase_then_finetune(events, tmp_path, capsys):
     unlabelled = write_sound_events(tmp_path / "more", {"extra": 2}, events=["bell", "claps"])["extra"]
-    out = _finetune(
+    out = _finetune_events(
         capsys,
-        events["train"],
-        "--eval",
-        events["test"],
+        events,
         "--model",
         "audiomae_tiny_cls",
         "--pretrain",
@@ -171,9 +170,7 @@ def test_init_uses_the_initial_model(events, tmp_path, capsys):
     init = avmae.save_checkpoint(
         mae, tmp_path / "pre" / "model.safetensors", config={"data": {"mean": -6.0, "std": 4.0}}
     )
-    out = _finetune(
-        capsys, events["train"], "--eval", events["test"], "--init", init, "-o", tmp_path / "run", "schedule.epochs=2"
-    )
+    out = _finetune_events(capsys, events, "--init", init, "-o", tmp_path / "run", "schedule.epochs=2")
     assert "pretrain plan:" not in out  # a given encoder is not pretrained again
     assert "statistics: mean -6, std 4, those the initial model was trained with" in out
     assert "layer-wise decay 0.75" in out and "held-out accuracy:" in out and "train accuracy:" in out
@@ -185,11 +182,9 @@ def test_budget_sets_the_length(events, tmp_path, capsys, monkeypatch):
     plans = {}
     for budget in ("6", "14"):
         t0 = time.time()
-        out = _finetune(
+        out = _finetune_events(
             capsys,
-            events["train"],
-            "--eval",
-            events["test"],
+            events,
             "--model",
             "audiomae_tiny_cls",
             "--no-pretrain",

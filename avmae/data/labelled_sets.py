@@ -26,7 +26,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 
@@ -223,12 +223,18 @@ def write_spoken_words(
     return out
 
 
+def _ensure_set(kind: str, write, root, per_class: Dict[str, int], kw: Dict[str, Any]) -> Dict[str, Path]:
+    """``write(out, per_class, **kw)`` once into ``root``, kept while ``kind`` and the parameters stay
+    the same -> {split: folder}."""
+    params = {"kind": kind, "version": 1, "per_class": per_class}
+    params.update({k: list(v) if isinstance(v, (tuple, list)) else v for k, v in kw.items()})
+    _ensure_generated(Path(root), params, lambda out: write(out, per_class, **kw))
+    return {split: Path(root) / split for split in per_class}
+
+
 def ensure_spoken_words(root, per_class: Dict[str, int], **kw) -> Dict[str, Path]:
     """``write_spoken_words`` once into ``root`` (kept while its parameters are the same)."""
-    params = {"kind": "spoken_words", "version": 1, "per_class": per_class}
-    params.update({k: list(v) if isinstance(v, (tuple, list)) else v for k, v in kw.items()})
-    _ensure_generated(Path(root), params, lambda out: write_spoken_words(out, per_class, **kw))
-    return {split: Path(root) / split for split in per_class}
+    return _ensure_set("spoken_words", write_spoken_words, root, per_class, kw)
 
 
 # ------------------------------------------------------------------------------ sound events
@@ -328,7 +334,4 @@ def write_sound_events(
 
 def ensure_sound_events(root, per_class: Dict[str, int], **kw) -> Dict[str, Path]:
     """``write_sound_events`` once into ``root`` (kept while its parameters are the same)."""
-    params = {"kind": "sound_events", "version": 1, "per_class": per_class}
-    params.update({k: list(v) if isinstance(v, (tuple, list)) else v for k, v in kw.items()})
-    _ensure_generated(Path(root), params, lambda out: write_sound_events(out, per_class, **kw))
-    return {split: Path(root) / split for split in per_class}
+    return _ensure_set("sound_events", write_sound_events, root, per_class, kw)

@@ -429,9 +429,8 @@ class Trainer:
             plan.epochs = epochs
             plan.total_steps = max(state.step, epochs * plan.steps_per_epoch)
             plan.warmup_steps = min(plan.warmup_steps, plan.total_steps)
-            if log.bar is not None:
-                log.bar.total = plan.total_steps
-                log.bar.refresh()
+            log.bar.total = plan.total_steps
+            log.bar.refresh()
         state.planned_steps = plan.total_steps
 
     def _end_run(self, run: _Run, log: TrainLog, guard: NonFiniteGuard, interrupted: bool) -> None:
